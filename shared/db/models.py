@@ -1,0 +1,160 @@
+"""Rows as frozen dataclasses; nothing outside shared/db sees a raw database row."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+JSONDict = dict[str, Any]
+
+
+class JobState(StrEnum):
+    SCHEDULED = "scheduled"
+    AVAILABLE = "available"
+    EXECUTING = "executing"
+    RETRYABLE = "retryable"
+    COMPLETED = "completed"
+    DISCARDED = "discarded"
+    CANCELLED = "cancelled"
+
+
+FINAL_STATES = frozenset({JobState.COMPLETED, JobState.DISCARDED, JobState.CANCELLED})
+
+# The arrows of the architecture spec; the database trigger jobs_check_transition holds the same set.
+ALLOWED: frozenset[tuple[JobState, JobState]] = frozenset(
+    {
+        (JobState.SCHEDULED, JobState.AVAILABLE),
+        (JobState.RETRYABLE, JobState.AVAILABLE),
+        (JobState.AVAILABLE, JobState.EXECUTING),
+        (JobState.EXECUTING, JobState.COMPLETED),
+        (JobState.EXECUTING, JobState.RETRYABLE),
+        (JobState.EXECUTING, JobState.DISCARDED),
+        (JobState.EXECUTING, JobState.CANCELLED),
+        (JobState.EXECUTING, JobState.SCHEDULED),
+        (JobState.EXECUTING, JobState.AVAILABLE),
+        (JobState.SCHEDULED, JobState.CANCELLED),
+        (JobState.AVAILABLE, JobState.CANCELLED),
+        (JobState.RETRYABLE, JobState.CANCELLED),
+        (JobState.DISCARDED, JobState.AVAILABLE),
+        (JobState.CANCELLED, JobState.AVAILABLE),
+    }
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Job:
+    """One row of `jobs`."""
+
+    id: int
+    queue: str
+    worker: str
+    state: JobState
+    tenant_id: str
+    args: JSONDict
+    meta: JSONDict
+    tags: list[str]
+    priority: int
+    attempt: int
+    max_attempts: int
+    errors: list[JSONDict]
+    result: JSONDict | None
+    batch_id: str | None
+    unique_key: str | None
+    attempted_by: str | None
+    heartbeat_at: datetime | None
+    inserted_at: datetime
+    scheduled_at: datetime
+    attempted_at: datetime | None
+    completed_at: datetime | None
+    cancelled_at: datetime | None
+    discarded_at: datetime | None
+    conflict: bool = False  # set on a unique insert that returned an existing job
+
+    @classmethod
+    def from_row(cls, row: JSONDict, *, conflict: bool = False) -> Job:
+        fields = {name: row[name] for name in _JOB_COLUMNS}
+        fields["state"] = JobState(row["state"])
+        return cls(**fields, conflict=conflict)
+
+
+_JOB_COLUMNS = tuple(name for name in Job.__dataclass_fields__ if name != "conflict")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewJob:
+    """A job to insert."""
+
+    queue: str
+    worker: str
+    tenant_id: str
+    args: JSONDict
+    meta: JSONDict = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
+    priority: int = 0
+    max_attempts: int = 5
+    scheduled_at: datetime | None = None
+    batch_id: str | None = None
+    unique_key: str | None = None
+    unique_states: list[str] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Fence:
+    """Identifies one attempt held by one machine; every write about a held job carries it."""
+
+    job_id: int
+    attempt: int
+    machine_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueStatus:
+    name: str
+    limit: int
+    paused: bool
+    running: int
+    available: int
+    scheduled: int
+    retryable: int
+    oldest_available_age_seconds: float
+
+    @property
+    def state(self) -> str:
+        if self.paused:
+            return "paused"
+        return "running" if self.limit > 0 else "stopped"
+
+    @classmethod
+    def from_row(cls, row: JSONDict) -> QueueStatus:
+        return cls(
+            name=row["name"],
+            limit=row["limit"],
+            paused=row["paused"],
+            running=row["running"],
+            available=row["available"],
+            scheduled=row["scheduled"],
+            retryable=row["retryable"],
+            oldest_available_age_seconds=float(row["oldest_available_age_seconds"] or 0),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MachineRecord:
+    id: str
+    queue: str
+    launcher: str
+    state: str
+    job_id: int | None
+    launched_at: datetime
+    started_at: datetime | None
+    exited_at: datetime | None
+    exit_code: int | None
+    oom_killed: bool
+    jobs_run: int
+    detail: JSONDict
+
+    @classmethod
+    def from_row(cls, row: JSONDict) -> MachineRecord:
+        return cls(**{name: row[name] for name in cls.__dataclass_fields__})

@@ -1,0 +1,230 @@
+-- Every runtime query of the service, by name. Loaded once by shared/db/sql.py.
+
+-- name: insert_job
+-- insert -> available (or scheduled when due later); a unique conflict inserts nothing
+INSERT INTO jobs (queue, worker, state, tenant_id, args, meta, tags, priority, max_attempts,
+                  batch_id, unique_key, unique_states, scheduled_at)
+VALUES (%(queue)s, %(worker)s,
+        CASE WHEN %(scheduled_at)s::timestamptz > now() THEN 'scheduled' ELSE 'available' END,
+        %(tenant_id)s, %(args)s, %(meta)s, %(tags)s, %(priority)s, %(max_attempts)s,
+        %(batch_id)s, %(unique_key)s, %(unique_states)s, coalesce(%(scheduled_at)s::timestamptz, now()))
+ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state = ANY (unique_states) DO NOTHING
+RETURNING *;
+
+-- name: insert_jobs
+-- insert many -> available/scheduled in one statement (no unique keys)
+INSERT INTO jobs (queue, worker, state, tenant_id, args, meta, tags, priority, max_attempts,
+                  batch_id, scheduled_at)
+SELECT i.queue, i.worker,
+       CASE WHEN i.scheduled_at > now() THEN 'scheduled' ELSE 'available' END,
+       i.tenant_id, i.args, i.meta, ARRAY(SELECT jsonb_array_elements_text(i.tags)), i.priority,
+       i.max_attempts, i.batch_id, coalesce(i.scheduled_at, now())
+  FROM unnest(%(queue)s::text[], %(worker)s::text[], %(tenant_id)s::text[], %(args)s::jsonb[],
+              %(meta)s::jsonb[], %(tags)s::jsonb[], %(priority)s::smallint[], %(max_attempts)s::int[],
+              %(batch_id)s::text[], %(scheduled_at)s::timestamptz[])
+       WITH ORDINALITY AS i(queue, worker, tenant_id, args, meta, tags, priority, max_attempts,
+                            batch_id, scheduled_at, ord)
+ ORDER BY i.ord
+RETURNING *;
+
+-- name: find_unique_job
+-- the live job holding a unique key
+SELECT * FROM jobs WHERE unique_key = %(unique_key)s AND state = ANY (unique_states) LIMIT 1;
+
+-- name: get_job
+-- one job, optionally only within a tenant
+SELECT * FROM jobs WHERE id = %(id)s AND (%(tenant_id)s::text IS NULL OR tenant_id = %(tenant_id)s);
+
+-- name: list_jobs
+-- a tenant's jobs (or everyone's for admin), newest first, keyset-paginated by id
+SELECT * FROM jobs
+ WHERE (%(tenant_id)s::text IS NULL OR tenant_id = %(tenant_id)s)
+   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+   AND (%(states)s::text[] IS NULL OR state = ANY (%(states)s))
+   AND (%(worker)s::text IS NULL OR worker = %(worker)s)
+   AND (%(batch_id)s::text IS NULL OR batch_id = %(batch_id)s)
+   AND (%(tag)s::text IS NULL OR %(tag)s = ANY (tags))
+   AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s)
+ ORDER BY id DESC
+ LIMIT %(limit)s;
+
+-- name: claim_jobs
+-- available -> executing for up to max_jobs jobs, within the queue's fleet-wide limit
+SELECT * FROM claim_jobs(%(queue)s, %(machine_id)s, %(max_jobs)s, %(prefer_id)s);
+
+-- name: complete_job
+-- executing -> completed, only by the current holder of this attempt
+UPDATE jobs SET state = 'completed', completed_at = now(), result = %(result)s, heartbeat_at = NULL
+ WHERE id = %(job_id)s AND state = 'executing' AND attempt = %(attempt)s AND attempted_by = %(machine_id)s
+RETURNING id;
+
+-- name: fail_job
+-- executing -> retryable (at retry_at) or discarded, recording the error; fenced
+UPDATE jobs SET state = %(state)s,
+                scheduled_at = coalesce(%(retry_at)s::timestamptz, scheduled_at),
+                discarded_at = CASE WHEN %(state)s = 'discarded' THEN now() END,
+                errors = errors || jsonb_build_array(%(error)s::jsonb),
+                heartbeat_at = NULL
+ WHERE id = %(job_id)s AND state = 'executing' AND attempt = %(attempt)s AND attempted_by = %(machine_id)s
+RETURNING id;
+
+-- name: snooze_job
+-- executing -> scheduled, giving the attempt back; fenced
+UPDATE jobs SET state = 'scheduled', attempt = attempt - 1, heartbeat_at = NULL,
+                scheduled_at = now() + make_interval(secs => %(seconds)s)
+ WHERE id = %(job_id)s AND state = 'executing' AND attempt = %(attempt)s AND attempted_by = %(machine_id)s
+RETURNING id;
+
+-- name: hand_back_job
+-- executing -> available, attempt given back (the machine is shutting down); fenced
+UPDATE jobs SET state = 'available', attempt = attempt - 1, heartbeat_at = NULL, scheduled_at = now()
+ WHERE id = %(job_id)s AND state = 'executing' AND attempt = %(attempt)s AND attempted_by = %(machine_id)s
+RETURNING id;
+
+-- name: heartbeat_jobs
+-- executing -> executing: refresh the heartbeat of every job this machine still holds
+UPDATE jobs SET heartbeat_at = now()
+  FROM unnest(%(job_ids)s::bigint[], %(attempts)s::int[]) AS held(id, attempt)
+ WHERE jobs.id = held.id AND jobs.attempt = held.attempt
+   AND jobs.state = 'executing' AND jobs.attempted_by = %(machine_id)s
+RETURNING jobs.id;
+
+-- name: cancel_jobs
+-- any non-final state -> cancelled, by criteria within a tenant (NULL tenant: admin)
+WITH target AS (
+    SELECT id, state AS was FROM jobs
+     WHERE (%(tenant_id)s::text IS NULL OR tenant_id = %(tenant_id)s)
+       AND state IN ('scheduled', 'available', 'executing', 'retryable')
+       AND (%(ids)s::bigint[] IS NULL OR id = ANY (%(ids)s))
+       AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+       AND (%(worker)s::text IS NULL OR worker = %(worker)s)
+       AND (%(states)s::text[] IS NULL OR state = ANY (%(states)s))
+       AND (%(batch_id)s::text IS NULL OR batch_id = %(batch_id)s)
+     FOR UPDATE
+)
+UPDATE jobs SET state = 'cancelled', cancelled_at = now(), heartbeat_at = NULL
+  FROM target WHERE jobs.id = target.id
+RETURNING jobs.id, jobs.queue, target.was, jobs.attempted_by;
+
+-- name: retry_job
+-- discarded/cancelled -> available, attempts reset (explicit retry)
+UPDATE jobs SET state = 'available', attempt = 0, scheduled_at = now(), discarded_at = NULL,
+                cancelled_at = NULL, attempted_by = NULL, heartbeat_at = NULL, result = NULL
+ WHERE id = %(id)s AND (%(tenant_id)s::text IS NULL OR tenant_id = %(tenant_id)s)
+   AND state IN ('discarded', 'cancelled')
+RETURNING *;
+
+-- name: stage_due_jobs
+-- scheduled/retryable -> available once due (the stager promotes both)
+WITH due AS (
+    SELECT id FROM jobs
+     WHERE state IN ('scheduled', 'retryable') AND scheduled_at <= now()
+     ORDER BY scheduled_at
+     LIMIT %(limit)s
+     FOR UPDATE SKIP LOCKED
+)
+UPDATE jobs SET state = 'available' FROM due WHERE jobs.id = due.id
+RETURNING jobs.id;
+
+-- name: rescue_stale_jobs
+-- executing -> retryable (attempts left) or discarded: heartbeat stale or holder machine gone
+WITH stale AS (
+    SELECT j.id,
+           CASE WHEN m.id IS NOT NULL THEN 'machine ' || j.attempted_by || ' is gone'
+                ELSE 'no heartbeat for ' || %(rescue_after_seconds)s || 's' END AS reason
+      FROM jobs j
+      LEFT JOIN machines m ON m.id = j.attempted_by AND m.state IN ('exited', 'failed')
+     WHERE j.state = 'executing'
+       AND (j.heartbeat_at < now() - make_interval(secs => %(rescue_after_seconds)s) OR m.id IS NOT NULL)
+     FOR UPDATE OF j SKIP LOCKED
+)
+UPDATE jobs SET state = CASE WHEN jobs.attempt < jobs.max_attempts THEN 'retryable' ELSE 'discarded' END,
+                scheduled_at = now(),
+                discarded_at = CASE WHEN jobs.attempt < jobs.max_attempts THEN NULL ELSE now() END,
+                heartbeat_at = NULL,
+                errors = jobs.errors || jsonb_build_array(jsonb_build_object(
+                    'attempt', jobs.attempt, 'at', now(), 'kind', 'rescued',
+                    'error', 'rescued by the lifeline: ' || stale.reason))
+  FROM stale WHERE jobs.id = stale.id
+RETURNING jobs.id, jobs.queue, jobs.state, jobs.attempted_by;
+
+-- name: prune_jobs
+-- delete final jobs that became final more than max_age_seconds ago
+WITH old AS (
+    SELECT id FROM jobs
+     WHERE state IN ('completed', 'discarded', 'cancelled')
+       AND coalesce(completed_at, discarded_at, cancelled_at) < now() - make_interval(secs => %(max_age_seconds)s)
+     LIMIT %(limit)s
+)
+DELETE FROM jobs USING old WHERE jobs.id = old.id
+RETURNING jobs.id;
+
+-- name: ensure_queue
+-- create a queue row with its configured limit when missing (runtime changes win)
+INSERT INTO queues (name, "limit") VALUES (%(name)s, %(limit)s) ON CONFLICT (name) DO NOTHING;
+
+-- name: queue_statuses
+-- per queue: limit, pause, counts per live state, age of the oldest due available job
+SELECT q.name, q."limit", q.paused,
+       count(j.id) FILTER (WHERE j.state = 'executing') AS running,
+       count(j.id) FILTER (WHERE j.state = 'available') AS available,
+       count(j.id) FILTER (WHERE j.state = 'scheduled') AS scheduled,
+       count(j.id) FILTER (WHERE j.state = 'retryable') AS retryable,
+       coalesce(extract(epoch FROM now() - min(j.scheduled_at) FILTER (WHERE j.state = 'available')), 0)
+           AS oldest_available_age_seconds
+  FROM queues q
+  LEFT JOIN jobs j ON j.queue = q.name AND j.state IN ('executing', 'available', 'scheduled', 'retryable')
+ WHERE (%(name)s::text IS NULL OR q.name = %(name)s)
+ GROUP BY q.name, q."limit", q.paused
+ ORDER BY q.name;
+
+-- name: set_queue_paused
+-- pause or resume a queue fleet-wide
+UPDATE queues SET paused = %(paused)s, updated_at = now() WHERE name = %(name)s RETURNING name;
+
+-- name: set_queue_limit
+-- scale a queue fleet-wide
+UPDATE queues SET "limit" = %(limit)s, updated_at = now() WHERE name = %(name)s RETURNING name;
+
+-- name: queue_demand
+-- what the scaler needs per queue: due work, executing jobs, live machines
+SELECT q.name, q."limit", q.paused,
+       (SELECT count(*) FROM jobs j WHERE j.queue = q.name AND j.state = 'available'
+                                      AND j.scheduled_at <= now()) AS due,
+       (SELECT min(j.id) FROM jobs j WHERE j.queue = q.name AND j.state = 'available'
+                                       AND j.scheduled_at <= now()) AS first_due_id,
+       (SELECT count(*) FROM jobs j WHERE j.queue = q.name AND j.state = 'executing') AS executing,
+       (SELECT count(*) FROM machines m WHERE m.queue = q.name AND m.state IN ('launching', 'running'))
+           AS live_machines
+  FROM queues q
+ ORDER BY q.name;
+
+-- name: insert_machine
+-- record a machine the launcher just created
+INSERT INTO machines (id, queue, launcher, state, job_id, detail)
+VALUES (%(id)s, %(queue)s, %(launcher)s, 'launching', %(job_id)s, %(detail)s)
+ON CONFLICT (id) DO NOTHING;
+
+-- name: machine_started
+-- a machine reports it booted
+UPDATE machines SET state = 'running', started_at = coalesce(started_at, now())
+ WHERE id = %(id)s AND state = 'launching';
+
+-- name: machine_ran_job
+-- count a job a machine finished
+UPDATE machines SET jobs_run = jobs_run + 1 WHERE id = %(id)s;
+
+-- name: machine_exited
+-- a machine is gone, with its exit code when known
+UPDATE machines SET state = %(state)s, exited_at = now(), exit_code = %(exit_code)s,
+                    oom_killed = %(oom_killed)s
+ WHERE id = %(id)s AND state IN ('launching', 'running')
+RETURNING id;
+
+-- name: live_machines
+-- machines not known to have exited
+SELECT * FROM machines WHERE state IN ('launching', 'running') ORDER BY launched_at;
+
+-- name: recent_machines
+-- newest machines first, for the admin API
+SELECT * FROM machines ORDER BY launched_at DESC LIMIT %(limit)s;

@@ -1,0 +1,94 @@
+"""Request pieces every `POST /jobs/*` body shares: camelCase models, `tenantId` and `options`."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+_PRINTABLE = re.compile(r"^[\x20-\x7e\u00a0-\uffff]+$")
+_NO_CRLF = re.compile(r"^[^\r\n]*$")
+
+
+class CamelModel(BaseModel):
+    """Base of every API model: camelCase on the wire, unknown fields rejected."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+def _no_crlf(value: str) -> str:
+    if not _NO_CRLF.match(value):
+        raise ValueError("must not contain CR or LF")
+    return value
+
+
+NoCrLf = Annotated[str, AfterValidator(_no_crlf)]
+Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=_PRINTABLE.pattern)]
+UniqueField = Literal["args", "queue", "worker"]
+UniqueState = Literal["scheduled", "available", "executing", "retryable", "completed", "discarded", "cancelled"]
+
+
+class UniqueOptions(CamelModel):
+    """While a matching job exists in `states`, an insert returns it instead of a new one."""
+
+    period: int | Literal["infinity"] = Field(60, description="seconds, or 'infinity'")
+    fields: list[UniqueField] = Field(default_factory=lambda: ["args", "queue", "worker"], min_length=1)
+    keys: list[str] | None = Field(None, max_length=32, description="only these arg names count")
+    states: list[UniqueState] = Field(
+        default_factory=lambda: ["scheduled", "available", "executing", "retryable", "completed"], min_length=1
+    )
+
+    @field_validator("period")
+    @classmethod
+    def _positive(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 10 * 365 * 24 * 3600:
+            raise ValueError("must be between 1 second and 10 years, or 'infinity'")
+        return value
+
+
+class JobOptions(CamelModel):
+    """Options any job accepts."""
+
+    priority: int = Field(0, ge=0, le=9)
+    scheduled_at: AwareDatetime | None = None
+    schedule_in: int | None = Field(None, ge=0, le=365 * 24 * 3600)
+    max_attempts: int | None = Field(None, ge=1, le=100)
+    tags: list[Tag] = Field(default_factory=list, max_length=10)
+    meta: dict[str, Any] = Field(default_factory=dict)
+    unique: UniqueOptions | None = None
+    callback_url: Annotated[str, Field(max_length=2048, pattern=r"^https://")] | None = None
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> JobOptions:
+        if self.scheduled_at is not None and self.schedule_in is not None:
+            raise ValueError("give scheduledAt or scheduleIn, not both")
+        if len(repr(self.meta)) > 4096:
+            raise ValueError("meta must be a small object (at most 4 KiB)")
+        return self
+
+    def due_at(self, now: datetime) -> datetime | None:
+        """When the job should first run; None means now."""
+        if self.scheduled_at is not None:
+            return self.scheduled_at
+        if self.schedule_in:
+            from datetime import timedelta
+
+            return now + timedelta(seconds=self.schedule_in)
+        return None
+
+
+TenantId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")]
+
+
+class JobRequest(CamelModel):
+    """Fields every `POST /jobs/*` body may carry besides the function's own arguments."""
+
+    tenant_id: TenantId | None = None
+    options: JobOptions = Field(default_factory=JobOptions)
+
+    def function_args(self) -> dict[str, Any]:
+        """The function's own arguments, as stored in `jobs.args` (camelCase, no tenant/options)."""
+        return self.model_dump(mode="json", by_alias=True, exclude={"tenant_id", "options"}, exclude_none=True)
