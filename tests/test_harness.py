@@ -1,0 +1,17 @@
+import psycopg
+
+from shared.storage import Storage
+
+
+def test_fresh_database_has_schema_and_queues(settings):
+    with psycopg.connect(settings.database_url) as conn:
+        names = {r[0] for r in conn.execute("SELECT name FROM queues")}
+        assert names == {"images", "documents", "emails", "webhooks", "exports", "default"}
+        assert conn.execute("SELECT count(*) FROM jobs").fetchone() == (0,)
+
+
+def test_local_s3_round_trip(settings):
+    storage = Storage(settings)
+    storage.ensure_bucket()
+    storage.put_bytes("tenants/t/x.txt", b"hello", "text/plain")
+    assert storage.get_bytes("tenants/t/x.txt") == b"hello"
