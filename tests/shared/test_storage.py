@@ -1,0 +1,180 @@
+"""shared/storage.py against the moto S3 server: transfers, caps, presigned URLs, tenant keys."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections.abc import Iterator
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+
+from infra.local.s3 import LocalS3
+from shared.errors import PermanentJobError
+from shared.storage import MiB, Storage, check_tenant_key, output_key, tenant_prefix
+from tests.conftest import make_settings
+
+
+@pytest.fixture
+def storage(s3: LocalS3) -> Iterator[Storage]:
+    store = Storage(make_settings("postgresql://unused.invalid/none", s3, presign_ttl_seconds=600))
+    store.ensure_bucket()
+    yield store
+
+
+@pytest.fixture
+def http() -> Iterator[httpx.Client]:
+    with httpx.Client(trust_env=False, timeout=30) as client:
+        yield client
+
+
+def test_bytes_round_trip_keeps_content_type(storage: Storage) -> None:
+    key = output_key("t1", 7, "hello.txt")
+
+    assert storage.put_bytes(key, b"hello", "text/plain") == 5
+
+    assert storage.get_bytes(key) == b"hello"
+    assert storage.client.head_object(Bucket=storage.bucket, Key=key)["ContentType"] == "text/plain"
+
+
+def test_large_file_goes_up_in_parts_and_comes_back_whole(storage: Storage) -> None:
+    data = os.urandom(17 * MiB + 123)  # three 8 MiB parts, the last one short
+    key = "tenants/t1/uploads/big.bin"
+
+    size = storage.put_file(key, io.BytesIO(data), "application/octet-stream")
+
+    assert size == len(data)
+    etag = storage.client.head_object(Bucket=storage.bucket, Key=key)["ETag"].strip('"')
+    assert etag.endswith("-3"), f"expected a 3-part multipart ETag, got {etag}"
+    sink = io.BytesIO()
+    assert storage.download_to(key, sink, max_bytes=len(data)) == len(data)
+    assert hashlib.sha256(sink.getvalue()).digest() == hashlib.sha256(data).digest()
+
+
+def test_small_file_counts_its_size(storage: Storage) -> None:
+    assert storage.put_file("tenants/t1/uploads/small.bin", io.BytesIO(b"x" * 1000), "application/octet-stream") == 1000
+
+
+def test_objects_over_the_cap_are_refused(storage: Storage) -> None:
+    key = "tenants/t1/uploads/capped.bin"
+    storage.put_bytes(key, b"y" * 5000, "application/octet-stream")
+
+    with pytest.raises(PermanentJobError) as whole:
+        storage.get_bytes(key, max_bytes=4999)
+    sink = io.BytesIO()
+    with pytest.raises(PermanentJobError) as streamed:
+        storage.download_to(key, sink, max_bytes=1000)
+
+    assert whole.value.kind == streamed.value.kind == "too-large"
+    assert sink.tell() == 0, "the size reported by the store is checked before any body byte is read"
+    assert storage.get_bytes(key, max_bytes=5000) == b"y" * 5000
+
+
+def test_stream_reads_in_pieces(storage: Storage) -> None:
+    key = "tenants/t1/uploads/stream.bin"
+    storage.put_bytes(key, b"0123456789", "application/octet-stream")
+
+    with storage.get_stream(key, max_bytes=10) as body:
+        pieces = [body.read(4), body.read(4), body.read(4), body.read(4)]
+
+    assert pieces == [b"0123", b"4567", b"89", b""]
+
+
+def test_missing_object_is_a_permanent_error(storage: Storage) -> None:
+    with pytest.raises(PermanentJobError) as caught:
+        storage.get_bytes("tenants/t1/uploads/nothing-here")
+
+    assert caught.value.kind == "object-not-found"
+
+
+def test_presigned_get_serves_the_bytes(storage: Storage, http: httpx.Client) -> None:
+    key = output_key("t1", 9, "thumb.webp")
+    storage.put_bytes(key, b"RIFF-not-really-webp", "image/webp")
+
+    url, expires_at = storage.presign_get(key)
+    answer = http.get(url)
+
+    assert answer.status_code == 200
+    assert answer.content == b"RIFF-not-really-webp"
+    assert answer.headers["content-type"] == "image/webp"
+    assert parse_qs(urlsplit(url).query)["X-Amz-Expires"] == ["600"]
+    assert expires_at.tzinfo is not None
+
+
+def test_presigned_put_is_accepted_and_signs_type_and_length(storage: Storage, http: httpx.Client) -> None:
+    key = "tenants/t1/uploads/abc/photo.jpg"
+    body = b"\xff\xd8\xff" + b"j" * 997
+
+    url, _ = storage.presign_put(key, "image/jpeg", size=len(body))
+    answer = http.put(url, content=body, headers={"Content-Type": "image/jpeg"})
+
+    assert answer.status_code == 200, answer.text
+    assert storage.get_bytes(key) == body
+    assert storage.client.head_object(Bucket=storage.bucket, Key=key)["ContentType"] == "image/jpeg"
+    signed = parse_qs(urlsplit(url).query)["X-Amz-SignedHeaders"][0].split(";")
+    assert {"content-type", "content-length", "host"} <= set(signed)
+
+
+def test_presign_result_adds_urls_to_outputs_only(storage: Storage) -> None:
+    result = {"outputs": [{"name": "a", "key": "tenants/t1/jobs/1/a.png"}, "odd"], "imageId": "x"}
+
+    presigned = storage.presign_result(result)
+
+    assert presigned is not None
+    assert presigned["imageId"] == "x"
+    assert presigned["outputs"][0]["url"].startswith(storage.client.meta.endpoint_url)
+    assert presigned["outputs"][0]["expiresAt"].endswith("Z")
+    assert presigned["outputs"][1] == "odd"
+    assert "url" not in result["outputs"][0], "the stored result is not modified"
+
+
+def test_keys_have_the_documented_shape() -> None:
+    assert tenant_prefix("acme") == "tenants/acme/"
+    assert output_key("acme", 42, "thumb.webp") == "tenants/acme/jobs/42/thumb.webp"
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "tenants/t1/uploads/abc/photo.jpg",
+        "tenants/t1/jobs/5/out.webp",
+        "tenants/t1/uploads/%2e%2e/literal-percent-is-just-a-name",
+        "tenants/t1/a..b/c...d",
+    ],
+)
+def test_keys_inside_the_tenant_prefix_are_allowed(key: str) -> None:
+    assert check_tenant_key("t1", key) == key
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "tenants/t2/uploads/abc/photo.jpg",
+        "tenants/t1/../t2/uploads/photo.jpg",
+        "tenants/t1/uploads/../../t2/photo.jpg",
+        "tenants/t1/./uploads/photo.jpg",
+        "tenants/t1//uploads/photo.jpg",
+        "tenants/t1/uploads/photo.jpg/",
+        "tenants/t1/uploads\\..\\..\\t2\\photo.jpg",
+        "tenants/t1/uploads/pho\x00to.jpg",
+        "tenants/t1/uploads/photo\n.jpg",
+        "/tenants/t1/uploads/photo.jpg",
+        "tenants/t10/uploads/photo.jpg",
+        "tenants/t1",
+        "tenants/t1/",
+        "",
+    ],
+)
+def test_keys_outside_the_tenant_prefix_are_refused(key: str) -> None:
+    with pytest.raises(PermanentJobError) as caught:
+        check_tenant_key("t1", key)
+
+    assert caught.value.kind == "forbidden-key"
+
+
+@pytest.mark.parametrize("tenant", ["..", ".", "", "t1/../t2"])
+def test_a_tenant_id_that_is_a_path_trick_owns_nothing(tenant: str) -> None:
+    with pytest.raises(PermanentJobError):
+        check_tenant_key(tenant, f"tenants/{tenant}/uploads/x")
