@@ -5,11 +5,10 @@ Entry points call `load_settings()` once and pass the object down; nothing impor
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 CommaList = Annotated[list[str], NoDecode]
 

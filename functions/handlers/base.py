@@ -39,16 +39,27 @@ class HandlerContext:
     pool: Pool | None = None  # read-only dataset queries (exports); handlers never write jobs
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("functions.handler"))
-    resources: dict[str, Any] = field(default_factory=dict)  # per-machine reusable things (SMTP conn)
-    _storage: Storage | None = None
+    # Per-machine reusable things (SMTP connection, storage client), shared by every job's context.
+    resources: dict[str, Any] = field(default_factory=dict)
 
     @property
     def storage(self) -> Storage:
-        if self._storage is None:
+        storage = self.resources.get("storage")
+        if storage is None:
             from shared.storage import Storage
 
-            self._storage = Storage(self.settings)
-        return self._storage
+            storage = self.resources["storage"] = Storage(self.settings)
+        return storage  # type: ignore[no-any-return]
+
+    def for_job(self) -> HandlerContext:
+        """A context for one job: same resources, its own cancellation event."""
+        return HandlerContext(
+            settings=self.settings,
+            machine_id=self.machine_id,
+            pool=self.pool,
+            logger=self.logger,
+            resources=self.resources,
+        )
 
 
 def load_handler(queue: str) -> ModuleType:

@@ -71,6 +71,7 @@ RETURNING id;
 -- name: snooze_job
 -- executing -> scheduled, giving the attempt back; fenced
 UPDATE jobs SET state = 'scheduled', attempt = attempt - 1, heartbeat_at = NULL,
+                meta = jsonb_set(meta, '{snoozed}', to_jsonb(coalesce((meta->>'snoozed')::int, 0) + 1)),
                 scheduled_at = now() + make_interval(secs => %(seconds)s)
  WHERE id = %(job_id)s AND state = 'executing' AND attempt = %(attempt)s AND attempted_by = %(machine_id)s
 RETURNING id;

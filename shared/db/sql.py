@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Final, LiteralString, cast
+from typing import Final, LiteralString
 
 _NAME = re.compile(r"^-- name: (\w+)\s*$")
 
@@ -23,7 +23,7 @@ def parse_queries(text: str) -> dict[str, LiteralString]:
             current = queries[name] = []
         elif current is not None and not line.startswith("--"):
             current.append(line)
-    return {name: cast(LiteralString, "\n".join(lines).strip()) for name, lines in queries.items()}
+    return {name: "\n".join(lines).strip() for name, lines in queries.items()}  # type: ignore[misc]
 
 
 QUERIES: Final[Mapping[str, LiteralString]] = parse_queries(

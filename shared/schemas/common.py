@@ -28,18 +28,20 @@ def _no_crlf(value: str) -> str:
 NoCrLf = Annotated[str, AfterValidator(_no_crlf)]
 Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=_PRINTABLE.pattern)]
 UniqueField = Literal["args", "queue", "worker"]
+_DEFAULT_UNIQUE_FIELDS: list[Literal["args", "queue", "worker"]] = ["args", "queue", "worker"]
 UniqueState = Literal["scheduled", "available", "executing", "retryable", "completed", "discarded", "cancelled"]
+
+
+_DEFAULT_UNIQUE_STATES: list[UniqueState] = ["scheduled", "available", "executing", "retryable", "completed"]
 
 
 class UniqueOptions(CamelModel):
     """While a matching job exists in `states`, an insert returns it instead of a new one."""
 
     period: int | Literal["infinity"] = Field(60, description="seconds, or 'infinity'")
-    fields: list[UniqueField] = Field(default_factory=lambda: ["args", "queue", "worker"], min_length=1)
+    fields: list[UniqueField] = Field(default_factory=lambda: list(_DEFAULT_UNIQUE_FIELDS), min_length=1)
     keys: list[str] | None = Field(None, max_length=32, description="only these arg names count")
-    states: list[UniqueState] = Field(
-        default_factory=lambda: ["scheduled", "available", "executing", "retryable", "completed"], min_length=1
-    )
+    states: list[UniqueState] = Field(default_factory=lambda: list(_DEFAULT_UNIQUE_STATES), min_length=1)
 
     @field_validator("period")
     @classmethod
@@ -87,7 +89,7 @@ class JobRequest(CamelModel):
     """Fields every `POST /jobs/*` body may carry besides the function's own arguments."""
 
     tenant_id: TenantId | None = None
-    options: JobOptions = Field(default_factory=JobOptions)
+    options: JobOptions = Field(default_factory=lambda: JobOptions())
 
     def function_args(self) -> dict[str, Any]:
         """The function's own arguments, as stored in `jobs.args` (camelCase, no tenant/options)."""

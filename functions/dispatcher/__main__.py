@@ -1,0 +1,33 @@
+"""`python -m functions.dispatcher`: the dispatcher as its own process (Fly's dispatcher group)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+from shared.db.pool import open_pool
+from shared.launchers import make_launcher
+from shared.logging import configure_logging
+from shared.settings import load_settings
+
+from .leader import Dispatcher
+
+
+async def main() -> None:
+    settings = load_settings()
+    configure_logging(settings.log_level, service="dispatcher")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    pool = await open_pool(settings.database_url, max_size=5)
+    launcher = make_launcher(settings)
+    try:
+        await Dispatcher(settings, pool, launcher).run(stop)
+    finally:
+        await launcher.aclose()
+        await pool.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,58 @@
+"""Stager, lifeline and pruner: the periodic duties of the leader, each one query."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from shared.db import transitions
+from shared.db.pool import Pool
+
+logger = logging.getLogger("functions.dispatcher.maintenance")
+
+
+@dataclass
+class Stager:
+    """scheduled/retryable -> available once due (both states: a retry must actually run)."""
+
+    pool: Pool
+
+    async def run_once(self) -> int:
+        async with self.pool.connection() as conn:
+            staged = await transitions.stage_due(conn)
+        if staged:
+            logger.debug("jobs staged", extra={"count": staged})
+        return staged
+
+
+@dataclass
+class Lifeline:
+    """Rescue executing jobs whose heartbeat went stale or whose machine is gone."""
+
+    pool: Pool
+    rescue_after_seconds: float
+
+    async def run_once(self) -> int:
+        async with self.pool.connection() as conn:
+            rescued = await transitions.rescue_stale(conn, rescue_after_seconds=self.rescue_after_seconds)
+        for job in rescued:
+            logger.warning(
+                "job:rescue",
+                extra={"jobId": job.id, "queue": job.queue, "nextState": job.state, "machineId": job.attempted_by},
+            )
+        return len(rescued)
+
+
+@dataclass
+class Pruner:
+    """Delete final jobs older than PRUNER_MAX_AGE."""
+
+    pool: Pool
+    max_age_seconds: float
+
+    async def run_once(self) -> int:
+        async with self.pool.connection() as conn:
+            pruned = await transitions.prune(conn, max_age_seconds=self.max_age_seconds)
+        if pruned:
+            logger.info("jobs pruned", extra={"count": pruned})
+        return pruned

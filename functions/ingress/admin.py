@@ -1,0 +1,130 @@
+"""Admin endpoints (token with the `admin` scope) and the unauthenticated health check."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+from starlette.requests import Request
+from starlette.responses import Response
+
+from shared.db import job_store, transitions
+from shared.db.pool import Pool
+from shared.errors import NotFound
+from shared.schemas.common import CamelModel
+from shared.settings import Settings
+
+from .auth import authenticate
+from .http import JSONResponse, parse_model, parse_query, read_json_body
+from .presenters import machine_json, queue_json
+
+
+def _pool(request: Request) -> Pool:
+    pool: Pool = request.app.state.pool
+    return pool
+
+
+async def _queue_or_404(request: Request) -> Response:
+    name = request.path_params["name"]
+    async with _pool(request).connection() as conn:
+        statuses = await job_store.queue_statuses(conn, name)
+    if not statuses:
+        raise NotFound(f"no queue {name!r}")
+    return JSONResponse(queue_json(statuses[0]))
+
+
+async def list_queues(request: Request) -> Response:
+    authenticate(request, "admin")
+    async with _pool(request).connection() as conn:
+        statuses = await job_store.queue_statuses(conn)
+    return JSONResponse([queue_json(s) for s in statuses])
+
+
+async def get_queue(request: Request) -> Response:
+    authenticate(request, "admin")
+    return await _queue_or_404(request)
+
+
+async def pause_queue(request: Request) -> Response:
+    """Pause fleet-wide: the flag lives in `queues`, which every claim reads."""
+    authenticate(request, "admin")
+    async with _pool(request).connection() as conn:
+        if not await job_store.set_queue_paused(conn, request.path_params["name"], paused=True):
+            raise NotFound("no such queue")
+    return await _queue_or_404(request)
+
+
+async def resume_queue(request: Request) -> Response:
+    authenticate(request, "admin")
+    async with _pool(request).connection() as conn:
+        if not await job_store.set_queue_paused(conn, request.path_params["name"], paused=False):
+            raise NotFound("no such queue")
+        await conn.execute("SELECT pg_notify('cp_jobs', %s)", (request.path_params["name"],))
+    return await _queue_or_404(request)
+
+
+class ScaleBody(CamelModel):
+    limit: int = Field(..., ge=0, le=1000)
+
+
+async def scale_queue(request: Request) -> Response:
+    authenticate(request, "admin")
+    settings: Settings = request.app.state.settings
+    body = parse_model(ScaleBody, await read_json_body(request, max_bytes=settings.max_body_bytes))
+    async with _pool(request).connection() as conn:
+        if not await job_store.set_queue_limit(conn, request.path_params["name"], limit=body.limit):
+            raise NotFound("no such queue")
+        await conn.execute("SELECT pg_notify('cp_jobs', %s)", (request.path_params["name"],))
+    return await _queue_or_404(request)
+
+
+class PruneQuery(CamelModel):
+    max_age_seconds: int | None = Field(None, ge=0)
+
+
+class RescueQuery(CamelModel):
+    rescue_after_seconds: int | None = Field(None, ge=0)
+
+
+async def prune_jobs(request: Request) -> Response:
+    authenticate(request, "admin")
+    settings: Settings = request.app.state.settings
+    query = parse_query(PruneQuery, dict(request.query_params))
+    max_age = query.max_age_seconds if query.max_age_seconds is not None else settings.pruner_max_age
+    total = 0
+    async with _pool(request).connection() as conn:
+        while pruned := await transitions.prune(conn, max_age_seconds=max_age):
+            total += pruned
+    return JSONResponse({"pruned": total})
+
+
+async def rescue_jobs(request: Request) -> Response:
+    authenticate(request, "admin")
+    settings: Settings = request.app.state.settings
+    query = parse_query(RescueQuery, dict(request.query_params))
+    after = query.rescue_after_seconds if query.rescue_after_seconds is not None else settings.lifeline_rescue_after
+    async with _pool(request).connection() as conn:
+        rescued = await transitions.rescue_stale(conn, rescue_after_seconds=after)
+    return JSONResponse({"rescued": len(rescued)})
+
+
+async def list_machines(request: Request) -> Response:
+    authenticate(request, "admin")
+    async with _pool(request).connection() as conn:
+        machines = await job_store.recent_machines(conn, limit=200)
+    return JSONResponse({"machines": [machine_json(m) for m in machines]})
+
+
+async def health(request: Request) -> Response:
+    """200 with database, dispatcher role and queues; 503 with the reason when the database is down."""
+    dispatcher = getattr(request.app.state, "dispatcher", None)
+    role = dispatcher.role if dispatcher is not None else "off"
+    body: dict[str, Any] = {"status": "ok", "database": "ok", "dispatcher": role}
+    try:
+        async with _pool(request).connection(timeout=2.0) as conn:
+            statuses = await job_store.queue_statuses(conn)
+    except Exception as exc:
+        body.update(status="unavailable", database="unreachable", reason=type(exc).__name__)
+        return JSONResponse(body, status_code=503)
+    body["queues"] = [queue_json(s) for s in statuses]
+    return JSONResponse(body)

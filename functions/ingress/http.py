@@ -1,0 +1,113 @@
+"""Request plumbing: bounded JSON bodies, pydantic validation to problem+json, request ids."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any, TypeVar
+
+import orjson
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.errors import BadRequest, PayloadTooLarge, ProblemError, UnsupportedMediaType, ValidationFailed
+from shared.logging import log_context
+
+M = TypeVar("M", bound=BaseModel)
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def problem_response(error: ProblemError, request: Request | None = None) -> Response:
+    """Render a ProblemError as application/problem+json."""
+    body = orjson.dumps(error.to_problem(instance=request.url.path if request else None))
+    return Response(body, status_code=error.status, media_type="application/problem+json", headers=error.headers)
+
+
+async def read_body(request: Request, *, max_bytes: int) -> bytes:
+    """The request body, refusing with 413 as soon as it exceeds `max_bytes` (chunked bodies too)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise PayloadTooLarge(f"request body is larger than {max_bytes} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLarge(f"request body is larger than {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json_body(request: Request, *, max_bytes: int) -> bytes:
+    """A JSON body's raw bytes after the media type and size checks (415, 413, 400 when empty)."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise UnsupportedMediaType("send the body as application/json")
+    body = await read_body(request, max_bytes=max_bytes)
+    if not body.strip():
+        raise BadRequest("request body is empty; send a JSON object")
+    return body
+
+
+def validation_errors(exc: ValidationError) -> list[dict[str, str]]:
+    """Pydantic errors as [{path, message}] with dotted paths (`operations.resize.width`)."""
+    errors = []
+    for err in exc.errors(include_url=False):
+        path = ".".join(str(part) for part in err["loc"])
+        errors.append({"path": path, "message": err["msg"]})
+    return errors
+
+
+def parse_model(model: type[M], body: bytes, *, context: dict[str, Any] | None = None) -> M:
+    """Validate JSON `body` as `model`: 400 for malformed JSON, 422 with paths for bad fields."""
+    try:
+        return model.model_validate_json(body, context=context)
+    except ValidationError as exc:
+        if any(err["type"] == "json_invalid" for err in exc.errors()):
+            raise BadRequest("malformed JSON body") from exc
+        raise ValidationFailed("the request body is not valid", errors=validation_errors(exc)) from exc
+
+
+def parse_query(model: type[M], data: dict[str, Any]) -> M:
+    """Validate query parameters as `model` (422 with paths)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ValidationFailed("the query parameters are not valid", errors=validation_errors(exc)) from exc
+
+
+class RequestIdMiddleware:
+    """Accept a sane X-Request-ID or make one; echo it and put it on every log line of the request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
+        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
+            await send(message)
+
+        with log_context(requestId=request_id):
+            await self.app(scope, receive, send_with_id)
+
+
+def request_id(request: Request) -> str:
+    return str(getattr(request.state, "request_id", "") or uuid.uuid4().hex)

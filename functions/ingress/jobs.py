@@ -1,0 +1,302 @@
+"""Job endpoints: create per function, read, list, cancel, retry."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import uuid
+from datetime import UTC, datetime
+from functools import cache
+from typing import Any
+
+from pydantic import Field
+from starlette.requests import Request
+from starlette.responses import Response
+
+from functions.handlers import default as default_functions
+from shared.db import job_store, transitions
+from shared.db.job_store import Conn, JobFilter
+from shared.db.models import Job, JobState, NewJob
+from shared.db.pool import Pool
+from shared.errors import Conflict, NotFound, ValidationFailed
+from shared.queues import QUEUES
+from shared.schemas.common import CamelModel, JobRequest
+from shared.schemas.default import DefaultRequest
+from shared.settings import Settings
+from shared.unique import unique_key
+
+from .auth import acting_tenant, authenticate, reading_tenant
+from .http import JSONResponse, parse_model, parse_query, read_json_body, request_id
+from .presenters import job_json
+
+# The request model of each function's `POST /jobs/{queue}`.
+REQUEST_MODELS: dict[str, tuple[str, str]] = {
+    "images": ("shared.schemas.images", "ImagesRequest"),
+    "documents": ("shared.schemas.documents", "DocumentsRequest"),
+    "emails": ("shared.schemas.emails", "EmailRequest"),
+    "webhooks": ("shared.schemas.webhooks", "WebhookRequest"),
+    "exports": ("shared.schemas.exports", "ExportsRequest"),
+    "default": ("shared.schemas.default", "DefaultRequest"),
+}
+
+
+@cache
+def request_model(queue: str) -> type[JobRequest]:
+    module, name = REQUEST_MODELS[queue]
+    model: type[JobRequest] = getattr(importlib.import_module(module), name)
+    return model
+
+
+def _state(request: Request) -> tuple[Settings, Pool]:
+    return request.app.state.settings, request.app.state.pool
+
+
+def new_job(
+    req: JobRequest, *, queue: str, worker: str, args: dict[str, Any], tenant_id: str, rid: str, now: datetime
+) -> NewJob:
+    """The row to insert for a validated request."""
+    options = req.options
+    meta: dict[str, Any] = {**options.meta, "requestId": rid}
+    if options.callback_url:
+        meta["callbackUrl"] = options.callback_url
+    key = states = None
+    if options.unique is not None:
+        key = unique_key(options.unique, tenant_id=tenant_id, queue=queue, worker=worker, args=args, now=now)
+        states = [str(state) for state in options.unique.states]
+    return NewJob(
+        queue=queue,
+        worker=worker,
+        tenant_id=tenant_id,
+        args=args,
+        meta=meta,
+        tags=list(options.tags),
+        priority=options.priority,
+        max_attempts=options.max_attempts or QUEUES[queue].max_attempts,
+        scheduled_at=options.due_at(now),
+        unique_key=key,
+        unique_states=states,
+    )
+
+
+async def create_job(request: Request) -> Response:
+    """POST /jobs/{queue}: validate, insert (row and NOTIFY in one transaction), answer 201."""
+    queue = request.path_params["queue"]
+    if queue not in REQUEST_MODELS:
+        raise NotFound(f"no function {queue!r}")
+    settings, pool = _state(request)
+    principal = authenticate(request, "jobs:write")
+    body = await read_json_body(request, max_bytes=settings.max_body_bytes)
+    req = parse_model(request_model(queue), body, context={"settings": settings})
+    tenant_id = acting_tenant(principal, req.tenant_id)
+    if isinstance(req, DefaultRequest):
+        worker, args = req.function, _default_args(req)
+    else:
+        worker, args = QUEUES[queue].worker, req.function_args()
+    job = new_job(
+        req, queue=queue, worker=worker, args=args, tenant_id=tenant_id, rid=request_id(request), now=datetime.now(UTC)
+    )
+    async with pool.connection() as conn:
+        inserted = await job_store.insert_job(conn, job)
+    return JSONResponse(job_json(inserted), status_code=200 if inserted.conflict else 201)
+
+
+def _default_args(req: DefaultRequest) -> dict[str, Any]:
+    if req.function not in default_functions.FUNCTIONS:
+        known = ", ".join(sorted(default_functions.FUNCTIONS))
+        raise ValidationFailed(
+            f"no function {req.function!r} on the default queue",
+            errors=[{"path": "function", "message": f"must be one of: {known}"}],
+        )
+    try:
+        return default_functions.validate_args(req.function, req.args)
+    except Exception as exc:
+        from pydantic import ValidationError
+
+        from .http import validation_errors
+
+        if isinstance(exc, ValidationError):
+            errors = [{**e, "path": f"args.{e['path']}" if e["path"] else "args"} for e in validation_errors(exc)]
+            raise ValidationFailed("the request body is not valid", errors=errors) from exc
+        raise
+
+
+async def create_bulk_emails(request: Request) -> Response:
+    """POST /jobs/emails/bulk: one email job per recipient, all inserted in one transaction."""
+    from shared.schemas.emails import BulkEmailRequest, expand_bulk
+
+    settings, pool = _state(request)
+    principal = authenticate(request, "jobs:write")
+    body = await read_json_body(request, max_bytes=settings.bulk_max_body_bytes)
+    req = parse_model(BulkEmailRequest, body, context={"settings": settings})
+    tenant_id = acting_tenant(principal, req.tenant_id)
+    if req.options.unique is not None:
+        raise ValidationFailed(
+            "bulk email jobs cannot be unique", errors=[{"path": "options.unique", "message": "not supported"}]
+        )
+    batch_id = str(uuid.uuid4())
+    now, rid = datetime.now(UTC), request_id(request)
+    template = new_job(
+        req, queue="emails", worker=QUEUES["emails"].worker, args={}, tenant_id=tenant_id, rid=rid, now=now
+    )
+    jobs = [
+        NewJob(
+            queue=template.queue,
+            worker=template.worker,
+            tenant_id=tenant_id,
+            args=args,
+            meta={**template.meta, "batchId": batch_id},
+            tags=template.tags,
+            priority=template.priority,
+            max_attempts=template.max_attempts,
+            scheduled_at=template.scheduled_at,
+            batch_id=batch_id,
+        )
+        for args in expand_bulk(req)
+    ]
+    async with pool.connection() as conn, conn.transaction():
+        inserted = await job_store.insert_jobs(conn, jobs)
+    return JSONResponse(
+        {"batchId": batch_id, "count": len(inserted), "jobIds": [j.id for j in inserted]}, status_code=201
+    )
+
+
+def _job_id(request: Request) -> int:
+    raw = request.path_params["job_id"]
+    if not raw.isdigit() or len(raw) > 18:
+        raise NotFound("no such job")
+    return int(raw)
+
+
+async def get_job(request: Request) -> Response:
+    """GET /jobs/{id}: the job, outputs with fresh presigned URLs; 404 for other tenants' jobs."""
+    principal = authenticate(request, "jobs:read")
+    _, pool = _state(request)
+    async with pool.connection() as conn:
+        job = await job_store.get_job(conn, _job_id(request), tenant_id=reading_tenant(principal))
+    if job is None:
+        raise NotFound("no such job")
+    result = job.result
+    if result and result.get("outputs"):
+        result = request.app.state.storage().presign_result(result)
+    return JSONResponse(job_json(job, result=result))
+
+
+class ListQuery(CamelModel):
+    queue: str | None = Field(None, max_length=64)
+    state: list[JobState] | None = None
+    worker: str | None = Field(None, max_length=128)
+    batch_id: str | None = Field(None, max_length=64)
+    tag: str | None = Field(None, max_length=64)
+    limit: int = Field(50, ge=1, le=200)
+    cursor: int | None = Field(None, ge=1)
+
+
+async def list_jobs(request: Request) -> Response:
+    """GET /jobs: the tenant's jobs, newest first, with a cursor to the next page."""
+    principal = authenticate(request, "jobs:read")
+    _, pool = _state(request)
+    params: dict[str, Any] = dict(request.query_params)
+    if "state" in request.query_params:
+        params["state"] = _multi(request, "state")
+    query = parse_query(ListQuery, params)
+    criteria = JobFilter(
+        tenant_id=reading_tenant(principal),
+        queue=query.queue,
+        states=[s.value for s in query.state] if query.state else None,
+        worker=query.worker,
+        batch_id=query.batch_id,
+        tag=query.tag,
+    )
+    async with pool.connection() as conn:
+        jobs = await job_store.list_jobs(conn, criteria, limit=query.limit, before_id=query.cursor)
+    next_cursor = str(jobs[-1].id) if len(jobs) == query.limit else None
+    return JSONResponse({"jobs": [job_json(j) for j in jobs], "nextCursor": next_cursor})
+
+
+def _multi(request: Request, name: str) -> list[str]:
+    """A repeatable query parameter, also accepting comma-separated values."""
+    return [part for value in request.query_params.getlist(name) for part in value.split(",") if part]
+
+
+class CancelCriteria(CamelModel):
+    ids: list[int] | None = Field(None, max_length=1000)
+    queue: str | None = Field(None, max_length=64)
+    worker: str | None = Field(None, max_length=128)
+    state: list[JobState] | None = None
+    batch_id: str | None = Field(None, max_length=64)
+
+
+async def cancel_jobs(request: Request) -> Response:
+    """DELETE /jobs: cancel matching jobs of the tenant; running ones stop within a heartbeat."""
+    settings, pool = _state(request)
+    principal = authenticate(request, "jobs:write")
+    params: dict[str, Any] = {}
+    if request.headers.get("content-length", "0") not in ("", "0") or request.headers.get("transfer-encoding"):
+        body = await read_json_body(request, max_bytes=settings.max_body_bytes)
+        criteria = parse_model(CancelCriteria, body)
+    else:
+        params = dict(request.query_params)
+        for name in ("ids", "state"):
+            if name in request.query_params:
+                params[name] = _multi(request, name)
+        criteria = parse_query(CancelCriteria, params)
+    if not criteria.model_dump(exclude_none=True):
+        raise ValidationFailed(
+            "name at least one criterion", errors=[{"path": "", "message": "give ids, queue, worker, state or batchId"}]
+        )
+    job_filter = JobFilter(
+        tenant_id=reading_tenant(principal),
+        ids=criteria.ids,
+        queue=criteria.queue,
+        worker=criteria.worker,
+        states=[s.value for s in criteria.state] if criteria.state else None,
+        batch_id=criteria.batch_id,
+    )
+    async with pool.connection() as conn, conn.transaction():
+        cancelled = await transitions.cancel(conn, job_filter)
+        await _after_cancel(conn, cancelled)
+    return JSONResponse({"cancelled": len(cancelled)})
+
+
+async def _after_cancel(conn: Conn, cancelled: list[transitions.CancelledJob]) -> None:
+    """Notify callbacks of cancelled jobs and ask the dispatcher to stop machines of running ones."""
+    if not cancelled:
+        return
+    from shared.callbacks import callback_job_args
+
+    cur = await conn.execute(
+        "SELECT * FROM jobs WHERE id = ANY(%s) AND meta ? 'callbackUrl'", ([c.id for c in cancelled],)
+    )
+    for row in await cur.fetchall():
+        job = Job.from_row(row)
+        args = callback_job_args(job)
+        if args is not None:
+            await job_store.insert_job(
+                conn,
+                NewJob(
+                    queue="webhooks",
+                    worker=QUEUES["webhooks"].worker,
+                    tenant_id=job.tenant_id,
+                    args=args,
+                    meta={"requestId": job.meta.get("requestId"), "callbackFor": job.id},
+                    max_attempts=QUEUES["webhooks"].max_attempts,
+                ),
+            )
+    machines = sorted({c.attempted_by for c in cancelled if c.was == "executing" and c.attempted_by})
+    if machines:
+        await conn.execute("SELECT pg_notify('cp_control', %s)", (json.dumps({"stopMachines": machines}),))
+
+
+async def retry_job(request: Request) -> Response:
+    """POST /jobs/{id}/retry: a discarded or cancelled job made available again."""
+    principal = authenticate(request, "jobs:write")
+    _, pool = _state(request)
+    job_id, tenant = _job_id(request), reading_tenant(principal)
+    async with pool.connection() as conn:
+        job = await transitions.retry_final(conn, job_id, tenant_id=tenant)
+        if job is None:
+            existing = await job_store.get_job(conn, job_id, tenant_id=tenant)
+            if existing is None:
+                raise NotFound("no such job")
+            raise Conflict(f"only discarded or cancelled jobs can be retried; this one is {existing.state.value}")
+    return JSONResponse(job_json(job))

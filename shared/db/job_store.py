@@ -1,0 +1,169 @@
+"""Reads and inserts of jobs, queues and machines. State changes live in transitions.py."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.rows import DictRow
+from psycopg.types.json import Jsonb
+
+from .models import Job, MachineRecord, NewJob, QueueStatus
+from .sql import QUERIES
+
+Conn = AsyncConnection[DictRow]
+
+
+def _insert_params(job: NewJob) -> dict[str, Any]:
+    return {
+        "queue": job.queue,
+        "worker": job.worker,
+        "tenant_id": job.tenant_id,
+        "args": Jsonb(job.args),
+        "meta": Jsonb(job.meta),
+        "tags": list(job.tags),
+        "priority": job.priority,
+        "max_attempts": job.max_attempts,
+        "batch_id": job.batch_id,
+        "unique_key": job.unique_key,
+        "unique_states": job.unique_states,
+        "scheduled_at": job.scheduled_at,
+    }
+
+
+async def insert_job(conn: Conn, job: NewJob) -> Job:
+    """Insert one job (its NOTIFY commits with it). A unique conflict returns the existing job
+    with `conflict=True`; the unique index, not a check-then-insert, decides."""
+    params = _insert_params(job)
+    for _ in range(10):
+        cur = await conn.execute(QUERIES["insert_job"], params, prepare=True)
+        row = await cur.fetchone()
+        if row is not None:
+            return Job.from_row(row)
+        cur = await conn.execute(QUERIES["find_unique_job"], {"unique_key": job.unique_key})
+        existing = await cur.fetchone()
+        if existing is not None:
+            return Job.from_row(existing, conflict=True)
+        # The holder of the key left the covered states between our two statements: try again.
+    raise RuntimeError(f"unique insert for key {job.unique_key!r} did not settle")
+
+
+async def insert_jobs(conn: Conn, jobs: Sequence[NewJob]) -> list[Job]:
+    """Insert many jobs in one statement (no unique keys), in order."""
+    if not jobs:
+        return []
+    if any(job.unique_key for job in jobs):
+        raise ValueError("insert_jobs does not take unique jobs; insert them one by one")
+    cur = await conn.execute(
+        QUERIES["insert_jobs"],
+        {
+            "queue": [j.queue for j in jobs],
+            "worker": [j.worker for j in jobs],
+            "tenant_id": [j.tenant_id for j in jobs],
+            "args": [Jsonb(j.args) for j in jobs],
+            "meta": [Jsonb(j.meta) for j in jobs],
+            "tags": [Jsonb(list(j.tags)) for j in jobs],
+            "priority": [j.priority for j in jobs],
+            "max_attempts": [j.max_attempts for j in jobs],
+            "batch_id": [j.batch_id for j in jobs],
+            "scheduled_at": [j.scheduled_at for j in jobs],
+        },
+    )
+    return [Job.from_row(row) for row in await cur.fetchall()]
+
+
+async def get_job(conn: Conn, job_id: int, *, tenant_id: str | None) -> Job | None:
+    """One job; with `tenant_id`, None for another tenant's job exactly as for a missing one."""
+    cur = await conn.execute(QUERIES["get_job"], {"id": job_id, "tenant_id": tenant_id}, prepare=True)
+    row = await cur.fetchone()
+    return Job.from_row(row) if row else None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobFilter:
+    """Criteria for listing or cancelling jobs; None means any."""
+
+    tenant_id: str | None
+    ids: list[int] | None = None
+    queue: str | None = None
+    states: list[str] | None = None
+    worker: str | None = None
+    batch_id: str | None = None
+    tag: str | None = None
+
+
+async def list_jobs(conn: Conn, criteria: JobFilter, *, limit: int, before_id: int | None) -> list[Job]:
+    """Jobs matching `criteria`, newest first, `limit` at most, ids below `before_id`."""
+    cur = await conn.execute(
+        QUERIES["list_jobs"],
+        {
+            "tenant_id": criteria.tenant_id,
+            "queue": criteria.queue,
+            "states": criteria.states,
+            "worker": criteria.worker,
+            "batch_id": criteria.batch_id,
+            "tag": criteria.tag,
+            "before_id": before_id,
+            "limit": limit,
+        },
+    )
+    return [Job.from_row(row) for row in await cur.fetchall()]
+
+
+async def queue_statuses(conn: Conn, name: str | None = None) -> list[QueueStatus]:
+    cur = await conn.execute(QUERIES["queue_statuses"], {"name": name})
+    return [QueueStatus.from_row(row) for row in await cur.fetchall()]
+
+
+async def set_queue_paused(conn: Conn, name: str, *, paused: bool) -> bool:
+    cur = await conn.execute(QUERIES["set_queue_paused"], {"name": name, "paused": paused})
+    return await cur.fetchone() is not None
+
+
+async def set_queue_limit(conn: Conn, name: str, *, limit: int) -> bool:
+    cur = await conn.execute(QUERIES["set_queue_limit"], {"name": name, "limit": limit})
+    return await cur.fetchone() is not None
+
+
+async def recent_machines(conn: Conn, *, limit: int = 100) -> list[MachineRecord]:
+    cur = await conn.execute(QUERIES["recent_machines"], {"limit": limit})
+    return [MachineRecord.from_row(row) for row in await cur.fetchall()]
+
+
+async def live_machines(conn: Conn) -> list[MachineRecord]:
+    cur = await conn.execute(QUERIES["live_machines"])
+    return [MachineRecord.from_row(row) for row in await cur.fetchall()]
+
+
+async def record_machine(
+    conn: Conn, *, machine_id: str, queue: str, launcher: str, job_id: int | None, detail: dict[str, Any]
+) -> None:
+    await conn.execute(
+        QUERIES["insert_machine"],
+        {"id": machine_id, "queue": queue, "launcher": launcher, "job_id": job_id, "detail": Jsonb(detail)},
+    )
+
+
+async def machine_started(conn: Conn, machine_id: str) -> None:
+    await conn.execute(QUERIES["machine_started"], {"id": machine_id})
+
+
+async def machine_ran_job(conn: Conn, machine_id: str) -> None:
+    await conn.execute(QUERIES["machine_ran_job"], {"id": machine_id})
+
+
+async def machine_exited(
+    conn: Conn, machine_id: str, *, exit_code: int | None, oom_killed: bool = False, failed: bool = False
+) -> bool:
+    cur = await conn.execute(
+        QUERIES["machine_exited"],
+        {
+            "id": machine_id,
+            "exit_code": exit_code,
+            "oom_killed": oom_killed,
+            "state": "failed" if failed else "exited",
+        },
+    )
+    return await cur.fetchone() is not None

@@ -1,0 +1,158 @@
+"""Every job state change, one function per arrow of the architecture spec.
+
+Writers about a held job take a Fence; a fenced write that matches no row raises LostJobError
+(the job was cancelled or rescued meanwhile, and this machine must publish nothing).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from shared.errors import LostJobError
+
+from .job_store import Conn, JobFilter
+from .models import Fence, Job, JobState
+from .sql import QUERIES
+
+
+async def claim(conn: Conn, *, queue: str, machine_id: str, max_jobs: int, prefer_id: int | None = None) -> list[Job]:
+    """available -> executing for up to `max_jobs` jobs of `queue`, within its fleet-wide limit."""
+    cur = await conn.execute(
+        QUERIES["claim_jobs"],
+        {"queue": queue, "machine_id": machine_id, "max_jobs": max_jobs, "prefer_id": prefer_id},
+        prepare=True,
+    )
+    return [Job.from_row(row) for row in await cur.fetchall()]
+
+
+async def _fenced(conn: Conn, query: str, fence: Fence, **params: Any) -> None:
+    cur = await conn.execute(QUERIES[query], {**asdict(fence), **params}, prepare=True)
+    if await cur.fetchone() is None:
+        raise LostJobError(fence.job_id)
+
+
+async def complete(conn: Conn, fence: Fence, *, result: dict[str, Any]) -> None:
+    """executing -> completed. Raises LostJobError if this machine no longer holds the job."""
+    await _fenced(conn, "complete_job", fence, result=Jsonb(result))
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Discard:
+    pass
+
+
+def default_backoff_seconds(attempt: int) -> float:
+    """Oban's backoff: 15 + 2^attempt seconds, with ±10% jitter."""
+    base = 15 + 2 ** min(attempt, 20)
+    return float(base * random.uniform(0.9, 1.1))
+
+
+def after_failure(job: Job, *, permanent: bool, backoff_seconds: float, now: datetime) -> Retry | Discard:
+    """Decide what a failed attempt leads to, with no I/O (now passed in)."""
+    if permanent or job.attempt >= job.max_attempts:
+        return Discard()
+    return Retry(at=now + timedelta(seconds=backoff_seconds))
+
+
+def error_entry(*, attempt: int, at: datetime, kind: str, error: str) -> dict[str, Any]:
+    """One entry of `jobs.errors` (errors are capped so one huge message cannot bloat the row)."""
+    return {"attempt": attempt, "at": at.isoformat(), "kind": kind, "error": error[:2000]}
+
+
+async def fail(conn: Conn, fence: Fence, *, decision: Retry | Discard, error: dict[str, Any]) -> JobState:
+    """executing -> retryable | discarded, recording `error`. Raises LostJobError."""
+    if isinstance(decision, Retry):
+        state, retry_at = JobState.RETRYABLE, decision.at
+    else:
+        state, retry_at = JobState.DISCARDED, None
+    await _fenced(conn, "fail_job", fence, state=state.value, retry_at=retry_at, error=Jsonb(error))
+    return state
+
+
+async def snooze(conn: Conn, fence: Fence, *, seconds: float) -> None:
+    """executing -> scheduled in `seconds`, giving the attempt back. Raises LostJobError."""
+    await _fenced(conn, "snooze_job", fence, seconds=seconds)
+
+
+async def hand_back(conn: Conn, fence: Fence) -> None:
+    """executing -> available with the attempt given back (machine shutting down)."""
+    await _fenced(conn, "hand_back_job", fence)
+
+
+async def heartbeat(conn: Conn, *, machine_id: str, held: list[tuple[int, int]]) -> set[int]:
+    """Refresh heartbeats of the (job id, attempt) pairs; returns the ids still held."""
+    if not held:
+        return set()
+    cur = await conn.execute(
+        QUERIES["heartbeat_jobs"],
+        {"machine_id": machine_id, "job_ids": [h[0] for h in held], "attempts": [h[1] for h in held]},
+        prepare=True,
+    )
+    return {row["id"] for row in await cur.fetchall()}
+
+
+@dataclass(frozen=True, slots=True)
+class CancelledJob:
+    id: int
+    queue: str
+    was: str
+    attempted_by: str | None
+
+
+async def cancel(conn: Conn, criteria: JobFilter) -> list[CancelledJob]:
+    """Any non-final state -> cancelled for the jobs matching `criteria`."""
+    cur = await conn.execute(
+        QUERIES["cancel_jobs"],
+        {
+            "tenant_id": criteria.tenant_id,
+            "ids": criteria.ids,
+            "queue": criteria.queue,
+            "worker": criteria.worker,
+            "states": criteria.states,
+            "batch_id": criteria.batch_id,
+        },
+    )
+    return [CancelledJob(r["id"], r["queue"], r["was"], r["attempted_by"]) for r in await cur.fetchall()]
+
+
+async def retry_final(conn: Conn, job_id: int, *, tenant_id: str | None) -> Job | None:
+    """discarded | cancelled -> available with attempts reset; None if not in those states."""
+    cur = await conn.execute(QUERIES["retry_job"], {"id": job_id, "tenant_id": tenant_id})
+    row = await cur.fetchone()
+    return Job.from_row(row) if row else None
+
+
+async def stage_due(conn: Conn, *, limit: int = 5000) -> int:
+    """scheduled | retryable -> available for jobs that came due; returns how many."""
+    cur = await conn.execute(QUERIES["stage_due_jobs"], {"limit": limit}, prepare=True)
+    return len(await cur.fetchall())
+
+
+@dataclass(frozen=True, slots=True)
+class RescuedJob:
+    id: int
+    queue: str
+    state: str
+    attempted_by: str | None
+
+
+async def rescue_stale(conn: Conn, *, rescue_after_seconds: float) -> list[RescuedJob]:
+    """executing -> retryable | discarded for jobs with a stale heartbeat or a gone machine."""
+    cur = await conn.execute(QUERIES["rescue_stale_jobs"], {"rescue_after_seconds": rescue_after_seconds})
+    return [RescuedJob(r["id"], r["queue"], r["state"], r["attempted_by"]) for r in await cur.fetchall()]
+
+
+async def prune(conn: Conn, *, max_age_seconds: float, limit: int = 10_000) -> int:
+    """Delete final jobs older than `max_age_seconds`; returns how many."""
+    cur = await conn.execute(QUERIES["prune_jobs"], {"max_age_seconds": max_age_seconds, "limit": limit})
+    return len(await cur.fetchall())

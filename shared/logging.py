@@ -1,0 +1,64 @@
+"""JSON log lines with the ids of the request, job and machine they belong to.
+
+Context (requestId, jobId, queue, worker, tenantId, machineId, attempt) lives in a contextvar,
+so every line logged while handling a request or a job carries it without passing it around.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from pythonjsonlogger.json import JsonFormatter
+
+_context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("log_context", default={})  # noqa: B039
+
+
+def current_context() -> dict[str, Any]:
+    return dict(_context.get())
+
+
+@contextlib.contextmanager
+def log_context(**values: Any) -> Iterator[None]:
+    """Add `values` to every log line emitted inside the block (None values are left out)."""
+    token = _context.set({**_context.get(), **{k: v for k, v in values.items() if v is not None}})
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+def bind_context(**values: Any) -> None:
+    """Add `values` to the context for the rest of this task (e.g. a machine's own id)."""
+    _context.set({**_context.get(), **{k: v for k, v in values.items() if v is not None}})
+
+
+class _ContextFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in _context.get().items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
+        return True
+
+
+def configure_logging(level: str = "info", *, service: str) -> None:
+    """Send JSON lines to stdout for the whole process."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        JsonFormatter(
+            "%(asctime)s %(levelname)s %(name)s %(message)s",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            static_fields={"service": service},
+            timestamp=False,
+        )
+    )
+    handler.addFilter(_ContextFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "httpx", "httpcore", "fontTools", "weasyprint"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

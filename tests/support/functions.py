@@ -1,0 +1,65 @@
+"""Default-queue functions for the engine tests (loaded via DEFAULT_FUNCTION_MODULES)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from functions.handlers.base import HandlerContext, HandlerResult
+from functions.handlers.default import register
+from shared.db.models import Job
+from shared.errors import PermanentJobError, RetryableJobError, SnoozeJob
+
+
+class FlakyArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    succeed_on: int = 3
+
+
+@register("flaky", FlakyArgs)
+async def flaky(job: Job, ctx: HandlerContext) -> HandlerResult:
+    """Fails until attempt `succeed_on`, retrying quickly."""
+    args = FlakyArgs.model_validate(job.args)
+    if job.attempt < args.succeed_on:
+        raise RetryableJobError(f"failing attempt {job.attempt}", retry_after_seconds=0.1)
+    return {"succeededOn": job.attempt}
+
+
+class Empty(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@register("always_fail", Empty)
+async def always_fail(job: Job, ctx: HandlerContext) -> HandlerResult:
+    raise RetryableJobError(f"attempt {job.attempt} failed", retry_after_seconds=0.1)
+
+
+@register("permanent_fail", Empty)
+async def permanent_fail(job: Job, ctx: HandlerContext) -> HandlerResult:
+    raise PermanentJobError("this can never work", kind="bad-input")
+
+
+@register("snooze_once", Empty)
+async def snooze_once(job: Job, ctx: HandlerContext) -> HandlerResult:
+    if not job.meta.get("snoozed"):
+        raise SnoozeJob(0.2)
+    return {"attempt": job.attempt, "snoozed": job.meta["snoozed"]}
+
+
+class MarkerArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    marker_dir: str
+    seconds: float = 0.0
+
+
+@register("record_run", MarkerArgs)
+async def record_run(job: Job, ctx: HandlerContext) -> HandlerResult:
+    """Writes one marker file per execution (to count runs), then sleeps `seconds`."""
+    import asyncio
+
+    marker = Path(MarkerArgs.model_validate(job.args).marker_dir) / f"{job.id}-{job.attempt}-{os.getpid()}"
+    marker.write_text(ctx.machine_id)
+    await asyncio.sleep(MarkerArgs.model_validate(job.args).seconds)
+    return {"pid": os.getpid(), "attempt": job.attempt}
