@@ -1,0 +1,148 @@
+"""The `fly` launcher: one Fly Machine per launch, in FLY_WORKER_APP, from WORKER_IMAGE.
+
+Machines are ephemeral (`auto_destroy` with restart policy `no`, reference 5.2): the machine runs
+`python -m functions.machine`, exits when idle or done, and Fly removes it. Its env carries only
+the launch contract (JOB_QUEUE, JOB_ID, MACHINE_*); database, storage and SMTP settings reach it
+from the worker app's secrets. Metadata marks the machine as ours and names its queue, job and
+launch, so `list_machines` can reconcile after a dispatcher restart and a 408 on create can be
+resolved without creating a second machine (see fly_api).
+
+With WARM_POOL_SIZE > 0, launches first start an idle pool machine (see fly_pool).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import httpx
+
+from shared.errors import LauncherRejected
+from shared.settings import Settings
+
+from .base import MachineRef, MachineSpec, MachineStatus
+from .fly_api import DEFAULT_RETRY, MachinesAPI, RetryPolicy
+from .fly_config import (
+    META_QUEUE,
+    META_ROLE,
+    ROLE_FUNCTION,
+    STOP_TIMEOUT_SECONDS,
+    create_body,
+    function_metadata,
+    public_env,
+)
+from .fly_pool import WarmPool, is_idle_pool_machine
+from .fly_state import machine_status
+
+logger = logging.getLogger(__name__)
+
+# Create answers at once (the boot continues asynchronously, reference 3.1), so a read timeout
+# well under a minute is plenty; connecting should be quick from inside Fly's network.
+DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0, pool=5.0)
+DEFAULT_LIMITS = httpx.Limits(max_connections=20, max_keepalive_connections=10)
+
+
+def build_http_client() -> httpx.AsyncClient:
+    """The client FlyLauncher uses when none is injected; environment proxies are ignored."""
+    return httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, limits=DEFAULT_LIMITS, trust_env=False)
+
+
+class FlyLauncher:
+    """Launcher on the Fly Machines API."""
+
+    kind = "fly"
+
+    def __init__(
+        self, settings: Settings, *, http: httpx.AsyncClient | None = None, retry: RetryPolicy = DEFAULT_RETRY
+    ) -> None:
+        """Raises LauncherRejected when FLY_API_TOKEN, FLY_WORKER_APP or WORKER_IMAGE is unset."""
+        token, app = settings.fly_api_token, settings.fly_worker_app
+        if token is None or not token.get_secret_value():
+            raise LauncherRejected("FLY_API_TOKEN is required for the fly launcher")
+        if not app or not settings.worker_image:
+            raise LauncherRejected("FLY_WORKER_APP and WORKER_IMAGE are required for the fly launcher")
+        self._settings = settings
+        self._owns_http = http is None
+        self._http = http or build_http_client()
+        self._api = MachinesAPI(
+            http=self._http,
+            base_url=settings.fly_api_hostname,
+            app=app,
+            token=token,
+            retry=retry,
+        )
+        self._pool = (
+            WarmPool(api=self._api, settings=settings, size=settings.warm_pool_size)
+            if settings.warm_pool_size > 0
+            else None
+        )
+
+    def __repr__(self) -> str:
+        return f"FlyLauncher(app={self._settings.fly_worker_app!r})"
+
+    async def launch(self, spec: MachineSpec) -> MachineRef:
+        """Start a machine for `spec.queue`. Raises LauncherUnavailable (retry later) or LauncherRejected."""
+        env, dropped = public_env(spec.env)
+        if dropped:
+            # A secret in a machine config would be readable through the API; Fly secrets carry it.
+            logger.warning("secret settings left out of machine env", extra={"names": dropped, "queue": spec.queue})
+        if self._pool is not None:
+            ref = await self._pool.take(queue=spec.queue, env=env)
+            if ref is not None:
+                logger.info("fly pool machine started", extra={"machine_id": ref.id, "queue": spec.queue})
+                return ref
+        launch_id = uuid.uuid4().hex
+        body = create_body(
+            settings=self._settings,
+            queue=spec.queue,
+            env=env,
+            metadata=function_metadata(queue=spec.queue, job_id=spec.job_id, launch_id=launch_id),
+        )
+        machine = await self._api.create(body, launch_id=launch_id)
+        machine_id = str(machine["id"])
+        logger.info("fly machine created", extra={"machine_id": machine_id, "queue": spec.queue, "job_id": spec.job_id})
+        return MachineRef(
+            id=machine_id,
+            detail={
+                "name": machine.get("name"),
+                "region": machine.get("region"),
+                "instance_id": machine.get("instance_id"),
+                "launch_id": launch_id,
+            },
+        )
+
+    async def stop(self, machine_id: str) -> None:
+        """SIGTERM the machine (SIGKILL after the stop timeout); no error when it is already gone.
+
+        A machine that is not running (never booted, or stopped) is destroyed instead, so nothing
+        is left behind. Raises LauncherUnavailable or LauncherRejected.
+        """
+        stopped = await self._api.stop(machine_id, signal="SIGTERM", timeout_seconds=STOP_TIMEOUT_SECONDS)
+        if stopped:
+            return
+        machine = await self._api.get(machine_id)
+        if machine is None or machine.get("state") in ("destroying", "destroyed") or is_idle_pool_machine(machine):
+            return
+        await self._api.destroy(machine_id, force=True)
+
+    async def status(self, machine_id: str) -> MachineStatus:
+        """The machine's state; one Fly no longer knows reports `exited`. Raises LauncherUnavailable."""
+        machine = await self._api.get(machine_id)
+        if machine is None:
+            return MachineStatus(id=machine_id, queue=None, state="exited")
+        return machine_status(machine)
+
+    async def list_machines(self, *, queue: str | None = None) -> list[MachineStatus]:
+        """Our machines in the worker app (idle warm-pool machines are capacity, not work, and left out)."""
+        metadata = {META_ROLE: ROLE_FUNCTION}
+        if queue is not None:
+            metadata[META_QUEUE] = queue
+        machines = await self._api.list(metadata=metadata)
+        return [machine_status(m) for m in machines if not is_idle_pool_machine(m)]
+
+    async def aclose(self) -> None:
+        """Finish pool upkeep and close the HTTP client if we built it; machines keep running."""
+        if self._pool is not None:
+            await self._pool.aclose()
+        if self._owns_http:
+            await self._http.aclose()
