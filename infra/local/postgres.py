@@ -88,8 +88,18 @@ class LocalPostgres:
             for parent in self.data_dir.parents:
                 if parent.stat().st_uid == os.geteuid() and not parent.stat().st_mode & 0o001:
                     parent.chmod(parent.stat().st_mode | 0o011)
-        cmd = [*self.prefix, str(self.bindir / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
-               "--auth=trust", "-E", "UTF8", "--locale=C"]
+        cmd = [
+            *self.prefix,
+            str(self.bindir / "initdb"),
+            "-D",
+            str(self.data_dir),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        ]
         if not self.durable:
             cmd.append("--no-sync")
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -99,14 +109,29 @@ class LocalPostgres:
     def start(self) -> None:
         """Start the server and wait until it accepts connections."""
         self.init()
+        if (self.data_dir / "postmaster.pid").exists():
+            self.stop("fast")  # a server left over from an earlier run; start afresh on our port
         options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.data_dir} -c max_connections=300"
         if not self.durable:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         log = self.data_dir / "server.log"
         subprocess.run(
-            [*self.prefix, str(self.bindir / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(self.data_dir),
-             "-l", str(log), "-o", options],
-            check=True, capture_output=True,
+            [
+                *self.prefix,
+                str(self.bindir / "pg_ctl"),
+                "start",
+                "-w",
+                "-t",
+                "60",
+                "-D",
+                str(self.data_dir),
+                "-l",
+                str(log),
+                "-o",
+                options,
+            ],
+            check=True,
+            capture_output=True,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -122,7 +147,8 @@ class LocalPostgres:
             return
         subprocess.run(
             [*self.prefix, str(self.bindir / "pg_ctl"), "stop", "-w", "-m", mode, "-D", str(self.data_dir)],
-            check=False, capture_output=True,
+            check=False,
+            capture_output=True,
         )
 
     def destroy(self) -> None:

@@ -1,0 +1,71 @@
+# Content Processor — the two commands are `make dev` and `make test`; both install what is missing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+UV_VERSION := 0.13.8
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?=
+
+.PHONY: help install system-deps dev test lint typecheck pytest migrate bench token lock clean
+
+help:
+	@echo "make dev        start Postgres, S3, the API and the dispatcher on embedded defaults"
+	@echo "make test       lint, typecheck and run the whole test suite"
+	@echo "make lint | typecheck | migrate | bench | token | lock | clean"
+
+# System packages: PostgreSQL server binaries (embedded dev/test database) and WeasyPrint's
+# Pango/HarfBuzz/fonts. Installed with apt-get only when missing.
+system-deps:
+	@missing=""; \
+	if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then missing="$$missing postgresql"; fi; \
+	if ! ldconfig -p 2>/dev/null | grep -q libpangoft2-1.0; then missing="$$missing libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0"; fi; \
+	if ! fc-list 2>/dev/null | grep -qi dejavu; then missing="$$missing fonts-dejavu-core fontconfig"; fi; \
+	if [ -n "$$missing" ]; then \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing system packages:$$missing"; \
+	    $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "please install:$$missing (no apt-get here)"; exit 1; fi; \
+	fi
+
+$(STAMP): pyproject.toml requirements.lock
+	@$(MAKE) --no-print-directory system-deps
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+	@VIRTUAL_ENV=$(VENV) $(BIN)/uv pip install -q -r requirements.lock
+	@VIRTUAL_ENV=$(VENV) $(BIN)/uv pip install -q --no-deps -e .
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+dev: install
+	$(BIN)/python -m infra.local.dev
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy functions shared infra tests bench
+
+pytest: install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+migrate: install
+	$(BIN)/python -m shared.db.migrate
+
+bench: install
+	$(BIN)/python -m bench
+
+token: install
+	@$(BIN)/python -m shared.tokens --tenant $${TENANT:-dev} --scope "$${SCOPE:-jobs:write jobs:read}"
+
+# Regenerate the lock file after changing dependencies in pyproject.toml.
+lock: install
+	$(BIN)/uv pip compile -q pyproject.toml --extra dev --extra bench -o requirements.lock --python-version 3.11
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
