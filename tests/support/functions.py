@@ -63,3 +63,18 @@ async def record_run(job: Job, ctx: HandlerContext) -> HandlerResult:
     marker.write_text(ctx.machine_id)
     await asyncio.sleep(MarkerArgs.model_validate(job.args).seconds)
     return {"pid": os.getpid(), "attempt": job.attempt}
+
+
+class SlowFirstArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    seconds: float = 30.0
+
+
+@register("slow_first", SlowFirstArgs)
+async def slow_first(job: Job, ctx: HandlerContext) -> HandlerResult:
+    """Attempt 1 takes `seconds`; later attempts return at once (for kill/stall tests)."""
+    import asyncio
+
+    if job.attempt == 1:
+        await asyncio.sleep(SlowFirstArgs.model_validate(job.args).seconds)
+    return {"attempt": job.attempt, "machine": ctx.machine_id}

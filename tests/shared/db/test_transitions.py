@@ -1,0 +1,200 @@
+"""State changes against a real Postgres: fencing, the transition guard, staging, claiming races."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+
+from shared.db import job_store, transitions
+from shared.db.job_store import JobFilter
+from shared.db.models import ALLOWED, Fence, JobState, NewJob
+from shared.db.pool import connect
+from shared.db.sql import QUERIES, parse_queries
+from shared.errors import LostJobError
+from shared.schemas.common import UniqueOptions
+from shared.unique import unique_key
+
+
+def new(**overrides):
+    values = {"queue": "default", "worker": "echo", "tenant_id": "t1", "args": {"n": 1}}
+    values.update(overrides)
+    return NewJob(**values)
+
+
+async def test_insert_claim_complete_and_fenced_writes(settings):
+    conn = await connect(settings.database_url)
+    async with conn:
+        job = await job_store.insert_job(conn, new())
+        assert job.state == JobState.AVAILABLE
+        [claimed] = await transitions.claim(conn, queue="default", machine_id="m1", max_jobs=5)
+        assert (claimed.id, claimed.attempt, claimed.attempted_by) == (job.id, 1, "m1")
+        with pytest.raises(LostJobError):
+            await transitions.complete(conn, Fence(job_id=job.id, attempt=1, machine_id="m2"), result={})
+        with pytest.raises(LostJobError):
+            await transitions.complete(conn, Fence(job_id=job.id, attempt=2, machine_id="m1"), result={})
+        await transitions.complete(conn, Fence(job_id=job.id, attempt=1, machine_id="m1"), result={"ok": 1})
+        done = await job_store.get_job(conn, job.id, tenant_id="t1")
+        assert done is not None and done.state == JobState.COMPLETED and done.result == {"ok": 1}
+        assert await job_store.get_job(conn, job.id, tenant_id="other-tenant") is None
+
+
+async def test_database_refuses_transitions_outside_the_spec(settings):
+    """Every pair of states not in ALLOWED is rejected by the database itself."""
+    conn = await connect(settings.database_url)
+    async with conn:
+        job = await job_store.insert_job(conn, new())
+        for target in JobState:
+            if (JobState.AVAILABLE, target) in ALLOWED or target == JobState.AVAILABLE:
+                continue
+            with pytest.raises(psycopg.errors.CheckViolation):
+                extra = {
+                    JobState.COMPLETED: ", completed_at = now()",
+                    JobState.DISCARDED: ", discarded_at = now()",
+                    JobState.CANCELLED: "",
+                }.get(target, "")
+                if target == JobState.CANCELLED:
+                    continue  # available -> cancelled is allowed
+                await conn.execute(f"UPDATE jobs SET state = '{target.value}'{extra} WHERE id = %s", (job.id,))
+        [claimed] = await transitions.claim(conn, queue="default", machine_id="m", max_jobs=1)
+        await transitions.complete(conn, Fence(job_id=claimed.id, attempt=1, machine_id="m"), result={})
+        with pytest.raises(psycopg.errors.CheckViolation):
+            await conn.execute("UPDATE jobs SET state = 'available', completed_at = NULL WHERE id = %s", (job.id,))
+
+
+async def test_failure_retries_then_discards_and_snooze_gives_the_attempt_back(settings):
+    conn = await connect(settings.database_url)
+    async with conn:
+        job = await job_store.insert_job(conn, new(max_attempts=2))
+        now = datetime.now(UTC)
+        [j] = await transitions.claim(conn, queue="default", machine_id="m", max_jobs=1)
+        fence = Fence(job_id=j.id, attempt=j.attempt, machine_id="m")
+        await transitions.snooze(conn, fence, seconds=0)
+        snoozed = await job_store.get_job(conn, job.id, tenant_id=None)
+        assert snoozed is not None and snoozed.state == JobState.SCHEDULED and snoozed.attempt == 0
+        assert snoozed.meta["snoozed"] == 1
+        assert await transitions.stage_due(conn) == 1
+        [j] = await transitions.claim(conn, queue="default", machine_id="m", max_jobs=1)
+        assert j.attempt == 1
+        decision = transitions.after_failure(j, permanent=False, backoff_seconds=0, now=now)
+        assert isinstance(decision, transitions.Retry)
+        error = transitions.error_entry(attempt=1, at=now, kind="error", error="boom")
+        state = await transitions.fail(conn, Fence(job_id=j.id, attempt=1, machine_id="m"), decision=decision, error=error)
+        assert state == JobState.RETRYABLE
+        assert await transitions.stage_due(conn) == 1  # the stager promotes retryable jobs too
+        [j] = await transitions.claim(conn, queue="default", machine_id="m", max_jobs=1)
+        decision = transitions.after_failure(j, permanent=False, backoff_seconds=0, now=now)
+        assert isinstance(decision, transitions.Discard)
+        await transitions.fail(conn, Fence(job_id=j.id, attempt=2, machine_id="m"), decision=decision, error=error)
+        final = await job_store.get_job(conn, job.id, tenant_id=None)
+        assert final is not None and final.state == JobState.DISCARDED and len(final.errors) == 2
+        retried = await transitions.retry_final(conn, job.id, tenant_id="t1")
+        assert retried is not None and retried.state == JobState.AVAILABLE and retried.attempt == 0
+
+
+async def test_scheduled_job_is_not_claimed_before_it_is_due(settings):
+    conn = await connect(settings.database_url)
+    async with conn:
+        later = await job_store.insert_job(conn, new(scheduled_at=datetime.now(UTC) + timedelta(hours=1)))
+        assert later.state == JobState.SCHEDULED
+        assert await transitions.claim(conn, queue="default", machine_id="m", max_jobs=5) == []
+        assert await transitions.stage_due(conn) == 0
+
+
+async def test_lifeline_rescues_stale_and_orphaned_jobs(settings):
+    conn = await connect(settings.database_url)
+    async with conn:
+        a = await job_store.insert_job(conn, new())
+        b = await job_store.insert_job(conn, new(max_attempts=1))
+        await transitions.claim(conn, queue="default", machine_id="gone", max_jobs=2)
+        await job_store.record_machine(conn, machine_id="gone", queue="default", launcher="local", job_id=None, detail={})
+        assert await transitions.rescue_stale(conn, rescue_after_seconds=3600) == []
+        await job_store.machine_exited(conn, "gone", exit_code=137)
+        rescued = {r.id: r.state for r in await transitions.rescue_stale(conn, rescue_after_seconds=3600)}
+        assert rescued == {a.id: "retryable", b.id: "discarded"}
+        job = await job_store.get_job(conn, a.id, tenant_id=None)
+        assert job is not None and job.errors[-1]["kind"] == "rescued"
+
+
+async def test_cancel_by_criteria_is_tenant_scoped(settings):
+    conn = await connect(settings.database_url)
+    async with conn:
+        mine = await job_store.insert_job(conn, new(tenant_id="a"))
+        theirs = await job_store.insert_job(conn, new(tenant_id="b"))
+        cancelled = await transitions.cancel(conn, JobFilter(tenant_id="a", queue="default"))
+        assert [c.id for c in cancelled] == [mine.id]
+        other = await job_store.get_job(conn, theirs.id, tenant_id=None)
+        assert other is not None and other.state == JobState.AVAILABLE
+
+
+async def test_unique_job_inserted_concurrently_exists_once(settings):
+    options = UniqueOptions(period="infinity")
+    args = {"order": 42}
+    key = unique_key(options, tenant_id="t1", queue="default", worker="echo", args=args, now=datetime.now(UTC))
+    job = new(args=args, unique_key=key, unique_states=list(options.states))
+
+    async def insert_one():
+        conn = await connect(settings.database_url)
+        async with conn:
+            return await job_store.insert_job(conn, job)
+
+    results = await asyncio.gather(*(insert_one() for _ in range(10)))
+    assert len({r.id for r in results}) == 1
+    assert sum(not r.conflict for r in results) == 1
+    conn = await connect(settings.database_url)
+    async with conn:
+        cur = await conn.execute("SELECT count(*) AS n FROM jobs")
+        assert (await cur.fetchone())["n"] == 1
+
+
+async def test_twenty_claimers_claim_each_attempt_once_within_the_queue_limit(settings):
+    limit, total = 7, 1000
+    conn = await connect(settings.database_url)
+    async with conn:
+        await conn.execute("UPDATE queues SET \"limit\" = %s WHERE name = 'default'", (limit,))
+        await job_store.insert_jobs(conn, [new(args={"i": i}) for i in range(total)])
+    claims: list[tuple[int, int]] = []
+    samples: list[int] = []
+    done = asyncio.Event()
+
+    async def claimer(n: int) -> None:
+        c = await connect(settings.database_url)
+        async with c:
+            while True:
+                jobs = await transitions.claim(c, queue="default", machine_id=f"m{n}", max_jobs=3)
+                if not jobs:
+                    cur = await c.execute("SELECT count(*) AS n FROM jobs WHERE state <> 'completed'")
+                    if (await cur.fetchone())["n"] == 0:
+                        return
+                    await asyncio.sleep(0.001)
+                    continue
+                claims.extend((j.id, j.attempt) for j in jobs)
+                await asyncio.sleep(random.random() / 500)
+                for j in jobs:
+                    await transitions.complete(c, Fence(job_id=j.id, attempt=j.attempt, machine_id=f"m{n}"), result={})
+
+    async def sampler() -> None:
+        c = await connect(settings.database_url)
+        async with c:
+            while not done.is_set():
+                cur = await c.execute("SELECT count(*) AS n FROM jobs WHERE state = 'executing'")
+                samples.append((await cur.fetchone())["n"])
+                await asyncio.sleep(0.002)
+
+    sampling = asyncio.create_task(sampler())
+    await asyncio.wait_for(asyncio.gather(*(claimer(n) for n in range(20))), timeout=120)
+    done.set()
+    await sampling
+    assert len(claims) == total and len(set(claims)) == total
+    assert {a for _, a in claims} == {1}
+    assert samples and max(samples) <= limit
+    assert max(samples) > 1  # the claimers really ran concurrently
+
+
+def test_queries_file_rejects_duplicate_names():
+    with pytest.raises(ValueError, match="duplicate"):
+        parse_queries("-- name: a\nSELECT 1;\n-- name: a\nSELECT 2;\n")
+    assert "claim_jobs" in QUERIES
