@@ -1,0 +1,199 @@
+"""The `exports` function: stream one tenant-scoped dataset into one object in storage.
+
+CSV, NDJSON and JSON are rendered by Postgres itself (`COPY (SELECT ...) TO STDOUT`, with
+formula triggers neutralised in the SELECT, see shared/datasets.py): this handler only moves
+bytes, in 1 MiB blocks, into a multipart upload that sends one part while the next fills. That
+keeps the export close to the speed of a bare COPY and its memory flat whatever the row count.
+XLSX needs typed cells, so rows come through a server-side cursor into openpyxl (in a thread, so
+heartbeats keep flowing) and the finished file is then streamed up the same way.
+
+Cancellation is checked between blocks; a cancelled or failed export aborts its upload and
+leaves no object behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Final
+
+from psycopg import AsyncConnection, sql
+from psycopg.rows import DictRow, tuple_row
+from pydantic import ValidationError
+
+from shared.datasets import DatasetQuery, QueryShape, copy_csv, copy_json_lines, get_dataset, select_rows
+from shared.db.models import Job
+from shared.db.pool import Pool
+from shared.errors import PermanentJobError
+from shared.schemas.exports import ExportsRequest
+from shared.storage import output_key
+
+from .base import HandlerContext, HandlerResult
+from .export_writers import FORMATS, XLSX_MAX_DATA_ROWS, JsonArrayFramer, XlsxFile
+from .multipart_upload import DEFAULT_PART_BYTES, MiB, MultipartUpload, run_in_thread
+
+BLOCK_BYTES: Final = 1 * MiB  # COPY output is handed to the upload (and checked for cancel) per block
+CURSOR_ROWS: Final = 5_000  # rows per FETCH of the XLSX cursor
+_SHAPES: Final = {
+    "csv": QueryShape.CSV_CELLS,
+    "json": QueryShape.JSON_OBJECT,
+    "ndjson": QueryShape.JSON_OBJECT,
+    "xlsx": QueryShape.VALUES,
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExportOptions:
+    """Tuning knobs (tests shrink them to exercise multipart uploads and sheet roll-over)."""
+
+    part_bytes: int = DEFAULT_PART_BYTES
+    xlsx_rows_per_sheet: int = XLSX_MAX_DATA_ROWS
+
+
+async def run(job: Job, ctx: HandlerContext) -> HandlerResult:
+    """Export the dataset `job.args` names for `job.tenant_id`.
+
+    Raises PermanentJobError (kind "invalid-args") for arguments that do not validate, and
+    asyncio.CancelledError once `ctx.cancelled` is set.
+    """
+    return await export(parse_request(job.args), tenant_id=job.tenant_id, job_id=job.id, ctx=ctx)
+
+
+def parse_request(args: dict[str, object]) -> ExportsRequest:
+    """The validated export request stored in a job's args. Raises PermanentJobError when invalid."""
+    try:
+        return ExportsRequest.model_validate(args)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise PermanentJobError(f"invalid export arguments: {problems}", kind="invalid-args") from None
+
+
+async def export(
+    request: ExportsRequest, *, tenant_id: str, job_id: int, ctx: HandlerContext, options: ExportOptions | None = None
+) -> HandlerResult:
+    """Write the export to `tenants/{tenant}/jobs/{job}/{filename}`; returns the job result.
+
+    Raises asyncio.CancelledError when cancelled and RuntimeError when `ctx` has no pool; on any
+    error the upload is aborted.
+    """
+    if ctx.pool is None:
+        raise RuntimeError("the exports function needs a database pool in its context")
+    options = options or ExportOptions()
+    name, spec = request.output_name, FORMATS[request.format]
+    key = output_key(tenant_id, job_id, name)
+    upload = MultipartUpload(
+        ctx.storage.client,
+        bucket=ctx.storage.bucket,
+        key=key,
+        content_type=spec.content_type,
+        # Downloads are saved, never rendered by the browser (the name is [A-Za-z0-9._-] only).
+        content_disposition=f'attachment; filename="{name}"',
+        part_bytes=options.part_bytes,
+    )
+    dataset = get_dataset(request.dataset)
+    shape = _SHAPES[request.format]
+    query = select_rows(dataset, tenant_id=tenant_id, columns=request.columns, filters=request.filters, shape=shape)
+    try:
+        if request.format == "xlsx":
+            rows = await _export_xlsx(query, ctx.pool, upload, ctx.cancelled, title=dataset.name, options=options)
+        elif request.format == "csv":
+            rows = await _export_copy(copy_csv(query), query, ctx.pool, upload, ctx.cancelled)
+        else:
+            framer = JsonArrayFramer() if request.format == "json" else None
+            rows = await _export_copy(copy_json_lines(query), query, ctx.pool, upload, ctx.cancelled, framer)
+        size = await upload.complete()
+    except BaseException:
+        await upload.abort()
+        raise
+    return {
+        "outputs": [{"name": name, "key": key, "contentType": spec.content_type, "size": size}],
+        "rows": rows,
+        "bytes": size,
+    }
+
+
+def _stop_if_cancelled(cancelled: asyncio.Event) -> None:
+    if cancelled.is_set():
+        raise asyncio.CancelledError("export cancelled")
+
+
+@asynccontextmanager
+async def _snapshot(pool: Pool) -> AsyncIterator[AsyncConnection[DictRow]]:
+    """A read-only transaction (one consistent snapshot for the whole export) in UTC."""
+    async with pool.connection() as conn, conn.transaction():
+        await conn.execute("SET TRANSACTION READ ONLY")
+        # json_build_object renders timestamptz in the session time zone; make it UTC.
+        await conn.execute("SET LOCAL TimeZone = 'UTC'")
+        yield conn
+
+
+async def _export_copy(
+    statement: sql.Composed,
+    query: DatasetQuery,
+    pool: Pool,
+    upload: MultipartUpload,
+    cancelled: asyncio.Event,
+    framer: JsonArrayFramer | None = None,
+) -> int:
+    """Stream a COPY TO STDOUT into `upload`; returns the number of data rows."""
+    reframe: Callable[[bytearray], bytes | bytearray] = framer.feed if framer else _same
+    async with _snapshot(pool) as conn, conn.cursor() as cur:
+        # COPY takes no server-side parameters: psycopg binds them client-side as quoted literals.
+        async with cur.copy(statement, query.params) as copy:
+            block = bytearray()
+            async for data in copy:
+                block += data
+                if len(block) >= BLOCK_BYTES:
+                    _stop_if_cancelled(cancelled)
+                    await upload.write(reframe(block))
+                    block = bytearray()
+            _stop_if_cancelled(cancelled)
+            await upload.write(reframe(block))
+        rows = cur.rowcount  # from the "COPY n" command tag: data rows, header excluded
+    if framer is not None:
+        await upload.write(framer.close())
+    return rows
+
+
+def _same(block: bytearray) -> bytearray:
+    return block
+
+
+async def _export_xlsx(
+    query: DatasetQuery,
+    pool: Pool,
+    upload: MultipartUpload,
+    cancelled: asyncio.Event,
+    *,
+    title: str,
+    options: ExportOptions,
+) -> int:
+    """Build the workbook on disk from a server-side cursor, then stream the file up; returns rows."""
+    with tempfile.TemporaryDirectory(prefix="cp-export-") as directory:
+        path = Path(directory) / "export.xlsx"
+        book = XlsxFile(path, title=title, columns=query.columns, rows_per_sheet=options.xlsx_rows_per_sheet)
+        try:
+            async with _snapshot(pool) as conn:
+                async with conn.cursor(name="cp_export", row_factory=tuple_row) as cur:
+                    await cur.execute(query.statement, query.params)
+                    while rows := await cur.fetchmany(CURSOR_ROWS):
+                        _stop_if_cancelled(cancelled)
+                        await run_in_thread(book.write_rows, rows)
+            _stop_if_cancelled(cancelled)
+            await run_in_thread(book.save)
+        except BaseException:
+            book.discard()
+            raise
+        with book.path.open("rb") as file:
+            await _upload_file(file, upload, cancelled)
+    return book.rows
+
+
+async def _upload_file(file: IO[bytes], upload: MultipartUpload, cancelled: asyncio.Event) -> None:
+    while chunk := await run_in_thread(file.read, upload.part_bytes):
+        _stop_if_cancelled(cancelled)
+        await upload.write(chunk)

@@ -1,0 +1,163 @@
+"""Stream bytes of unknown total size into one S3 object with bounded memory.
+
+Bytes collect in a buffer; each time it reaches `part_bytes` it goes up as one part of a
+multipart upload while the next part fills, with at most one part in flight, so an upload
+holds about two parts in memory whatever the object's size. An object smaller than one part is
+sent with a single PUT and no multipart upload is ever created.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, Final, TypeVar
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from shared.errors import PermanentJobError
+
+MiB: Final = 1024 * 1024
+MIN_PART_BYTES: Final = 5 * MiB  # S3's minimum for every part except the last
+DEFAULT_PART_BYTES: Final = 8 * MiB
+MAX_PARTS: Final = 10_000  # S3's limit on parts per upload
+
+T = TypeVar("T")
+
+
+async def run_in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` in a worker thread. If the caller is cancelled meanwhile, waits for the thread
+    to finish before re-raising, so cleanup code never runs alongside it."""
+    task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        raise
+
+
+class MultipartUpload:
+    """One object being written; `write` as often as needed, then `complete` or `abort`."""
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        bucket: str,
+        key: str,
+        content_type: str,
+        content_disposition: str | None = None,
+        part_bytes: int = DEFAULT_PART_BYTES,
+    ) -> None:
+        if part_bytes < MIN_PART_BYTES:
+            raise ValueError(f"part_bytes must be at least {MIN_PART_BYTES} (S3's minimum part size)")
+        self.client = client
+        self.bucket = bucket
+        self.key = key
+        self.part_bytes = part_bytes
+        self._object_args: dict[str, str] = {"ContentType": content_type}
+        if content_disposition:
+            self._object_args["ContentDisposition"] = content_disposition
+        self._buffer = bytearray()
+        self._upload_id: str | None = None
+        self._parts: list[dict[str, Any]] = []
+        self._in_flight: asyncio.Task[dict[str, Any]] | None = None
+        self._parts_sent = 0
+        self._size = 0
+        self._finished = False
+
+    @property
+    def parts(self) -> int:
+        """How many parts were sent (0 when the object went up in a single PUT)."""
+        return self._parts_sent
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Add bytes to the object, sending a part whenever a full one is buffered.
+
+        Raises PermanentJobError (kind "too-large") past S3's part limit, or whatever the store
+        answered to the previous part.
+        """
+        if self._finished:
+            raise RuntimeError("write after complete or abort")
+        self._buffer += data
+        if len(self._buffer) >= self.part_bytes:
+            await self._send_part()
+
+    async def complete(self) -> int:
+        """Send what is left and finish the object; returns its size in bytes."""
+        if self._finished:
+            raise RuntimeError("complete after complete or abort")
+        if self._upload_id is None and self._in_flight is None:
+            body = bytes(self._buffer)
+            self._buffer = bytearray()
+            await run_in_thread(self._put_object, body)
+            self._size = len(body)
+        else:
+            if self._buffer:
+                await self._send_part()
+            await self._wait_in_flight()
+            await run_in_thread(self._complete_upload)
+        self._finished = True
+        return self._size
+
+    async def abort(self) -> None:
+        """Drop everything sent so far (idempotent; errors from the store are not raised)."""
+        self._finished = True
+        self._buffer = bytearray()
+        if self._in_flight is not None:
+            # A part still uploading could land after the abort and linger; let it end first.
+            task, self._in_flight = self._in_flight, None
+            await asyncio.wait([task])
+            if not task.cancelled():
+                task.exception()  # retrieved on purpose: the abort supersedes a failed part
+        if self._upload_id is not None:
+            upload_id, self._upload_id = self._upload_id, None
+            try:
+                await run_in_thread(self._abort_upload, upload_id)
+            except (BotoCoreError, ClientError):
+                # Stores expire incomplete uploads (a bucket lifecycle rule); nothing else to do.
+                pass
+
+    async def _send_part(self) -> None:
+        body = bytes(self._buffer)
+        self._buffer = bytearray()
+        await self._wait_in_flight()
+        number = self._parts_sent + 1
+        if number > MAX_PARTS:
+            raise PermanentJobError(
+                f"export is larger than {MAX_PARTS} parts of {self.part_bytes} bytes", kind="too-large"
+            )
+        self._parts_sent = number
+        self._size += len(body)
+        # The first part creates the upload in the same thread call, so a cancellation can never
+        # leave an upload created but unknown to `abort`.
+        self._in_flight = asyncio.ensure_future(asyncio.to_thread(self._upload_part, number, body))
+
+    async def _wait_in_flight(self) -> None:
+        if self._in_flight is None:
+            return
+        # Shielded: if we are cancelled here the part keeps going and `abort` waits for it.
+        part = await asyncio.shield(self._in_flight)
+        self._in_flight = None
+        self._parts.append(part)
+
+    # --- blocking boto3 calls, run in worker threads -----------------------------------------
+
+    def _put_object(self, body: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self.key, Body=body, **self._object_args)
+
+    def _upload_part(self, number: int, body: bytes) -> dict[str, Any]:
+        if self._upload_id is None:
+            created = self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key, **self._object_args)
+            self._upload_id = str(created["UploadId"])
+        answer = self.client.upload_part(
+            Bucket=self.bucket, Key=self.key, UploadId=self._upload_id, PartNumber=number, Body=body
+        )
+        return {"PartNumber": number, "ETag": answer["ETag"]}
+
+    def _complete_upload(self) -> None:
+        self.client.complete_multipart_upload(
+            Bucket=self.bucket, Key=self.key, UploadId=self._upload_id, MultipartUpload={"Parts": self._parts}
+        )
+
+    def _abort_upload(self, upload_id: str) -> None:
+        self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=upload_id)
