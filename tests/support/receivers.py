@@ -128,14 +128,15 @@ def http_receiver(
     responses: Sequence[ReplySpec] = ((200, {}, 0.0),),
     *,
     host: str = "127.0.0.1",
+    port: int = 0,
     tls: ssl.SSLContext | None = None,
 ) -> Iterator[Receiver]:
-    """Run a receiver on `host` (a free port) until the block ends; `tls` serves https."""
+    """Run a receiver on `host`:`port` (0: a free port) until the block ends; `tls` serves https."""
     receiver = Receiver(responses, host=host, scheme="https" if tls else "http")
     server_class: type[_Server] = _Server
     if ":" in host:
         server_class = type("_Server6", (_Server,), {"address_family": socket.AF_INET6})
-    server = server_class((host, 0), _handler_for(receiver))
+    server = server_class((host, port), _handler_for(receiver))
     if tls is not None:
         tls.sni_callback = lambda _sock, name, _ctx: receiver.server_names.append(name)  # type: ignore[assignment]
         server.socket = tls.wrap_socket(server.socket, server_side=True)
