@@ -299,10 +299,10 @@ class Machine:
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval_seconds)
             held = [(h.fence.job_id, h.fence.attempt) for h in self.held.values() if not h.lost]
-            if not held:
-                continue
             try:
                 async with self.pool.connection() as conn:
+                    # The machine row's heartbeat tells the scaler this machine can still take work.
+                    await job_store.machine_seen(conn, self.config.machine_id)
                     still = await transitions.heartbeat(conn, machine_id=self.config.machine_id, held=held)
             except Exception:
                 logger.warning("heartbeat failed", exc_info=True)

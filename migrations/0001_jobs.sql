@@ -95,6 +95,7 @@ CREATE TABLE machines (
     job_id      bigint,
     launched_at timestamptz NOT NULL DEFAULT now(),
     started_at  timestamptz,
+    last_seen_at timestamptz,       -- refreshed by the machine's heartbeat, busy or idle
     exited_at   timestamptz,
     exit_code   integer,
     oom_killed  boolean NOT NULL DEFAULT false,

@@ -80,6 +80,7 @@ class Settings(BaseSettings):
     machine_max_jobs: int = Field(100, ge=1)
     machine_idle_seconds: float = Field(10.0, ge=0)
     machine_concurrency: int = Field(1, ge=1, le=256)
+    machine_boot_grace_seconds: float = Field(30.0, gt=0)  # a launching machine counts as capacity this long
 
     outbound_allow_private: bool = False
     outbound_allowlist: CommaList = Field(default_factory=list)

@@ -51,7 +51,13 @@ class Scaler:
     async def run_once(self) -> int:
         """Launch what every queue needs now; returns the number of machines launched."""
         async with self.pool.connection() as conn:
-            cur = await conn.execute(QUERIES["queue_demand"])
+            cur = await conn.execute(
+                QUERIES["queue_demand"],
+                {
+                    "boot_grace_seconds": self.settings.machine_boot_grace_seconds,
+                    "seen_within_seconds": 3 * self.settings.heartbeat_interval_seconds + 1,
+                },
+            )
             demands = [Demand(*row.values()) for row in await cur.fetchall()]
         launched = 0
         for demand in demands:

@@ -262,12 +262,12 @@ async def _after_cancel(conn: Conn, cancelled: list[transitions.CancelledJob]) -
     """Notify callbacks of cancelled jobs and ask the dispatcher to stop machines of running ones."""
     if not cancelled:
         return
-    from shared.callbacks import callback_job_args
-
     cur = await conn.execute(
         "SELECT * FROM jobs WHERE id = ANY(%s) AND meta ? 'callbackUrl'", ([c.id for c in cancelled],)
     )
     for row in await cur.fetchall():
+        from shared.callbacks import callback_job_args
+
         job = Job.from_row(row)
         args = callback_job_args(job)
         if args is not None:

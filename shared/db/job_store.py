@@ -150,6 +150,10 @@ async def machine_started(conn: Conn, machine_id: str) -> None:
     await conn.execute(QUERIES["machine_started"], {"id": machine_id})
 
 
+async def machine_seen(conn: Conn, machine_id: str) -> None:
+    await conn.execute(QUERIES["machine_seen"], {"id": machine_id}, prepare=True)
+
+
 async def machine_ran_job(conn: Conn, machine_id: str) -> None:
     await conn.execute(QUERIES["machine_ran_job"], {"id": machine_id})
 

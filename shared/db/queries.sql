@@ -195,7 +195,12 @@ SELECT q.name, q."limit", q.paused,
        (SELECT min(j.id) FROM jobs j WHERE j.queue = q.name AND j.state = 'available'
                                        AND j.scheduled_at <= now()) AS first_due_id,
        (SELECT count(*) FROM jobs j WHERE j.queue = q.name AND j.state = 'executing') AS executing,
-       (SELECT count(*) FROM machines m WHERE m.queue = q.name AND m.state IN ('launching', 'running'))
+       -- Only machines that can still take work count: booting within the grace period, or
+       -- heartbeating. A stalled (SIGSTOPped, partitioned) machine must not hide demand.
+       (SELECT count(*) FROM machines m
+         WHERE m.queue = q.name
+           AND ((m.state = 'launching' AND m.launched_at > now() - make_interval(secs => %(boot_grace_seconds)s))
+             OR (m.state = 'running' AND m.last_seen_at > now() - make_interval(secs => %(seen_within_seconds)s))))
            AS live_machines
   FROM queues q
  ORDER BY q.name;
@@ -208,8 +213,13 @@ ON CONFLICT (id) DO NOTHING;
 
 -- name: machine_started
 -- a machine reports it booted
-UPDATE machines SET state = 'running', started_at = coalesce(started_at, now())
+UPDATE machines SET state = 'running', started_at = coalesce(started_at, now()), last_seen_at = now()
  WHERE id = %(id)s AND state = 'launching';
+
+-- name: machine_seen
+-- a machine's heartbeat, busy or idle
+UPDATE machines SET last_seen_at = now(), state = 'running', started_at = coalesce(started_at, now())
+ WHERE id = %(id)s AND state IN ('launching', 'running');
 
 -- name: machine_ran_job
 -- count a job a machine finished

@@ -13,7 +13,10 @@ def app(database_url, s3, tmp_path):
     from shared.db.migrate import seed_queues
 
     settings = make_settings(
-        database_url, s3, default_function_modules=["tests.support.functions"], local_machine_log_dir=str(tmp_path / "logs")
+        database_url,
+        s3,
+        default_function_modules=["tests.support.functions"],
+        local_machine_log_dir=str(tmp_path / "logs"),
     )
     seed_queues(database_url, settings)
     with live_app(settings) as live:

@@ -82,7 +82,9 @@ async def test_failure_retries_then_discards_and_snooze_gives_the_attempt_back(s
         decision = transitions.after_failure(j, permanent=False, backoff_seconds=0, now=now)
         assert isinstance(decision, transitions.Retry)
         error = transitions.error_entry(attempt=1, at=now, kind="error", error="boom")
-        state = await transitions.fail(conn, Fence(job_id=j.id, attempt=1, machine_id="m"), decision=decision, error=error)
+        state = await transitions.fail(
+            conn, Fence(job_id=j.id, attempt=1, machine_id="m"), decision=decision, error=error
+        )
         assert state == JobState.RETRYABLE
         assert await transitions.stage_due(conn) == 1  # the stager promotes retryable jobs too
         [j] = await transitions.claim(conn, queue="default", machine_id="m", max_jobs=1)
@@ -110,7 +112,9 @@ async def test_lifeline_rescues_stale_and_orphaned_jobs(settings):
         a = await job_store.insert_job(conn, new())
         b = await job_store.insert_job(conn, new(max_attempts=1))
         await transitions.claim(conn, queue="default", machine_id="gone", max_jobs=2)
-        await job_store.record_machine(conn, machine_id="gone", queue="default", launcher="local", job_id=None, detail={})
+        await job_store.record_machine(
+            conn, machine_id="gone", queue="default", launcher="local", job_id=None, detail={}
+        )
         assert await transitions.rescue_stale(conn, rescue_after_seconds=3600) == []
         await job_store.machine_exited(conn, "gone", exit_code=137)
         rescued = {r.id: r.state for r in await transitions.rescue_stale(conn, rescue_after_seconds=3600)}

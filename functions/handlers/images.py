@@ -1,0 +1,112 @@
+"""The images function: fetch one image, render each requested output, store them.
+
+Args are an `ImagesRequest` (shared/schemas/images.py). The source comes from `sourceUrl`
+through the shared outbound client or from `sourceKey` in the tenant's storage, both capped at
+`MAX_SOURCE_BYTES`; the Pillow work (functions/handlers/image_ops.py) runs in a thread so
+heartbeats keep flowing. Result: `{"outputs": [{name, key, contentType, size, width, height,
+format}], "imageId"}`, outputs under `tenants/{tenant}/jobs/{job id}/{name}.{ext}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any, Final
+
+from pydantic import ValidationError
+
+from functions.handlers import image_ops
+from functions.handlers.base import HandlerContext, HandlerResult
+from shared.db.models import Job
+from shared.errors import PermanentJobError, RetryableJobError
+from shared.outbound import shared_client
+from shared.schemas.images import ImageOperations, ImagesRequest
+from shared.storage import check_tenant_key, output_key
+
+MAX_SOURCE_BYTES: Final = 50 * 1024 * 1024
+SOURCE_TIMEOUT_SECONDS: Final = 30.0
+_ACCEPT: Final = "image/avif,image/webp,image/png,image/jpeg,image/gif;q=0.9,*/*;q=0.1"
+# Answers worth another attempt later; any other non-2xx will not change by retrying.
+_RETRYABLE_STATUSES: Final = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+async def run(job: Job, ctx: HandlerContext) -> HandlerResult:
+    """Process the image. Raises PermanentJobError for sources or inputs that can never work."""
+    request = _parse(job.args)
+    data = await fetch_source(request, tenant_id=job.tenant_id, ctx=ctx, max_bytes=MAX_SOURCE_BYTES)
+    recipes = [recipe(name, operations) for name, operations in request.outputs()]
+    rendered = await asyncio.to_thread(image_ops.render, data, recipes)
+    outputs = await asyncio.gather(
+        *(_store(item, tenant_id=job.tenant_id, job_id=job.id, ctx=ctx) for item in rendered)
+    )
+    return {"outputs": list(outputs), "imageId": request.image_id}
+
+
+def recipe(name: str, operations: ImageOperations) -> image_ops.Recipe:
+    """The fully resolved recipe of one output (defaults filled in)."""
+    resize = operations.resize
+    return image_ops.Recipe(
+        name=name,
+        width=resize.width if resize else None,
+        height=resize.height if resize else None,
+        fit=resize.fit if resize else "inside",
+        format=operations.format,
+        quality=operations.quality,
+        optimize=bool(operations.optimize),
+        strip_metadata=operations.strip_metadata is not False,
+        rotate=operations.rotate or 0,
+        grayscale=bool(operations.grayscale),
+    )
+
+
+async def fetch_source(request: ImagesRequest, *, tenant_id: str, ctx: HandlerContext, max_bytes: int) -> bytes:
+    """The source image's bytes, never more than `max_bytes`.
+
+    Raises PermanentJobError: "forbidden-key" (a key outside the tenant's prefix), "object-not-found",
+    "too-large" / "response-too-large", "destination-not-allowed", "source-unavailable" (a final
+    HTTP error); RetryableJobError for passing HTTP or network failures.
+    """
+    if request.source_key is not None:
+        key = check_tenant_key(tenant_id, request.source_key)
+        return await asyncio.to_thread(ctx.storage.get_bytes, key, max_bytes=max_bytes)
+    if request.source_url is None:  # the schema guarantees one source; kept for type narrowing
+        raise PermanentJobError("no source given", kind="invalid-args")
+    response = await shared_client(ctx.resources, ctx.settings).request(
+        "GET",
+        request.source_url,
+        headers={"Accept": _ACCEPT},
+        timeout_seconds=SOURCE_TIMEOUT_SECONDS,
+        max_bytes=max_bytes,
+    )
+    if 200 <= response.status_code < 300:
+        return response.content
+    message = f"source answered HTTP {response.status_code}"
+    if response.status_code in _RETRYABLE_STATUSES:
+        raise RetryableJobError(message, kind="source-unavailable", retry_after_seconds=_retry_after(response.headers))
+    raise PermanentJobError(message, kind="source-unavailable")
+
+
+def _parse(args: dict[str, Any]) -> ImagesRequest:
+    try:
+        return ImagesRequest.model_validate(args)
+    except ValidationError as exc:
+        raise PermanentJobError(f"invalid arguments: {exc.error_count()} error(s)", kind="invalid-args") from exc
+
+
+async def _store(item: image_ops.Rendered, *, tenant_id: str, job_id: int, ctx: HandlerContext) -> dict[str, Any]:
+    key = output_key(tenant_id, job_id, item.filename)
+    size = await asyncio.to_thread(ctx.storage.put_bytes, key, item.data, item.content_type)
+    return {
+        "name": item.name,
+        "key": key,
+        "contentType": item.content_type,
+        "size": size,
+        "width": item.width,
+        "height": item.height,
+        "format": item.format,
+    }
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("retry-after", "")
+    return float(value) if value.isdigit() else None

@@ -1,0 +1,148 @@
+"""The engine end to end with real machine processes: retries, snooze, cancel, kill -9, stalls."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from tests.conftest import make_settings
+from tests.support.live import LiveApp, live_app
+
+
+def _app(database_url, s3, tmp_path, **overrides):
+    from shared.db.migrate import seed_queues
+
+    settings = make_settings(
+        database_url,
+        s3,
+        default_function_modules=["tests.support.functions"],
+        local_machine_log_dir=str(tmp_path / "logs"),
+        **overrides,
+    )
+    seed_queues(database_url, settings)
+    return live_app(settings)
+
+
+@pytest.fixture
+def app(database_url, s3, tmp_path):
+    with _app(database_url, s3, tmp_path) as live:
+        yield live
+
+
+def _post(app: LiveApp, function: str, args: dict | None = None, **options) -> dict:
+    with app.client() as client:
+        response = client.post("/jobs/default", json={"function": function, "args": args or {}, "options": options})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def _wait(predicate, timeout=30.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise TimeoutError(what)
+
+
+def test_machine_exits_zero_after_its_work(app):
+    job = _post(app, "echo", {"x": 1})
+    done = app.wait_for_job(job["id"], {"completed"})
+    rows = _wait(
+        lambda: app.sql(
+            "SELECT state, exit_code FROM machines WHERE id = %s AND state = 'exited'", (done["machineId"],)
+        ),
+        what="machine exit",
+    )
+    assert rows == [("exited", 0)]
+
+
+def test_failing_twice_then_succeeding_completes_at_attempt_three(app):
+    job = _post(app, "flaky", {"succeed_on": 3})
+    done = app.wait_for_job(job["id"], {"completed", "discarded"})
+    assert done["state"] == "completed"
+    assert done["attempt"] == 3 and done["result"] == {"succeededOn": 3}
+    assert [e["attempt"] for e in done["errors"]] == [1, 2]
+
+
+def test_always_failing_job_is_discarded_with_one_error_per_attempt(app):
+    job = _post(app, "always_fail", maxAttempts=3)
+    done = app.wait_for_job(job["id"], {"completed", "discarded"})
+    assert done["state"] == "discarded" and done["attempt"] == 3
+    assert [e["attempt"] for e in done["errors"]] == [1, 2, 3]
+    assert done["discardedAt"] is not None
+
+
+def test_permanent_error_discards_without_retry(app):
+    job = _post(app, "permanent_fail", maxAttempts=5)
+    done = app.wait_for_job(job["id"], {"completed", "discarded"})
+    assert done["state"] == "discarded" and done["attempt"] == 1
+    assert done["errors"][0]["kind"] == "bad-input"
+
+
+def test_snoozed_job_does_not_use_up_an_attempt(app):
+    job = _post(app, "snooze_once", maxAttempts=1)
+    done = app.wait_for_job(job["id"], {"completed", "discarded"})
+    assert done["state"] == "completed"
+    assert done["attempt"] == 1 and done["result"] == {"attempt": 1, "snoozed": 1}
+
+
+def test_cancelling_a_running_job_stops_it(app):
+    job = _post(app, "sleep", {"seconds": 120})
+    running = app.wait_for_job(job["id"], {"executing"})
+    machine = running["machineId"]
+    with app.client() as client:
+        response = client.request("DELETE", "/jobs", params={"ids": str(job["id"])})
+    assert response.json() == {"cancelled": 1}
+    # The machine's process ends (handler aborted, then the dispatcher stops it / it idles out).
+    _wait(
+        lambda: app.sql("SELECT 1 FROM machines WHERE id = %s AND state = 'exited'", (machine,)),
+        timeout=20,
+        what="machine of the cancelled job to exit",
+    )
+    final = app.wait_for_job(job["id"], {"cancelled"})
+    assert final["result"] is None and final["completedAt"] is None
+
+
+def test_kill_9_of_a_machine_mid_job_rescues_and_completes_on_attempt_two(app):
+    job = _post(app, "slow_first", {"seconds": 60})
+    running = app.wait_for_job(job["id"], {"executing"})
+    [(pid,)] = app.sql("SELECT (detail->>'pid')::int FROM machines WHERE id = %s", (running["machineId"],))
+    os.kill(pid, signal.SIGKILL)
+    done = app.wait_for_job(job["id"], {"completed", "discarded"}, timeout=60)
+    assert done["state"] == "completed" and done["attempt"] == 2
+    assert done["errors"][0]["kind"] == "rescued"
+    assert done["machineId"] != running["machineId"]
+    [(code,)] = app.sql("SELECT exit_code FROM machines WHERE id = %s", (running["machineId"],))
+    assert code == 137
+
+
+def test_stalled_holder_cannot_overwrite_the_outcome(database_url, s3, tmp_path):
+    """SIGSTOP the holder past its heartbeat; another machine completes the job; SIGCONT changes nothing."""
+    with _app(database_url, s3, tmp_path, lifeline_rescue_after=2) as app:
+        job = _post(app, "slow_first", {"seconds": 3})
+        running = app.wait_for_job(job["id"], {"executing"})
+        stalled = running["machineId"]
+        [(pid,)] = app.sql("SELECT (detail->>'pid')::int FROM machines WHERE id = %s", (stalled,))
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            done = app.wait_for_job(job["id"], {"completed"}, timeout=60)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert done["attempt"] == 2 and done["machineId"] != stalled
+        # The stalled machine wakes with its sleep over and tries to complete attempt 1: refused.
+        _wait(
+            lambda: app.sql("SELECT 1 FROM machines WHERE id = %s AND state = 'exited'", (stalled,)),
+            timeout=30,
+            what="stalled machine to exit",
+        )
+        with app.admin() as client:
+            after = client.get(f"/jobs/{job['id']}").json()
+        assert after["state"] == "completed" and after["attempt"] == 2
+        assert after["result"] == done["result"] and after["result"]["machine"] != stalled
+        log = (tmp_path / "logs" / f"{stalled}.log").read_text()
+        assert "job lost" in log
