@@ -51,7 +51,8 @@ async def run(job: Job, ctx: HandlerContext) -> HandlerResult:
     try:
         request = WebhookRequest.model_validate(job.args)
     except ValidationError as exc:
-        raise PermanentJobError(f"invalid webhook arguments: {exc.error_count()} error(s)", kind="invalid-args") from exc
+        message = f"invalid webhook arguments: {exc.error_count()} error(s)"
+        raise PermanentJobError(message, kind="invalid-args") from exc
     # Settings may have changed since submit (allowlist, environment): check again before sending.
     check_webhook_destination(request.url, ctx.settings)
 
