@@ -1,0 +1,105 @@
+"""Bad input gets a clear problem+json answer and writes nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import make_settings
+from tests.support.live import LiveApp, live_app
+
+
+@pytest.fixture
+def app(database_url, s3):
+    from shared.db.migrate import seed_queues
+
+    settings = make_settings(database_url, s3, run_dispatcher=False)
+    seed_queues(database_url, settings)
+    with live_app(settings) as live:
+        yield live
+
+
+def _assert_problem(response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert body["status"] == status and body["title"] and body["type"].startswith("https://")
+    return body
+
+
+def test_malformed_json_is_400_and_writes_nothing(app: LiveApp):
+    with app.client() as client:
+        response = client.post(
+            "/jobs/default", content=b'{"function": "echo", ', headers={"content-type": "application/json"}
+        )
+    _assert_problem(response, 400)
+    assert app.sql("SELECT count(*) FROM jobs") == [(0,)]
+
+
+def test_wrong_field_types_are_422_with_paths(app: LiveApp):
+    with app.client() as client:
+        response = client.post(
+            "/jobs/default", json={"function": "sleep", "args": {"seconds": "soon"}, "options": {"priority": 12}}
+        )
+    body = _assert_problem(response, 422)
+    paths = {e["path"] for e in body["errors"]}
+    assert "options.priority" in paths
+    with app.client() as client:
+        response = client.post("/jobs/default", json={"function": "sleep", "args": {"seconds": "soon"}})
+    body = _assert_problem(response, 422)
+    assert [e["path"] for e in body["errors"]] == ["args.seconds"]
+    assert app.sql("SELECT count(*) FROM jobs") == [(0,)]
+
+
+def test_unknown_function_and_unknown_fields_are_422(app: LiveApp):
+    with app.client() as client:
+        unknown = client.post("/jobs/default", json={"function": "nope", "args": {}})
+        extra = client.post("/jobs/default", json={"function": "echo", "args": {}, "surprise": 1})
+    assert _assert_problem(unknown, 422)["errors"][0]["path"] == "function"
+    assert _assert_problem(extra, 422)["errors"][0]["path"] == "surprise"
+    assert app.sql("SELECT count(*) FROM jobs") == [(0,)]
+
+
+def test_unknown_job_route_and_media_type(app: LiveApp):
+    with app.client() as client:
+        _assert_problem(client.get("/jobs/999999"), 404)
+        _assert_problem(client.get("/jobs/not-a-number"), 404)
+        _assert_problem(client.get("/no/such/route"), 404)
+        _assert_problem(
+            client.post("/jobs/default", content=b"function=echo", headers={"content-type": "text/plain"}), 415
+        )
+
+
+def test_other_tenants_job_is_404_on_every_route(app: LiveApp):
+    with app.client("tenant-a") as a, app.client("tenant-b") as b:
+        job = a.post("/jobs/default", json={"function": "echo", "args": {}}).json()
+        _assert_problem(b.get(f"/jobs/{job['id']}"), 404)
+        _assert_problem(b.post(f"/jobs/{job['id']}/retry"), 404)
+        assert b.request("DELETE", "/jobs", params={"ids": job["id"]}).json() == {"cancelled": 0}
+        assert b.get("/jobs").json()["jobs"] == []
+        assert [j["id"] for j in a.get("/jobs").json()["jobs"]] == [job["id"]]
+
+
+def test_unique_option_returns_the_existing_job_with_conflict(app: LiveApp):
+    body = {"function": "echo", "args": {"order": 7}, "options": {"unique": {"period": "infinity"}}}
+    with app.client() as client:
+        first = client.post("/jobs/default", json=body)
+        second = client.post("/jobs/default", json=body)
+    assert first.status_code == 201 and second.status_code == 200
+    assert second.json()["id"] == first.json()["id"] and second.json()["conflict"] is True
+
+
+def test_list_filters_and_cursor(app: LiveApp):
+    with app.client() as client:
+        ids = [
+            client.post(
+                "/jobs/default", json={"function": "echo", "args": {"i": i}, "options": {"tags": ["t"]}}
+            ).json()["id"]
+            for i in range(5)
+        ]
+        page1 = client.get("/jobs", params={"limit": 2, "tag": "t"}).json()
+        page2 = client.get("/jobs", params={"limit": 2, "cursor": page1["nextCursor"]}).json()
+        assert [j["id"] for j in page1["jobs"]] == ids[::-1][:2]
+        assert [j["id"] for j in page2["jobs"]] == ids[::-1][2:4]
+        assert client.get("/jobs", params={"state": "completed"}).json()["jobs"] == []
+        _assert_problem(client.get("/jobs", params={"limit": 500}), 422)
+        _assert_problem(client.get("/jobs", params={"state": "bogus"}), 422)
