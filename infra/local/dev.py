@@ -1,7 +1,8 @@
 """`make dev`: the whole system on one machine with embedded defaults.
 
 Starts a Postgres cluster under .local/ when DATABASE_URL is unset (kept across restarts), an
-S3-compatible server (moto) when AWS_ENDPOINT_URL_S3 is unset, migrates, then serves the API with
+S3-compatible server (moto) when AWS_ENDPOINT_URL_S3 is unset, a mail catcher when SMTP_HOST is
+unset, migrates, then serves the API with
 the dispatcher and the local launcher inside. Prints the URL, the docs URL and a dev token.
 """
 
@@ -18,6 +19,7 @@ import uvicorn
 
 from infra.local.postgres import LocalPostgres, free_port
 from infra.local.s3 import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, LocalS3
+from infra.local.smtp import LocalSMTP
 from shared.db.migrate import migrate, seed_queues
 from shared.logging import configure_logging
 from shared.settings import load_settings
@@ -47,6 +49,7 @@ def main() -> int:
     LOCAL.mkdir(exist_ok=True)
     postgres: LocalPostgres | None = None
     s3: LocalS3 | None = None
+    smtp: LocalSMTP | None = None
     os.environ.setdefault("ENVIRONMENT", "development")
     os.environ.setdefault("HOST", "127.0.0.1")
     os.environ.setdefault("JWT_SECRET", _dev_secret("jwt-secret", secrets.token_urlsafe(32)))
@@ -70,6 +73,11 @@ def main() -> int:
                 AWS_REGION="us-east-1",
             )
             print(f"• S3-compatible server (moto, in memory) at {s3.endpoint_url}", flush=True)
+        if not os.environ.get("SMTP_HOST"):
+            smtp = LocalSMTP(LOCAL / "mail")
+            smtp.start()
+            os.environ.update(SMTP_HOST="127.0.0.1", SMTP_PORT=str(smtp.port), SMTP_STARTTLS="false")
+            print(f"• SMTP mail catcher at 127.0.0.1:{smtp.port}, messages saved in .local/mail/", flush=True)
         settings = load_settings()
         configure_logging(settings.log_level, service="api")
         migrate(settings.database_url)
@@ -91,6 +99,8 @@ def main() -> int:
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
         return 0
     finally:
+        if smtp is not None:
+            smtp.stop()
         if s3 is not None:
             s3.stop()
         if postgres is not None:
