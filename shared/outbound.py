@@ -161,9 +161,7 @@ def _next_hop(hop: _Hop, response: httpx.Response, policy: OutboundPolicy) -> _H
         raise DestinationNotAllowed("invalid redirect URL") from exc
     method, content, headers = hop.method, hop.content, hop.headers.copy()
     # What browsers (and httpx) do: 303 becomes GET, and so do 301/302 answers to a POST.
-    if (response.status_code == 303 and method != "HEAD") or (
-        response.status_code in (301, 302) and method == "POST"
-    ):
+    if (response.status_code == 303 and method != "HEAD") or (response.status_code in (301, 302) and method == "POST"):
         method, content = "GET", None
         for name in ("content-type", "content-length", "content-encoding", "transfer-encoding"):
             headers.pop(name, None)
@@ -231,14 +229,19 @@ class OutboundClient:
         OutboundNetworkError (retryable).
         """
         client = self._async()
-        hop = _Hop(method=method.upper(), url=self._policy.check_url(url),
-                   headers=httpx.Headers(headers or {}), content=content)
+        hop = _Hop(
+            method=method.upper(),
+            url=self._policy.check_url(url),
+            headers=httpx.Headers(headers or {}),
+            content=content,
+        )
         started = time.monotonic()
         with _translated_errors(timeout_seconds):
             async with asyncio.timeout(timeout_seconds):
                 for _ in range(max_redirects + 1):
-                    request = client.build_request(hop.method, hop.url, headers=hop.headers,
-                                                   content=hop.content, timeout=_timeout(timeout_seconds))
+                    request = client.build_request(
+                        hop.method, hop.url, headers=hop.headers, content=hop.content, timeout=_timeout(timeout_seconds)
+                    )
                     async with _sent(client, request) as response:
                         next_hop = _next_hop(hop, response, self._policy) if follow_redirects else None
                         if next_hop is None:
@@ -269,14 +272,19 @@ class OutboundClient:
         after each chunk; each hop's socket operations are bounded by the time left when it starts.
         """
         client = self._sync()
-        hop = _Hop(method=method.upper(), url=self._policy.check_url(url),
-                   headers=httpx.Headers(headers or {}), content=content)
+        hop = _Hop(
+            method=method.upper(),
+            url=self._policy.check_url(url),
+            headers=httpx.Headers(headers or {}),
+            content=content,
+        )
         started = time.monotonic()
         deadline = started + timeout_seconds
         with _translated_errors(timeout_seconds):
             for _ in range(max_redirects + 1):
-                request = client.build_request(hop.method, hop.url, headers=hop.headers,
-                                               content=hop.content, timeout=_timeout(_left(deadline)))
+                request = client.build_request(
+                    hop.method, hop.url, headers=hop.headers, content=hop.content, timeout=_timeout(_left(deadline))
+                )
                 with _sent_sync(client, request) as response:
                     next_hop = _next_hop(hop, response, self._policy) if follow_redirects else None
                     if next_hop is None:
@@ -316,7 +324,9 @@ class OutboundClient:
             if self._sync_client is None:
                 transport = GuardedSyncTransport(self._guard, ssl_context=self._ssl(), limits=_LIMITS)
                 self._sync_client = httpx.Client(
-                    transport=transport, trust_env=False, follow_redirects=False,
+                    transport=transport,
+                    trust_env=False,
+                    follow_redirects=False,
                     headers={"user-agent": USER_AGENT},
                 )
             return self._sync_client

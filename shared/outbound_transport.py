@@ -25,6 +25,7 @@ from shared.outbound_policy import DestinationNotAllowed, OutboundPolicy, litera
 Resolver = Callable[[str, int], list[str]]
 """Maps (host, port) to the addresses to try, best first. Raises OSError when the name does not resolve."""
 
+
 def system_resolver(host: str, port: int) -> list[str]:
     """Every A and AAAA address of `host` from the system resolver, in its preferred order. Raises OSError."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)

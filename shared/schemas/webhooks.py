@@ -30,10 +30,22 @@ _EVENT = re.compile(r"^[\x21-\x7e]{1,128}$")
 _RESERVED_HEADERS: Final = frozenset(
     {
         # hop-by-hop (RFC 9110 7.6.1) and connection framing: ours to set, not the tenant's
-        "connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
-        "te", "trailer", "trailers", "transfer-encoding", "upgrade", "host", "content-length", "expect",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "expect",
         # the body is the JSON we sign; its type and encoding are fixed
-        "content-type", "content-encoding",
+        "content-type",
+        "content-encoding",
     }
 )
 
@@ -71,9 +83,7 @@ class WebhookRequest(JobRequest):
     event: str = Field(pattern=_EVENT.pattern, description="event type, e.g. invoice.paid")
     payload: JsonValue = Field(None, description="any JSON, at most 256 KiB serialized")
     method: Literal["POST", "PUT", "PATCH"] = "POST"
-    headers: dict[str, str] = Field(
-        default_factory=dict, max_length=MAX_HEADERS, description="extra request headers"
-    )
+    headers: dict[str, str] = Field(default_factory=dict, max_length=MAX_HEADERS, description="extra request headers")
     timeout_seconds: float = Field(DEFAULT_TIMEOUT_SECONDS, ge=1, le=30)
 
     @field_validator("payload")

@@ -44,9 +44,7 @@ async def client():
 
 async def test_allowlisted_loopback_receiver_is_reached(client):
     with http_receiver([(201, {"x-answer": "yes"}, 0.0)]) as receiver:
-        response = await client.request(
-            "POST", f"{receiver.url}/hook", headers={"x-test": "1"}, content=b"hello"
-        )
+        response = await client.request("POST", f"{receiver.url}/hook", headers={"x-test": "1"}, content=b"hello")
     assert (response.status_code, response.headers["x-answer"]) == (201, "yes")
     [seen] = receiver.requests
     assert (seen.method, seen.path, seen.body, seen.headers["x-test"]) == ("POST", "/hook", b"hello", "1")
@@ -144,8 +142,10 @@ async def test_redirect_to_a_private_address_is_refused(client):
     assert len(receiver.requests) == 1
 
 
-@pytest.mark.parametrize("location", ["http://127.0.0.2/", "http://localhost/", "file:///etc/passwd",
-                                      "http://[::1]/", "http://2130706434/"])  # 2130706434 is 127.0.0.2
+# 2130706434 is 127.0.0.2 spelled as one number.
+@pytest.mark.parametrize(
+    "location", ["http://127.0.0.2/", "http://localhost/", "file:///etc/passwd", "http://[::1]/", "http://2130706434/"]
+)
 async def test_redirect_hops_are_checked_like_the_first_url(client, location):
     with http_receiver([(301, {"location": location}, 0.0)]) as receiver:
         with pytest.raises(DestinationNotAllowed):

@@ -20,8 +20,15 @@ from tests.shared.test_outbound_policy import UNUSED_DB
 from tests.support.receivers import http_receiver
 
 
-def _certificate(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name, signer: ec.EllipticCurvePrivateKey,
-                 *, is_ca: bool, names: list[x509.GeneralName]) -> x509.Certificate:
+def _certificate(
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Name,
+    signer: ec.EllipticCurvePrivateKey,
+    *,
+    is_ca: bool,
+    names: list[x509.GeneralName],
+) -> x509.Certificate:
     now = datetime.datetime.now(datetime.UTC)
     builder = (
         x509.CertificateBuilder()
@@ -45,12 +52,21 @@ def tls(tmp_path_factory):
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "outbound test CA")])
     ca = _certificate("outbound test CA", ca_key, ca_name, ca_key, is_ca=True, names=[])
     leaf_key = ec.generate_private_key(ec.SECP256R1())
-    leaf = _certificate("hooks.test", leaf_key, ca_name, ca_key, is_ca=False,
-                        names=[x509.DNSName("hooks.test"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    leaf = _certificate(
+        "hooks.test",
+        leaf_key,
+        ca_name,
+        ca_key,
+        is_ca=False,
+        names=[x509.DNSName("hooks.test"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+    )
     directory: Path = tmp_path_factory.mktemp("tls")
     (directory / "leaf.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    (directory / "leaf.key").write_bytes(leaf_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (directory / "leaf.key").write_bytes(
+        leaf_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server.load_cert_chain(directory / "leaf.pem", directory / "leaf.key")
     client = ssl.create_default_context(cadata=ca.public_bytes(serialization.Encoding.PEM).decode())
