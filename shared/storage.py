@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import re
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -49,6 +50,14 @@ def tenant_prefix(tenant_id: str) -> str:
 def output_key(tenant_id: str, job_id: int, name: str) -> str:
     """Where a job's output named `name` is stored."""
     return f"{tenant_prefix(tenant_id)}jobs/{job_id}/{name}"
+
+
+def upload_key(tenant_id: str, filename: str) -> str:
+    """A fresh key for an upload: `tenants/{tenant}/uploads/{uuid}/{filename}`.
+
+    The random segment keeps two uploads of one filename apart and makes keys unguessable.
+    """
+    return f"{tenant_prefix(tenant_id)}uploads/{uuid.uuid4().hex}/{filename}"
 
 
 def is_safe_key(key: str) -> bool:

@@ -72,8 +72,6 @@ _TRANSPOSE_FOR_ORIENTATION: Final = {
 _TRANSPOSE_FOR_ROTATE: Final = {90: Image.Transpose.ROTATE_270, 180: Image.Transpose.ROTATE_180,
                                 270: Image.Transpose.ROTATE_90}
 _XMP_ORIENTATION: Final = re.compile(rb'tiff:Orientation="[0-9]"|<tiff:Orientation>[0-9]</tiff:Orientation>')
-# Lanczos after a box reduction down to twice the target size: Pillow's documented fast path
-# ("reducing_gap"), close to pyvips' shrink-then-lanczos3.
 _SRGB: Final = ImageCms.createProfile("sRGB")
 
 

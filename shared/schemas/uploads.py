@@ -7,14 +7,15 @@ The ingress validates an `UploadRequest`, picks the key with `upload_key`, signs
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 from typing import Annotated, Final, Literal
 
 from pydantic import AfterValidator, Field
 
 from shared.schemas.common import CamelModel, TenantId
-from shared.storage import tenant_prefix
+from shared.storage import upload_key
+
+__all__ = ["MAX_UPLOAD_BYTES", "UploadRequest", "UploadResponse", "upload_key"]
 
 MAX_UPLOAD_BYTES: Final = 100 * 1024 * 1024
 
@@ -67,11 +68,3 @@ class UploadResponse(CamelModel):
     method: Literal["PUT"] = "PUT"
     headers: dict[str, str]
     expires_at: datetime
-
-
-def upload_key(tenant_id: str, filename: str) -> str:
-    """A fresh key for an upload: `tenants/{tenant}/uploads/{uuid}/{filename}`.
-
-    The random segment keeps two uploads of one filename apart and makes keys unguessable.
-    """
-    return f"{tenant_prefix(tenant_id)}uploads/{uuid.uuid4().hex}/{filename}"
