@@ -175,6 +175,15 @@ class Store:
             return [{**m.view(), "app": m.app} for m in self._machines.values()]
 
     def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        """Block a (non-server) thread until `predicate()` holds under the lock, or time runs out."""
+        """Block a (non-server) thread until `predicate()` holds, or time runs out.
+
+        Wakes on every change, and also polls, so predicates may look outside the store too.
+        """
+        deadline = time.monotonic() + timeout
         with self._lock:
-            return self._lock.wait_for(predicate, timeout)
+            while not predicate():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._lock.wait(min(remaining, 0.05))
+            return True
