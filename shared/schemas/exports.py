@@ -29,7 +29,9 @@ class ExportsRequest(JobRequest):
 
     dataset: DatasetName
     filters: Annotated[SerializeAsAny[DatasetFilters], WithJsonSchema(_filters_json_schema())] = Field(
-        default_factory=DatasetFilters, description="dataset-specific; for `jobs`: queue, state, worker, from, to, tag"
+        None,
+        validate_default=True,  # so an absent `filters` becomes the dataset's own (empty) filter model
+        description="dataset-specific; for `jobs`: queue, state, worker, from, to, tag",
     )
     columns: list[str] | None = Field(
         None, min_length=1, max_length=64, description="a subset of the dataset's columns, in output order"

@@ -74,7 +74,7 @@ async def add_many_jobs(conn: AsyncConnection[Any], *, tenant: str, count: int) 
         """
         INSERT INTO jobs (queue, worker, state, tenant_id, tags, attempt, errors,
                           inserted_at, scheduled_at, attempted_at, completed_at)
-        SELECT 'webhooks', 'DeliverWebhook', 'completed', %(tenant)s, ARRAY['batch-' || (i % 10), '-x'], 1,
+        SELECT 'webhooks', 'DeliverWebhook', 'completed', %(tenant)s, ARRAY['batch-' || (i %% 10), '-x'], 1,
                jsonb_build_array(jsonb_build_object('attempt', 1, 'error', '=bad response ' || i)),
                t, t, t, t + interval '1 second'
           FROM generate_series(1, %(count)s) AS i,

@@ -6,11 +6,13 @@ import asyncio
 import csv
 import io
 import json
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import openpyxl
+import openpyxl.worksheet._writer as openpyxl_writer
 import pytest
 from psycopg import AsyncConnection, sql
 
@@ -165,8 +167,10 @@ async def test_xlsx_has_the_rows_as_typed_string_cells(ctx: HandlerContext, conn
     assert rows[0][col["last_error"]].value == "x\ufffdy"  # control character replaced, export not failed
     last = rows[-1]
     assert last[col["priority"]].value == 7 and last[col["priority"]].data_type == "n"
-    assert last[col["inserted_at"]].value == BASE_AT.replace(tzinfo=None)
-    assert last[col["completed_at"]].value == (BASE_AT + timedelta(seconds=2)).replace(tzinfo=None)
+    # Excel keeps times as fractional days: millisecond precision, UTC wall time.
+    to_ms = timedelta(milliseconds=1)
+    assert abs(last[col["inserted_at"]].value - BASE_AT.replace(tzinfo=None)) < to_ms
+    assert abs(last[col["completed_at"]].value - (BASE_AT + timedelta(seconds=2)).replace(tzinfo=None)) < to_ms
     assert last[col["discarded_at"]].value is None
 
 
@@ -300,39 +304,65 @@ async def test_a_large_export_goes_up_in_several_parts(ctx: HandlerContext, conn
     assert pending_uploads(ctx) == []
 
 
-class CancelAfterChecks(asyncio.Event):
-    """A cancellation event that becomes set on its `checks`-th look: a cancel arriving mid-export."""
+class CancelWhen(asyncio.Event):
+    """A cancellation event that becomes set the first time the handler looks at it while
+    `condition()` holds: a cancel that arrives at a chosen point mid-export."""
 
-    def __init__(self, checks: int) -> None:
+    def __init__(self, condition: Callable[[], bool]) -> None:
         super().__init__()
-        self.remaining = checks
+        self.condition = condition
+        self.checks = 0
 
     def is_set(self) -> bool:
-        self.remaining -= 1
-        if self.remaining <= 0:
+        self.checks += 1
+        if not super().is_set() and self.condition():
             self.set()
         return super().is_set()
 
 
-@pytest.mark.parametrize("fmt", ["csv", "json", "xlsx"])
-async def test_a_cancelled_export_stops_and_leaves_nothing(ctx: HandlerContext, conn: AsyncConnection[Any], fmt: str):
-    await add_many_jobs(conn, tenant="acme", count=50_000)
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+async def test_a_cancel_mid_upload_stops_and_aborts_the_upload(
+    ctx: HandlerContext, conn: AsyncConnection[Any], fmt: str
+):
+    await add_many_jobs(conn, tenant="acme", count=100_000)  # > 20 MiB of CSV: several parts
     request = ExportsRequest.model_validate({"dataset": "jobs", "format": fmt})
     job = export_job("acme", request.function_args())
-    # Late enough that a part was sent for CSV/JSON (1 MiB blocks, 5 MiB parts) and that XLSX
-    # is between cursor batches (5,000 rows each).
-    ctx.cancelled = CancelAfterChecks(8)
+    ctx.cancelled = cancel = CancelWhen(lambda: bool(pending_uploads(ctx)))
 
     with pytest.raises(asyncio.CancelledError):
         await exports.export(
             request, tenant_id="acme", job_id=job.id, ctx=ctx, options=ExportOptions(part_bytes=MIN_PART_BYTES)
         )
 
+    assert cancel.is_set()  # it stopped because of the cancel, with an upload under way
     listed = ctx.storage.client.list_objects_v2(Bucket=ctx.storage.bucket, Prefix=f"tenants/acme/jobs/{job.id}/")
     assert listed.get("KeyCount", 0) == 0
     assert pending_uploads(ctx) == []
-    async with ctx.pool.connection() as c:  # type: ignore[union-attr]
-        assert (await (await c.execute("SELECT 1 AS ok")).fetchone()) == {"ok": 1}  # connection still usable
+    assert ctx.pool is not None
+    async with ctx.pool.connection() as c:  # the connection that ran the cancelled COPY is usable again
+        assert await (await c.execute("SELECT 1 AS ok")).fetchone() == {"ok": 1}
+
+
+async def test_a_cancel_mid_xlsx_removes_the_workbooks_temporary_files(ctx: HandlerContext, conn: AsyncConnection[Any]):
+    await add_many_jobs(conn, tenant="acme", count=20_000)
+    request = ExportsRequest.model_validate({"dataset": "jobs", "format": "xlsx"})
+    job = export_job("acme", request.function_args())
+    before = set(openpyxl_writer.ALL_TEMP_FILES)
+    at_cancel: set[str] = set()
+
+    def third_look() -> bool:  # after two 5,000-row batches went into the workbook
+        at_cancel.update(path for path in openpyxl_writer.ALL_TEMP_FILES if os.path.exists(path))
+        return cancel.checks >= 3
+
+    ctx.cancelled = cancel = CancelWhen(third_look)
+
+    with pytest.raises(asyncio.CancelledError):
+        await exports.export(request, tenant_id="acme", job_id=job.id, ctx=ctx)
+
+    sheet_files = at_cancel - before
+    assert sheet_files, "the workbook had started writing its sheet to disk"
+    assert not [path for path in sheet_files if os.path.exists(path)]
+    assert ctx.storage.client.list_objects_v2(Bucket=ctx.storage.bucket).get("KeyCount", 0) == 0
 
 
 async def test_a_cancel_before_the_start_sends_nothing(ctx: HandlerContext, conn: AsyncConnection[Any]):
