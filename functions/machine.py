@@ -66,6 +66,7 @@ class MachineConfig:
             max_jobs=int(env.get("MACHINE_MAX_JOBS", settings.machine_max_jobs)),
             idle_seconds=float(env.get("MACHINE_IDLE_SECONDS", settings.machine_idle_seconds)),
             concurrency=int(env.get("MACHINE_CONCURRENCY", settings.machine_concurrency)),
+            shutdown_grace_seconds=settings.machine_shutdown_grace_seconds,
         )
 
 
@@ -375,6 +376,9 @@ async def main_async(settings: Settings, config: MachineConfig) -> int:
         closer = getattr(handler, "close", None)
         if closer is not None:
             await closer(machine.base_ctx)
+        outbound = machine.base_ctx.resources.get("outbound")
+        if outbound is not None:
+            await outbound.aclose()
         await pool.close()
 
 

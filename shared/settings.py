@@ -16,7 +16,7 @@ CommaList = Annotated[list[str], NoDecode]
 class Settings(BaseSettings):
     """Service configuration. Durations end in `_seconds` or `_ms` as the env var names say."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True, env_ignore_empty=True)
 
     environment: Literal["development", "test", "production"] = "production"
 
@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     worker_images_timeout: int = Field(60_000, ge=100)
     worker_documents_timeout: int = Field(120_000, ge=100)
     worker_emails_timeout: int = Field(30_000, ge=100)
-    worker_webhooks_timeout: int = Field(30_000, ge=100)
+    worker_webhooks_timeout: int = Field(35_000, ge=100)  # above the 30 s max receiver timeout
     worker_exports_timeout: int = Field(600_000, ge=100)
     worker_default_timeout: int = Field(600_000, ge=100)
 
@@ -80,6 +80,7 @@ class Settings(BaseSettings):
     machine_max_jobs: int = Field(100, ge=1)
     machine_idle_seconds: float = Field(10.0, ge=0)
     machine_concurrency: int = Field(1, ge=1, le=256)
+    machine_shutdown_grace_seconds: float = Field(20.0, ge=0)  # SIGTERM: time held jobs get to finish
     machine_boot_grace_seconds: float = Field(30.0, gt=0)  # a launching machine counts as capacity this long
 
     outbound_allow_private: bool = False
@@ -111,6 +112,8 @@ class Settings(BaseSettings):
             raise ValueError("FLY_WORKER_APP and WORKER_IMAGE are required when LAUNCHER=fly")
         if self.environment == "production" and self.jwt_secret is None:
             raise ValueError("JWT_SECRET is required outside development")
+        if self.environment == "production" and self.webhook_signing_secret is None:
+            raise ValueError("WEBHOOK_SIGNING_SECRET is required outside development")
         return self
 
     def queue_limit(self, queue: str) -> int:

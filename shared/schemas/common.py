@@ -9,6 +9,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from shared.outbound_policy import OutboundUrl
+
 _PRINTABLE = re.compile(r"^[\x20-\x7e\u00a0-\uffff]+$")
 _NO_CRLF = re.compile(r"^[^\r\n]*$")
 
@@ -61,7 +63,8 @@ class JobOptions(CamelModel):
     tags: list[Tag] = Field(default_factory=list, max_length=10)
     meta: dict[str, Any] = Field(default_factory=dict)
     unique: UniqueOptions | None = None
-    callback_url: Annotated[str, Field(max_length=2048, pattern=r"^https://")] | None = None
+    # Checked against the outbound rules at submit time, like every other outbound URL.
+    callback_url: Annotated[OutboundUrl, Field(pattern=r"^https://")] | None = None
 
     @model_validator(mode="after")
     def _one_schedule(self) -> JobOptions:

@@ -146,3 +146,38 @@ def test_stalled_holder_cannot_overwrite_the_outcome(database_url, s3, tmp_path)
         assert after["result"] == done["result"] and after["result"]["machine"] != stalled
         log = (tmp_path / "logs" / f"{stalled}.log").read_text()
         assert "job lost" in log
+
+
+def test_timed_out_job_is_stopped_and_its_machine_exits(database_url, s3, tmp_path):
+    with _app(database_url, s3, tmp_path, worker_default_timeout=1000) as app:
+        job = _post(app, "sleep", {"seconds": 30}, maxAttempts=1)
+        done = app.wait_for_job(job["id"], {"completed", "discarded"}, timeout=30)
+        assert done["state"] == "discarded"
+        assert done["errors"][0]["kind"] == "timeout"
+        rows = _wait(
+            lambda: app.sql("SELECT exit_code FROM machines WHERE id = %s AND state = 'exited'", (done["machineId"],)),
+            what="machine exit",
+        )
+        assert rows == [(3,)]
+
+
+def test_sigterm_hands_a_running_job_back_without_using_an_attempt(database_url, s3, tmp_path):
+    with _app(database_url, s3, tmp_path, machine_shutdown_grace_seconds=1) as app:
+        _sigterm_hand_back(app, tmp_path)
+
+
+def _sigterm_hand_back(app, tmp_path):
+    job = _post(app, "slow_once", {"marker_dir": str(tmp_path), "seconds": 60}, maxAttempts=1)
+    running = app.wait_for_job(job["id"], {"executing"})
+    [(pid,)] = app.sql("SELECT (detail->>'pid')::int FROM machines WHERE id = %s", (running["machineId"],))
+    # The handler outlives the grace period, so the machine hands the job back and exits.
+    os.kill(pid, signal.SIGTERM)
+    _wait(
+        lambda: app.sql("SELECT 1 FROM machines WHERE id = %s AND state = 'exited'", (running["machineId"],)),
+        timeout=40,
+        what="machine to exit after SIGTERM",
+    )
+    # Handed back with its attempt refunded, then run again on a new machine: still attempt 1.
+    done = app.wait_for_job(job["id"], {"completed", "discarded"}, timeout=30)
+    assert done["state"] == "completed" and done["errors"] == [] and done["attempt"] == 1
+    assert done["machineId"] != running["machineId"]

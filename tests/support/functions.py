@@ -78,3 +78,16 @@ async def slow_first(job: Job, ctx: HandlerContext) -> HandlerResult:
     if job.attempt == 1:
         await asyncio.sleep(SlowFirstArgs.model_validate(job.args).seconds)
     return {"attempt": job.attempt, "machine": ctx.machine_id}
+
+
+@register("slow_once", MarkerArgs)
+async def slow_once(job: Job, ctx: HandlerContext) -> HandlerResult:
+    """The first execution of this job sleeps `seconds`; any later one returns at once."""
+    import asyncio
+
+    args = MarkerArgs.model_validate(job.args)
+    marker = Path(args.marker_dir) / f"slow-once-{job.id}"
+    if not marker.exists():
+        marker.write_text(ctx.machine_id)
+        await asyncio.sleep(args.seconds)
+    return {"attempt": job.attempt, "machine": ctx.machine_id}
