@@ -8,10 +8,10 @@ so the sender reconnects once and carries on. A connection that fails later is d
 
 Replies are classified as RFC 5321 says: 4yz is transient (RetryableJobError), 5yz permanent
 (PermanentJobError). Connection, TLS and login failures, and the 530/534/538 "authenticate or
-encrypt first" replies, are the relay's or the operator's doing, not the job's: always retryable. Recipients refused while others were accepted do not
-fail the job (the message went out; a retry would resend it to the accepted ones): they are
-reported in `Delivery.refused`. When every recipient is refused, the job fails, retryably if any
-refusal was transient.
+encrypt first" replies, are the relay's or the operator's doing, not the job's: always retryable.
+Recipients refused while others were accepted do not fail the job (the message went out; a retry
+would resend it to the accepted ones): they are reported in `Delivery.refused`. When every
+recipient is refused, the job fails, retryably if any refusal was transient.
 
 A connection lost after the final "." but before the relay's reply leaves the outcome unknown
 (RFC 1047); the retry may then deliver twice, with the same Message-ID so receivers can dedupe.
