@@ -19,15 +19,16 @@ async def create_upload(request: Request) -> Response:
     settings: Settings = request.app.state.settings
     principal = authenticate(request, "jobs:write")
     body = parse_model(UploadRequest, await read_json_body(request, max_bytes=settings.max_body_bytes))
-    tenant_id = acting_tenant(principal, getattr(body, "tenant_id", None))
+    tenant_id = acting_tenant(principal, body.tenant_id)
     key = upload_key(tenant_id, body.filename)
-    url, expires_at = request.app.state.storage().presign_put(key, body.content_type)
+    url, expires_at = request.app.state.storage().presign_put(key, body.content_type, size=body.size)
     return JSONResponse(
         {
             "key": key,
             "url": url,
             "method": "PUT",
-            "headers": {"Content-Type": body.content_type},
+            # The signature covers both: the client's PUT must send exactly these.
+            "headers": {"Content-Type": body.content_type, "Content-Length": str(body.size)},
             "expiresAt": rfc3339(expires_at),
         },
         status_code=201,
