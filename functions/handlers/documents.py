@@ -1,0 +1,99 @@
+"""The `documents` function: render one PDF from a built-in template or tenant HTML, store it.
+
+Rendering runs in its own thread under a deadline of 75% of WORKER_DOCUMENTS_TIMEOUT, leaving
+the rest for the upload; past it the thread is interrupted (render_thread.py) and the job is
+discarded with kind "render-timeout", since the same input would time out again. The machine's
+per-function timeout stays the hard stop for anything the interrupt cannot reach.
+
+Result: `{"outputs": [{"name", "key", "contentType": "application/pdf", "size"}], "pages": n}`,
+plus `skippedResources` (`[{"url", "reason"}]`) when some images, stylesheets or fonts were
+refused or failed and the document was rendered without them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from functools import partial
+from typing import Final
+
+from pydantic import ValidationError
+
+from functions.handlers.base import HandlerContext, HandlerResult
+from functions.handlers.document_render import RenderedDocument, render_document
+from functions.handlers.render_thread import RenderTimedOut, run_with_deadline
+from shared.db.models import Job
+from shared.errors import PermanentJobError
+from shared.schemas.documents import DocumentsRequest
+from shared.settings import Settings
+from shared.storage import output_key
+
+PDF: Final = "application/pdf"
+RENDER_SHARE_OF_TIMEOUT: Final = 0.75
+
+# Rendered once at machine boot so fonts, Pango and WeasyPrint's own stylesheets are loaded
+# before the first real job (drain mode pays this once, not per job).
+_WARM_UP_REQUEST: Final = {
+    "template": "invoice",
+    "data": {
+        "number": "WARM-UP",
+        "date": "2025-01-01",
+        "seller": {"name": "Seller", "address": ["1 Street"]},
+        "customer": {"name": "Customer", "email": "customer@example.com"},
+        "items": [{"description": "Item", "quantity": 1, "unitPrice": 1}],
+        "taxRate": 10,
+        "notes": "Warm-up",
+    },
+}
+
+
+def render_timeout_seconds(settings: Settings) -> float:
+    """How long one document may take to render on this machine."""
+    return settings.queue_timeout_seconds("documents") * RENDER_SHARE_OF_TIMEOUT
+
+
+def parse_args(args: dict[str, object]) -> DocumentsRequest:
+    """The job's arguments as a request. Raises PermanentJobError (kind "invalid-args") if they do not validate."""
+    try:
+        return DocumentsRequest.model_validate(args)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or '(body)'}: {error['msg']}" for error in exc.errors()[:5]
+        )
+        raise PermanentJobError(f"invalid document arguments: {problems}", kind="invalid-args") from None
+
+
+async def render(request: DocumentsRequest, settings: Settings, *, name: str) -> RenderedDocument:
+    """Render `request` in a thread under the render deadline.
+
+    Raises PermanentJobError: "render-timeout" past the deadline, "template-error",
+    "document-too-large" or "render-error" for input that cannot render.
+    """
+    seconds = render_timeout_seconds(settings)
+    deadline = time.monotonic() + seconds
+    try:
+        return await run_with_deadline(
+            partial(render_document, request, settings=settings, deadline=deadline), seconds=seconds, name=name
+        )
+    except RenderTimedOut as exc:
+        raise PermanentJobError(str(exc), kind="render-timeout") from None
+
+
+async def run(job: Job, ctx: HandlerContext) -> HandlerResult:
+    """Render the job's document and store it at output_key(tenant, job id, filename)."""
+    request = parse_args(job.args)
+    rendered = await render(request, ctx.settings, name=f"document-{job.id}")
+    key = output_key(job.tenant_id, job.id, request.filename)
+    size = await asyncio.to_thread(ctx.storage.put_bytes, key, rendered.pdf, PDF)
+    result: HandlerResult = {
+        "outputs": [{"name": request.filename, "key": key, "contentType": PDF, "size": size}],
+        "pages": rendered.pages,
+    }
+    if rendered.skipped:
+        result["skippedResources"] = rendered.skipped
+    return result
+
+
+async def warm(ctx: HandlerContext) -> None:
+    """Render a small invoice once (nothing stored) so the first job does not pay for loading fonts."""
+    await render(DocumentsRequest.model_validate(_WARM_UP_REQUEST), ctx.settings, name="document-warm-up")
