@@ -65,6 +65,8 @@ async def add_job(
             },
         )
     ).fetchone()
+    if row is None:
+        raise RuntimeError("INSERT ... RETURNING gave no row")
     return int(row[0] if isinstance(row, tuple) else row["id"])
 
 

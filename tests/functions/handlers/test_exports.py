@@ -168,9 +168,11 @@ async def test_xlsx_has_the_rows_as_typed_string_cells(ctx: HandlerContext, conn
     last = rows[-1]
     assert last[col["priority"]].value == 7 and last[col["priority"]].data_type == "n"
     # Excel keeps times as fractional days: millisecond precision, UTC wall time.
+    inserted, completed = last[col["inserted_at"]].value, last[col["completed_at"]].value
+    assert isinstance(inserted, datetime) and isinstance(completed, datetime)
     to_ms = timedelta(milliseconds=1)
-    assert abs(last[col["inserted_at"]].value - BASE_AT.replace(tzinfo=None)) < to_ms
-    assert abs(last[col["completed_at"]].value - (BASE_AT + timedelta(seconds=2)).replace(tzinfo=None)) < to_ms
+    assert abs(inserted - BASE_AT.replace(tzinfo=None)) < to_ms
+    assert abs(completed - (BASE_AT + timedelta(seconds=2)).replace(tzinfo=None)) < to_ms
     assert last[col["discarded_at"]].value is None
 
 

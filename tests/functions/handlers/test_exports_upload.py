@@ -1,0 +1,81 @@
+"""The streaming multipart upload, against the moto S3 server."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from functions.handlers.multipart_upload import MIN_PART_BYTES, MultipartUpload
+from shared.settings import Settings
+from shared.storage import Storage
+
+
+@pytest.fixture
+def storage(settings: Settings) -> Storage:
+    store = Storage(settings)
+    store.ensure_bucket()
+    return store
+
+
+def upload_to(storage: Storage, key: str) -> MultipartUpload:
+    return MultipartUpload(
+        storage.client,
+        bucket=storage.bucket,
+        key=key,
+        content_type="text/csv",
+        content_disposition='attachment; filename="x.csv"',
+        part_bytes=MIN_PART_BYTES,
+    )
+
+
+def pending(storage: Storage) -> list[object]:
+    return list(storage.client.list_multipart_uploads(Bucket=storage.bucket).get("Uploads", []))
+
+
+async def test_a_small_object_goes_up_in_one_put(storage: Storage):
+    upload = upload_to(storage, "t/small.csv")
+    await upload.write(b"a,b\n")
+    await upload.write(bytearray(b"1,2\n"))
+
+    size = await upload.complete()
+
+    assert size == 8 and upload.parts == 0
+    assert storage.get_bytes("t/small.csv") == b"a,b\n1,2\n"
+    head = storage.client.head_object(Bucket=storage.bucket, Key="t/small.csv")
+    assert (head["ContentType"], head["ContentDisposition"]) == ("text/csv", 'attachment; filename="x.csv"')
+
+
+async def test_a_large_object_goes_up_in_parts_of_the_configured_size(storage: Storage):
+    data = os.urandom(2 * MIN_PART_BYTES + 12345)
+    upload = upload_to(storage, "t/large.bin")
+    for start in range(0, len(data), 256 * 1024):  # many writes per part
+        await upload.write(memoryview(data)[start : start + 256 * 1024])
+
+    size = await upload.complete()
+
+    assert size == len(data) and upload.parts == 3
+    assert storage.get_bytes("t/large.bin") == data
+    etag = storage.client.head_object(Bucket=storage.bucket, Key="t/large.bin")["ETag"]
+    assert etag.strip('"').endswith("-3")
+    assert pending(storage) == []
+
+
+async def test_abort_drops_the_parts_sent(storage: Storage):
+    upload = upload_to(storage, "t/dropped.bin")
+    await upload.write(os.urandom(MIN_PART_BYTES + 1))
+    await upload.write(os.urandom(MIN_PART_BYTES))  # waits for the first part: the upload exists
+    assert len(pending(storage)) == 1
+
+    await upload.abort()
+    await upload.abort()  # idempotent
+
+    assert pending(storage) == []
+    assert storage.client.list_objects_v2(Bucket=storage.bucket, Prefix="t/dropped").get("KeyCount", 0) == 0
+    with pytest.raises(RuntimeError):
+        await upload.write(b"more")
+
+
+async def test_parts_below_the_s3_minimum_are_refused(storage: Storage):
+    with pytest.raises(ValueError, match="part_bytes"):
+        MultipartUpload(storage.client, bucket=storage.bucket, key="k", content_type="x", part_bytes=MIN_PART_BYTES - 1)
