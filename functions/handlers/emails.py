@@ -45,7 +45,6 @@ if TYPE_CHECKING:
 SMTP_RESOURCE: Final = "smtp"
 MAX_ATTACHMENT_BYTES: Final = 10 * 1024 * 1024
 MAX_ATTACHMENTS_TOTAL_BYTES: Final = 15 * 1024 * 1024  # about 20 MiB once base64-encoded
-_NOT_FOUND_CODES: Final = frozenset({"NoSuchKey", "404", "NotFound"})
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -200,6 +199,7 @@ async def _load_attachments(attachments: list[Attachment], tenant_id: str, ctx: 
 
 
 def _download(ctx: HandlerContext, key: str) -> bytes:
+    """The attachment's bytes. Storage raises PermanentJobError (object-not-found, too-large) itself."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     storage: Storage = ctx.storage
@@ -207,8 +207,6 @@ def _download(ctx: HandlerContext, key: str) -> bytes:
         return storage.get_bytes(key, max_bytes=MAX_ATTACHMENT_BYTES)
     except ClientError as exc:
         code = str(exc.response.get("Error", {}).get("Code", ""))
-        if code in _NOT_FOUND_CODES:
-            raise PermanentJobError(f"attachment {key!r} does not exist", kind="attachment-not-found") from None
         raise RetryableJobError(f"storage refused reading {key!r}: {code}", kind="storage-unavailable") from None
     except BotoCoreError as exc:
         raise RetryableJobError(f"storage unreachable reading {key!r}: {exc}", kind="storage-unavailable") from None

@@ -47,6 +47,7 @@ _EXTRA_HEADER_ALLOWED: Final = frozenset(
 )
 _STORAGE_KEY: Final = re.compile(r"^tenants/[A-Za-z0-9._-]+/[^\x00-\x1f\x7f]+$")
 _FILENAME_SEPARATORS: Final = re.compile(r"[/\\]")
+_JINJA_BLOCK: Final = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}")
 
 
 def _mailbox(value: str) -> str:
@@ -79,9 +80,12 @@ def _storage_key(value: str) -> str:
     return value
 
 
-def _https_url(value: str) -> str:
+def _https_url_template(value: str) -> str:
+    # The literal text must already look like an https URL; what the {{ ... }} parts render to is
+    # percent-encoded, and the rendered URL is checked again before it becomes a header.
     check_header_text(value)
-    if not value.startswith("https://") or any(c in value for c in " <>\"'"):
+    literal = _JINJA_BLOCK.sub("", value)
+    if not value.startswith("https://") or any(c in literal for c in " <>\"'{}"):
         raise ValueError("must be an https URL without spaces, quotes or angle brackets")
     return value
 
@@ -120,7 +124,7 @@ HeaderText = Annotated[str, StringConstraints(max_length=MAX_HEADER_CHARS), Afte
 Subject = Annotated[str, StringConstraints(min_length=1, max_length=MAX_HEADER_CHARS), AfterValidator(_subject)]
 Body = Annotated[str, StringConstraints(max_length=MAX_BODY_CHARS)]
 HeaderName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-UnsubscribeUrl = Annotated[str, StringConstraints(max_length=2048), AfterValidator(_https_url)]
+UnsubscribeUrl = Annotated[str, StringConstraints(max_length=900), AfterValidator(_https_url_template)]
 
 
 class Attachment(CamelModel):

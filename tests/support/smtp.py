@@ -1,9 +1,10 @@
 """A real SMTP server for tests: aiosmtpd in its own thread on a free loopback port.
 
 It records every message with the connection it arrived on, can be told to answer a given
-recipient, the sender or the DATA with any reply (`"451 4.3.0 try later"`, `"550 5.1.1 no such
-user"`), can drop its open connections (a relay's idle timeout), and optionally requires
-STARTTLS with a self-signed certificate and AUTH with one user:
+recipient (`refuse_recipient`), the sender (`sender_reply`) or the DATA (`data_reply`) with any
+reply (`"451 4.3.0 try later"`, `"550 5.1.1 no such user"`), can drop its open connections (a
+relay's idle timeout), and optionally requires STARTTLS with a self-signed certificate and AUTH
+with one user:
 
     with running_smtp_server(tls=make_tls_files(tmp_path), credentials=("user", "pw")) as server:
         settings = make_settings(database_url, s3, **server.settings_overrides())
@@ -151,6 +152,11 @@ class _Handler:
             self.server.messages.append(message)
         return "250 2.0.0 Message accepted"
 
+    async def handle_QUIT(self, smtp: SMTP, session: Session, envelope: Envelope) -> str:
+        with self.server._lock:
+            self.server.quits += 1
+        return "221 Bye"
+
 
 class _Controller(Controller):
     def __init__(self, server: SmtpTestServer, **smtp_kwargs: Any) -> None:
@@ -185,6 +191,7 @@ class SmtpTestServer:
         self.sender_reply: str | None = None
         self.data_reply: str | None = None
         self.connections = 0  # TCP connections accepted since start (the startup probe excluded)
+        self.quits = 0  # QUIT commands received (a client closing politely)
         self._lock = threading.Lock()
         self._open: set[SMTP] = set()
         kwargs: dict[str, Any] = {}
