@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from weasyprint.urls import URLFetcher, URLFetcherResponse
 
-from shared.errors import PermanentJobError
+from shared.errors import PermanentJobError, RetryableJobError
 from shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -91,9 +91,9 @@ class GuardedURLFetcher(URLFetcher):  # type: ignore[misc]  # weasyprint ships n
                 max_bytes=min(MAX_RESOURCE_BYTES, left),
                 follow_redirects=True,
             )
-        except PermanentJobError as exc:
-            reason = "destination not allowed" if exc.kind == "destination-not-allowed" else exc.kind
-            self._refuse(url, reason)
+        except (PermanentJobError, RetryableJobError) as exc:
+            # The outbound client's errors name their kind: destination-not-allowed, timeout, ...
+            self._refuse(url, exc.kind)
         except Exception as exc:
             self._refuse(url, f"fetch failed ({type(exc).__name__})")
         self._fetched_bytes += len(response.content)
