@@ -126,11 +126,12 @@ async def create_machine(request: Request, state: EmulatorState) -> JSONResponse
             version=machine.instance_id,
         )
     state.store.add(machine)
+    answer = machine.view(with_nonce=nonce)  # the answer says `created`; the boot goes on (reference 3.1)
     if not body.get("skip_launch"):
-        state.supervisor.boot(machine)  # asynchronous: the answer says `created` (reference 3.1)
+        state.supervisor.boot(machine)
     if state.faults.take_created_but_408():
         return error(408, "request timed out")
-    return JSONResponse(machine.view(with_nonce=nonce))
+    return JSONResponse(answer)
 
 
 async def list_machines(request: Request, state: EmulatorState) -> JSONResponse:

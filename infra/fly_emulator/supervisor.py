@@ -94,8 +94,10 @@ class Supervisor:
         return env
 
     def boot(self, machine: Machine) -> None:
-        """Schedule `created`/`stopped` → `starting` → `started`."""
-        machine.boot_pending = True
+        """`created`/`stopped` → `starting` now, → `started` once the process runs."""
+        with self._store.mutate():
+            machine.boot_pending = True
+            machine.state = "starting"
         self._spawn_task(self._boot(machine))
 
     async def _boot(self, machine: Machine) -> None:

@@ -1,0 +1,396 @@
+"""FlyLauncher against the Machines API emulator over real HTTP on loopback.
+
+The emulated machines run a stand-in `functions.machine` (written to a temp dir that comes first
+on the machines' PYTHONPATH) whose behaviour the test picks through FAKE_MACHINE in the launch
+env: `exit:N` exits with N, `sleep` runs until SIGTERM and then exits 0 (touching
+FAKE_MACHINE_READY once its handler is in place: `started` does not mean ready).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from infra.fly_emulator import Emulator, running_emulator
+from infra.fly_emulator.supervisor import REPO_ROOT
+from infra.local.postgres import free_port
+from shared.errors import LauncherRejected, LauncherUnavailable
+from shared.launchers import make_launcher
+from shared.launchers.base import MACHINE_COMMAND, MachineSpec
+from shared.launchers.fly import FlyLauncher
+from shared.launchers.fly_api import RetryPolicy
+from shared.launchers.fly_config import GUEST_SIZES, META_LAUNCH_ID, META_POOL, STOP_TIMEOUT_SECONDS
+from shared.settings import Settings
+
+TOKEN = "fm2_launcher-test-token"
+APP = "cp-worker"
+IMAGE = "registry.fly.io/cp-worker:test"
+MACHINES = f"/v1/apps/{APP}/machines"
+FAST = RetryPolicy(attempts=4, initial_seconds=0.01, max_seconds=0.05, jitter_seconds=0.01)
+WORKER_SECRETS = {"DATABASE_URL": "postgresql://from-worker-secrets/db"}
+
+FAKE_MACHINE = '''
+import json, os, signal, sys, time
+if os.environ.get("FAKE_MACHINE_OUT"):
+    with open(os.environ["FAKE_MACHINE_OUT"], "w") as out:
+        json.dump(dict(os.environ), out)
+kind, _, arg = os.environ.get("FAKE_MACHINE", "exit:0").partition(":")
+if kind == "exit":
+    sys.exit(int(arg))
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+if os.environ.get("FAKE_MACHINE_READY"):
+    open(os.environ["FAKE_MACHINE_READY"], "w").close()
+while True:
+    time.sleep(0.05)
+'''
+
+
+@pytest.fixture(scope="module")
+def emu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
+    fake_root = tmp_path_factory.mktemp("fake-image")
+    (fake_root / "functions").mkdir()
+    (fake_root / "functions" / "__init__.py").write_text("")
+    (fake_root / "functions" / "machine.py").write_text(FAKE_MACHINE)
+    # `python -m` puts the working directory first on sys.path, so the stand-in must be the workdir.
+    with running_emulator(
+        WORKER_SECRETS, token=TOKEN, apps=[APP], workdir=fake_root, pythonpath=[fake_root, REPO_ROOT]
+    ) as emulator:
+        yield emulator
+
+
+def fly_settings(emu: Emulator, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "environment": "test",
+        "launcher": "fly",
+        "fly_api_token": TOKEN,
+        "fly_api_hostname": emu.url,
+        "fly_worker_app": APP,
+        "worker_image": IMAGE,
+        "fly_region": "iad",
+        **overrides,
+    }
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+async def launcher(emu: Emulator) -> AsyncIterator[FlyLauncher]:
+    emu.faults.clear()
+    fly = FlyLauncher(fly_settings(emu), retry=FAST)
+    try:
+        yield fly
+    finally:
+        await fly.aclose()
+
+
+def spec(queue: str = "images", job_id: int | None = 42, **env: str) -> MachineSpec:
+    base = {"JOB_QUEUE": queue, "MACHINE_MAX_JOBS": "1", "MACHINE_IDLE_SECONDS": "1"}
+    if job_id is not None:
+        base["JOB_ID"] = str(job_id)
+    return MachineSpec(queue=queue, job_id=job_id, env={**base, **env})
+
+
+def creates_for(emu: Emulator, machine_id: str) -> list[Any]:
+    """The create requests whose launch id is that of `machine_id`."""
+    machine = emu.machine(machine_id)
+    assert machine is not None
+    launch_id = machine["config"]["metadata"][META_LAUNCH_ID]
+    posts = emu.requests_to("POST", MACHINES)
+    return [r for r in posts if r.json and meta(r.json).get(META_LAUNCH_ID) == launch_id]
+
+
+def meta(machine: dict[str, Any]) -> dict[str, str]:
+    metadata: dict[str, str] = machine["config"].get("metadata") or {}
+    return metadata
+
+
+async def wait_state(emu: Emulator, machine_id: str, *states: str) -> dict[str, Any]:
+    return await asyncio.to_thread(emu.wait_for_state, machine_id, *states)
+
+
+@pytest.mark.parametrize("queue", ["images", "documents", "exports", "webhooks", "emails", "default"])
+async def test_create_request_carries_the_machine_contract(emu: Emulator, launcher: FlyLauncher, queue: str) -> None:
+    ref = await launcher.launch(spec(queue, FAKE_MACHINE="exit:0"))
+    (create,) = creates_for(emu, ref.id)
+    body = create.json
+    config = body["config"]
+    assert body["region"] == "iad"
+    assert "skip_launch" not in body
+    assert config["image"] == IMAGE
+    assert config["init"] == {"cmd": list(MACHINE_COMMAND)}
+    assert config["env"] == spec(queue, FAKE_MACHINE="exit:0").env
+    assert config["guest"] == {
+        "cpu_kind": GUEST_SIZES[queue].cpu_kind,
+        "cpus": GUEST_SIZES[queue].cpus,
+        "memory_mb": GUEST_SIZES[queue].memory_mb,
+    }
+    assert config["auto_destroy"] is True
+    assert config["restart"] == {"policy": "no"}
+    assert config["stop_config"] == {"signal": "SIGTERM", "timeout": f"{STOP_TIMEOUT_SECONDS}s"}
+    metadata = config["metadata"]
+    assert metadata["cp_role"] == "function-machine"
+    assert metadata["cp_queue"] == queue
+    assert metadata["cp_job_id"] == "42"
+    assert len(metadata[META_LAUNCH_ID]) == 32
+    assert create.headers["authorization"] == f"FlyV1 {TOKEN}"  # macaroon tokens use the FlyV1 scheme
+
+
+async def test_heavy_queues_get_more_cpu_and_memory_than_light_ones() -> None:
+    for heavy in ("images", "documents", "exports"):
+        for light in ("webhooks", "emails", "default"):
+            assert GUEST_SIZES[heavy].cpus > GUEST_SIZES[light].cpus
+            assert GUEST_SIZES[heavy].memory_mb > GUEST_SIZES[light].memory_mb
+
+
+async def test_secrets_stay_out_of_the_config_and_come_from_worker_secrets(
+    emu: Emulator, launcher: FlyLauncher, tmp_path: Path
+) -> None:
+    out = tmp_path / "env.json"
+    leaky = spec(
+        "emails",
+        FAKE_MACHINE="exit:0",
+        FAKE_MACHINE_OUT=str(out),
+        DATABASE_URL="postgresql://leaked/db",
+        AWS_SECRET_ACCESS_KEY="leaked",
+        SMTP_PASSWORD="leaked",
+    )
+    ref = await launcher.launch(leaky)
+    (create,) = creates_for(emu, ref.id)
+    assert not {"DATABASE_URL", "AWS_SECRET_ACCESS_KEY", "SMTP_PASSWORD"} & set(create.json["config"]["env"])
+    await wait_state(emu, ref.id, "destroyed")
+    seen = json.loads(out.read_text())
+    assert seen["DATABASE_URL"] == WORKER_SECRETS["DATABASE_URL"]
+    assert seen["FLY_MACHINE_ID"] == ref.id
+    assert seen["JOB_ID"] == "42" and seen["JOB_QUEUE"] == "emails"
+
+
+async def test_plain_tokens_use_the_bearer_scheme(emu: Emulator) -> None:
+    with running_emulator(token="plain-token") as plain:
+        fly = FlyLauncher(fly_settings(plain, fly_api_token="plain-token"), retry=FAST)
+        try:
+            await fly.list_machines()
+        finally:
+            await fly.aclose()
+        assert plain.requests[-1].headers["authorization"] == "Bearer plain-token"
+
+
+async def test_429_and_503_on_create_are_retried(emu: Emulator, launcher: FlyLauncher) -> None:
+    emu.faults.fail_next_creates(429)
+    emu.faults.fail_next_creates(503)
+    ref = await launcher.launch(spec(FAKE_MACHINE="exit:0"))
+    assert [r.status for r in creates_for(emu, ref.id)] == [429, 503, 200]
+    launch_id = creates_for(emu, ref.id)[0].json["config"]["metadata"][META_LAUNCH_ID]
+    assert [m["id"] for m in emu.machines if meta(m).get(META_LAUNCH_ID) == launch_id] == [ref.id]
+
+
+async def test_capacity_answers_on_create_are_retried(emu: Emulator, launcher: FlyLauncher) -> None:
+    emu.faults.fail_next_creates(412)
+    ref = await launcher.launch(spec(FAKE_MACHINE="exit:0"))
+    assert [r.status for r in creates_for(emu, ref.id)] == [412, 200]
+
+
+async def test_create_gives_up_as_unavailable_when_tries_run_out(emu: Emulator, launcher: FlyLauncher) -> None:
+    before = len(emu.machines)
+    emu.faults.fail_next_creates(503, times=FAST.attempts)
+    with pytest.raises(LauncherUnavailable, match="503"):
+        await launcher.launch(spec(FAKE_MACHINE="exit:0"))
+    assert len(emu.machines) == before
+
+
+async def test_408_that_created_the_machine_creates_no_second_one(emu: Emulator, launcher: FlyLauncher) -> None:
+    emu.faults.create_but_time_out()
+    ref = await launcher.launch(spec(FAKE_MACHINE="exit:0"))
+    creates = creates_for(emu, ref.id)
+    assert [r.status for r in creates] == [408]
+    launch_id = creates[0].json["config"]["metadata"][META_LAUNCH_ID]
+    lookups = [r for r in emu.requests_to("GET", MACHINES) if r.param(f"metadata.{META_LAUNCH_ID}") == launch_id]
+    assert len(lookups) == 1
+    assert [m["id"] for m in emu.machines if meta(m).get(META_LAUNCH_ID) == launch_id] == [ref.id]
+
+
+async def test_408_on_every_try_looks_up_before_each_retry_then_gives_up(emu: Emulator, launcher: FlyLauncher) -> None:
+    emu.faults.fail_next_creates(408, times=FAST.attempts)
+    with pytest.raises(LauncherUnavailable, match="408"):
+        await launcher.launch(spec(FAKE_MACHINE="exit:0"))
+    launch_id = emu.requests_to("POST", MACHINES)[-1].json["config"]["metadata"][META_LAUNCH_ID]
+    posts = [r for r in emu.requests_to("POST", MACHINES) if meta(r.json).get(META_LAUNCH_ID) == launch_id]
+    lookups = [r for r in emu.requests_to("GET", MACHINES) if r.param(f"metadata.{META_LAUNCH_ID}") == launch_id]
+    assert [r.status for r in posts] == [408] * FAST.attempts
+    assert len(lookups) == FAST.attempts  # before each retry, and once more after the last try
+
+
+async def test_wrong_token_is_rejected(emu: Emulator) -> None:
+    fly = FlyLauncher(fly_settings(emu, fly_api_token="fm2_wrong"), retry=FAST)
+    try:
+        with pytest.raises(LauncherRejected, match="401"):
+            await fly.launch(spec())
+    finally:
+        await fly.aclose()
+
+
+async def test_unknown_worker_app_is_rejected(emu: Emulator) -> None:
+    fly = FlyLauncher(fly_settings(emu, fly_worker_app="no-such-app"), retry=FAST)
+    try:
+        with pytest.raises(LauncherRejected, match="404"):
+            await fly.launch(spec())
+    finally:
+        await fly.aclose()
+
+
+async def test_unreachable_api_is_unavailable(emu: Emulator) -> None:
+    fly = FlyLauncher(fly_settings(emu, fly_api_hostname=f"http://127.0.0.1:{free_port()}"), retry=FAST)
+    try:
+        with pytest.raises(LauncherUnavailable, match="cannot reach"):
+            await fly.launch(spec())
+        with pytest.raises(LauncherUnavailable):
+            await fly.status("0123456789abcd")
+    finally:
+        await fly.aclose()
+
+
+async def test_non_zero_exit_is_reported_by_status(emu: Emulator, launcher: FlyLauncher) -> None:
+    ref = await launcher.launch(spec("documents", FAKE_MACHINE="exit:3"))
+    await wait_state(emu, ref.id, "destroyed")
+    status = await launcher.status(ref.id)
+    assert (status.state, status.exit_code, status.oom_killed, status.queue) == ("exited", 3, False, "documents")
+
+
+async def test_oom_kill_is_reported_by_status(emu: Emulator, launcher: FlyLauncher) -> None:
+    emu.faults.oom_kill()
+    ref = await launcher.launch(spec(FAKE_MACHINE="sleep"))
+    await wait_state(emu, ref.id, "destroyed")
+    status = await launcher.status(ref.id)
+    assert (status.state, status.exit_code, status.oom_killed) == ("exited", 137, True)
+
+
+async def test_stop_ends_a_running_machine_gracefully(emu: Emulator, launcher: FlyLauncher, tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    ref = await launcher.launch(spec(FAKE_MACHINE="sleep", FAKE_MACHINE_READY=str(ready)))
+    await asyncio.to_thread(emu.wait_until, lambda _: ready.exists())
+    assert (await launcher.status(ref.id)).state == "running"
+    await launcher.stop(ref.id)
+    (stop,) = emu.requests_to("POST", f"{ref.id}/stop")
+    assert stop.json == {"signal": "SIGTERM", "timeout": f"{STOP_TIMEOUT_SECONDS}s"}
+    await wait_state(emu, ref.id, "destroyed")
+    status = await launcher.status(ref.id)
+    assert (status.state, status.exit_code) == ("exited", 0)
+
+
+async def test_stop_and_status_of_an_unknown_machine(launcher: FlyLauncher) -> None:
+    await launcher.stop("0123456789abcd")
+    status = await launcher.status("0123456789abcd")
+    assert (status.state, status.queue, status.exit_code) == ("exited", None, None)
+
+
+async def test_a_machine_that_never_boots_is_launching_until_stopped(emu: Emulator, launcher: FlyLauncher) -> None:
+    emu.faults.never_boot()
+    ref = await launcher.launch(spec(FAKE_MACHINE="exit:0"))
+    await wait_state(emu, ref.id, "starting")
+    assert (await launcher.status(ref.id)).state == "launching"
+    await launcher.stop(ref.id)
+    await wait_state(emu, ref.id, "destroyed")
+    status = await launcher.status(ref.id)
+    assert (status.state, status.exit_code) == ("failed", None)  # it ended without ever running
+
+
+async def test_list_machines_reconciles_our_machines_only(emu: Emulator, launcher: FlyLauncher) -> None:
+    emails = await launcher.launch(spec("emails", FAKE_MACHINE="sleep"))
+    webhooks = await launcher.launch(spec("webhooks", FAKE_MACHINE="sleep"))
+    async with httpx.AsyncClient(base_url=emu.url, headers={"Authorization": f"FlyV1 {TOKEN}"}) as api:
+        foreign = (await api.post(MACHINES, json={"config": {"image": IMAGE}, "skip_launch": True})).json()
+    await wait_state(emu, emails.id, "started")
+    await wait_state(emu, webhooks.id, "started")
+
+    listed = {s.id: s for s in await launcher.list_machines()}
+    assert {emails.id, webhooks.id} <= set(listed)
+    assert foreign["id"] not in listed
+    assert (listed[emails.id].queue, listed[emails.id].state) == ("emails", "running")
+    assert [s.id for s in await launcher.list_machines(queue="webhooks") if s.id in (emails.id, webhooks.id)] == [
+        webhooks.id
+    ]
+
+    await launcher.stop(emails.id)
+    await wait_state(emu, emails.id, "destroyed")
+    assert emails.id not in {s.id for s in await launcher.list_machines()}
+    await launcher.stop(webhooks.id)
+    await wait_state(emu, webhooks.id, "destroyed")
+
+
+async def test_make_launcher_builds_the_fly_launcher(emu: Emulator) -> None:
+    fly = make_launcher(fly_settings(emu))
+    try:
+        assert isinstance(fly, FlyLauncher) and fly.kind == "fly"
+        assert "token" not in repr(fly).lower()
+    finally:
+        await fly.aclose()
+
+
+async def test_missing_fly_settings_are_rejected(emu: Emulator) -> None:
+    with pytest.raises(LauncherRejected, match="FLY_API_TOKEN"):
+        FlyLauncher(fly_settings(emu, launcher="local", fly_api_token=None))
+    with pytest.raises(LauncherRejected, match="WORKER_IMAGE"):
+        FlyLauncher(fly_settings(emu, launcher="local", worker_image=None))
+
+
+async def test_warm_pool_starts_stopped_machines_instead_of_creating(emu: Emulator) -> None:
+    emu.faults.clear()
+    queue = "exports"
+
+    def pool_machines(state: str | None = None) -> list[dict[str, Any]]:
+        return [
+            m
+            for m in emu.machines
+            if meta(m).get(META_POOL) == "warm"
+            and meta(m).get("cp_queue") == queue
+            and m["state"] != "destroyed"
+            and (state is None or m["state"] == state)
+        ]
+
+    fly = FlyLauncher(fly_settings(emu, warm_pool_size=1), retry=FAST)
+    try:
+        # No idle machine yet: this launch creates one on demand and fills the pool meanwhile.
+        first = await fly.launch(spec(queue, FAKE_MACHINE="exit:0"))
+        assert creates_for(emu, first.id)[0].json["config"]["auto_destroy"] is True
+        await asyncio.to_thread(emu.wait_until, lambda _: len(pool_machines("created")) == 1)
+        (pooled,) = pool_machines()
+        pool_create = creates_for(emu, pooled["id"])[0].json
+        assert pool_create["skip_launch"] is True
+        assert pool_create["config"]["auto_destroy"] is False
+        assert pool_create["config"]["restart"] == {"policy": "no"}
+        assert "JOB_ID" not in pool_create["config"]["env"]  # start has no body: the job cannot be passed
+        assert pool_id_not_listed(await fly.list_machines(queue=queue), pooled["id"])
+
+        # Next launches start the pooled machine; it returns to `stopped` after each run.
+        creates_before = len(emu.requests_to("POST", MACHINES))
+        second = await fly.launch(spec(queue, FAKE_MACHINE="exit:0"))
+        assert second.id == pooled["id"]
+        await wait_state(emu, second.id, "stopped")
+        third = await fly.launch(spec(queue, FAKE_MACHINE="exit:0"))
+        assert third.id == pooled["id"]
+        await wait_state(emu, third.id, "stopped")
+        assert len(emu.requests_to("POST", MACHINES)) == creates_before
+        assert len(emu.requests_to("POST", f"{pooled['id']}/start")) == 2
+        assert (await fly.status(pooled["id"])).exit_code == 0
+
+        # A new image retires the idle pool machine and builds a fresh one.
+        await fly.aclose()
+        fly = FlyLauncher(fly_settings(emu, warm_pool_size=1, worker_image=IMAGE + "-2"), retry=FAST)
+        await fly.launch(spec(queue, FAKE_MACHINE="exit:0"))
+        await wait_state(emu, pooled["id"], "destroyed")
+        await asyncio.to_thread(emu.wait_until, lambda _: len(pool_machines("created")) == 1)
+        (fresh,) = pool_machines()
+        assert fresh["config"]["image"] == IMAGE + "-2"
+    finally:
+        await fly.aclose()
+        async with httpx.AsyncClient(base_url=emu.url, headers={"Authorization": f"FlyV1 {TOKEN}"}) as api:
+            for machine in pool_machines():
+                await api.delete(f"{MACHINES}/{machine['id']}", params={"force": "true"})
+
+
+def pool_id_not_listed(statuses: list[Any], machine_id: str) -> bool:
+    return machine_id not in {s.id for s in statuses}
