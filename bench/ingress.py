@@ -1,0 +1,184 @@
+"""Metric 1, HTTP ingress: `POST /jobs/webhooks`, one job per request, concurrent clients.
+
+Ours: the ingress under uvicorn (uvloop, httptools, one worker, dispatcher off) in its own process,
+driven by `bench.load` in another process over loopback: `--concurrency` keep-alive clients, a
+bounded number of requests and seconds, after an untimed warm-up. Jobs/s counts 201 answers.
+
+Reference: a raw psycopg loop on one connection inserting the same job row (the columns
+insert_job writes, a prepared single-row INSERT, autocommit: one commit per row) into the same
+database. Every commit waits for its WAL flush, so only concurrent commits (group commit) can go
+faster; that is what the ingress must do to reach ratio 1.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from shared.queues import QUEUES
+from shared.schemas.webhooks import WebhookRequest
+from shared.settings import Settings
+
+from .harness import (
+    PYTHON,
+    QUERIES,
+    TENANT,
+    BenchConfig,
+    BenchEnv,
+    Row,
+    Spread,
+    app_server,
+    checkpoint,
+    json_line,
+    percentile,
+    sql_rows,
+    token,
+    verdict,
+)
+
+NAME = "ingress"
+CONCURRENCY = 16
+P99_TARGET_MS = 50.0
+
+
+def webhook_body() -> dict[str, Any]:
+    return {
+        "url": "https://hooks.example.com/bench/in",
+        "event": "invoice.paid",
+        "payload": {"invoiceId": "inv_0001", "amount": 4200, "currency": "EUR", "lines": [1, 2, 3]},
+    }
+
+
+def reference_params(body: dict[str, Any]) -> dict[str, Any]:
+    """The job row the ingress writes for `body` (request id aside), as raw INSERT parameters."""
+    args = WebhookRequest.model_validate(body).function_args()
+    return {
+        "queue": "webhooks",
+        "worker": QUEUES["webhooks"].worker,
+        "tenant_id": TENANT,
+        "args": Jsonb(args),
+        "meta": Jsonb({"requestId": str(uuid.uuid4())}),
+        "tags": [],
+        "priority": 0,
+        "max_attempts": QUEUES["webhooks"].max_attempts,
+    }
+
+
+def raw_insert_loop(database_url: str, body: dict[str, Any], *, rows: int, seconds: float) -> dict[str, float]:
+    """Single-row INSERTs on one autocommit connection until `rows` or `seconds`; jobs/s and latency."""
+    latencies: list[float] = []
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        query = QUERIES["raw_insert_job"]
+        for _ in range(20):  # warm-up: prepare the statement, touch the indexes
+            conn.execute(query, reference_params(body), prepare=True)
+        deadline = time.perf_counter() + seconds
+        started = time.perf_counter()
+        while len(latencies) < rows and time.perf_counter() < deadline:
+            params = reference_params(body)
+            t0 = time.perf_counter()
+            conn.execute(query, params, prepare=True)
+            latencies.append(time.perf_counter() - t0)
+        elapsed = time.perf_counter() - started
+    ms = [v * 1000 for v in latencies]
+    return {
+        "rps": len(latencies) / elapsed,
+        "p50_ms": percentile(ms, 50),
+        "p99_ms": percentile(ms, 99),
+        "rows": len(latencies),
+    }
+
+
+def http_load(
+    env: BenchEnv, settings: Settings, url: str, auth: str, body: dict[str, Any], *, requests: int, seconds: float
+) -> dict[str, Any]:
+    body_file = env.scratch("ingress") / "body.json"
+    body_file.write_text(json.dumps(body))
+    argv = [
+        PYTHON,
+        "-m",
+        "bench.load",
+        "--url",
+        f"{url}/jobs/webhooks",
+        "--body-file",
+        str(body_file),
+        "--header",
+        f"Authorization: Bearer {auth}",
+        "--concurrency",
+        str(CONCURRENCY),
+        "--requests",
+        str(requests),
+        "--duration",
+        str(seconds),
+        "--warmup",
+        str(min(200, max(20, requests // 10))),
+    ]
+    done = env.run_child(argv, env.child_env(settings), timeout=seconds * 2 + 60)
+    if done.returncode != 0:
+        raise RuntimeError(f"load generator failed: {done.stderr[-800:]}")
+    return json_line(done.stdout)
+
+
+def run(env: BenchEnv, cfg: BenchConfig) -> list[Row]:
+    database_url = env.database("ingress")
+    settings = env.settings(database_url)
+    body = webhook_body()
+    rows = cfg.n(3000, 60)
+    seconds = 30.0 if not cfg.quick else 10.0
+    ours_rps: list[float] = []
+    ours_p50: list[float] = []
+    ours_p99: list[float] = []
+    ref_rps: list[float] = []
+    ref_p99: list[float] = []
+    ratios: list[float] = []
+    problems: list[str] = []
+    with app_server(env, settings) as url:
+        auth = token(settings, scopes="jobs:write")
+        for _ in range(cfg.runs):
+            sql_rows(database_url, "TRUNCATE jobs")
+            checkpoint(database_url)
+            ref = raw_insert_loop(database_url, body, rows=rows, seconds=seconds)
+            checkpoint(database_url)
+            before = sql_rows(database_url, "SELECT count(*) FROM jobs WHERE queue = 'webhooks'")[0][0]
+            ours = http_load(env, settings, url, auth, body, requests=rows, seconds=seconds)
+            after = sql_rows(database_url, "SELECT count(*) FROM jobs WHERE queue = 'webhooks'")[0][0]
+            warm = after - before - ours["ok"]
+            if ours["ok"] != ours["sent"] or ours["errors"]:
+                problems.append(f"statuses {ours['statuses']} errors {ours['errors']}")
+            if warm < 0:
+                problems.append(f"{-warm} accepted jobs missing from the table")
+            ours_rps.append(ours["rps"])
+            ours_p50.append(ours["p50_ms"])
+            ours_p99.append(ours["p99_ms"])
+            ref_rps.append(ref["rps"])
+            ref_p99.append(ref["p99_ms"])
+            ratios.append(ours["rps"] / ref["rps"])
+    ratio = Spread.of(ratios)
+    p99 = Spread.of(ours_p99)
+    note = f"{CONCURRENCY} keep-alive clients (bench.load, own process), {rows:,} requests per run"
+    if problems:
+        note += "; PROBLEMS: " + "; ".join(sorted(set(problems)))
+    return [
+        Row(
+            "HTTP ingress: POST /jobs/webhooks, jobs/s",
+            Spread.of(ours_rps).fmt(" jobs/s"),
+            Spread.of(ref_rps).fmt(" jobs/s") + " (raw single-row INSERT loop)",
+            ratio.fmt("x", 2),
+            "≥ 1.0",
+            verdict(ratio.median >= 1.0 and not problems),
+            note,
+        ),
+        Row(
+            "HTTP ingress: latency p50 / p99",
+            f"{Spread.of(ours_p50).fmt(' ms', 1)} / {p99.fmt(' ms', 1)}",
+            f"p99 of one raw INSERT+commit: {Spread.of(ref_p99).fmt(' ms', 1)}",
+            "—",
+            f"p99 ≤ {P99_TARGET_MS:g} ms",
+            verdict(p99.median <= P99_TARGET_MS),
+            "latency per request as the client sees it, at the concurrency above",
+        ),
+    ]

@@ -1,0 +1,93 @@
+-- Named SQL of the benchmark (seeding, references, reading results back). Loaded by bench/harness.py.
+
+-- name: raw_insert_job
+-- the ingress reference: one job row, the same columns insert_job writes, one statement per transaction
+INSERT INTO jobs (queue, worker, state, tenant_id, args, meta, tags, priority, max_attempts,
+                  batch_id, unique_key, unique_states, scheduled_at)
+VALUES (%(queue)s, %(worker)s, 'available', %(tenant_id)s, %(args)s, %(meta)s, %(tags)s, %(priority)s,
+        %(max_attempts)s, NULL, NULL, NULL, now());
+
+-- name: raw_insert_jobs_unnest
+-- the bulk reference: the same rows insert_jobs writes, in one INSERT ... unnest, ids returned
+INSERT INTO jobs (queue, worker, state, tenant_id, args, meta, tags, priority, max_attempts, batch_id, scheduled_at)
+SELECT i.queue, i.worker, 'available', i.tenant_id, i.args, i.meta, '{}', i.priority, i.max_attempts,
+       i.batch_id, now()
+  FROM unnest(%(queue)s::text[], %(worker)s::text[], %(tenant_id)s::text[], %(args)s::jsonb[],
+              %(meta)s::jsonb[], %(priority)s::smallint[], %(max_attempts)s::int[], %(batch_id)s::text[])
+       AS i(queue, worker, tenant_id, args, meta, priority, max_attempts, batch_id)
+RETURNING id;
+
+-- name: seed_jobs
+-- `count` available jobs of one queue and function, inserted server-side
+INSERT INTO jobs (queue, worker, state, tenant_id, args, meta, max_attempts)
+SELECT %(queue)s, %(worker)s, 'available', %(tenant_id)s, %(args)s, '{}', 5
+  FROM generate_series(1, %(count)s);
+
+-- name: queue_span
+-- how many jobs of a queue completed, and the seconds from the first claim to the last completion
+SELECT count(*) FILTER (WHERE state = 'completed') AS completed,
+       count(*) AS total,
+       extract(epoch FROM max(completed_at) - min(attempted_at))::float8 AS seconds
+  FROM jobs WHERE queue = %(queue)s;
+
+-- name: pgqueuer_span
+-- the same for a pgqueuer drain, from its log table: first pick to last success
+SELECT count(*) FILTER (WHERE status = 'successful') AS completed,
+       extract(epoch FROM max(created) FILTER (WHERE status = 'successful')
+                          - min(created) FILTER (WHERE status = 'picked'))::float8 AS seconds
+  FROM pgqueuer_log;
+
+-- name: live_machine_count
+-- machines the dispatcher still counts as launching or running
+SELECT count(*) AS n FROM machines WHERE state IN ('launching', 'running');
+
+-- name: machine_intervals
+-- every machine's life as the dispatcher recorded it (exited_at NULL: still live)
+SELECT id, launched_at, started_at, exited_at, exit_code, jobs_run FROM machines ORDER BY launched_at;
+
+-- name: create_run_markers
+-- one row per execution of a dispatcher-bench job (written by the bench function `mark`)
+CREATE TABLE IF NOT EXISTS bench_runs (
+    job_id     bigint NOT NULL,
+    attempt    integer NOT NULL,
+    machine_id text NOT NULL,
+    at         timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+
+-- name: insert_run_marker
+INSERT INTO bench_runs (job_id, attempt, machine_id) VALUES (%(job_id)s, %(attempt)s, %(machine_id)s);
+
+-- name: run_marker_summary
+-- executions per job: how many jobs ran once, never, or more than once
+WITH per_job AS (
+    SELECT j.id, j.state, count(r.job_id) AS runs
+      FROM jobs j LEFT JOIN bench_runs r ON r.job_id = j.id
+     WHERE j.queue = 'default'
+     GROUP BY j.id, j.state
+)
+SELECT count(*) AS jobs,
+       count(*) FILTER (WHERE state = 'completed') AS completed,
+       count(*) FILTER (WHERE runs = 0) AS never_ran,
+       count(*) FILTER (WHERE runs = 1) AS ran_once,
+       count(*) FILTER (WHERE runs > 1) AS ran_more_than_once,
+       coalesce(sum(runs), 0)::bigint AS executions
+  FROM per_job;
+
+-- name: seed_export_rows
+-- rows `start`..`stop` of a tenant's jobs dataset: final jobs of every queue, with tags and args
+INSERT INTO jobs (queue, worker, state, tenant_id, args, meta, tags, priority, attempt, max_attempts,
+                  result, batch_id, attempted_by, inserted_at, scheduled_at, attempted_at, completed_at)
+SELECT (ARRAY['images', 'documents', 'emails', 'webhooks', 'exports', 'default'])[1 + g % 6],
+       (ARRAY['ProcessImage', 'RenderDocument', 'SendEmail', 'DeliverWebhook', 'ExportData', 'echo'])[1 + g % 6],
+       'completed', %(tenant_id)s,
+       jsonb_build_object('url', 'https://hooks.example.com/in/' || g, 'event', 'invoice.paid', 'n', g),
+       jsonb_build_object('requestId', md5(g::text)),
+       ARRAY['bench', 'batch-' || (g % 100)],
+       (g % 10)::smallint, 1, 5,
+       jsonb_build_object('status', 200, 'attempts', 1),
+       CASE WHEN g % 3 = 0 THEN 'batch-' || (g % 1000) END,
+       'machine-' || (g % 50),
+       now() - make_interval(secs => g), now() - make_interval(secs => g),
+       now() - make_interval(secs => g) + interval '1 second',
+       now() - make_interval(secs => g) + interval '2 seconds'
+  FROM generate_series(%(start)s::int, %(stop)s::int) AS g;
