@@ -44,14 +44,13 @@ MAX_PIXELS: Final = 50_000_000
 _PIL_FORMAT: Final[dict[OutputFormat, str]] = {
     "webp": "WEBP", "jpeg": "JPEG", "png": "PNG", "avif": "AVIF", "gif": "GIF",
 }
-_INPUT_FORMAT: Final[dict[str, OutputFormat]] = {pil: ours for ours, pil in _PIL_FORMAT.items()}
 CONTENT_TYPES: Final[dict[OutputFormat, str]] = {
     "webp": "image/webp", "jpeg": "image/jpeg", "png": "image/png", "avif": "image/avif", "gif": "image/gif",
 }
 EXTENSIONS: Final[dict[OutputFormat, str]] = {
     "webp": "webp", "jpeg": "jpg", "png": "png", "avif": "avif", "gif": "gif",
 }
-# Defaults when no quality is asked for (those of sharp, which the service this replaces used).
+# Quality when none is asked for (the same defaults as sharp's).
 _DEFAULT_QUALITY: Final[dict[OutputFormat, int]] = {"jpeg": 80, "webp": 80, "avif": 50}
 
 # Importing the plugins registers exactly these five decoders; Image.open(formats=[...]) then
@@ -73,6 +72,10 @@ _TRANSPOSE_FOR_ROTATE: Final = {90: Image.Transpose.ROTATE_270, 180: Image.Trans
                                 270: Image.Transpose.ROTATE_90}
 _XMP_ORIENTATION: Final = re.compile(rb'tiff:Orientation="[0-9]"|<tiff:Orientation>[0-9]</tiff:Orientation>')
 _SRGB: Final = ImageCms.createProfile("sRGB")
+# The ICC colour space each pixel mode needs; a profile of another space is never attached.
+_COLOUR_SPACE: Final = {
+    "RGB": b"RGB ", "RGBA": b"RGB ", "P": b"RGB ", "PA": b"RGB ", "L": b"GRAY", "LA": b"GRAY",
+}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -217,11 +220,14 @@ def _decode(image: ImageFile.ImageFile, input_format: OutputFormat, orientation:
         # Draft mode changed the size: the crop boxes were computed on the declared one.
         plans = [_rescale(p, stored, image.size) for p in plans]
     xmp = image.info.get("xmp") or image.info.get("XML:com.adobe.xmp")
+    icc_profile = image.info.get("icc_profile") or None
+    if icc_profile is not None and _icc_colour_space(icc_profile) != _COLOUR_SPACE.get(image.mode):
+        icc_profile = None  # a CMYK (or mismatched) profile cannot describe the RGB pixels we make
     source = _Source(
         image=_normalized(image),
         format=input_format,
         orientation=orientation,
-        icc_profile=image.info.get("icc_profile") or None,
+        icc_profile=icc_profile,
         exif=image.getexif(),
         xmp=xmp.encode() if isinstance(xmp, str) else xmp,
     )
@@ -259,13 +265,13 @@ def _render_one(source: _Source, recipe: Recipe, p: Plan) -> Rendered:
     for method in (_TRANSPOSE_FOR_ORIENTATION.get(source.orientation), _TRANSPOSE_FOR_ROTATE.get(recipe.rotate)):
         if method is not None:
             image = image.transpose(method)
-    if recipe.grayscale:
-        image = image.convert("LA" if "A" in image.mode else "L")
     output_format: OutputFormat = recipe.format or source.format
     if recipe.strip_metadata and source.icc_profile and image.mode in ("RGB", "RGBA"):
         # The profile is dropped with the rest of the metadata; convert to sRGB first so colours
         # from wide-gamut cameras (Display P3, Adobe RGB) do not come out washed out.
         image = _to_srgb(image, source.icc_profile)
+    if recipe.grayscale:
+        image = image.convert("LA" if "A" in image.mode else "L")
     if p.canvas is not None:
         image = _centred_on_canvas(image, p.canvas, opaque=output_format == "jpeg")
     image = _encodable(image, output_format)
@@ -308,17 +314,17 @@ def _encode(image: Image.Image, output_format: OutputFormat, recipe: Recipe, sou
     elif output_format == "webp":
         params["method"] = 6 if recipe.optimize else 4
     elif output_format == "avif":
-        params["speed"] = 4 if recipe.optimize else 8
+        params["speed"] = 4 if recipe.optimize else 6  # libavif: 6 is Pillow's default, 4 much slower
     elif recipe.optimize:
         params["optimize"] = True
     if not recipe.strip_metadata:
-        params.update(_kept_metadata(source, output_format))
+        params.update(_kept_metadata(source, output_format, image.mode))
     buffer = io.BytesIO()
     image.save(buffer, format=_PIL_FORMAT[output_format], **params)
     return buffer.getvalue()
 
 
-def _kept_metadata(source: _Source, output_format: OutputFormat) -> dict[str, Any]:
+def _kept_metadata(source: _Source, output_format: OutputFormat, mode: str) -> dict[str, Any]:
     if output_format == "gif":
         return {}  # GIF has no place for EXIF or ICC
     kept: dict[str, Any] = {}
@@ -327,11 +333,15 @@ def _kept_metadata(source: _Source, output_format: OutputFormat) -> dict[str, An
     exif.pop(_ORIENTATION_TAG, None)  # already applied to the pixels
     if len(exif):
         kept["exif"] = exif.tobytes()
-    if source.icc_profile:
+    if source.icc_profile and _icc_colour_space(source.icc_profile) == _COLOUR_SPACE.get(mode):
         kept["icc_profile"] = source.icc_profile
     if source.xmp:
         kept["xmp"] = _XMP_ORIENTATION.sub(b"", source.xmp)
     return kept
+
+
+def _icc_colour_space(icc_profile: bytes) -> bytes:
+    return icc_profile[16:20]  # the header's data colour space signature
 
 
 def _to_srgb(image: Image.Image, icc_profile: bytes) -> Image.Image:

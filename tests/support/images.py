@@ -156,3 +156,44 @@ def heif_like_sample() -> bytes:
     """An ISO-BMFF file with a HEIF brand: sniffed as a possible AVIF, refused by the AVIF decoder."""
     ftyp = struct.pack(">I", 24) + b"ftypmif1" + struct.pack(">I", 0) + b"mif1heic"
     return ftyp + struct.pack(">I", 8) + b"free"
+
+
+def _s15f16(value: float) -> bytes:
+    return struct.pack(">i", round(value * 65536))
+
+
+def _xyz_tag(x: float, y: float, z: float) -> bytes:
+    return b"XYZ \0\0\0\0" + _s15f16(x) + _s15f16(y) + _s15f16(z)
+
+
+def swapped_primaries_icc() -> bytes:
+    """A valid ICC v2 RGB display profile whose red and green primaries are sRGB's green and red,
+    with a plain 2.2 gamma: pure red in an image tagged with it is pure green once converted to
+    sRGB, which makes a colour conversion easy to see."""
+    d50 = (0.9642, 1.0, 0.8249)
+    srgb_red, srgb_green, srgb_blue = (0.4361, 0.2225, 0.0139), (0.3851, 0.7169, 0.0971), (0.1431, 0.0606, 0.7141)
+    description = b"Swapped primaries test\0"
+    curve = b"curv\0\0\0\0" + struct.pack(">IH", 1, 0x0233) + b"\0\0"  # gamma 2.2 as u8Fixed8, padded
+    tags = [
+        (b"desc", b"desc\0\0\0\0" + struct.pack(">I", len(description)) + description
+         + struct.pack(">II", 0, 0) + struct.pack(">HB", 0, 0) + b"\0" * 67),
+        (b"wtpt", _xyz_tag(*d50)),
+        (b"rXYZ", _xyz_tag(*srgb_green)),
+        (b"gXYZ", _xyz_tag(*srgb_red)),
+        (b"bXYZ", _xyz_tag(*srgb_blue)),
+        (b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve),
+    ]
+    offset = 128 + 4 + 12 * len(tags)
+    table, data = b"", b""
+    for signature, body in tags:
+        body += b"\0" * (-len(body) % 4)
+        table += signature + struct.pack(">II", offset + len(data), len(body))
+        data += body
+    size = offset + len(data)
+    header = (
+        struct.pack(">I", size) + b"\0\0\0\0" + struct.pack(">I", 0x02100000) + b"mntrRGB XYZ "
+        + struct.pack(">6H", 2026, 1, 1, 0, 0, 0) + b"acsp" + b"\0" * 24 + struct.pack(">I", 0)
+        + _s15f16(d50[0]) + _s15f16(d50[1]) + _s15f16(d50[2]) + b"\0" * 4 + b"\0" * 44
+    )
+    assert len(header) == 128
+    return header + struct.pack(">I", len(tags)) + table + data

@@ -267,6 +267,39 @@ async def test_metadata_is_kept_when_asked_but_orientation_is_applied(ctx: Handl
     assert b"secret-xmp" in image.info["xmp"] and b"tiff:Orientation" not in image.info["xmp"]
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+async def test_colours_are_converted_to_srgb_when_the_profile_is_dropped(ctx: HandlerContext, fmt: str) -> None:
+    # Red under the test profile is sRGB green: only a real conversion turns it green.
+    red = samples.encode(Image.new("RGB", (32, 32), samples.RED), fmt, icc_profile=samples.swapped_primaries_icc())
+
+    _, [converted, kept] = await process(
+        ctx, red, variants=[{"name": "converted"}, {"name": "kept", "stripMetadata": False}]
+    )
+
+    assert close_to(pixel(opened(converted), (16, 16)), samples.GREEN, 12)
+    assert "icc_profile" not in opened(converted).info
+    assert close_to(pixel(opened(kept), (16, 16)), samples.RED, 12)
+    assert opened(kept).info["icc_profile"] == samples.swapped_primaries_icc()
+
+
+async def test_a_profile_is_only_kept_on_pixels_it_can_describe(ctx: HandlerContext) -> None:
+    red = samples.encode(Image.new("RGB", (32, 32), samples.RED), "PNG", icc_profile=samples.swapped_primaries_icc())
+
+    _, [grey] = await process(ctx, red, operations={"grayscale": True, "stripMetadata": False})
+
+    assert opened(grey).mode == "L"
+    assert "icc_profile" not in opened(grey).info, "an RGB profile does not describe grey pixels"
+
+
+async def test_cmyk_jpeg_becomes_rgb(ctx: HandlerContext) -> None:
+    cyan = samples.encode(Image.new("CMYK", (32, 32), (255, 0, 0, 0)), "JPEG", quality=95)
+
+    result, [stored] = await process(ctx, cyan, operations={"format": "webp"})
+
+    assert (result["outputs"][0]["format"], opened(stored).mode) == ("webp", "RGB")
+    assert close_to(pixel(opened(stored), (16, 16)), (0, 255, 255), 12)
+
+
 async def test_variants_give_one_output_each(ctx: HandlerContext) -> None:
     result, stored = await process(
         ctx,
