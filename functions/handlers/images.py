@@ -42,6 +42,11 @@ async def run(job: Job, ctx: HandlerContext) -> HandlerResult:
     return {"outputs": list(outputs), "imageId": request.image_id}
 
 
+async def warm(ctx: HandlerContext) -> None:
+    """Build the storage client before the first job (Pillow and its plugins load with this module)."""
+    await asyncio.to_thread(lambda: ctx.storage)
+
+
 def recipe(name: str, operations: ImageOperations) -> image_ops.Recipe:
     """The fully resolved recipe of one output (defaults filled in)."""
     resize = operations.resize

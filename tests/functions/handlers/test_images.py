@@ -480,3 +480,11 @@ async def test_args_that_do_not_validate_are_permanent(ctx: HandlerContext) -> N
 def _mean_difference(a: Image.Image, b: Image.Image) -> float:
     difference = ImageChops.difference(a.convert("RGB"), b.convert("RGB"))
     return sum(ImageStat.Stat(difference).mean) / 3
+
+
+async def test_warm_builds_the_storage_client_ahead_of_the_first_job(s3: LocalS3) -> None:
+    fresh = HandlerContext(settings=make_settings("postgresql://unused.invalid/none", s3), machine_id="warm")
+
+    await images.warm(fresh)
+
+    assert "storage" in fresh.resources
