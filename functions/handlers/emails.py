@@ -37,7 +37,6 @@ from shared.errors import PermanentJobError, RetryableJobError
 from shared.schemas.email_address import Mailbox, check_header_text, parse_mailbox
 from shared.schemas.emails import Attachment, BulkEmailArgs, EmailRequest
 from shared.settings import Settings
-from shared.storage import check_tenant_key
 
 if TYPE_CHECKING:
     from shared.storage import Storage
@@ -180,6 +179,11 @@ def _sender_mailbox(value: str | None, settings: Settings) -> Mailbox:
 
 
 async def _load_attachments(attachments: list[Attachment], tenant_id: str, ctx: HandlerContext) -> list[AttachmentFile]:
+    if not attachments:
+        return []
+    # Imported here: shared.storage loads boto3 (hundreds of ms), which most emails never need.
+    from shared.storage import check_tenant_key
+
     files: list[AttachmentFile] = []
     total = 0
     for attachment in attachments:
