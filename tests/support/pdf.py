@@ -42,8 +42,16 @@ def image_count(data: bytes) -> int:
     return sum(len(page.images) for page in reader(data).pages)
 
 
-def attachments(data: bytes) -> dict[str, list[bytes]]:
-    return dict(reader(data).attachments)
+def embedded_files(data: bytes) -> list[bytes]:
+    """The contents of every embedded file: document attachments and file-attachment annotations."""
+    pdf = reader(data)
+    found = [content for contents in pdf.attachments.values() for content in contents]
+    for page in pdf.pages:
+        for annotation in page.get("/Annots") or []:
+            annotation = annotation.get_object()
+            if annotation.get("/Subtype") == "/FileAttachment":
+                found.append(annotation["/FS"].get_object()["/EF"]["/F"].get_object().get_data())
+    return found
 
 
 def to_png(data: bytes, directory: Path, *, dpi: int = 80) -> Path | None:
