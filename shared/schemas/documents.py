@@ -215,8 +215,13 @@ class DocumentsRequest(JobRequest):
     @field_validator("html")
     @classmethod
     def _html_size(cls, value: str | None) -> str | None:
-        # max_length counts characters; the limit is on bytes.
-        if value is not None and len(value.encode("utf-8", "surrogatepass")) > MAX_HTML_BYTES:
+        if value is None:
+            return value
+        try:
+            size = len(value.encode("utf-8"))  # max_length counts characters; the limit is on bytes
+        except UnicodeEncodeError:
+            raise ValueError("must be valid Unicode text (no lone surrogates)") from None
+        if size > MAX_HTML_BYTES:
             raise ValueError(f"must be at most {MAX_HTML_BYTES} bytes")
         return value
 

@@ -150,6 +150,13 @@ def test_html_is_limited_to_one_mebibyte_of_utf8() -> None:
     assert set(errors({"html": "é" * (MAX_HTML_BYTES // 2 + 1)})) == {"html"}
 
 
+def test_html_must_be_valid_unicode() -> None:
+    # The JSON parser already refuses a lone surrogate; a Python caller gets the same answer.
+    with pytest.raises(ValidationError) as caught:
+        DocumentsRequest.model_validate({"html": "<p>\ud800</p>"})
+    assert [error["loc"] for error in caught.value.errors()] == [("html",)]
+
+
 def test_html_data_is_any_object() -> None:
     request = validate({"html": "<p>{{ data.x }}</p>", "data": {"x": [1, {"y": None}]}})
     assert request.data == {"x": [1, {"y": None}]}
