@@ -80,12 +80,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=None, help="runs per metric (default 3, quick 1)")
     parser.add_argument("--out", type=Path, default=None, help="write the markdown here")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, database files)")
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="record py-spy profiles of the measured processes into this dir"
+    )
     args = parser.parse_args(argv)
     unknown = [name for name in args.metrics if name not in METRICS]
     if unknown:
         parser.error(f"unknown metrics: {', '.join(unknown)} (choose from {', '.join(METRICS)})")
     names = args.metrics or list(METRICS)
-    cfg = BenchConfig(quick=args.quick, runs=args.runs or (1 if args.quick else 3), keep=args.keep)
+    cfg = BenchConfig(
+        quick=args.quick, runs=args.runs or (1 if args.quick else 3), keep=args.keep, profile_dir=args.profile
+    )
     out = args.out or (RESULTS if not args.metrics and not cfg.quick else None)
 
     started = datetime.now(UTC)

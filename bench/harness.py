@@ -233,6 +233,15 @@ class BenchEnv:
             return ""
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
+    def profiled(self, argv: list[str], name: str) -> list[str]:
+        """`argv` under `py-spy record` (collapsed stacks into the profile dir) when profiling is on."""
+        if self.config.profile_dir is None:
+            return argv
+        py_spy = shutil.which("py-spy") or str(Path(PYTHON).with_name("py-spy"))
+        self.config.profile_dir.mkdir(parents=True, exist_ok=True)
+        out = self.config.profile_dir / f"{name}-{uuid.uuid4().hex[:6]}.txt"
+        return [py_spy, "record", "--rate", "250", "--format", "raw", "--output", str(out), "--", *argv]
+
     def scratch(self, name: str) -> Path:
         path = self.root / "scratch" / f"{name}-{uuid.uuid4().hex[:6]}"
         path.mkdir(parents=True, exist_ok=True)
