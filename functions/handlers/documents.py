@@ -13,6 +13,7 @@ refused or failed and the document was rendered without them.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from functools import partial
 from typing import Final
@@ -27,6 +28,8 @@ from shared.errors import PermanentJobError
 from shared.schemas.documents import DocumentsRequest
 from shared.settings import Settings
 from shared.storage import output_key
+
+logger = logging.getLogger(__name__)
 
 PDF: Final = "application/pdf"
 RENDER_SHARE_OF_TIMEOUT: Final = 0.75
@@ -76,6 +79,9 @@ async def render(request: DocumentsRequest, settings: Settings, *, name: str) ->
             partial(render_document, request, settings=settings, deadline=deadline), seconds=seconds, name=name
         )
     except RenderTimedOut as exc:
+        if not exc.stopped:
+            # Stuck in one long C call: the machine's own timeout and exit are what end it now.
+            logger.warning("document:render-thread-still-running", extra={"thread": name})
         raise PermanentJobError(str(exc), kind="render-timeout") from None
 
 
