@@ -1,14 +1,15 @@
 """The `exports` function: stream one tenant-scoped dataset into one object in storage.
 
 CSV, NDJSON and JSON are rendered by Postgres itself (`COPY (SELECT ...) TO STDOUT`, with
-formula triggers neutralised in the SELECT, see shared/datasets.py): this handler only moves
-bytes, in 1 MiB blocks, into a multipart upload that sends one part while the next fills. That
-keeps the export close to the speed of a bare COPY and its memory flat whatever the row count.
-XLSX needs typed cells, so rows come through a server-side cursor into openpyxl (in a thread, so
-heartbeats keep flowing) and the finished file is then streamed up the same way.
+formula triggers neutralised in the SELECT, see shared/datasets.py). This handler only moves
+bytes: a worker thread reads the COPY in 1 MiB blocks (export_copy.py) and the event loop feeds
+them to a multipart upload that sends one part while the next fills. That keeps an export close
+to the speed of a bare COPY, and its memory flat whatever the row count. XLSX needs typed cells,
+so its rows come through a server-side cursor on the context's pool into openpyxl (in a thread,
+so heartbeats keep flowing) and the finished file is then streamed up the same way.
 
-Cancellation is checked between blocks; a cancelled or failed export aborts its upload and
-leaves no object behind.
+Cancellation is checked between blocks; a cancelled or failed export stops its query, aborts its
+upload and leaves no object behind.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Final
@@ -33,10 +34,10 @@ from shared.schemas.exports import ExportsRequest
 from shared.storage import output_key
 
 from .base import HandlerContext, HandlerResult
+from .export_copy import CopyReader
 from .export_writers import FORMATS, XLSX_MAX_DATA_ROWS, JsonArrayFramer, XlsxFile
-from .multipart_upload import DEFAULT_PART_BYTES, MiB, MultipartUpload, run_in_thread
+from .multipart_upload import DEFAULT_PART_BYTES, MultipartUpload, run_in_thread
 
-BLOCK_BYTES: Final = 1 * MiB  # COPY output is handed to the upload (and checked for cancel) per block
 CURSOR_ROWS: Final = 5_000  # rows per FETCH of the XLSX cursor
 _SHAPES: Final = {
     "csv": QueryShape.CSV_CELLS,
@@ -94,6 +95,8 @@ async def export(
         content_disposition=f'attachment; filename="{name}"',
         part_bytes=options.part_bytes,
     )
+    # COPY formats read on a connection of their own (see export_copy.py), to the pool's database.
+    database_url = ctx.settings.database_url
     dataset = get_dataset(request.dataset)
     shape = _SHAPES[request.format]
     query = select_rows(dataset, tenant_id=tenant_id, columns=request.columns, filters=request.filters, shape=shape)
@@ -101,10 +104,10 @@ async def export(
         if request.format == "xlsx":
             rows = await _export_xlsx(query, ctx.pool, upload, ctx.cancelled, title=dataset.name, options=options)
         elif request.format == "csv":
-            rows = await _export_copy(copy_csv(query), query, ctx.pool, upload, ctx.cancelled)
+            rows = await _export_copy(copy_csv(query), query, database_url, upload, ctx.cancelled)
         else:
             framer = JsonArrayFramer() if request.format == "json" else None
-            rows = await _export_copy(copy_json_lines(query), query, ctx.pool, upload, ctx.cancelled, framer)
+            rows = await _export_copy(copy_json_lines(query), query, database_url, upload, ctx.cancelled, framer)
         size = await upload.complete()
     except BaseException:
         await upload.abort()
@@ -123,43 +126,35 @@ def _stop_if_cancelled(cancelled: asyncio.Event) -> None:
 
 @asynccontextmanager
 async def _snapshot(pool: Pool) -> AsyncIterator[AsyncConnection[DictRow]]:
-    """A read-only transaction (one consistent snapshot for the whole export) in UTC."""
+    """A read-only transaction: one consistent snapshot for the whole export."""
     async with pool.connection() as conn, conn.transaction():
         await conn.execute("SET TRANSACTION READ ONLY")
-        # json_build_object renders timestamptz in the session time zone; make it UTC.
-        await conn.execute("SET LOCAL TimeZone = 'UTC'")
         yield conn
 
 
 async def _export_copy(
     statement: sql.Composed,
     query: DatasetQuery,
-    pool: Pool,
+    database_url: str,
     upload: MultipartUpload,
     cancelled: asyncio.Event,
     framer: JsonArrayFramer | None = None,
 ) -> int:
     """Stream a COPY TO STDOUT into `upload`; returns the number of data rows."""
-    reframe: Callable[[bytearray], bytes | bytearray] = framer.feed if framer else _same
-    async with _snapshot(pool) as conn, conn.cursor() as cur:
-        # COPY takes no server-side parameters: psycopg binds them client-side as quoted literals.
-        async with cur.copy(statement, query.params) as copy:
-            block = bytearray()
-            async for data in copy:
-                block += data
-                if len(block) >= BLOCK_BYTES:
-                    _stop_if_cancelled(cancelled)
-                    await upload.write(reframe(block))
-                    block = bytearray()
+    reframe: Callable[[bytes], bytes] = framer.feed if framer else _same
+    # COPY takes no server-side parameters: psycopg binds them client-side as quoted literals.
+    async with CopyReader(database_url, statement, query.params) as reader, aclosing(reader.blocks()) as blocks:
+        async for block in blocks:
             _stop_if_cancelled(cancelled)
             await upload.write(reframe(block))
-        rows = cur.rowcount  # from the "COPY n" command tag: data rows, header excluded
     if framer is not None:
         await upload.write(framer.close())
-    return rows
+    if reader.rows is None:
+        raise RuntimeError("COPY ended without a row count")
+    return reader.rows
 
 
-def _same(block: bytearray) -> bytearray:
+def _same(block: bytes) -> bytes:
     return block
 
 
