@@ -44,7 +44,7 @@ _SHOWN_URL_CHARS: Final = 200
 class GuardedURLFetcher(URLFetcher):  # type: ignore[misc]  # weasyprint ships no type hints
     """WeasyPrint URL fetcher for one document: `data:` and guarded `http(s)` only.
 
-    `skipped` lists what was left out and why. Call `close()` when the document is done.
+    `skipped` lists what was left out and why (the first MAX_LISTED). Call `close()` when the document is done.
     """
 
     def __init__(self, settings: Settings, *, deadline: float) -> None:
@@ -56,7 +56,6 @@ class GuardedURLFetcher(URLFetcher):  # type: ignore[misc]  # weasyprint ships n
         self._fetches = 0
         self._fetched_bytes = 0
         self.skipped: list[dict[str, str]] = []
-        self.skipped_count = 0
 
     def fetch(self, url: str, headers: dict[str, str] | None = None) -> URLFetcherResponse:
         """Return the resource at `url`. Raises ValueError (WeasyPrint then leaves it out) when refused."""
@@ -109,7 +108,6 @@ class GuardedURLFetcher(URLFetcher):  # type: ignore[misc]  # weasyprint ships n
         )
 
     def _refuse(self, url: str, reason: str) -> NoReturn:
-        self.skipped_count += 1
         shown = url if len(url) <= _SHOWN_URL_CHARS else f"{url[:_SHOWN_URL_CHARS]}..."
         if len(self.skipped) < MAX_LISTED:
             self.skipped.append({"url": shown, "reason": reason})

@@ -12,12 +12,10 @@ URLs resolve to nothing) and every sub-resource goes through GuardedURLFetcher.
 
 from __future__ import annotations
 
-import datetime as dt
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Final
@@ -56,10 +54,6 @@ class RenderedDocument:
     skipped: list[dict[str, str]] = field(default_factory=list)
 
 
-def _money(amount: Decimal, currency: str) -> str:
-    return format_money(amount, currency)
-
-
 def _cell(value: Any) -> str:
     # Report table cells: numbers grouped ("1,234.5"), empty cells as a dash.
     if value is None:
@@ -80,10 +74,6 @@ def _numeric_columns(table: Table) -> list[bool]:
     ]
 
 
-def _datetime(value: dt.date) -> str:
-    return format_datetime(value)
-
-
 def _make_environment() -> jinja2.Environment:
     # Our own templates are trusted, so no sandbox; the data in them is the tenant's, so autoescape.
     env = jinja2.Environment(
@@ -95,11 +85,11 @@ def _make_environment() -> jinja2.Environment:
         auto_reload=False,
     )
     env.filters.update(
-        money=_money,
+        money=format_money,
         qty=format_quantity,
         percent=format_percent,
         date=format_date,
-        datetime=_datetime,
+        datetime=format_datetime,
         cell=_cell,
     )
     env.globals["numeric_columns"] = _numeric_columns
