@@ -71,6 +71,13 @@ def test_sandbox_escapes_are_refused(source: str) -> None:
         "{{ '{:{}}'.format('x', 1000000000) }}",
         "{{ (big ~ big)|replace('', big) }}",
         "{{ 2 ** 100000000 }}",
+        "{{ ([big] * 100000)|join }}",
+        "{{ ''.join([big] * 100000) }}",
+        "{{ ('%(b)s' * 10000) % {'b': big} }}",
+        "{{ ('{0}' * 10000).format(big) }}",
+        "{{ ((big ~ '\n') * 50)|indent(100000) }}",
+        "{{ ('a b c d e f g h ' * 100)|wordwrap(1, true, big) }}",
+        "{{ ('\t' * 50000).expandtabs(100000) }}",
     ],
 )
 def test_single_operations_that_would_allocate_without_bound_are_refused(source: str) -> None:
@@ -83,6 +90,35 @@ def test_single_operations_that_would_allocate_without_bound_are_refused(source:
     finally:
         tracemalloc.stop()
     assert peak < 20 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        # Doubling a string 40 times would need a terabyte; every path stops within a step or two.
+        "{% set ns = namespace(s=big) %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
+        "{% set ns = namespace(s=big) %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s }}",
+        "{% macro d(s, n) %}{% if n %}{{ d(s ~ s, n - 1) }}{% else %}{{ s|length }}{% endif %}{% endmacro %}"
+        "{{ d(big, 40) }}",
+        "{% macro d(s, n) %}{% if n %}{{ d([s, s]|join, n - 1) }}{% endif %}{% endmacro %}{{ d(big, 40) }}",
+        "{% macro d(s, n) %}{% if n %}{{ d('%s%s' % (s, s), n - 1) }}{% endif %}{% endmacro %}{{ d(big, 40) }}",
+        "{% macro d(s, n) %}{% if n %}{{ d(s|tojson, n - 1) }}{% endif %}{% endmacro %}{{ d(quotes, 40) }}",
+    ],
+)
+def test_values_cannot_grow_step_by_step_either(source: str) -> None:
+    tracemalloc.start()
+    try:
+        with pytest.raises(TemplateFailed):
+            render(source, {"big": "x" * 5000, "quotes": '"\\' * 2000}, "text")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 1024 * 1024
+
+
+def test_lorem_ipsum_is_not_available() -> None:
+    with pytest.raises(TemplateFailed, match="lipsum"):
+        render("{{ lipsum(100000) }}", {}, "text")
 
 
 def test_output_beyond_the_cap_stops_rendering() -> None:
