@@ -35,6 +35,7 @@ from shared.errors import LostJobError, PermanentJobError, RetryableJobError, Sn
 from shared.logging import bind_context, configure_logging, log_context
 from shared.queues import QUEUES
 from shared.settings import Settings, load_settings
+from shared.telemetry import emit
 
 logger = logging.getLogger("functions.machine")
 
@@ -185,7 +186,7 @@ class Machine:
 
     async def _execute(self, held: HeldJob) -> None:
         job, timeout = held.job, self.settings.queue_timeout_seconds(self.config.queue)
-        logger.info("job:start")
+        emit("job:start")
         started = asyncio.get_running_loop().time()
         try:
             async with asyncio.timeout(timeout):
@@ -226,7 +227,7 @@ class Machine:
             logger.warning("job lost before completion; outputs withdrawn")
             self._discard_outputs(result)
             return
-        logger.info("job:complete", extra={"durationMs": run_ms})
+        emit("job:complete", durationMs=run_ms)
 
     async def _record_failure(
         self, held: HeldJob, *, kind: str, message: str, permanent: bool = False, retry_after: float | None = None
@@ -247,7 +248,7 @@ class Machine:
         except LostJobError:
             logger.warning("job lost before its failure was recorded")
             return
-        logger.info("job:error", extra={"kind": kind, "error": message, "nextState": state.value})
+        emit("job:error", kind=kind, error=message, nextState=state.value)
 
     async def _write(self, held: HeldJob, event: str, fn: Any, *args: Any, **kwargs: Any) -> None:
         try:
@@ -256,11 +257,11 @@ class Machine:
         except LostJobError:
             logger.warning("job lost before %s was recorded", event)
             return
-        logger.info(event)
+        emit(event)
 
     async def _after_abort(self, held: HeldJob) -> None:
         if held.lost:
-            logger.info("job:cancel", extra={"reason": "no longer held (cancelled or rescued)"})
+            emit("job:cancel", reason="no longer held (cancelled or rescued)")
             return
         await self._write(held, "job:handback", transitions.hand_back, held.fence)
 
@@ -369,9 +370,11 @@ async def main_async(settings: Settings, config: MachineConfig) -> int:
 
     loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     loop.add_signal_handler(signal.SIGINT, on_sigterm)
+    emit("queue:start")
     try:
         return await machine.run()
     finally:
+        emit("queue:stop", jobsStarted=machine.started_jobs)
         await asyncio.gather(*shutdown_tasks, return_exceptions=True)
         closer = getattr(handler, "close", None)
         if closer is not None:

@@ -21,6 +21,7 @@ from psycopg.rows import DictRow
 from shared.db.pool import Pool, connect
 from shared.launchers import Launcher
 from shared.settings import Settings
+from shared.telemetry import emit
 
 from .maintenance import Lifeline, Pruner, Stager
 from .reconciler import Reconciler
@@ -60,8 +61,8 @@ class Dispatcher:
                 await self._contend(stop)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                logger.warning("dispatcher lost the database; retrying", exc_info=True)
+            except Exception as exc:
+                emit("plugin:error", plugin="dispatcher", error=f"{type(exc).__name__}: {exc}")
             self.role = "standby"
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
@@ -80,11 +81,11 @@ class Dispatcher:
             if stop.is_set():
                 return
             self.role = "leader"
-            logger.info("plugin:start", extra={"plugin": "dispatcher", "role": "leader"})
+            emit("plugin:start", plugin="dispatcher", role="leader")
             try:
                 await self._lead(conn, stop)
             finally:
-                logger.info("plugin:stop", extra={"plugin": "dispatcher"})
+                emit("plugin:stop", plugin="dispatcher")
 
     async def _lead(self, conn: AsyncConnection[DictRow], stop: asyncio.Event) -> None:
         await conn.execute("LISTEN cp_jobs")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from shared.db import transitions
 from shared.db.pool import Pool
+from shared.telemetry import emit
 
 logger = logging.getLogger("functions.dispatcher.maintenance")
 
@@ -36,10 +37,7 @@ class Lifeline:
         async with self.pool.connection() as conn:
             rescued = await transitions.rescue_stale(conn, rescue_after_seconds=self.rescue_after_seconds)
         for job in rescued:
-            logger.warning(
-                "job:rescue",
-                extra={"jobId": job.id, "queue": job.queue, "nextState": job.state, "machineId": job.attempted_by},
-            )
+            emit("job:rescue", jobId=job.id, queue=job.queue, nextState=job.state, machineId=job.attempted_by)
         return len(rescued)
 
 
