@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -14,6 +15,9 @@ from shared.settings import Settings, load_settings
 
 ALGORITHM = "HS256"
 SCOPES = ("jobs:write", "jobs:read", "admin")
+# The same rule as a `tenantId` in a request body (shared/schemas/common.py).
+_TENANT = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+_CHALLENGE = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,14 +51,18 @@ def verify_token(token: str, settings: Settings) -> Principal:
             options={"require": ["exp", "sub"], "verify_aud": settings.jwt_audience is not None},
         )
     except jwt.ExpiredSignatureError as exc:
-        raise Unauthorized("token expired") from exc
+        raise Unauthorized("token expired", headers=_CHALLENGE) from exc
     except jwt.PyJWTError as exc:
-        raise Unauthorized("invalid token") from exc
+        raise Unauthorized("invalid token", headers=_CHALLENGE) from exc
     scope = claims.get("scope", "")
     tenant = claims.get("tenant")
-    if not isinstance(scope, str) or (tenant is not None and not isinstance(tenant, str)):
-        raise Unauthorized("invalid token claims")
-    return Principal(subject=str(claims["sub"]), tenant_id=tenant, scopes=frozenset(scope.split()))
+    if not isinstance(scope, str) or (tenant is not None and not (isinstance(tenant, str) and _TENANT.match(tenant))):
+        raise Unauthorized("invalid token claims", headers=_CHALLENGE)
+    scopes = frozenset(scope.split())
+    if tenant is None and "admin" not in scopes:
+        # Only an admin may go without a tenant: a tenant-less reader would see every tenant's jobs.
+        raise Unauthorized("a token without the admin scope must name its tenant", headers=_CHALLENGE)
+    return Principal(subject=str(claims["sub"]), tenant_id=tenant, scopes=scopes)
 
 
 def mint_token(
@@ -82,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(args.scope.split()) - set(SCOPES)
     if unknown:
         parser.error(f"unknown scopes: {', '.join(sorted(unknown))}")
+    if args.tenant is None and "admin" not in args.scope.split():
+        parser.error("--tenant is required unless the scopes include admin")
     settings = load_settings()
     print(
         mint_token(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from pydantic import Field
@@ -13,10 +14,13 @@ from shared.db.pool import Pool
 from shared.errors import NotFound
 from shared.schemas.common import CamelModel
 from shared.settings import Settings
+from shared.telemetry import emit
 
 from .auth import authenticate
 from .http import JSONResponse, parse_model, parse_query, read_json_body
 from .presenters import machine_json, queue_json
+
+logger = logging.getLogger("functions.ingress.admin")
 
 
 def _pool(request: Request) -> Pool:
@@ -51,6 +55,7 @@ async def pause_queue(request: Request) -> Response:
     async with _pool(request).connection() as conn:
         if not await job_store.set_queue_paused(conn, request.path_params["name"], paused=True):
             raise NotFound("no such queue")
+    emit("queue:pause", queue=request.path_params["name"])
     return await _queue_or_404(request)
 
 
@@ -60,6 +65,7 @@ async def resume_queue(request: Request) -> Response:
         if not await job_store.set_queue_paused(conn, request.path_params["name"], paused=False):
             raise NotFound("no such queue")
         await conn.execute("SELECT pg_notify('cp_jobs', %s)", (request.path_params["name"],))
+    emit("queue:resume", queue=request.path_params["name"])
     return await _queue_or_404(request)
 
 
@@ -75,6 +81,7 @@ async def scale_queue(request: Request) -> Response:
         if not await job_store.set_queue_limit(conn, request.path_params["name"], limit=body.limit):
             raise NotFound("no such queue")
         await conn.execute("SELECT pg_notify('cp_jobs', %s)", (request.path_params["name"],))
+    logger.info("queue scaled", extra={"queue": request.path_params["name"], "limit": body.limit})
     return await _queue_or_404(request)
 
 

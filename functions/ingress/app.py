@@ -2,6 +2,9 @@
 
 `create_app(settings)` builds it; `uvicorn functions.ingress.app:create_app --factory` serves it.
 With RUN_DISPATCHER=true (the default; `make dev`) the dispatcher runs inside the same process.
+
+Middleware, outermost first (each sees what the ones inside it answer):
+request id -> metrics and access log -> security headers -> CORS -> rate limit -> 500 catcher.
 """
 
 from __future__ import annotations
@@ -15,22 +18,40 @@ from functools import cache
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from functions.handlers.default import load_function_modules
 from shared.db.pool import open_pool
 from shared.errors import MethodNotAllowed, NotFound, ProblemError
 from shared.settings import Settings, load_settings
 
-from . import admin, jobs, uploads
-from .http import RequestIdMiddleware, problem_response
+from . import admin, idempotency, jobs, uploads
+from .access_log import AccessLogMiddleware
+from .docs import Documentation
+from .http import RequestIdMiddleware, UnhandledErrorMiddleware, problem_response
+from .limits import RateLimitMiddleware
+from .metrics import AppMetrics, HttpMetricsMiddleware, metrics_endpoint
+from .security_headers import SecurityHeadersMiddleware
 
 logger = logging.getLogger("functions.ingress")
 
+# Headers a browser client may send cross-origin, and the ones it may read back.
+CORS_REQUEST_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"]
+CORS_EXPOSED_HEADERS = [
+    "X-Request-ID",
+    "Retry-After",
+    "RateLimit-Limit",
+    "RateLimit-Remaining",
+    "RateLimit-Reset",
+    "RateLimit-Policy",
+    "Idempotent-Replayed",
+]
 
-def routes() -> list[Route]:
+
+def routes() -> list[BaseRoute]:
     return [
         Route("/jobs/emails/bulk", jobs.create_bulk_emails, methods=["POST"]),
         Route("/jobs/{queue:str}", jobs.create_job, methods=["POST"]),
@@ -40,6 +61,7 @@ def routes() -> list[Route]:
         Route("/jobs", jobs.cancel_jobs, methods=["DELETE"]),
         Route("/uploads", uploads.create_upload, methods=["POST"]),
         Route("/health", admin.health, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/admin/queues", admin.list_queues, methods=["GET"]),
         Route("/admin/queues/{name:str}", admin.get_queue, methods=["GET"]),
         Route("/admin/queues/{name:str}/pause", admin.pause_queue, methods=["POST"]),
@@ -48,6 +70,7 @@ def routes() -> list[Route]:
         Route("/admin/jobs/prune", admin.prune_jobs, methods=["POST"]),
         Route("/admin/jobs/rescue", admin.rescue_jobs, methods=["POST"]),
         Route("/admin/machines", admin.list_machines, methods=["GET"]),
+        *Documentation().routes(),
     ]
 
 
@@ -63,8 +86,7 @@ async def _problem(request: Request, exc: Exception) -> Response:
             else ProblemError(str(exc.detail))
         )
         return problem_response(mapped, request)
-    logger.exception("unhandled error")
-    return problem_response(ProblemError("an unexpected error occurred"), request)
+    raise exc  # UnhandledErrorMiddleware answers (inside the other middleware, so with their headers)
 
 
 def _storage_factory(settings: Settings) -> Callable[[], object]:
@@ -77,19 +99,45 @@ def _storage_factory(settings: Settings) -> Callable[[], object]:
     return storage
 
 
+def middleware(settings: Settings, metrics: AppMetrics) -> list[Middleware]:
+    stack = [
+        Middleware(RequestIdMiddleware),
+        Middleware(AccessLogMiddleware),
+        Middleware(HttpMetricsMiddleware, metrics=metrics),
+        Middleware(SecurityHeadersMiddleware),
+    ]
+    if settings.cors_origins:
+        # Only the configured origins; with none configured there is no CORS at all.
+        stack.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origins,
+                allow_methods=["GET", "POST", "DELETE"],
+                allow_headers=CORS_REQUEST_HEADERS,
+                expose_headers=CORS_EXPOSED_HEADERS,
+                max_age=600,
+            )
+        )
+    stack += [Middleware(RateLimitMiddleware, settings=settings), Middleware(UnhandledErrorMiddleware)]
+    return stack
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     """Build the app; the lifespan opens the pool and, when configured, runs the dispatcher."""
     settings = settings or load_settings()
     load_function_modules(settings.default_function_modules)
+    metrics = AppMetrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.settings = settings
+        app.state.metrics = metrics
         app.state.storage = _storage_factory(settings)
         app.state.pool = await open_pool(settings.database_url, max_size=settings.database_pool_size)
         app.state.dispatcher = None
+        metrics.start()
         stop = asyncio.Event()
-        task: asyncio.Task[None] | None = None
+        tasks = [asyncio.create_task(idempotency.run_pruner(app.state.pool, stop), name="idempotency-pruner")]
         launcher = None
         if settings.run_dispatcher:
             from functions.dispatcher.leader import Dispatcher
@@ -97,22 +145,25 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
             launcher = make_launcher(settings)
             app.state.dispatcher = Dispatcher(settings, app.state.pool, launcher)
-            task = asyncio.create_task(app.state.dispatcher.run(stop))
+            tasks.append(asyncio.create_task(app.state.dispatcher.run(stop), name="dispatcher"))
         try:
             yield
         finally:
+            # SIGTERM: uvicorn stops accepting, finishes in-flight requests, then runs this.
             stop.set()
-            if task is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(task, timeout=10)
+            _, pending = await asyncio.wait(tasks, timeout=10)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             if launcher is not None:
                 await launcher.aclose()
+            metrics.close()
             await app.state.pool.close()
+            logger.info("ingress stopped")
 
-    app = Starlette(
+    return Starlette(
         routes=routes(),
-        middleware=[Middleware(RequestIdMiddleware)],
-        exception_handlers={Exception: _problem, HTTPException: _problem, ProblemError: _problem},
+        middleware=middleware(settings, metrics),
+        exception_handlers={HTTPException: _problem, ProblemError: _problem},
         lifespan=lifespan,
     )
-    return app

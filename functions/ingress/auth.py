@@ -17,7 +17,9 @@ def authenticate(request: Request, scope: str) -> Principal:
     kind, _, token = header.partition(" ")
     if kind.lower() != "bearer" or not token.strip():
         raise Unauthorized("send Authorization: Bearer <token>", headers={"WWW-Authenticate": "Bearer"})
-    principal = verify_token(token.strip(), settings)
+    # The rate limiter already verified this very token to find the tenant; don't decode it twice.
+    verified = request.scope.get("state", {}).get("principal")
+    principal = verified if isinstance(verified, Principal) else verify_token(token.strip(), settings)
     if scope not in principal.scopes and not principal.is_admin:
         raise Forbidden(f"this token lacks the {scope!r} scope")
     request.state.principal = principal

@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from typing import Any, TypeVar
 
 import orjson
+import psycopg
+from psycopg_pool import PoolTimeout
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.errors import BadRequest, PayloadTooLarge, ProblemError, UnsupportedMediaType, ValidationFailed
+from shared.errors import (
+    BadRequest,
+    PayloadTooLarge,
+    ProblemError,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
 from shared.logging import log_context
 
 M = TypeVar("M", bound=BaseModel)
+
+logger = logging.getLogger("functions.ingress")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -31,6 +43,56 @@ def problem_response(error: ProblemError, request: Request | None = None) -> Res
     """Render a ProblemError as application/problem+json."""
     body = orjson.dumps(error.to_problem(instance=request.url.path if request else None))
     return Response(body, status_code=error.status, media_type="application/problem+json", headers=error.headers)
+
+
+async def problem_asgi_response(error: ProblemError, scope: Scope, send: Send) -> None:
+    """Send `error` as problem+json straight from an ASGI middleware (no Request needed)."""
+    body = orjson.dumps(error.to_problem(instance=scope.get("path")))
+    response = Response(body, status_code=error.status, media_type="application/problem+json", headers=error.headers)
+    await response(scope, _no_body, send)
+
+
+async def _no_body() -> Message:
+    return {"type": "http.disconnect"}
+
+
+class UnhandledErrorMiddleware:
+    """Turn an unexpected exception into a 500 problem+json inside the middleware stack.
+
+    Starlette's own last-resort handler sits outside every user middleware, so its 500 would
+    miss the request id, the security headers and the metrics; this one sits inside them.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if started:
+                raise  # too late for a clean answer; the server closes the connection
+            if isinstance(exc, psycopg.OperationalError | PoolTimeout):
+                # The database is restarting or unreachable: a passing condition, not a bug.
+                logger.warning("database unavailable", extra={"error": type(exc).__name__})
+                error: ProblemError = ServiceUnavailable(
+                    "the database is unavailable; retry shortly", headers={"Retry-After": "5"}
+                )
+            else:
+                logger.exception("unhandled error")
+                error = ProblemError("an unexpected error occurred")
+            await problem_asgi_response(error, scope, send)
 
 
 async def read_body(request: Request, *, max_bytes: int) -> bytes:

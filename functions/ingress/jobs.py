@@ -19,12 +19,15 @@ from shared.db.job_store import Conn, JobFilter
 from shared.db.models import Job, JobState, NewJob
 from shared.db.pool import Pool
 from shared.errors import Conflict, NotFound, ValidationFailed
+from shared.logging import bind_context
 from shared.queues import QUEUES
 from shared.schemas.common import CamelModel, JobRequest
 from shared.schemas.default import DefaultRequest
 from shared.settings import Settings
+from shared.telemetry import emit
 from shared.unique import unique_key
 
+from . import idempotency
 from .auth import acting_tenant, authenticate, reading_tenant
 from .http import JSONResponse, parse_model, parse_query, read_json_body, request_id
 from .presenters import job_json
@@ -95,9 +98,15 @@ async def create_job(request: Request) -> Response:
     job = new_job(
         req, queue=queue, worker=worker, args=args, tenant_id=tenant_id, rid=request_id(request), now=datetime.now(UTC)
     )
-    async with pool.connection() as conn:
+
+    async def insert(conn: Conn) -> tuple[int, Any]:
         inserted = await job_store.insert_job(conn, job)
-    return JSONResponse(job_json(inserted), status_code=200 if inserted.conflict else 201)
+        bind_context(jobId=inserted.id)  # the request's log lines name the job they created
+        if inserted.conflict:
+            emit("job:unique_conflict", jobId=inserted.id, queue=queue, worker=worker)
+        return (200 if inserted.conflict else 201), job_json(inserted)
+
+    return await idempotency.respond(request, pool, tenant_id=tenant_id, body=body, create=insert)
 
 
 def _default_args(req: DefaultRequest) -> dict[str, Any]:
@@ -153,11 +162,13 @@ async def create_bulk_emails(request: Request) -> Response:
         )
         for args in expand_bulk(req)
     ]
-    async with pool.connection() as conn, conn.transaction():
-        inserted = await job_store.insert_jobs(conn, jobs)
-    return JSONResponse(
-        {"batchId": batch_id, "count": len(inserted), "jobIds": [j.id for j in inserted]}, status_code=201
-    )
+
+    async def insert(conn: Conn) -> tuple[int, Any]:
+        async with conn.transaction():
+            inserted = await job_store.insert_jobs(conn, jobs)
+        return 201, {"batchId": batch_id, "count": len(inserted), "jobIds": [j.id for j in inserted]}
+
+    return await idempotency.respond(request, pool, tenant_id=tenant_id, body=body, create=insert)
 
 
 def _job_id(request: Request) -> int:

@@ -1,0 +1,465 @@
+"""The OpenAPI 3.1 document, generated from the pydantic models the endpoints validate with.
+
+Request bodies and query parameters come from the very models the endpoints parse (so the
+document cannot promise what the code refuses); answers come from functions/ingress/responses.py.
+Every operation lists each error it can answer with, as application/problem+json.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
+
+from functions.handlers import default as default_functions
+from shared.queues import QUEUES
+
+from . import admin, jobs, responses
+
+REF: Final = "#/components/schemas/{model}"
+PROBLEM_TYPE: Final = "application/problem+json"
+
+ERRORS: Final[Mapping[int, str]] = {
+    400: "Malformed JSON, an empty body, or a bad Idempotency-Key header.",
+    401: "No bearer token, or one that is invalid, unsigned or expired.",
+    403: "The token lacks the scope, or names another tenant than `tenantId`.",
+    404: "No such resource (another tenant's job answers exactly like a missing one).",
+    409: "Conflict: the job cannot be retried in its state, or a request with this Idempotency-Key is in flight.",
+    413: "The body is larger than the limit; refused without reading it all.",
+    415: "The body is not application/json.",
+    422: "Validation failed; `errors` lists each field by path. Also: an Idempotency-Key reused with another body.",
+    429: "The tenant's rate limit is spent; retry after `Retry-After` seconds.",
+    503: "The database is unreachable; retry later.",
+}
+
+_AUTH_ERRORS: Final = (401, 403, 429, 503)
+_BODY_ERRORS: Final = (400, 413, 415, 422)
+
+_RATE_HEADERS: Final[dict[str, Any]] = {
+    "Retry-After": {"description": "seconds to wait", "schema": {"type": "integer", "minimum": 1}, "required": True},
+    "RateLimit-Limit": {"description": "requests allowed per window", "schema": {"type": "integer"}},
+    "RateLimit-Remaining": {"description": "requests left in the window", "schema": {"type": "integer"}},
+    "RateLimit-Reset": {"description": "seconds until the window frees up", "schema": {"type": "integer"}},
+}
+
+DESCRIPTION: Final = """\
+Turns HTTP requests into background jobs (images, documents, emails, webhooks, exports)
+run on short-lived machines.
+
+**Auth.** `Authorization: Bearer <JWT>` (HS256) with `sub`, `tenant` and `scope` claims
+(`jobs:write`, `jobs:read`, `admin`). An `admin` token may act for any tenant by naming
+`tenantId` in a body. `/health`, `/metrics` and `/documentation` need no token (`/metrics`
+takes `METRICS_TOKEN` when one is configured).
+
+**Errors** are `application/problem+json` (RFC 9457); validation failures list each field in
+`errors[].path`.
+
+**Idempotency.** Send `Idempotency-Key` with any `POST /jobs/*`: the same key and body within
+24 hours replays the first answer (header `Idempotent-Replayed: true`); the same key with
+another body is 422; while the first request is still running, 409. Keys are per tenant.
+
+**Rate limit.** Each tenant may make `RATE_LIMIT_PER_MINUTE` requests in any 60 seconds, per
+API instance. Answers carry `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`;
+a refused request gets 429 with `Retry-After`.
+"""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Operation:
+    """One documented method and path."""
+
+    method: str
+    path: str
+    operation_id: str
+    summary: str
+    tag: str
+    ok: Mapping[int, tuple[type[BaseModel] | str | None, str]]
+    errors: Sequence[int] = ()
+    body: type[BaseModel] | None = None
+    body_required: bool = True
+    query: type[BaseModel] | None = None
+    path_params: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+    auth: str | None = "bearer"
+    idempotent: bool = False
+    description: str | None = None
+
+
+def _job_operations() -> list[Operation]:
+    ops = []
+    for queue in jobs.REQUEST_MODELS:
+        description = None
+        if queue == "default":
+            names = ", ".join(f"`{name}`" for name in sorted(default_functions.FUNCTIONS))
+            description = f"Run a function registered on the default queue. Registered here: {names}."
+        ops.append(
+            Operation(
+                method="post",
+                path=f"/jobs/{queue}",
+                operation_id=f"create_{queue}_job",
+                summary=f"Create a {queue} job",
+                tag="jobs",
+                body=jobs.request_model(queue),
+                ok={
+                    201: (responses.Job, "The job, created."),
+                    200: (responses.Job, "An existing unique job (`conflict: true`); nothing was created."),
+                },
+                errors=(*_AUTH_ERRORS, *_BODY_ERRORS, 409),
+                idempotent=True,
+                description=description,
+            )
+        )
+    from shared.schemas.emails import BulkEmailRequest
+
+    ops.append(
+        Operation(
+            method="post",
+            path="/jobs/emails/bulk",
+            operation_id="create_bulk_email_jobs",
+            summary="Create one email job per recipient, in one transaction",
+            tag="jobs",
+            body=BulkEmailRequest,
+            ok={201: (responses.BulkCreated, "The batch and its jobs.")},
+            errors=(*_AUTH_ERRORS, *_BODY_ERRORS, 409),
+            idempotent=True,
+        )
+    )
+    job_id = {"id": {"type": "integer", "minimum": 1, "maximum": 999_999_999_999_999_999}}
+    ops += [
+        Operation(
+            method="get",
+            path="/jobs/{id}",
+            operation_id="get_job",
+            summary="Get a job (outputs with fresh presigned URLs)",
+            tag="jobs",
+            path_params=job_id,
+            ok={200: (responses.Job, "The job.")},
+            errors=(*_AUTH_ERRORS, 404),
+        ),
+        Operation(
+            method="get",
+            path="/jobs",
+            operation_id="list_jobs",
+            summary="List the tenant's jobs, newest first",
+            tag="jobs",
+            query=jobs.ListQuery,
+            ok={200: (responses.JobList, "One page of jobs.")},
+            errors=(*_AUTH_ERRORS, 422),
+        ),
+        Operation(
+            method="delete",
+            path="/jobs",
+            operation_id="cancel_jobs",
+            summary="Cancel matching jobs (criteria in the query or the body); running ones stop",
+            tag="jobs",
+            query=jobs.CancelCriteria,
+            body=jobs.CancelCriteria,
+            body_required=False,
+            ok={200: (responses.Cancelled, "How many jobs were cancelled.")},
+            errors=(*_AUTH_ERRORS, *_BODY_ERRORS),
+        ),
+        Operation(
+            method="post",
+            path="/jobs/{id}/retry",
+            operation_id="retry_job",
+            summary="Make a discarded or cancelled job available again",
+            tag="jobs",
+            path_params=job_id,
+            ok={200: (responses.Job, "The job, available again.")},
+            errors=(*_AUTH_ERRORS, 404, 409),
+        ),
+    ]
+    return ops
+
+
+def _upload_operations() -> list[Operation]:
+    from shared.schemas.uploads import UploadRequest
+
+    return [
+        Operation(
+            method="post",
+            path="/uploads",
+            operation_id="create_upload",
+            summary="Get a presigned PUT URL for a file to use as a job input",
+            tag="uploads",
+            body=UploadRequest,
+            ok={201: (responses.Upload, "Where and how to PUT the file.")},
+            errors=(*_AUTH_ERRORS, *_BODY_ERRORS),
+        )
+    ]
+
+
+def _admin_operations() -> list[Operation]:
+    queue = {"name": {"type": "string", "enum": sorted(QUEUES)}}
+    status = {200: (responses.QueueStatus, "The queue's status.")}
+    admin_errors = (*_AUTH_ERRORS,)
+    return [
+        Operation(
+            method="get",
+            path="/admin/queues",
+            operation_id="list_queues",
+            summary="Status of every queue",
+            tag="admin",
+            ok={200: (responses.QueueStatusList, "Every queue.")},
+            errors=admin_errors,
+        ),
+        Operation(
+            method="get",
+            path="/admin/queues/{name}",
+            operation_id="get_queue",
+            summary="Status of one queue",
+            tag="admin",
+            path_params=queue,
+            ok=status,
+            errors=(*admin_errors, 404),
+        ),
+        Operation(
+            method="post",
+            path="/admin/queues/{name}/pause",
+            operation_id="pause_queue",
+            summary="Pause a queue on every instance: no new claims, no new machines",
+            tag="admin",
+            path_params=queue,
+            ok=status,
+            errors=(*admin_errors, 404),
+        ),
+        Operation(
+            method="post",
+            path="/admin/queues/{name}/resume",
+            operation_id="resume_queue",
+            summary="Resume a paused queue",
+            tag="admin",
+            path_params=queue,
+            ok=status,
+            errors=(*admin_errors, 404),
+        ),
+        Operation(
+            method="post",
+            path="/admin/queues/{name}/scale",
+            operation_id="scale_queue",
+            summary="Set a queue's fleet-wide concurrency limit (0 stops it)",
+            tag="admin",
+            path_params=queue,
+            body=admin.ScaleBody,
+            ok=status,
+            errors=(*admin_errors, *_BODY_ERRORS, 404),
+        ),
+        Operation(
+            method="post",
+            path="/admin/jobs/prune",
+            operation_id="prune_jobs",
+            summary="Delete final jobs older than maxAgeSeconds (default PRUNER_MAX_AGE)",
+            tag="admin",
+            query=admin.PruneQuery,
+            ok={200: (responses.Pruned, "How many jobs were deleted.")},
+            errors=(*admin_errors, 422),
+        ),
+        Operation(
+            method="post",
+            path="/admin/jobs/rescue",
+            operation_id="rescue_jobs",
+            summary="Rescue executing jobs without a heartbeat for rescueAfterSeconds",
+            tag="admin",
+            query=admin.RescueQuery,
+            ok={200: (responses.Rescued, "How many jobs were rescued.")},
+            errors=(*admin_errors, 422),
+        ),
+        Operation(
+            method="get",
+            path="/admin/machines",
+            operation_id="list_machines",
+            summary="Recent function machines, newest first",
+            tag="admin",
+            ok={200: (responses.MachineList, "Up to 200 machines.")},
+            errors=admin_errors,
+        ),
+    ]
+
+
+def _operations_operations() -> list[Operation]:
+    return [
+        Operation(
+            method="get",
+            path="/health",
+            operation_id="health",
+            summary="Database, dispatcher role and queues",
+            tag="operations",
+            auth=None,
+            ok={200: (responses.Health, "Healthy.")},
+            errors=(503,),
+        ),
+        Operation(
+            method="get",
+            path="/metrics",
+            operation_id="metrics",
+            summary="Prometheus metrics",
+            tag="operations",
+            auth="metrics",
+            ok={200: ("text/plain", "Prometheus text exposition.")},
+            errors=(401, 503),
+        ),
+        Operation(
+            method="get",
+            path="/documentation",
+            operation_id="documentation",
+            summary="This documentation, in Swagger UI",
+            tag="operations",
+            auth=None,
+            ok={200: ("text/html", "The Swagger UI page.")},
+        ),
+        Operation(
+            method="get",
+            path="/documentation/json",
+            operation_id="openapi_document",
+            summary="This OpenAPI document",
+            tag="operations",
+            auth=None,
+            ok={200: ("application/json", "The OpenAPI 3.1 document.")},
+        ),
+    ]
+
+
+def operations() -> list[Operation]:
+    return [*_job_operations(), *_upload_operations(), *_admin_operations(), *_operations_operations()]
+
+
+def _schemas(ops: Sequence[Operation]) -> tuple[dict[tuple[type[BaseModel], JsonSchemaMode], Any], dict[str, Any]]:
+    """JSON Schemas of every model (requests in validation mode, answers in serialization mode)."""
+    models: dict[tuple[type[BaseModel], JsonSchemaMode], None] = {(responses.Problem, "serialization"): None}
+    for op in ops:
+        for model in (op.body, op.query):
+            if model is not None:
+                models[(model, "validation")] = None
+        for answer, _ in op.ok.values():
+            if isinstance(answer, type):
+                models[(answer, "serialization")] = None
+    refs, top = models_json_schema(list(models), ref_template=REF)
+    by_model = {key: refs[key] for key in models}
+    return by_model, dict(top.get("$defs", {}))
+
+
+def _non_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """A query parameter's schema without the `null` branch (a query string cannot send null)."""
+    options = schema.get("anyOf")
+    if isinstance(options, list):
+        kept = [s for s in options if s.get("type") != "null"]
+        if len(kept) == 1:
+            rest = {k: v for k, v in schema.items() if k not in ("anyOf", "default")}
+            return {**kept[0], **rest}
+    return {k: v for k, v in schema.items() if not (k == "default" and v is None)}
+
+
+def _query_parameters(model: type[BaseModel], ref: Mapping[str, str], defs: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One `in: query` parameter per field of `model` (its component schema is `ref`)."""
+    schema = defs[ref["$ref"].rsplit("/", 1)[-1]]
+    required = set(schema.get("required", []))
+    params = []
+    for prop, prop_schema in schema.get("properties", {}).items():
+        param_schema = _non_null(dict(prop_schema))
+        param: dict[str, Any] = {"name": prop, "in": "query", "required": prop in required, "schema": param_schema}
+        if param_schema.get("type") == "array":
+            param.update(style="form", explode=True)
+        params.append(param)
+    return params
+
+
+def _problem_response(status: int, problem_ref: str) -> dict[str, Any]:
+    response: dict[str, Any] = {"description": ERRORS[status], "content": {PROBLEM_TYPE: {"schema": problem_ref}}}
+    if status == 429:
+        response["headers"] = _RATE_HEADERS
+    return response
+
+
+def _operation(
+    op: Operation, refs: Mapping[tuple[type[BaseModel], JsonSchemaMode], Any], defs: Mapping[str, Any]
+) -> dict[str, Any]:
+    problem_ref = refs[(responses.Problem, "serialization")]
+    out: dict[str, Any] = {"operationId": op.operation_id, "summary": op.summary, "tags": [op.tag]}
+    if op.description:
+        out["description"] = op.description
+    params: list[dict[str, Any]] = [
+        {"name": name, "in": "path", "required": True, "schema": schema} for name, schema in op.path_params.items()
+    ]
+    if op.query is not None:
+        params += _query_parameters(op.query, refs[(op.query, "validation")], defs)
+    if op.idempotent:
+        params.append(
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "description": "Replays the first answer for the same key and body within 24 hours.",
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+            }
+        )
+    if params:
+        out["parameters"] = params
+    if op.body is not None:
+        out["requestBody"] = {
+            "required": op.body_required,
+            "content": {"application/json": {"schema": refs[(op.body, "validation")]}},
+        }
+    answers: dict[str, Any] = {}
+    for status, (answer, description) in sorted(op.ok.items()):
+        if isinstance(answer, type):
+            answers[str(status)] = {
+                "description": description,
+                "content": {"application/json": {"schema": refs[(answer, "serialization")]}},
+            }
+            if op.idempotent:
+                answers[str(status)]["headers"] = {
+                    "Idempotent-Replayed": {"description": "present on a replayed answer", "schema": {"const": "true"}}
+                }
+        elif isinstance(answer, str):
+            schema = {"type": "object"} if answer == "application/json" else {"type": "string"}
+            answers[str(status)] = {"description": description, "content": {answer: {"schema": schema}}}
+    for status in sorted(set(op.errors)):
+        answers[str(status)] = _problem_response(status, problem_ref)
+    out["responses"] = answers
+    if op.auth is None:
+        out["security"] = []
+    elif op.auth == "metrics":
+        out["security"] = [{}, {"metricsToken": []}]
+    return out
+
+
+def build_document(*, server_url: str | None = None) -> dict[str, Any]:
+    """The whole OpenAPI 3.1 document."""
+    ops = operations()
+    refs, defs = _schemas(ops)
+    paths: dict[str, dict[str, Any]] = {}
+    for op in ops:
+        paths.setdefault(op.path, {})[op.method] = _operation(op, refs, defs)
+    document: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
+        "info": {"title": "Content Processor", "version": _version(), "description": DESCRIPTION},
+        "tags": [
+            {"name": "jobs", "description": "Create, read, list, cancel and retry jobs."},
+            {"name": "uploads", "description": "Presigned uploads of job inputs."},
+            {"name": "admin", "description": "Queues, maintenance and machines (`admin` scope)."},
+            {"name": "operations", "description": "Health, metrics and this documentation."},
+        ],
+        "paths": paths,
+        "components": {
+            "schemas": defs,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                "metricsToken": {"type": "http", "scheme": "bearer", "description": "METRICS_TOKEN, when set"},
+            },
+        },
+        "security": [{"bearer": []}],
+    }
+    if server_url:
+        document["servers"] = [{"url": server_url}]
+    return document
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("content-processor")
+    except importlib.metadata.PackageNotFoundError:
+        return "0.0.0"

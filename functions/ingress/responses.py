@@ -1,0 +1,138 @@
+"""The shapes of the API's answers, for the OpenAPI document only.
+
+Endpoints build their JSON with functions/ingress/presenters.py; these models describe it. The
+schemathesis test checks every live answer against them, so a presenter that drifts from its
+model fails the build.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel
+
+from shared.schemas.common import CamelModel
+
+JobStateName = Literal["scheduled", "available", "executing", "retryable", "completed", "discarded", "cancelled"]
+
+
+class ProblemFieldError(BaseModel):
+    path: str = Field(..., description="dotted path of the offending field, e.g. operations.resize.width")
+    message: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details (application/problem+json)."""
+
+    model_config = ConfigDict(extra="allow", title="Problem")
+
+    type: str = Field(..., description="a URI naming the kind of problem")
+    title: str
+    status: int = Field(..., ge=400, le=599)
+    detail: str
+    instance: str | None = Field(None, description="the request path")
+    errors: list[ProblemFieldError] | None = Field(None, description="validation failures, one per field")
+
+
+class Job(CamelModel):
+    """A job as the API shows it."""
+
+    id: int
+    queue: str
+    worker: str
+    state: JobStateName
+    tenant_id: str
+    args: dict[str, Any]
+    priority: int = Field(..., ge=0, le=9)
+    attempt: int = Field(..., ge=0)
+    max_attempts: int = Field(..., ge=1)
+    tags: list[str]
+    meta: dict[str, Any] = Field(..., description="the request's options.meta plus requestId, callbackUrl, batchId")
+    errors: list[dict[str, Any]] = Field(..., description="one entry per failed attempt: attempt, at, kind, error")
+    result: dict[str, Any] | None = Field(..., description="outputs (with fresh presigned URLs) and function facts")
+    batch_id: str | None
+    inserted_at: datetime
+    scheduled_at: datetime
+    attempted_at: datetime | None
+    completed_at: datetime | None
+    cancelled_at: datetime | None
+    discarded_at: datetime | None
+    machine_id: str | None = Field(..., description="the function machine of the latest attempt")
+    conflict: Literal[True] | None = Field(
+        None, description="present (true) when a unique job already existed and was returned instead"
+    )
+
+
+class JobList(CamelModel):
+    jobs: list[Job]
+    next_cursor: str | None = Field(..., description="pass as `cursor` for the next page; null on the last")
+
+
+class BulkCreated(CamelModel):
+    batch_id: str
+    count: int = Field(..., ge=0)
+    job_ids: list[int]
+
+
+class Cancelled(CamelModel):
+    cancelled: int = Field(..., ge=0)
+
+
+class Upload(CamelModel):
+    """A presigned PUT: send the file's bytes to `url` with `headers`."""
+
+    key: str = Field(..., description="pass as sourceKey (images) or an attachment key (emails)")
+    url: str
+    method: Literal["PUT"]
+    headers: dict[str, str]
+    expires_at: datetime
+
+
+class QueueStatus(CamelModel):
+    name: str
+    limit: int = Field(..., ge=0)
+    state: Literal["running", "paused", "stopped"]
+    running: int = Field(..., ge=0)
+    available: int = Field(..., ge=0)
+    scheduled: int = Field(..., ge=0)
+    retryable: int = Field(..., ge=0)
+    oldest_available_age_seconds: float = Field(..., ge=0)
+
+
+class QueueStatusList(RootModel[list[QueueStatus]]):
+    """Every queue's status."""
+
+
+class Machine(CamelModel):
+    id: str
+    queue: str
+    launcher: str
+    state: Literal["launching", "running", "exited", "failed"]
+    job_id: int | None
+    launched_at: datetime
+    started_at: datetime | None
+    exited_at: datetime | None
+    exit_code: int | None
+    oom_killed: bool
+    jobs_run: int = Field(..., ge=0)
+
+
+class MachineList(CamelModel):
+    machines: list[Machine]
+
+
+class Pruned(CamelModel):
+    pruned: int = Field(..., ge=0)
+
+
+class Rescued(CamelModel):
+    rescued: int = Field(..., ge=0)
+
+
+class Health(CamelModel):
+    status: Literal["ok", "unavailable"]
+    database: Literal["ok", "unreachable"]
+    dispatcher: Literal["leader", "standby", "off"]
+    queues: list[QueueStatus] | None = Field(None, description="present when the database answered")
+    reason: str | None = Field(None, description="why the database is unreachable")
