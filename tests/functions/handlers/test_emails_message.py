@@ -20,6 +20,7 @@ from functions.handlers.email_message import (
     message_id_for,
 )
 from shared.schemas.email_address import Mailbox, parse_mailbox
+from shared.schemas.emails import MAX_HEADER_CHARS, EmailRequest
 
 NOW = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
 
@@ -180,3 +181,14 @@ def test_message_ids_are_stable_and_well_formed(tenant: str, expected: str) -> N
     assert message_id_for(job_id=42, tenant_id=tenant, domain="example.com") == expected
     message = parsed(build_message(email(message_id=expected), now=NOW))
     assert message["Message-ID"] == expected
+
+
+def test_the_longest_values_the_api_accepts_fit_on_one_line() -> None:
+    subject, value, name = "s" * MAX_HEADER_CHARS, "v" * MAX_HEADER_CHARS, "X-" + "n" * 62
+    request = EmailRequest.model_validate(
+        {"to": "a@example.com", "subject": subject, "text": "t", "headers": {name: value}}
+    )
+    data = build_message(email(subject=request.subject, headers=request.headers), now=NOW)
+    assert max(len(line) for line in data.split(b"\r\n")) <= 998
+    message = parsed(data)
+    assert (message["Subject"], message[name]) == (subject, value)
