@@ -223,6 +223,8 @@ class DocumentsRequest(JobRequest):
             raise ValueError("must be valid Unicode text (no lone surrogates)") from None
         if size > MAX_HTML_BYTES:
             raise ValueError(f"must be at most {MAX_HTML_BYTES} bytes")
+        if "\x00" in value:
+            raise ValueError("must not contain NUL characters")  # Postgres JSONB cannot store them either
         return value
 
     @field_validator("data")

@@ -157,6 +157,10 @@ def test_html_must_be_valid_unicode() -> None:
     assert [error["loc"] for error in caught.value.errors()] == [("html",)]
 
 
+def test_html_must_not_contain_nul() -> None:
+    assert set(errors({"html": "<p>a\u0000b</p>"})) == {"html"}
+
+
 def test_html_data_is_any_object() -> None:
     request = validate({"html": "<p>{{ data.x }}</p>", "data": {"x": [1, {"y": None}]}})
     assert request.data == {"x": [1, {"y": None}]}
