@@ -35,7 +35,12 @@ class CopyReader:
     """
 
     def __init__(
-        self, conninfo: str, statement: sql.Composed, params: Mapping[str, Any], *, block_bytes: int = BLOCK_BYTES
+        self,
+        conninfo: str,
+        statement: sql.Composed | sql.SQL,
+        params: Mapping[str, Any],
+        *,
+        block_bytes: int = BLOCK_BYTES,
     ) -> None:
         self.conninfo = conninfo
         self.statement = statement

@@ -1,0 +1,63 @@
+"""CopyReader: COPY output read on a worker thread, handed over in blocks, stopped on demand."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from functions.handlers.export_copy import CopyReader
+
+# Far more output (20 GB) than any test reads: only a working stop ends it in time. Two small
+# series rather than one big one, which Postgres would materialise before the first row.
+ENDLESS = sql.SQL(
+    "COPY (SELECT repeat('x', 200) FROM generate_series(1, 10000) AS a, generate_series(1, 10000) AS b) TO STDOUT"
+)
+
+
+class Enough(Exception):
+    pass
+
+
+def copies_running(database_url: str) -> int:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY (SELECT repeat%%' AND pid <> pg_backend_pid()"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+async def test_blocks_carry_the_whole_output_and_the_row_count(database_url: str):
+    statement = sql.SQL("COPY (SELECT i, %(word)s FROM generate_series(1, 50000) AS i) TO STDOUT WITH (FORMAT csv)")
+    async with CopyReader(database_url, statement, {"word": "it's"}, block_bytes=64 * 1024) as reader:
+        blocks = [block async for block in reader.blocks()]
+
+    assert len(blocks) > 1 and all(len(block) >= 64 * 1024 for block in blocks[:-1])
+    assert b"".join(blocks).decode().splitlines() == [f"{i},it's" for i in range(1, 50001)]
+    assert reader.rows == 50_000
+
+
+async def test_an_error_in_the_copy_reaches_the_consumer(database_url: str):
+    statement = sql.SQL("COPY (SELECT 1 / (i - 3) FROM generate_series(1, 5) AS i) TO STDOUT")
+
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        async with CopyReader(database_url, statement, {}) as reader:
+            async for _ in reader.blocks():
+                pass
+
+
+async def test_leaving_early_stops_the_copy_on_the_server(database_url: str):
+    with pytest.raises(Enough):
+        async with CopyReader(database_url, ENDLESS, {}) as reader:
+            async for _ in reader.blocks():
+                raise Enough
+
+    assert copies_running(database_url) == 0
+
+
+async def test_leaving_before_the_first_block_stops_the_copy(database_url: str):
+    with pytest.raises(Enough):
+        async with CopyReader(database_url, ENDLESS, {}):
+            raise Enough
+
+    assert copies_running(database_url) == 0
