@@ -63,6 +63,12 @@ def _subject(value: str) -> str:
     return check_header_text(value).strip()
 
 
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")  # Postgres JSONB cannot store them
+    return value
+
+
 def _one_or_many(value: object) -> object:
     return [value] if isinstance(value, str) else value
 
@@ -122,8 +128,9 @@ MailboxList = Annotated[
 ]
 HeaderText = Annotated[str, StringConstraints(max_length=MAX_HEADER_CHARS), AfterValidator(_header_text)]
 Subject = Annotated[str, StringConstraints(min_length=1, max_length=MAX_HEADER_CHARS), AfterValidator(_subject)]
-Body = Annotated[str, StringConstraints(max_length=MAX_BODY_CHARS)]
+Body = Annotated[str, StringConstraints(max_length=MAX_BODY_CHARS), AfterValidator(_no_nul)]
 HeaderName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+_TEMPLATE_SIZE: Final = StringConstraints(max_length=MAX_TEMPLATE_CHARS)
 UnsubscribeUrl = Annotated[str, StringConstraints(max_length=900), AfterValidator(_https_url_template)]
 
 
@@ -195,8 +202,8 @@ class BulkTemplate(_Bodies):
     """What every message of a bulk email shares; stored in each recipient's job."""
 
     subject: Annotated[str, StringConstraints(min_length=1, max_length=MAX_HEADER_CHARS), _template("text")]
-    html: Annotated[str, StringConstraints(max_length=MAX_TEMPLATE_CHARS), _template("html")] | None = None
-    text: Annotated[str, StringConstraints(max_length=MAX_TEMPLATE_CHARS), _template("text")] | None = None
+    html: Annotated[str, _TEMPLATE_SIZE, AfterValidator(_no_nul), _template("html")] | None = None
+    text: Annotated[str, _TEMPLATE_SIZE, AfterValidator(_no_nul), _template("text")] | None = None
     from_: Mailbox | None = Field(None, alias="from", description="defaults to EMAIL_FROM")
     unsubscribe_url: Annotated[UnsubscribeUrl, _template("url")] | None = Field(
         None,

@@ -280,3 +280,14 @@ def test_a_bulk_body_needs_recipients_and_a_body() -> None:
         validate_bulk({key: value for key, value in BULK.items() if key not in {"html", "text"}})
     with pytest.raises(ValidationError):
         validate_bulk({**BULK, "recipients": [{"to": "a@example.com", "extra": 1}]})
+
+
+@pytest.mark.parametrize("field", ["html", "text"])
+def test_nul_characters_are_refused_in_bodies_and_templates(field: str) -> None:
+    # Postgres JSONB cannot store U+0000: refusing it here keeps it a 422 instead of a failed insert.
+    with pytest.raises(ValidationError) as caught:
+        validate({**BASE, field: "a\u0000b"})
+    assert error_paths(caught.value) == [field]
+    with pytest.raises(ValidationError) as caught_bulk:
+        validate_bulk({**BULK, field: "a\u0000b"})
+    assert error_paths(caught_bulk.value) == [field]
