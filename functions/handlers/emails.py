@@ -93,9 +93,8 @@ def smtp_sender(ctx: HandlerContext) -> SmtpSender:
 
 async def _compose(job: Job, ctx: HandlerContext) -> OutgoingEmail:
     if job.args.get("kind") == "bulk":
-        bulk = _validated(BulkEmailArgs, job.args)
-        # Rendering is CPU work on tenant templates: off the event loop, so heartbeats keep going.
-        return await asyncio.to_thread(_compose_bulk, bulk, job, ctx.settings)
+        # Compiling and rendering tenant templates is CPU work: off the event loop, so heartbeats go on.
+        return await asyncio.to_thread(_compose_bulk, job, ctx.settings)
     single = _validated(EmailRequest, job.args)
     sender = _sender_mailbox(single.from_, ctx.settings)
     return OutgoingEmail(
@@ -113,7 +112,8 @@ async def _compose(job: Job, ctx: HandlerContext) -> OutgoingEmail:
     )
 
 
-def _compose_bulk(bulk: BulkEmailArgs, job: Job, settings: Settings) -> OutgoingEmail:
+def _compose_bulk(job: Job, settings: Settings) -> OutgoingEmail:
+    bulk = _validated(BulkEmailArgs, job.args)
     template, recipient = bulk.template, parse_mailbox(bulk.to)
     try:
         subject = render(template.subject, bulk.data, "text").strip()
