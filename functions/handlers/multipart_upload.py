@@ -87,8 +87,7 @@ class MultipartUpload:
         if self._finished:
             raise RuntimeError("complete after complete or abort")
         if self._upload_id is None and self._in_flight is None:
-            body = bytes(self._buffer)
-            self._buffer = bytearray()
+            body, self._buffer = self._buffer, bytearray()  # handed over, never mutated again
             await run_in_thread(self._put_object, body)
             self._size = len(body)
         else:
@@ -118,8 +117,7 @@ class MultipartUpload:
                 pass
 
     async def _send_part(self) -> None:
-        body = bytes(self._buffer)
-        self._buffer = bytearray()
+        body, self._buffer = self._buffer, bytearray()  # handed over (no copy), never mutated again
         await self._wait_in_flight()
         number = self._parts_sent + 1
         if number > MAX_PARTS:
@@ -142,10 +140,10 @@ class MultipartUpload:
 
     # --- blocking boto3 calls, run in worker threads -----------------------------------------
 
-    def _put_object(self, body: bytes) -> None:
+    def _put_object(self, body: bytearray) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self.key, Body=body, **self._object_args)
 
-    def _upload_part(self, number: int, body: bytes) -> dict[str, Any]:
+    def _upload_part(self, number: int, body: bytearray) -> dict[str, Any]:
         if self._upload_id is None:
             created = self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key, **self._object_args)
             self._upload_id = str(created["UploadId"])
