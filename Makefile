@@ -15,17 +15,23 @@ help:
 	@echo "make test       lint, typecheck and run the whole test suite"
 	@echo "make lint | typecheck | migrate | bench | token | lock | clean"
 
-# System packages: PostgreSQL server binaries (embedded dev/test database) and WeasyPrint's
-# Pango/HarfBuzz/fonts. Installed with apt-get only when missing.
+# System packages, installed with apt-get only when missing: PostgreSQL server binaries (the
+# embedded dev/test database), WeasyPrint's Pango/HarfBuzz (harfbuzz-subset keeps PDF font
+# subsetting fast) and fonts, poppler-utils (PDF previews in tests) and Chromium (the Swagger UI
+# rendering test).
 system-deps:
 	@missing=""; \
 	if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then missing="$$missing postgresql"; fi; \
-	if ! ldconfig -p 2>/dev/null | grep -q libpangoft2-1.0; then missing="$$missing libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0"; fi; \
-	if ! fc-list 2>/dev/null | grep -qi dejavu; then missing="$$missing fonts-dejavu-core fontconfig"; fi; \
+	ldconfig -p 2>/dev/null | grep -q libpangoft2-1.0 || missing="$$missing libpango-1.0-0 libpangoft2-1.0-0"; \
+	ldconfig -p 2>/dev/null | grep -q libharfbuzz-subset || missing="$$missing libharfbuzz-subset0"; \
+	fc-list 2>/dev/null | grep -qi dejavu || missing="$$missing fonts-dejavu-core fontconfig"; \
+	fc-list : family 2>/dev/null | grep -q '^Inter' || missing="$$missing fonts-inter"; \
+	command -v pdftoppm >/dev/null 2>&1 || missing="$$missing poppler-utils"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  if command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing system packages:$$missing"; \
-	    $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	    $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  else echo "please install:$$missing (no apt-get here)"; exit 1; fi; \
 	fi
 

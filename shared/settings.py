@@ -105,15 +105,11 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _production_needs_secrets(self) -> Self:
+    def _fly_launcher_needs_its_settings(self) -> Self:
         if self.launcher == "fly" and self.fly_api_token is None:
             raise ValueError("FLY_API_TOKEN is required when LAUNCHER=fly")
         if self.launcher == "fly" and not (self.fly_worker_app and self.worker_image):
             raise ValueError("FLY_WORKER_APP and WORKER_IMAGE are required when LAUNCHER=fly")
-        if self.environment == "production" and self.jwt_secret is None:
-            raise ValueError("JWT_SECRET is required outside development")
-        if self.environment == "production" and self.webhook_signing_secret is None:
-            raise ValueError("WEBHOOK_SIGNING_SECRET is required outside development")
         return self
 
     def queue_limit(self, queue: str) -> int:

@@ -26,6 +26,7 @@ from starlette.routing import BaseRoute, Route
 from functions.handlers.default import load_function_modules
 from shared.db.pool import open_pool
 from shared.errors import MethodNotAllowed, NotFound, ProblemError
+from shared.logging import configure_logging
 from shared.settings import Settings, load_settings
 
 from . import admin, idempotency, jobs, uploads
@@ -123,8 +124,14 @@ def middleware(settings: Settings, metrics: AppMetrics) -> list[Middleware]:
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
-    """Build the app; the lifespan opens the pool and, when configured, runs the dispatcher."""
-    settings = settings or load_settings()
+    """Build the app; the lifespan opens the pool and, when configured, runs the dispatcher.
+
+    Without `settings` (the `uvicorn ... --factory` entry point) it reads them from the
+    environment and sets up JSON logging for the process; callers passing settings own logging.
+    """
+    if settings is None:
+        settings = load_settings()
+        configure_logging(settings.log_level, service="api")
     load_function_modules(settings.default_function_modules)
     metrics = AppMetrics()
 

@@ -118,6 +118,11 @@ async def read_json_body(request: Request, *, max_bytes: int) -> bytes:
     body = await read_body(request, max_bytes=max_bytes)
     if not body.strip():
         raise BadRequest("request body is empty; send a JSON object")
+    if b"\\u0000" in body:
+        # Postgres cannot store NUL in text or jsonb; refuse it here rather than fail at insert.
+        raise ValidationFailed(
+            "strings may not contain the NUL character", errors=[{"path": "", "message": "\\u0000 is not allowed"}]
+        )
     return body
 
 

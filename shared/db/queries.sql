@@ -209,7 +209,10 @@ SELECT q.name, q."limit", q.paused,
 -- record a machine the launcher just created
 INSERT INTO machines (id, queue, launcher, state, job_id, detail)
 VALUES (%(id)s, %(queue)s, %(launcher)s, 'launching', %(job_id)s, %(detail)s)
-ON CONFLICT (id) DO NOTHING;
+-- A warm-pool machine keeps its id across runs: each start is a new launch of the same row.
+ON CONFLICT (id) DO UPDATE SET queue = EXCLUDED.queue, state = 'launching', job_id = EXCLUDED.job_id,
+    detail = EXCLUDED.detail, launched_at = now(), started_at = NULL, last_seen_at = NULL,
+    exited_at = NULL, exit_code = NULL, oom_killed = false;
 
 -- name: machine_started
 -- a machine reports it booted
