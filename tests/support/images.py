@@ -33,7 +33,9 @@ def exif_bytes(*, orientation: int | None = None, gps: bool = True) -> bytes:
     return exif.tobytes()
 
 
+@cache
 def srgb_icc() -> bytes:
+    """An sRGB profile. Cached: littleCMS stamps each serialisation with the current time."""
     return bytes(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
 
 
