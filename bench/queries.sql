@@ -30,6 +30,9 @@ SELECT count(*) FILTER (WHERE state = 'completed') AS completed,
        extract(epoch FROM max(completed_at) - min(attempted_at))::float8 AS seconds
   FROM jobs WHERE queue = %(queue)s;
 
+-- name: completed_count
+SELECT count(*) FROM jobs WHERE queue = %(queue)s AND state = 'completed';
+
 -- name: pgqueuer_span
 -- the same for a pgqueuer drain, from its log table: first pick to last success
 SELECT count(*) FILTER (WHERE status = 'successful') AS completed,
@@ -72,22 +75,3 @@ SELECT count(*) AS jobs,
        count(*) FILTER (WHERE runs > 1) AS ran_more_than_once,
        coalesce(sum(runs), 0)::bigint AS executions
   FROM per_job;
-
--- name: seed_export_rows
--- rows `start`..`stop` of a tenant's jobs dataset: final jobs of every queue, with tags and args
-INSERT INTO jobs (queue, worker, state, tenant_id, args, meta, tags, priority, attempt, max_attempts,
-                  result, batch_id, attempted_by, inserted_at, scheduled_at, attempted_at, completed_at)
-SELECT (ARRAY['images', 'documents', 'emails', 'webhooks', 'exports', 'default'])[1 + g % 6],
-       (ARRAY['ProcessImage', 'RenderDocument', 'SendEmail', 'DeliverWebhook', 'ExportData', 'echo'])[1 + g % 6],
-       'completed', %(tenant_id)s,
-       jsonb_build_object('url', 'https://hooks.example.com/in/' || g, 'event', 'invoice.paid', 'n', g),
-       jsonb_build_object('requestId', md5(g::text)),
-       ARRAY['bench', 'batch-' || (g % 100)],
-       (g % 10)::smallint, 1, 5,
-       jsonb_build_object('status', 200, 'attempts', 1),
-       CASE WHEN g % 3 = 0 THEN 'batch-' || (g % 1000) END,
-       'machine-' || (g % 50),
-       now() - make_interval(secs => g), now() - make_interval(secs => g),
-       now() - make_interval(secs => g) + interval '1 second',
-       now() - make_interval(secs => g) + interval '2 seconds'
-  FROM generate_series(%(start)s::int, %(stop)s::int) AS g;
