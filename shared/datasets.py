@@ -221,8 +221,14 @@ def _csv_cell(column: Column) -> sql.Composable:
     raise ValueError(f"unknown column kind {column.kind!r}")  # pragma: no cover - exhaustive match
 
 
+# json_build_object takes at most 100 arguments: a name and a value per column.
+_JSON_OBJECT_MAX_COLUMNS: Final = 50
+
+
 def _select_list(columns: Sequence[Column], shape: QueryShape) -> sql.Composable:
     if shape is QueryShape.JSON_OBJECT:
+        if len(columns) > _JSON_OBJECT_MAX_COLUMNS:
+            raise ValueError(f"a JSON export holds at most {_JSON_OBJECT_MAX_COLUMNS} columns")
         pairs = sql.SQL(", ").join(sql.SQL("{}, {}").format(sql.Literal(c.name), c.expr) for c in columns)
         return sql.SQL("json_build_object({})").format(pairs)
     if shape is QueryShape.CSV_CELLS:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 from collections.abc import Iterator
@@ -168,3 +169,13 @@ def test_json_lines_copy_is_one_json_text_per_line(conn: psycopg.Connection[Any]
 
     assert body.endswith(b"\n")
     assert [json.loads(line) for line in body.decode().split("\n")[:-1]] == [{"v": value} for value in values]
+
+
+def test_a_json_row_holds_at_most_fifty_columns():
+    wide = dataclasses.replace(
+        JOBS, columns=tuple(Column(name=f"c{i}", kind=ColumnKind.INTEGER, expr=sql.SQL("id")) for i in range(51))
+    )
+    select_rows(wide, tenant_id="t", columns=[f"c{i}" for i in range(50)], shape=QueryShape.JSON_OBJECT)
+
+    with pytest.raises(ValueError, match="at most 50"):
+        select_rows(wide, tenant_id="t", shape=QueryShape.JSON_OBJECT)

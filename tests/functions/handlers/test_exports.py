@@ -322,27 +322,42 @@ class CancelWhen(asyncio.Event):
         return super().is_set()
 
 
-@pytest.mark.parametrize("fmt", ["csv", "json"])
-async def test_a_cancel_mid_upload_stops_and_aborts_the_upload(
-    ctx: HandlerContext, conn: AsyncConnection[Any], fmt: str
+@pytest.mark.parametrize(("fmt", "how"), [("csv", "event"), ("json", "event"), ("csv", "task")])
+async def test_a_cancel_mid_upload_stops_the_query_and_aborts_the_upload(
+    ctx: HandlerContext, conn: AsyncConnection[Any], fmt: str, how: str
 ):
+    """A cancel arrives once a multipart upload is under way: as the job's cancellation event,
+    or as the machine cancelling the handler's task (timeout, job lost)."""
     await add_many_jobs(conn, tenant="acme", count=100_000)  # > 20 MiB of CSV: several parts
     request = ExportsRequest.model_validate({"dataset": "jobs", "format": fmt})
     job = export_job("acme", request.function_args())
-    ctx.cancelled = cancel = CancelWhen(lambda: bool(pending_uploads(ctx)))
+    cancels: list[str] = []
+
+    def upload_under_way() -> bool:
+        if cancels or not pending_uploads(ctx):
+            return bool(cancels)
+        cancels.append(how)
+        if how == "task":
+            running.cancel()
+            return False
+        return True
+
+    ctx.cancelled = CancelWhen(upload_under_way)
+    options = ExportOptions(part_bytes=MIN_PART_BYTES)
+    running = asyncio.create_task(exports.export(request, tenant_id="acme", job_id=job.id, ctx=ctx, options=options))
 
     with pytest.raises(asyncio.CancelledError):
-        await exports.export(
-            request, tenant_id="acme", job_id=job.id, ctx=ctx, options=ExportOptions(part_bytes=MIN_PART_BYTES)
-        )
+        await running
 
-    assert cancel.is_set()  # it stopped because of the cancel, with an upload under way
+    assert cancels == [how]  # it stopped because of the cancel, with an upload under way
     listed = ctx.storage.client.list_objects_v2(Bucket=ctx.storage.bucket, Prefix=f"tenants/acme/jobs/{job.id}/")
     assert listed.get("KeyCount", 0) == 0
     assert pending_uploads(ctx) == []
-    assert ctx.pool is not None
-    async with ctx.pool.connection() as c:  # the connection that ran the cancelled COPY is usable again
-        assert await (await c.execute("SELECT 1 AS ok")).fetchone() == {"ok": 1}
+    copies = await conn.execute(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE state = 'active' AND query LIKE 'COPY (%%' AND pid <> pg_backend_pid()"
+    )
+    assert await copies.fetchone() == (0,)  # the export's query is no longer running
 
 
 async def test_a_cancel_mid_xlsx_removes_the_workbooks_temporary_files(ctx: HandlerContext, conn: AsyncConnection[Any]):

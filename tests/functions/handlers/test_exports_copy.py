@@ -22,7 +22,8 @@ class Enough(Exception):
 def copies_running(database_url: str) -> int:
     with psycopg.connect(database_url, autocommit=True) as conn:
         row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY (SELECT repeat%%' AND pid <> pg_backend_pid()"
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE state = 'active' AND query LIKE 'COPY (SELECT repeat%%' AND pid <> pg_backend_pid()"
         ).fetchone()
     return int(row[0]) if row else 0
 
