@@ -62,3 +62,10 @@ def configure_logging(level: str = "info", *, service: str) -> None:
     root.setLevel(level.upper())
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "httpx", "httpcore", "fontTools", "weasyprint"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # uvicorn installs its own plain-text handlers; send its lines through ours as JSON instead.
+    # Its access log repeats our `http:request` line (without the ids), so only its errors stay.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        uvicorn_logger = logging.getLogger(name)
+        uvicorn_logger.handlers[:] = []
+        uvicorn_logger.propagate = True
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)

@@ -57,11 +57,11 @@ def idempotency_key(request: Request) -> str | None:
     return key
 
 
-def request_hash(request: Request, body: bytes) -> str:
+def request_hash(method: str, path: str, body: bytes) -> str:
     """What the key promises: method, path and the body's JSON (key order and spacing ignored)."""
     canonical = orjson.dumps(orjson.loads(body), option=orjson.OPT_SORT_KEYS)
     digest = hashlib.sha256()
-    for part in (request.method.encode(), request.url.path.encode(), canonical):
+    for part in (method.encode(), path.encode(), canonical):
         digest.update(len(part).to_bytes(8, "big"))
         digest.update(part)
     return digest.hexdigest()
@@ -74,7 +74,7 @@ async def respond(request: Request, pool: Pool, *, tenant_id: str, body: bytes, 
         async with pool.connection() as conn:
             status, payload = await create(conn)
         return JSONResponse(payload, status_code=status)
-    params = {"tenant_id": tenant_id, "key": key, "request_hash": request_hash(request, body)}
+    params = {"tenant_id": tenant_id, "key": key, "request_hash": request_hash(request.method, request.url.path, body)}
     replay = await _claim(pool, params)
     if replay is not None:
         return replay
