@@ -1,0 +1,107 @@
+"""Admin API against a running dispatcher and real machines: pause, resume and scale hold fleet-wide."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.live import LiveApp
+
+from .conftest import OpenApp, assert_problem
+
+
+@pytest.fixture
+def engine(open_app: OpenApp, tmp_path: Path) -> Iterator[LiveApp]:
+    with open_app(
+        run_dispatcher=True,
+        default_function_modules=["tests.support.functions"],
+        local_machine_log_dir=str(tmp_path / "logs"),
+    ) as live:
+        yield live
+
+
+def _wait_leader(app: LiveApp) -> None:
+    with app.admin() as admin:
+        deadline = time.monotonic() + 30
+        while admin.get("/health").json()["dispatcher"] != "leader":
+            assert time.monotonic() < deadline, "the dispatcher never became leader"
+            time.sleep(0.1)
+
+
+def test_a_paused_queue_launches_nothing_until_resumed(engine: LiveApp):
+    _wait_leader(engine)
+    with engine.admin() as admin, engine.client() as client:
+        paused = admin.post("/admin/queues/default/pause")
+        assert paused.status_code == 200 and paused.json()["state"] == "paused"
+        ids = [client.post("/jobs/default", json={"function": "echo", "args": {"i": i}}).json()["id"] for i in range(3)]
+        # Watch the dispatcher work for a while (it ticks every 0.2 s): nothing may start.
+        ticks = 0
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            assert engine.sql("SELECT count(*) FROM machines WHERE queue = 'default'") == [(0,)]
+            states = engine.sql("SELECT DISTINCT state FROM jobs WHERE id = ANY(%s)", (ids,))
+            assert states == [("available",)]
+            ticks += 1
+            time.sleep(0.2)
+        assert ticks >= 5
+        status = admin.get("/admin/queues/default").json()
+        assert status["state"] == "paused" and status["available"] == 3
+        resumed = admin.post("/admin/queues/default/resume")
+        assert resumed.json()["state"] == "running"
+    for job_id in ids:
+        assert engine.wait_for_job(job_id, {"completed"})["state"] == "completed"
+    assert engine.sql("SELECT count(*) > 0 FROM machines WHERE queue = 'default'") == [(True,)]
+
+
+def test_scaled_to_one_never_runs_two_at_once(engine: LiveApp):
+    _wait_leader(engine)
+    with engine.admin() as admin, engine.client() as client:
+        scaled = admin.post("/admin/queues/default/scale", json={"limit": 1})
+        assert scaled.status_code == 200 and scaled.json()["limit"] == 1
+        ids = [
+            client.post("/jobs/default", json={"function": "sleep", "args": {"seconds": 1}}).json()["id"]
+            for _ in range(4)
+        ]
+    most, samples = 0, 0
+    deadline = time.monotonic() + 90
+    while True:
+        [(executing, finished)] = engine.sql(
+            "SELECT count(*) FILTER (WHERE state = 'executing'), count(*) FILTER (WHERE state = 'completed')"
+            " FROM jobs WHERE id = ANY(%s)",
+            (ids,),
+        )
+        most, samples = max(most, executing), samples + 1
+        if finished == len(ids):
+            break
+        assert time.monotonic() < deadline, "the sleep jobs did not finish"
+        time.sleep(0.05)
+    assert most == 1, f"at most one job may execute; saw {most}"
+    assert samples > 20
+
+
+def test_scale_to_zero_stops_a_queue_and_bad_requests_are_refused(app: LiveApp):
+    with app.admin() as admin:
+        stopped = admin.post("/admin/queues/images/scale", json={"limit": 0})
+        assert stopped.json()["state"] == "stopped"
+        assert_problem(admin.post("/admin/queues/images/scale", json={"limit": 1001}), 422)
+        assert_problem(admin.post("/admin/queues/images/scale", json={}), 422)
+        assert_problem(admin.post("/admin/queues/nope/scale", json={"limit": 1}), 404)
+        assert_problem(admin.post("/admin/queues/nope/pause"), 404)
+        assert_problem(admin.post("/admin/queues/nope/resume"), 404)
+        assert_problem(admin.get("/admin/queues/nope"), 404)
+        names = [q["name"] for q in admin.get("/admin/queues").json()]
+        assert names == sorted(["default", "documents", "emails", "exports", "images", "webhooks"])
+    assert app.sql("SELECT \"limit\" FROM queues WHERE name = 'images'") == [(0,)]
+
+
+def test_health_reports_database_dispatcher_and_queues(engine: LiveApp, app: LiveApp):
+    _wait_leader(engine)
+    with engine.client() as client:
+        health = client.get("/health").json()
+    assert health["status"] == "ok" and health["database"] == "ok" and health["dispatcher"] == "leader"
+    assert {q["name"] for q in health["queues"]} >= {"default", "images"}
+    with app.client() as client:
+        assert client.get("/health").json()["dispatcher"] == "off"
