@@ -9,6 +9,7 @@ the dispatcher and the local launcher inside. Prints the URL, the docs URL and a
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import secrets
 import socket
@@ -45,6 +46,23 @@ def _dev_secret(name: str, make: str) -> str:
     return path.read_text().strip()
 
 
+def _start_fly_emulator(stack: contextlib.ExitStack) -> None:
+    """LAUNCHER=fly without a Machines API: serve the local emulator (a test double) and point at it.
+
+    The emulator hands machines the service settings the way Fly hands them the worker app's
+    secrets, and runs each machine's command as a local process.
+    """
+    from infra.fly_emulator import running_emulator
+
+    machine_env = load_settings(launcher="local").machine_env()
+    token = secrets.token_urlsafe(16)
+    emulator = stack.enter_context(running_emulator(base_env=machine_env, token=token, apps=["cp-worker"]))
+    os.environ.update(
+        FLY_API_HOSTNAME=emulator.url, FLY_API_TOKEN=token, FLY_WORKER_APP="cp-worker", WORKER_IMAGE="local/cp-worker"
+    )
+    print(f"• Fly Machines API emulator (test double) at {emulator.url}, machines run as local processes", flush=True)
+
+
 def main() -> int:
     LOCAL.mkdir(exist_ok=True)
     postgres: LocalPostgres | None = None
@@ -78,6 +96,9 @@ def main() -> int:
             smtp.start()
             os.environ.update(SMTP_HOST="127.0.0.1", SMTP_PORT=str(smtp.port), SMTP_STARTTLS="false")
             print(f"• SMTP mail catcher at 127.0.0.1:{smtp.port}, messages saved in .local/mail/", flush=True)
+        emulator = contextlib.ExitStack()
+        if os.environ.get("LAUNCHER") == "fly" and not os.environ.get("FLY_API_HOSTNAME"):
+            _start_fly_emulator(emulator)
         settings = load_settings()
         configure_logging(settings.log_level, service="api")
         migrate(settings.database_url)
@@ -96,7 +117,8 @@ def main() -> int:
         (LOCAL / "dev-token").write_text(token + "\n")
         from functions.ingress.app import create_app
 
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+        with emulator:
+            uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
         return 0
     finally:
         if smtp is not None:
