@@ -239,6 +239,11 @@ class ObjectReader(io.RawIOBase):
             )
         return chunk
 
+    def readinto(self, buffer: Any, /) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
     def readable(self) -> bool:
         return True
 

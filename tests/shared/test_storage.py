@@ -82,6 +82,16 @@ def test_stream_reads_in_pieces(storage: Storage) -> None:
     assert pieces == [b"0123", b"4567", b"89", b""]
 
 
+def test_stream_works_as_a_buffered_file(storage: Storage) -> None:
+    key = "tenants/t1/uploads/buffered.bin"
+    storage.put_bytes(key, b"line one\nline two\n", "text/plain")
+
+    with storage.get_stream(key, max_bytes=100) as body:
+        lines = io.BufferedReader(body).readlines()
+
+    assert lines == [b"line one\n", b"line two\n"]
+
+
 def test_missing_object_is_a_permanent_error(storage: Storage) -> None:
     with pytest.raises(PermanentJobError) as caught:
         storage.get_bytes("tenants/t1/uploads/nothing-here")
