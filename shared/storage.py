@@ -108,9 +108,13 @@ class Storage:
         )
 
     def ensure_bucket(self) -> None:
-        """Create the bucket when missing (development and tests)."""
-        existing = {b["Name"] for b in self.client.list_buckets().get("Buckets", [])}
-        if self.bucket not in existing:
+        """Create the bucket when missing (development and tests). Raises botocore's ClientError
+        when the bucket exists but these credentials may not use it."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code", "")) not in _NOT_FOUND_CODES | {"NoSuchBucket"}:
+                raise
             self.client.create_bucket(Bucket=self.bucket)
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> int:

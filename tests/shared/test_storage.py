@@ -30,6 +30,14 @@ def http() -> Iterator[httpx.Client]:
         yield client
 
 
+def test_ensure_bucket_creates_once_and_then_leaves_it(storage: Storage) -> None:
+    storage.put_bytes("tenants/t1/kept.txt", b"kept", "text/plain")
+
+    storage.ensure_bucket()
+
+    assert storage.get_bytes("tenants/t1/kept.txt") == b"kept"
+
+
 def test_bytes_round_trip_keeps_content_type(storage: Storage) -> None:
     key = output_key("t1", 7, "hello.txt")
 
