@@ -1,14 +1,15 @@
 """Stream bytes of unknown total size into one S3 object with bounded memory.
 
 Bytes collect in a buffer; each time it reaches `part_bytes` it goes up as one part of a
-multipart upload while the next part fills, with at most one part in flight, so an upload
-holds about two parts in memory whatever the object's size. An object smaller than one part is
-sent with a single PUT and no multipart upload is ever created.
+multipart upload while the next part fills. At most `max_in_flight` parts upload at once, so an
+upload holds about `max_in_flight + 1` parts in memory whatever the object's size. An object
+smaller than one part is sent with a single PUT and no multipart upload is ever created.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
@@ -19,6 +20,7 @@ from shared.errors import PermanentJobError
 MiB: Final = 1024 * 1024
 MIN_PART_BYTES: Final = 5 * MiB  # S3's minimum for every part except the last
 DEFAULT_PART_BYTES: Final = 8 * MiB
+MAX_IN_FLIGHT: Final = 2  # parts uploading while the next fills
 MAX_PARTS: Final = 10_000  # S3's limit on parts per upload
 
 T = TypeVar("T")
@@ -47,7 +49,10 @@ class MultipartUpload:
         content_type: str,
         content_disposition: str | None = None,
         part_bytes: int = DEFAULT_PART_BYTES,
+        max_in_flight: int = MAX_IN_FLIGHT,
     ) -> None:
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
         if part_bytes < MIN_PART_BYTES:
             raise ValueError(f"part_bytes must be at least {MIN_PART_BYTES} (S3's minimum part size)")
         self.client = client
@@ -60,7 +65,8 @@ class MultipartUpload:
         self._buffer = bytearray()
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []
-        self._in_flight: asyncio.Task[dict[str, Any]] | None = None
+        self.max_in_flight = max_in_flight
+        self._in_flight: deque[asyncio.Task[dict[str, Any]]] = deque()
         self._parts_sent = 0
         self._size = 0
         self._finished = False
@@ -86,14 +92,15 @@ class MultipartUpload:
         """Send what is left and finish the object; returns its size in bytes."""
         if self._finished:
             raise RuntimeError("complete after complete or abort")
-        if self._upload_id is None and self._in_flight is None:
+        if self._upload_id is None and not self._in_flight:
             body, self._buffer = self._buffer, bytearray()  # handed over, never mutated again
             await run_in_thread(self._put_object, body)
             self._size = len(body)
         else:
             if self._buffer:
                 await self._send_part()
-            await self._wait_in_flight()
+            while self._in_flight:
+                await self._wait_oldest()
             await run_in_thread(self._complete_upload)
         self._finished = True
         return self._size
@@ -102,10 +109,11 @@ class MultipartUpload:
         """Drop everything sent so far (idempotent; errors from the store are not raised)."""
         self._finished = True
         self._buffer = bytearray()
-        if self._in_flight is not None:
-            # A part still uploading could land after the abort and linger; let it end first.
-            task, self._in_flight = self._in_flight, None
-            await asyncio.wait([task])
+        # A part still uploading could land after the abort and linger; let them end first.
+        tasks, self._in_flight = list(self._in_flight), deque()
+        if tasks:
+            await asyncio.wait(tasks)
+        for task in tasks:
             if not task.cancelled():
                 task.exception()  # retrieved on purpose: the abort supersedes a failed part
         if self._upload_id is not None:
@@ -118,24 +126,24 @@ class MultipartUpload:
 
     async def _send_part(self) -> None:
         body, self._buffer = self._buffer, bytearray()  # handed over (no copy), never mutated again
-        await self._wait_in_flight()
+        while len(self._in_flight) >= self.max_in_flight:
+            await self._wait_oldest()
         number = self._parts_sent + 1
         if number > MAX_PARTS:
             raise PermanentJobError(
                 f"export is larger than {MAX_PARTS} parts of {self.part_bytes} bytes", kind="too-large"
             )
+        if self._upload_id is None:
+            # The thread records the id itself, so `abort` knows it even if we are cancelled here.
+            await run_in_thread(self._create_upload)
         self._parts_sent = number
         self._size += len(body)
-        # The first part creates the upload in the same thread call, so a cancellation can never
-        # leave an upload created but unknown to `abort`.
-        self._in_flight = asyncio.ensure_future(asyncio.to_thread(self._upload_part, number, body))
+        self._in_flight.append(asyncio.ensure_future(asyncio.to_thread(self._upload_part, number, body)))
 
-    async def _wait_in_flight(self) -> None:
-        if self._in_flight is None:
-            return
+    async def _wait_oldest(self) -> None:
         # Shielded: if we are cancelled here the part keeps going and `abort` waits for it.
-        part = await asyncio.shield(self._in_flight)
-        self._in_flight = None
+        part = await asyncio.shield(self._in_flight[0])
+        self._in_flight.popleft()
         self._parts.append(part)
 
     # --- blocking boto3 calls, run in worker threads -----------------------------------------
@@ -143,10 +151,11 @@ class MultipartUpload:
     def _put_object(self, body: bytearray) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self.key, Body=body, **self._object_args)
 
+    def _create_upload(self) -> None:
+        created = self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key, **self._object_args)
+        self._upload_id = str(created["UploadId"])
+
     def _upload_part(self, number: int, body: bytearray) -> dict[str, Any]:
-        if self._upload_id is None:
-            created = self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key, **self._object_args)
-            self._upload_id = str(created["UploadId"])
         answer = self.client.upload_part(
             Bucket=self.bucket, Key=self.key, UploadId=self._upload_id, PartNumber=number, Body=body
         )

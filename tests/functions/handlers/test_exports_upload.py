@@ -18,7 +18,7 @@ def storage(settings: Settings) -> Storage:
     return store
 
 
-def upload_to(storage: Storage, key: str) -> MultipartUpload:
+def upload_to(storage: Storage, key: str, *, max_in_flight: int = 2) -> MultipartUpload:
     return MultipartUpload(
         storage.client,
         bucket=storage.bucket,
@@ -26,6 +26,7 @@ def upload_to(storage: Storage, key: str) -> MultipartUpload:
         content_type="text/csv",
         content_disposition='attachment; filename="x.csv"',
         part_bytes=MIN_PART_BYTES,
+        max_in_flight=max_in_flight,
     )
 
 
@@ -46,9 +47,10 @@ async def test_a_small_object_goes_up_in_one_put(storage: Storage):
     assert (head["ContentType"], head["ContentDisposition"]) == ("text/csv", 'attachment; filename="x.csv"')
 
 
-async def test_a_large_object_goes_up_in_parts_of_the_configured_size(storage: Storage):
+@pytest.mark.parametrize("max_in_flight", [1, 2])
+async def test_a_large_object_goes_up_in_parts_of_the_configured_size(storage: Storage, max_in_flight: int):
     data = os.urandom(2 * MIN_PART_BYTES + 12345)
-    upload = upload_to(storage, "t/large.bin")
+    upload = upload_to(storage, "t/large.bin", max_in_flight=max_in_flight)
     for start in range(0, len(data), 256 * 1024):  # many writes per part
         await upload.write(memoryview(data)[start : start + 256 * 1024])
 
