@@ -12,23 +12,37 @@ XLSX goes through openpyxl row by row, so it runs on a smaller dataset (said in 
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from typing import Any
 
-from .harness import BenchConfig, BenchEnv, Row, Spread, verdict
+from .harness import PYTHON, BenchConfig, BenchEnv, Row, Spread, json_line, verdict
 
 NAME = "exports"
 TARGET_RATIO = 0.5
 TARGET_RSS_MB = 200.0
 
 
-def export_child(database_url: str, endpoint: str, fmt: str) -> dict[str, Any]:
-    from . import export_rss
+# Linux folds the RSS high-water mark of the process that spawns a child into the child's
+# ru_maxrss (fork/vfork then exec keep `signal->maxrss`), so children spawned straight from this
+# large process would all report at least its own peak. A small launcher process in between
+# (python + psycopg, well below any exporter) keeps wait4's figure the child's own.
+_LAUNCHER = "import json, sys; from bench.export_rss import run_child; print(json.dumps(run_child(sys.argv[1:])))"
 
+
+def isolated_child(env: BenchEnv, argv: list[str]) -> dict[str, Any]:
+    """export_rss.run_child(argv), run from a small launcher process (see above)."""
+    done = env.run_child([PYTHON, "-c", _LAUNCHER, *argv], dict(os.environ), timeout=1200)
+    if done.returncode != 0:
+        raise RuntimeError(f"export child {argv[:2]} failed: {done.stderr[-800:]}")
+    return json_line(done.stdout)
+
+
+def export_child(env: BenchEnv, database_url: str, endpoint: str, fmt: str) -> dict[str, Any]:
     bucket = f"bench-{uuid.uuid4().hex[:8]}"  # a fresh bucket: moto keeps objects in memory
     argv = ["--child", "export", "--url", database_url, "--endpoint", endpoint, "--bucket", bucket, "--format", fmt]
-    return export_rss.run_child(argv)
+    return isolated_child(env, argv)
 
 
 def run(env: BenchEnv, cfg: BenchConfig) -> list[Row]:
@@ -49,8 +63,8 @@ def run(env: BenchEnv, cfg: BenchConfig) -> list[Row]:
     ours_rss: list[float] = []
     ref_rss: list[float] = []
     for _ in range(cfg.runs):
-        ref = export_rss.run_child(["--child", "reference", "--url", database_url])
-        ours = export_child(database_url, endpoint, "csv")
+        ref = isolated_child(env, ["--child", "reference", "--url", database_url])
+        ours = export_child(env, database_url, endpoint, "csv")
         if ours["rows"] != rows or ours["stored_bytes"] != ours["bytes"]:
             raise RuntimeError(f"export wrote {ours['rows']} rows / {ours['stored_bytes']} of {ours['bytes']} bytes")
         ours_rps.append(ours["rows"] / ours["seconds"])
@@ -61,7 +75,7 @@ def run(env: BenchEnv, cfg: BenchConfig) -> list[Row]:
 
     xlsx_url = env.database("exports_xlsx")
     export_rss.seed(xlsx_url, xlsx_rows, 0)
-    xlsx = export_child(xlsx_url, endpoint, "xlsx")
+    xlsx = export_child(env, xlsx_url, endpoint, "xlsx")
     if xlsx["rows"] != xlsx_rows:
         raise RuntimeError(f"xlsx export wrote {xlsx['rows']} of {xlsx_rows} rows")
 

@@ -289,7 +289,7 @@ def app_server(env: BenchEnv, settings: Settings, *, run_dispatcher: bool = Fals
         "--no-access-log",
     ]
     child_env = env.child_env(settings, RUN_DISPATCHER="true" if run_dispatcher else "false")
-    child = env.spawn(argv, child_env, log_name="ingress")
+    child = env.spawn(env.profiled(argv, "ingress-server"), child_env, log_name="ingress")
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: _healthy(url), timeout=60, what="ingress to answer /health", child=child)

@@ -44,6 +44,7 @@ from .harness import (
 NAME = "ingress"
 CONCURRENCY = 16
 P99_TARGET_MS = 50.0
+RATE_LIMIT = 100_000_000
 
 
 def webhook_body() -> dict[str, Any]:
@@ -125,7 +126,9 @@ def http_load(
 
 def run(env: BenchEnv, cfg: BenchConfig) -> list[Row]:
     database_url = env.database("ingress")
-    settings = env.settings(database_url)
+    # The per-tenant limit (600/min by default) would answer 429 after a few seconds of load; the
+    # limiter still runs on every request, only its budget is out of reach.
+    settings = env.settings(database_url, rate_limit_per_minute=RATE_LIMIT)
     body = webhook_body()
     rows = cfg.n(3000, 60)
     seconds = 30.0 if not cfg.quick else 10.0
@@ -159,7 +162,10 @@ def run(env: BenchEnv, cfg: BenchConfig) -> list[Row]:
             ratios.append(ours["rps"] / ref["rps"])
     ratio = Spread.of(ratios)
     p99 = Spread.of(ours_p99)
-    note = f"{CONCURRENCY} keep-alive clients (bench.load, own process), {rows:,} requests per run"
+    note = (
+        f"{CONCURRENCY} keep-alive clients (bench.load, own process), {rows:,} requests per run, one tenant; "
+        f"RATE_LIMIT_PER_MINUTE={RATE_LIMIT:,} so the limiter runs but never refuses"
+    )
     if problems:
         note += "; PROBLEMS: " + "; ".join(sorted(set(problems)))
     return [

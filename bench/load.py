@@ -44,6 +44,12 @@ class Tally:
     statuses: Counter[int] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
 
+    def record(self, status: int, seconds: float) -> None:
+        """Count an answer; latency percentiles are over successful (2xx) answers only."""
+        self.statuses[status] += 1
+        if 200 <= status < 300:
+            self.latencies.append(seconds)
+
     def take(self) -> bool:
         if self.sent >= self.budget or time.perf_counter() >= self.deadline:
             return False
@@ -75,8 +81,7 @@ async def raw_client(plan: Plan, tally: Tally) -> None:
                     raise RuntimeError("chunked responses are not supported by the raw client")
             if length:
                 await reader.readexactly(length)
-            tally.latencies.append(time.perf_counter() - started)
-            tally.statuses[status] += 1
+            tally.record(status, time.perf_counter() - started)
     except (OSError, asyncio.IncompleteReadError, RuntimeError) as exc:
         tally.errors[type(exc).__name__] += 1
     finally:
@@ -95,8 +100,7 @@ async def httpx_client(plan: Plan, tally: Tally, client: object) -> None:
         except httpx.HTTPError as exc:
             tally.errors[type(exc).__name__] += 1
             continue
-        tally.latencies.append(time.perf_counter() - started)
-        tally.statuses[response.status_code] += 1
+        tally.record(response.status_code, time.perf_counter() - started)
 
 
 async def phase(plan: Plan, budget: int, *, kind: str) -> tuple[Tally, float]:

@@ -44,6 +44,11 @@ SELECT count(*) FILTER (WHERE status = 'successful') AS completed,
 -- machines the dispatcher still counts as launching or running
 SELECT count(*) AS n FROM machines WHERE state IN ('launching', 'running');
 
+-- name: machine_times
+-- when the dispatcher recorded the machine it launched for a job (and when it was first seen running)
+SELECT extract(epoch FROM launched_at)::float8 AS launched, extract(epoch FROM started_at)::float8 AS started
+  FROM machines WHERE job_id = %(job_id)s ORDER BY launched_at LIMIT 1;
+
 -- name: machine_intervals
 -- every machine's life as the dispatcher recorded it (exited_at NULL: still live)
 SELECT id, launched_at, started_at, exited_at, exit_code, jobs_run FROM machines ORDER BY launched_at;
