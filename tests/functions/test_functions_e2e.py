@@ -211,6 +211,7 @@ def test_export_of_the_tenants_jobs(app: LiveApp, fmt: str):
         assert len(rows) == 3 and not any(t.startswith(("=", "+")) for t in tags)
     elif fmt == "xlsx":
         sheet = openpyxl.load_workbook(io.BytesIO(data), read_only=True).active
+        assert sheet is not None
         values = [[c for c in row] for row in sheet.iter_rows(values_only=True)]
         assert len(values) == 4  # header + 3 rows
         assert not any(isinstance(c, str) and c.startswith(("=", "+")) for row in values[1:] for c in row)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import psycopg
 import pytest
@@ -20,7 +21,7 @@ from shared.unique import unique_key
 
 
 def new(**overrides):
-    values = {"queue": "default", "worker": "echo", "tenant_id": "t1", "args": {"n": 1}}
+    values: dict[str, Any] = {"queue": "default", "worker": "echo", "tenant_id": "t1", "args": {"n": 1}}
     values.update(overrides)
     return NewJob(**values)
 
@@ -151,7 +152,7 @@ async def test_unique_job_inserted_concurrently_exists_once(settings):
     conn = await connect(settings.database_url)
     async with conn:
         cur = await conn.execute("SELECT count(*) AS n FROM jobs")
-        assert (await cur.fetchone())["n"] == 1
+        assert _one(await cur.fetchone())["n"] == 1
 
 
 async def test_twenty_claimers_claim_each_attempt_once_within_the_queue_limit(settings):
@@ -171,7 +172,7 @@ async def test_twenty_claimers_claim_each_attempt_once_within_the_queue_limit(se
                 jobs = await transitions.claim(c, queue="default", machine_id=f"m{n}", max_jobs=3)
                 if not jobs:
                     cur = await c.execute("SELECT count(*) AS n FROM jobs WHERE state <> 'completed'")
-                    if (await cur.fetchone())["n"] == 0:
+                    if _one(await cur.fetchone())["n"] == 0:
                         return
                     await asyncio.sleep(0.001)
                     continue
@@ -185,7 +186,7 @@ async def test_twenty_claimers_claim_each_attempt_once_within_the_queue_limit(se
         async with c:
             while not done.is_set():
                 cur = await c.execute("SELECT count(*) AS n FROM jobs WHERE state = 'executing'")
-                samples.append((await cur.fetchone())["n"])
+                samples.append(_one(await cur.fetchone())["n"])
                 await asyncio.sleep(0.002)
 
     sampling = asyncio.create_task(sampler())
@@ -196,6 +197,12 @@ async def test_twenty_claimers_claim_each_attempt_once_within_the_queue_limit(se
     assert {a for _, a in claims} == {1}
     assert samples and max(samples) <= limit
     assert max(samples) > 1  # the claimers really ran concurrently
+
+
+def _one(row: dict[str, Any] | None) -> dict[str, Any]:
+    if row is None:
+        raise AssertionError("the query returned no row")
+    return row
 
 
 def test_queries_file_rejects_duplicate_names():
