@@ -7,16 +7,25 @@ inline script, so the Content-Security-Policy can forbid inline scripts.
 
 from __future__ import annotations
 
+import logging
+import re
+from functools import cache
+from pathlib import Path
 from typing import Any, Final
 
 import orjson
+import swagger_ui_bundle
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
-from swagger_ui_bundle import swagger_ui_path
 
 from .openapi import build_document
+
+# Swagger UI renders OpenAPI 3.1 from version 5 on; 4.x shows "Unable to render this definition".
+MIN_SWAGGER_UI: Final = (5, 0, 0)
+logger = logging.getLogger("functions.ingress.docs")
+_VERSION_DIR = re.compile(r"^swagger-ui-(\d+)\.(\d+)\.(\d+)$")
 
 PAGE: Final = """<!doctype html>
 <html lang="en">
@@ -35,6 +44,12 @@ PAGE: Final = """<!doctype html>
 </html>
 """
 
+MISSING_PAGE: Final = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Content Processor API</title></head>
+<body><p>Swagger UI 5 is not installed (swagger-ui-bundle-v2). The OpenAPI document is at
+<a href="documentation/json">documentation/json</a>.</p></body></html>
+"""
+
 # Relative URLs resolve against the page (/documentation), so a path prefix added by a proxy
 # keeps working. validatorUrl null: the default validator badge would call an external service.
 INIT_SCRIPT: Final = """window.addEventListener("load", function () {
@@ -49,6 +64,26 @@ INIT_SCRIPT: Final = """window.addEventListener("load", function () {
   });
 });
 """
+
+
+@cache
+def swagger_ui_dir() -> Path | None:
+    """The newest Swagger UI the `swagger_ui_bundle` package holds; None when it is older than 5.
+
+    Looked up by version rather than through `swagger_ui_bundle.swagger_ui_path`: both
+    swagger-ui-bundle (4.x) and swagger-ui-bundle-v2 (5.x) install that module, and whichever
+    was installed last owns its `__init__.py`, while both keep their own vendor folder.
+    """
+    vendor = Path(swagger_ui_bundle.__file__).parent / "vendor"
+    found: list[tuple[tuple[int, ...], Path]] = []
+    for path in vendor.iterdir():
+        match = _VERSION_DIR.match(path.name)
+        if match and (path / "swagger-ui-bundle.js").is_file():
+            found.append((tuple(int(part) for part in match.groups()), path))
+    if not found or max(found)[0] < MIN_SWAGGER_UI:
+        logger.error("Swagger UI 5 or later is needed for OpenAPI 3.1: install swagger-ui-bundle-v2==5.31.0")
+        return None
+    return max(found)[1]
 
 
 class Documentation:
@@ -66,18 +101,24 @@ class Documentation:
         return Response(self.document(), media_type="application/json")
 
     async def page(self, request: Request) -> Response:
+        if swagger_ui_dir() is None:
+            return HTMLResponse(MISSING_PAGE, status_code=503)
         return HTMLResponse(PAGE)
 
     async def init_script(self, request: Request) -> Response:
         return Response(INIT_SCRIPT, media_type="text/javascript")
 
     def routes(self) -> list[BaseRoute]:
-        return [
+        routes: list[BaseRoute] = [
             Route("/documentation", self.page, methods=["GET"]),
             Route("/documentation/json", self.json, methods=["GET"]),
-            Route("/documentation/swagger-init.js", self.init_script, methods=["GET"]),
-            Mount("/documentation/static", app=StaticFiles(directory=str(swagger_ui_path)), name="swagger-ui"),
+            # An asset of the page, like the static files: not part of the API document.
+            Route("/documentation/swagger-init.js", self.init_script, methods=["GET"], include_in_schema=False),
         ]
+        static = swagger_ui_dir()
+        if static is not None:
+            routes.append(Mount("/documentation/static", app=StaticFiles(directory=str(static)), name="swagger-ui"))
+        return routes
 
 
 def document_dict() -> dict[str, Any]:

@@ -434,8 +434,8 @@ def build_document(*, server_url: str | None = None) -> dict[str, Any]:
     for op in ops:
         paths.setdefault(op.path, {})[op.method] = _operation(op, refs, defs)
     document: dict[str, Any] = {
+        # pydantic writes JSON Schema 2020-12, which the default 3.1 dialect (OAS base) extends.
         "openapi": "3.1.0",
-        "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
         "info": {"title": "Content Processor", "version": _version(), "description": DESCRIPTION},
         "tags": [
             {"name": "jobs", "description": "Create, read, list, cancel and retry jobs."},
