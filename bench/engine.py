@@ -42,9 +42,7 @@ def ours_once(env: BenchEnv, cfg: BenchConfig, count: int) -> float:
         MACHINE_CONCURRENCY=str(CONCURRENCY),
         MACHINE_IDLE_SECONDS="2",
     )
-    child = env.spawn(
-        env.profiled([PYTHON, "-m", "functions.machine"], "engine-machine"), machine_env, log_name="engine"
-    )
+    child = env.spawn([PYTHON, "-m", "functions.machine"], machine_env, log_name="engine-machine", profile=True)
     code = child.wait(timeout=600)
     completed, total, seconds = sql_rows(database_url, QUERIES["queue_span"], {"queue": "default"})[0]
     if code != 0 or completed != count:

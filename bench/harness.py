@@ -142,6 +142,7 @@ class BenchEnv:
     _children: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _logs: list[IO[bytes]] = field(default_factory=list)
     _log_paths: dict[int, Path] = field(default_factory=dict)
+    _profilers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.pg = LocalPostgres(self.root / "pg", durable=True)
@@ -156,6 +157,12 @@ class BenchEnv:
         for child in self._children:
             stop_process(child)
         self._children.clear()
+        for profiler in self._profilers:  # py-spy writes its output once its target has exited
+            try:
+                profiler.wait(30)
+            except subprocess.TimeoutExpired:
+                profiler.send_signal(signal.SIGINT)
+                profiler.wait(30)
         for log in self._logs:
             log.close()
         if self._s3 is not None:
@@ -208,7 +215,9 @@ class BenchEnv:
             env.pop(name, None)
         return env
 
-    def spawn(self, argv: list[str], env: dict[str, str], *, log_name: str) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, argv: list[str], env: dict[str, str], *, log_name: str, profile: bool = False
+    ) -> subprocess.Popen[bytes]:
         """Start a child whose output goes to a log file under the bench root; stopped by close()."""
         log_dir = self.root / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -218,6 +227,8 @@ class BenchEnv:
         child = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         self._children.append(child)
         self._log_paths[child.pid] = path
+        if profile:
+            self.attach_profiler(child, log_name)
         return child
 
     def run_child(self, argv: list[str], env: dict[str, str], *, timeout: float) -> subprocess.CompletedProcess[str]:
@@ -233,14 +244,16 @@ class BenchEnv:
             return ""
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
-    def profiled(self, argv: list[str], name: str) -> list[str]:
-        """`argv` under `py-spy record` (collapsed stacks into the profile dir) when profiling is on."""
+    def attach_profiler(self, child: subprocess.Popen[bytes], name: str) -> None:
+        """When profiling is on, attach `py-spy record` to `child` (collapsed stacks written into the
+        profile dir when the child exits)."""
         if self.config.profile_dir is None:
-            return argv
+            return
         py_spy = shutil.which("py-spy") or str(Path(PYTHON).with_name("py-spy"))
         self.config.profile_dir.mkdir(parents=True, exist_ok=True)
         out = self.config.profile_dir / f"{name}-{uuid.uuid4().hex[:6]}.txt"
-        return [py_spy, "record", "--rate", "250", "--format", "raw", "--output", str(out), "--", *argv]
+        argv = [py_spy, "record", "--rate", "250", "--format", "raw", "--output", str(out), "--pid", str(child.pid)]
+        self._profilers.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
     def scratch(self, name: str) -> Path:
         path = self.root / "scratch" / f"{name}-{uuid.uuid4().hex[:6]}"
@@ -289,7 +302,7 @@ def app_server(env: BenchEnv, settings: Settings, *, run_dispatcher: bool = Fals
         "--no-access-log",
     ]
     child_env = env.child_env(settings, RUN_DISPATCHER="true" if run_dispatcher else "false")
-    child = env.spawn(env.profiled(argv, "ingress-server"), child_env, log_name="ingress")
+    child = env.spawn(argv, child_env, log_name="ingress-server", profile=True)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: _healthy(url), timeout=60, what="ingress to answer /health", child=child)

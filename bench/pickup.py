@@ -88,9 +88,7 @@ def ours_latencies(env: BenchEnv, samples: int) -> tuple[list[float], list[float
         MACHINE_CONCURRENCY="1",
         MACHINE_IDLE_SECONDS="3600",
     )
-    child = env.spawn(
-        env.profiled([PYTHON, "-m", "functions.machine"], "pickup-machine"), machine_env, log_name="pickup"
-    )
+    child = env.spawn([PYTHON, "-m", "functions.machine"], machine_env, log_name="pickup-machine", profile=True)
     insert = QUERIES["raw_insert_job"].rstrip(";") + " RETURNING id"
     sent: dict[str, tuple[float, float]] = {}
     try:
