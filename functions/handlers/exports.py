@@ -78,11 +78,9 @@ async def export(
 ) -> HandlerResult:
     """Write the export to `tenants/{tenant}/jobs/{job}/{filename}`; returns the job result.
 
-    Raises asyncio.CancelledError when cancelled and RuntimeError when `ctx` has no pool; on any
-    error the upload is aborted.
+    Raises asyncio.CancelledError when cancelled and RuntimeError for an XLSX export without a
+    pool in `ctx`; on any error the upload is aborted.
     """
-    if ctx.pool is None:
-        raise RuntimeError("the exports function needs a database pool in its context")
     options = options or ExportOptions()
     name, spec = request.output_name, FORMATS[request.format]
     key = output_key(tenant_id, job_id, name)
@@ -102,6 +100,8 @@ async def export(
     query = select_rows(dataset, tenant_id=tenant_id, columns=request.columns, filters=request.filters, shape=shape)
     try:
         if request.format == "xlsx":
+            if ctx.pool is None:
+                raise RuntimeError("an XLSX export reads through the context's pool, and it has none")
             rows = await _export_xlsx(query, ctx.pool, upload, ctx.cancelled, title=dataset.name, options=options)
         elif request.format == "csv":
             rows = await _export_copy(copy_csv(query), query, database_url, upload, ctx.cancelled)
