@@ -85,12 +85,12 @@ COPY (SELECT id, queue, worker, state, attempt, max_attempts, priority, tags, in
 def child_reference(url: str) -> dict[str, Any]:
     with psycopg.connect(url) as conn, conn.cursor() as cur:
         size = 0
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         with cur.copy(REFERENCE_SQL) as copy:
             for data in copy:
                 size += len(data)
         seconds = time.perf_counter() - started
-        return {"rows": cur.rowcount, "bytes": size, "seconds": seconds}
+        return {"rows": cur.rowcount, "bytes": size, "seconds": seconds, "client_cpu": time.process_time() - cpu}
 
 
 async def child_export(url: str, endpoint: str, bucket: str, fmt: str) -> dict[str, Any]:
@@ -123,15 +123,16 @@ async def child_export(url: str, endpoint: str, bucket: str, fmt: str) -> dict[s
             unique_key=None, attempted_by="bench", heartbeat_at=now, inserted_at=now, scheduled_at=now,
             attempted_at=now, completed_at=None, cancelled_at=None, discarded_at=None,
         )  # fmt: skip
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         result = await exports.run(job, ctx)
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
         output = result["outputs"][0]
         head = ctx.storage.client.head_object(Bucket=ctx.storage.bucket, Key=output["key"])
         return {
             "rows": result["rows"],
             "bytes": result["bytes"],
             "seconds": seconds,
+            "client_cpu": cpu,
             "stored_bytes": int(head["ContentLength"]),
             "etag": head["ETag"],
         }
@@ -140,6 +141,48 @@ async def child_export(url: str, endpoint: str, bucket: str, fmt: str) -> dict[s
 
 
 # --- parent ---------------------------------------------------------------------------------
+
+
+def _cpu_ticks(pid: int) -> tuple[int, int]:
+    """(own + reaped children's CPU ticks, parent pid) of a live process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]), int(fields[1])
+
+
+def cpu_seconds(pid: int, *, with_children: bool = False) -> float:
+    """CPU time used so far by `pid` (threads and reaped children included), and with
+    `with_children` by its live children too: for a postmaster, the whole cluster."""
+    total, _ = _cpu_ticks(pid)
+    if with_children:
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    ticks, parent = _cpu_ticks(int(entry.name))
+                except (OSError, IndexError, ValueError):
+                    continue  # exited meanwhile
+                if parent == pid:
+                    total += ticks
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds Postgres and the S3 server spend while a child runs (the child reports its own)."""
+
+    def __init__(self, pg: LocalPostgres, s3: LocalS3) -> None:
+        self.postmaster = int((pg.data_dir / "postmaster.pid").read_text().split()[0])
+        if s3.process is None:
+            raise RuntimeError("the S3 server is not running")
+        self.s3_pid = s3.process.pid
+
+    def sample(self) -> tuple[float, float]:
+        return cpu_seconds(self.postmaster, with_children=True), cpu_seconds(self.s3_pid)
+
+    def measured(self, argv: list[str]) -> dict[str, Any]:
+        (pg_before, s3_before) = self.sample()
+        report = run_child(argv)
+        pg_after, s3_after = self.sample()
+        report["postgres_cpu"], report["s3_cpu"] = pg_after - pg_before, s3_after - s3_before
+        return report
 
 
 def run_child(argv: list[str]) -> dict[str, Any]:
@@ -182,6 +225,7 @@ def summarise(label: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "seconds": seconds,
         "rows_per_second": rows / seconds,
         "peak_rss_mb": max(run["peak_rss_mb"] for run in runs),
+        "cpu": {part: statistics.median(run[f"{part}_cpu"] for run in runs) for part in ("client", "postgres", "s3")},
         "runs": runs,
     }
 
@@ -223,11 +267,12 @@ def main() -> int:
         print(f"seeded {options.rows:,} + {options.other_rows:,} rows in {time.perf_counter() - started:.1f} s")
 
         references, exports = [], []
+        meter = CpuMeter(pg, s3)
         for _ in range(options.repeat):
-            references.append(run_child(["--child", "reference", "--url", url]))
+            references.append(meter.measured(["--child", "reference", "--url", url]))
             bucket = f"bench-{uuid.uuid4().hex[:8]}"  # a fresh bucket: moto keeps objects in memory
             argv = ["--child", "export", "--url", url, "--endpoint", s3.endpoint_url, "--bucket", bucket]
-            exports.append(run_child([*argv, "--format", options.format]))
+            exports.append(meter.measured([*argv, "--format", options.format]))
         for run in exports:
             if run["rows"] != options.rows or run["stored_bytes"] != run["bytes"]:
                 raise RuntimeError(f"export wrote {run['rows']} rows / {run['stored_bytes']} bytes: {run}")
@@ -242,6 +287,11 @@ def main() -> int:
             print(
                 f"  {side['label']:<45} {side['seconds']:7.2f} s {side['rows_per_second']:>12,.0f} rows/s "
                 f"{side['bytes'] / 1e6:8.1f} MB   peak RSS {side['peak_rss_mb']:6.1f} MB"
+            )
+            cpu = side["cpu"]
+            print(
+                f"  {'':<45} CPU s: client {cpu['client']:.2f}, postgres {cpu['postgres']:.2f}, "
+                f"S3 server {cpu['s3']:.2f}, total {sum(cpu.values()):.2f}"
             )
         ratio_ok = ratio >= TARGET_RATIO or options.format != "csv"
         rss_ok = ours["peak_rss_mb"] <= TARGET_RSS_MB
