@@ -12,9 +12,11 @@ nothing. Outputs are built from pixels only: no EXIF, GPS, XMP, ICC or comments 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final, Literal
@@ -204,6 +206,26 @@ def _plan_for(stored: tuple[int, int], recipe: Recipe, orientation: int, *, max_
     return p
 
 
+_STRICT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _strict_decoding() -> Iterator[None]:
+    """Decode with Pillow's truncation check on, whatever the process-wide flag says.
+
+    WeasyPrint sets ImageFile.LOAD_TRUNCATED_IMAGES = True when imported; an images machine never
+    imports it, but any process holding both (tests, a combined worker) would otherwise turn a
+    truncated upload into a half-grey image instead of an `invalid-image` error.
+    """
+    with _STRICT_LOCK:
+        previous = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+        try:
+            yield
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
 def _decode(image: ImageFile.ImageFile, input_format: OutputFormat, orientation: int,
             plans: list[Plan]) -> tuple[_Source, list[Plan]]:
     """Decode the first frame, at a reduced scale when every plan allows it; plans follow the scale."""
@@ -213,7 +235,8 @@ def _decode(image: ImageFile.ImageFile, input_format: OutputFormat, orientation:
         # libjpeg scales by 1/2, 1/4 or 1/8 while decoding: far less work than decoding in full.
         image.draft(None, hint)
     try:
-        image.load()
+        with _strict_decoding():
+            image.load()
     except Exception as exc:
         raise PermanentJobError(f"damaged {input_format.upper()} image: {exc}", kind="invalid-image") from exc
     if image.size != stored:

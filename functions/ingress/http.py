@@ -142,7 +142,17 @@ def parse_model(model: type[M], body: bytes, *, context: dict[str, Any] | None =
     except ValidationError as exc:
         if any(err["type"] == "json_invalid" for err in exc.errors()):
             raise BadRequest("malformed JSON body") from exc
+        if any(err["type"] == "destination_not_allowed" for err in exc.errors()):
+            raise DestinationRefused(
+                "a URL in the request points where this service may not connect", errors=validation_errors(exc)
+            ) from exc
         raise ValidationFailed("the request body is not valid", errors=validation_errors(exc)) from exc
+
+
+class DestinationRefused(ValidationFailed):
+    """A URL names a loopback, private, metadata or otherwise refused destination (security spec)."""
+
+    type_slug, title = "destination-not-allowed", "Destination not allowed"
 
 
 def parse_query(model: type[M], data: dict[str, Any]) -> M:

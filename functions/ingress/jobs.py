@@ -7,9 +7,9 @@ import json
 import uuid
 from datetime import UTC, datetime
 from functools import cache
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -89,7 +89,9 @@ async def create_job(request: Request) -> Response:
     settings, pool = _state(request)
     principal = authenticate(request, "jobs:write")
     body = await read_json_body(request, max_bytes=settings.max_body_bytes)
-    req = parse_model(request_model(queue), body, context={"settings": settings})
+    # The caller's tenant lets schemas refuse another tenant's storage keys at submit (422).
+    context = {"settings": settings, "tenant_id": None if principal.is_admin else principal.tenant_id}
+    req = parse_model(request_model(queue), body, context=context)
     tenant_id = acting_tenant(principal, req.tenant_id)
     if isinstance(req, DefaultRequest):
         worker, args = req.function, _default_args(req)
@@ -229,8 +231,15 @@ def _multi(request: Request, name: str) -> list[str]:
     return [part for value in request.query_params.getlist(name) for part in value.split(",") if part]
 
 
+def _not_bool(value: object) -> object:
+    # JSON `false`/`true` would otherwise pass as the ids 0 and 1.
+    if isinstance(value, bool):
+        raise ValueError("must be an integer")
+    return value
+
+
 class CancelCriteria(CamelModel):
-    ids: list[int] | None = Field(None, max_length=1000)
+    ids: list[Annotated[int, BeforeValidator(_not_bool)]] | None = Field(None, max_length=1000)
     queue: str | None = Field(None, max_length=64)
     worker: str | None = Field(None, max_length=128)
     state: list[JobState] | None = None

@@ -106,9 +106,13 @@ def test_image_from_another_tenants_key_is_refused(app: LiveApp):
     key = _upload(app, "photo.png", "image/png", images.png_with_alpha())
     with app.client("tenant-2") as client:
         response = client.post("/jobs/images", json={"imageId": "x", "sourceKey": key})
-    assert response.status_code == 201
-    done = app.wait_for_job(response.json()["id"], {"completed", "discarded"})
-    assert done["state"] == "discarded" and done["attempt"] == 1
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["path"] == "sourceKey"
+    # An admin acting for tenant-2 is refused the same way (the machine checks again regardless).
+    with app.admin() as admin:
+        response = admin.post("/jobs/images", json={"imageId": "x", "sourceKey": key, "tenantId": "tenant-2"})
+    assert response.status_code == 422, response.text
+    assert app.sql("SELECT count(*) FROM jobs WHERE queue = 'images'") == [(0,)]
 
 
 def test_invoice_pdf_has_computed_totals(app: LiveApp):

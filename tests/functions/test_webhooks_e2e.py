@@ -78,6 +78,7 @@ def test_private_destination_is_refused_at_submit(app: LiveApp):
         for url in ("http://169.254.169.254/latest", "http://10.0.0.1/", "http://localhost/x", "http://[::1]/"):
             response = client.post("/jobs/webhooks", json={"url": url, "event": "e", "payload": {}})
             assert response.status_code == 422, (url, response.text)
+            assert response.json()["type"].endswith("/destination-not-allowed")
             assert response.json()["errors"][0]["path"] == "url"
     assert app.sql("SELECT count(*) FROM jobs") == [(0,)]
 
