@@ -70,6 +70,7 @@ class MultipartUpload:
         self._parts_sent = 0
         self._size = 0
         self._finished = False
+        self._stored = False  # the object exists (its PUT or completion went through)
 
     @property
     def parts(self) -> int:
@@ -106,7 +107,8 @@ class MultipartUpload:
         return self._size
 
     async def abort(self) -> None:
-        """Drop everything sent so far (idempotent; errors from the store are not raised)."""
+        """Drop everything sent so far, and the object itself if a cancellation came after it was
+        stored (idempotent; errors from the store are not raised)."""
         self._finished = True
         self._buffer = bytearray()
         # A part still uploading could land after the abort and linger; let them end first.
@@ -116,13 +118,17 @@ class MultipartUpload:
         for task in tasks:
             if not task.cancelled():
                 task.exception()  # retrieved on purpose: the abort supersedes a failed part
-        if self._upload_id is not None:
-            upload_id, self._upload_id = self._upload_id, None
-            try:
+        try:
+            if self._stored:
+                # Cancelled while the last request was already through: withdraw the object.
+                self._stored = False
+                await run_in_thread(self._delete_object)
+            elif self._upload_id is not None:
+                upload_id, self._upload_id = self._upload_id, None
                 await run_in_thread(self._abort_upload, upload_id)
-            except (BotoCoreError, ClientError):
-                # Stores expire incomplete uploads (a bucket lifecycle rule); nothing else to do.
-                pass
+        except (BotoCoreError, ClientError):
+            # Stores expire incomplete uploads (a bucket lifecycle rule); nothing else to do.
+            pass
 
     async def _send_part(self) -> None:
         body, self._buffer = self._buffer, bytearray()  # handed over (no copy), never mutated again
@@ -150,6 +156,7 @@ class MultipartUpload:
 
     def _put_object(self, body: bytearray) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self.key, Body=body, **self._object_args)
+        self._stored = True
 
     def _create_upload(self) -> None:
         created = self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key, **self._object_args)
@@ -165,6 +172,10 @@ class MultipartUpload:
         self.client.complete_multipart_upload(
             Bucket=self.bucket, Key=self.key, UploadId=self._upload_id, MultipartUpload={"Parts": self._parts}
         )
+        self._stored = True
+
+    def _delete_object(self) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self.key)
 
     def _abort_upload(self, upload_id: str) -> None:
         self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=upload_id)

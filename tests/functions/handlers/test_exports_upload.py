@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import pytest
@@ -81,3 +82,22 @@ async def test_abort_drops_the_parts_sent(storage: Storage):
 async def test_parts_below_the_s3_minimum_are_refused(storage: Storage):
     with pytest.raises(ValueError, match="part_bytes"):
         MultipartUpload(storage.client, bucket=storage.bucket, key="k", content_type="x", part_bytes=MIN_PART_BYTES - 1)
+
+
+@pytest.mark.parametrize("size", [100, 2 * MIN_PART_BYTES])
+async def test_a_cancel_while_completing_leaves_nothing(storage: Storage, size: int):
+    upload = upload_to(storage, "t/late.bin")
+    await upload.write(os.urandom(size))
+    completing = asyncio.create_task(upload.complete())
+    await asyncio.sleep(0)  # a request is under way (the PUT of a small object); it cannot be called back
+    completing.cancel()
+
+    with pytest.raises(asyncio.CancelledError):
+        await completing
+    stored = storage.client.list_objects_v2(Bucket=storage.bucket, Prefix="t/late").get("KeyCount", 0)
+    if size < MIN_PART_BYTES:
+        assert stored == 1  # the PUT went through before the cancel took effect
+    await upload.abort()  # what the export does on any error
+
+    assert storage.client.list_objects_v2(Bucket=storage.bucket, Prefix="t/late").get("KeyCount", 0) == 0
+    assert pending(storage) == []
