@@ -145,7 +145,8 @@ def test_stalled_holder_cannot_overwrite_the_outcome(database_url, s3, tmp_path)
         assert after["state"] == "completed" and after["attempt"] == 2
         assert after["result"] == done["result"] and after["result"]["machine"] != stalled
         log = (tmp_path / "logs" / f"{stalled}.log").read_text()
-        assert "job lost" in log
+        # Either its heartbeat noticed first (aborting the handler) or its fenced write was refused.
+        assert "job lost" in log or "no longer held" in log
 
 
 def test_timed_out_job_is_stopped_and_its_machine_exits(database_url, s3, tmp_path):
