@@ -70,7 +70,8 @@ async def resume_queue(request: Request) -> Response:
 
 
 class ScaleBody(CamelModel):
-    limit: int = Field(..., ge=0, le=1000)
+    # strict: JSON `false` must not quietly become a limit of 0 and stop the queue.
+    limit: int = Field(..., ge=0, le=1000, strict=True)
 
 
 async def scale_queue(request: Request) -> Response:
@@ -85,12 +86,16 @@ async def scale_queue(request: Request) -> Response:
     return await _queue_or_404(request)
 
 
+# Ten years: any longer is "never", and beyond what a Postgres interval holds it would fail.
+_MAX_SECONDS = 10 * 365 * 24 * 3600
+
+
 class PruneQuery(CamelModel):
-    max_age_seconds: int | None = Field(None, ge=0)
+    max_age_seconds: int | None = Field(None, ge=0, le=_MAX_SECONDS)
 
 
 class RescueQuery(CamelModel):
-    rescue_after_seconds: int | None = Field(None, ge=0)
+    rescue_after_seconds: int | None = Field(None, ge=0, le=_MAX_SECONDS)
 
 
 async def prune_jobs(request: Request) -> Response:

@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator, Callable
 from functools import cache
 
 from starlette.applications import Starlette
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -52,14 +54,50 @@ CORS_EXPOSED_HEADERS = [
 ]
 
 
+class _QueueConvertor(Convertor[str]):
+    """A path segment naming one of the function queues."""
+
+    regex = "|".join(re.escape(queue) for queue in sorted(jobs.REQUEST_MODELS, key=len, reverse=True))
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+class _DigitsConvertor(Convertor[str]):
+    """A job id segment: digits, kept as text (the endpoint answers 404 for absurd lengths)."""
+
+    regex = "[0-9]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+# Distinct shapes for `/jobs/{queue}` and `/jobs/{id}`, so that `GET /jobs/images` or `POST /jobs/1`
+# is a 405 naming the right `Allow`, not a 404 from whichever route happened to come first.
+register_url_convertor("cp_queue", _QueueConvertor())
+register_url_convertor("cp_job_id", _DigitsConvertor())
+
+
+async def _jobs_collection(request: Request) -> Response:
+    """GET and DELETE /jobs share one route, so a 405 there lists both in `Allow`."""
+    if request.method == "DELETE":
+        return await jobs.cancel_jobs(request)
+    return await jobs.list_jobs(request)
+
+
 def routes() -> list[BaseRoute]:
     return [
         Route("/jobs/emails/bulk", jobs.create_bulk_emails, methods=["POST"]),
-        Route("/jobs/{queue:str}", jobs.create_job, methods=["POST"]),
-        Route("/jobs/{job_id:str}", jobs.get_job, methods=["GET"]),
-        Route("/jobs/{job_id:str}/retry", jobs.retry_job, methods=["POST"]),
-        Route("/jobs", jobs.list_jobs, methods=["GET"]),
-        Route("/jobs", jobs.cancel_jobs, methods=["DELETE"]),
+        Route("/jobs/{queue:cp_queue}", jobs.create_job, methods=["POST"]),
+        Route("/jobs/{job_id:cp_job_id}", jobs.get_job, methods=["GET"]),
+        Route("/jobs/{job_id:cp_job_id}/retry", jobs.retry_job, methods=["POST"]),
+        Route("/jobs", _jobs_collection, methods=["GET", "DELETE"]),
         Route("/uploads", uploads.create_upload, methods=["POST"]),
         Route("/health", admin.health, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),

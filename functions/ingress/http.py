@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import uuid
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import orjson
@@ -118,12 +120,53 @@ async def read_json_body(request: Request, *, max_bytes: int) -> bytes:
     body = await read_body(request, max_bytes=max_bytes)
     if not body.strip():
         raise BadRequest("request body is empty; send a JSON object")
-    if b"\\u0000" in body:
-        # Postgres cannot store NUL in text or jsonb; refuse it here rather than fail at insert.
-        raise ValidationFailed(
-            "strings may not contain the NUL character", errors=[{"path": "", "message": "\\u0000 is not allowed"}]
-        )
+    refuse_unstorable_text(body)
     return body
+
+
+# Escapes that may decode to text Postgres cannot store: NUL, and UTF-16 surrogates (paired ones are
+# fine; an unpaired one cannot even be encoded as UTF-8). Only bodies containing one get walked.
+_SUSPECT_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F][0-9a-fA-F]{2})")
+_UNSTORABLE = "must not contain the NUL character or an unpaired surrogate"
+
+
+def refuse_unstorable_text(body: bytes) -> None:
+    """422 naming each string (or key) of a JSON body that Postgres could not store."""
+    if not _SUSPECT_ESCAPE.search(body):
+        return
+    try:
+        data = json.loads(body)  # the standard library keeps unpaired surrogates, which orjson refuses
+    except ValueError:
+        return  # malformed JSON: the model parse answers 400
+    paths = list(_unstorable_paths(data, ()))
+    if paths:
+        raise ValidationFailed(
+            f"strings {_UNSTORABLE}", errors=[{"path": ".".join(p), "message": _UNSTORABLE} for p in paths]
+        )
+
+
+def _storable(text: str) -> bool:
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _unstorable_paths(value: Any, path: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
+    if isinstance(value, str):
+        if not _storable(value):
+            yield path
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _unstorable_paths(item, (*path, str(index)))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not _storable(key):
+                yield (*path, "<key>")
+            yield from _unstorable_paths(item, (*path, key if _storable(key) else "<key>"))
 
 
 def validation_errors(exc: ValidationError) -> list[dict[str, str]]:
@@ -157,10 +200,21 @@ class DestinationRefused(ValidationFailed):
 
 def parse_query(model: type[M], data: dict[str, Any]) -> M:
     """Validate query parameters as `model` (422 with paths)."""
+    bad = [name for name, value in data.items() for text in _texts(value) if "\x00" in text]
+    if bad:
+        raise ValidationFailed(
+            "the query parameters are not valid", errors=[{"path": name, "message": _UNSTORABLE} for name in bad]
+        )
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         raise ValidationFailed("the query parameters are not valid", errors=validation_errors(exc)) from exc
+
+
+def _texts(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 
 class RequestIdMiddleware:

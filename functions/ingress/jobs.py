@@ -194,6 +194,9 @@ async def get_job(request: Request) -> Response:
     return JSONResponse(job_json(job, result=result))
 
 
+JOB_ID_MAX = 2**63 - 1  # bigint: a larger id cannot exist, and Postgres would refuse the parameter
+
+
 class ListQuery(CamelModel):
     queue: str | None = Field(None, max_length=64)
     state: list[JobState] | None = None
@@ -201,7 +204,7 @@ class ListQuery(CamelModel):
     batch_id: str | None = Field(None, max_length=64)
     tag: str | None = Field(None, max_length=64)
     limit: int = Field(50, ge=1, le=200)
-    cursor: int | None = Field(None, ge=1)
+    cursor: int | None = Field(None, ge=1, le=JOB_ID_MAX)
 
 
 async def list_jobs(request: Request) -> Response:
@@ -227,8 +230,11 @@ async def list_jobs(request: Request) -> Response:
 
 
 def _multi(request: Request, name: str) -> list[str]:
-    """A repeatable query parameter, also accepting comma-separated values."""
-    return [part for value in request.query_params.getlist(name) for part in value.split(",") if part]
+    """A repeatable query parameter, also accepting comma-separated values.
+
+    Empty values are kept (and fail validation): `state=` must not quietly mean "every state".
+    """
+    return [part for value in request.query_params.getlist(name) for part in value.split(",")]
 
 
 def _not_bool(value: object) -> object:
@@ -238,8 +244,11 @@ def _not_bool(value: object) -> object:
     return value
 
 
+JobId = Annotated[int, BeforeValidator(_not_bool), Field(ge=1, le=JOB_ID_MAX)]
+
+
 class CancelCriteria(CamelModel):
-    ids: list[Annotated[int, BeforeValidator(_not_bool)]] | None = Field(None, max_length=1000)
+    ids: list[JobId] | None = Field(None, max_length=1000)
     queue: str | None = Field(None, max_length=64)
     worker: str | None = Field(None, max_length=128)
     state: list[JobState] | None = None
@@ -252,6 +261,11 @@ async def cancel_jobs(request: Request) -> Response:
     principal = authenticate(request, "jobs:write")
     params: dict[str, Any] = {}
     if request.headers.get("content-length", "0") not in ("", "0") or request.headers.get("transfer-encoding"):
+        if request.query_params:
+            raise ValidationFailed(
+                "give the criteria in the query or in the body, not both",
+                errors=[{"path": "", "message": "query parameters and a body were both given"}],
+            )
         body = await read_json_body(request, max_bytes=settings.max_body_bytes)
         criteria = parse_model(CancelCriteria, body)
     else:
