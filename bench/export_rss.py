@@ -295,7 +295,10 @@ def main() -> int:
             )
         ratio_ok = ratio >= TARGET_RATIO or options.format != "csv"
         rss_ok = ours["peak_rss_mb"] <= TARGET_RSS_MB
-        print(f"  ratio {ratio:.2f} (target >= {TARGET_RATIO} for csv): {'met' if ratio_ok else 'MISSED'}")
+        if options.format == "csv":
+            print(f"  ratio {ratio:.2f} (target >= {TARGET_RATIO}): {'met' if ratio_ok else 'MISSED'}")
+        else:
+            print(f"  ratio {ratio:.2f} (no rows/s target for {options.format}; memory only)")
         print(
             f"  peak RSS {ours['peak_rss_mb']:.1f} MB (target <= {TARGET_RSS_MB} MB): {'met' if rss_ok else 'MISSED'}"
         )
