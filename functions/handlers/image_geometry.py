@@ -92,16 +92,17 @@ def plan(
 def decode_hint(stored: Size, plans: list[Plan]) -> Size | None:
     """The smallest stored size worth decoding for every plan, or None to decode in full.
 
-    Twice the largest resized size (per side, scaled to the whole image when cropping), as
-    Pillow's `thumbnail` asks of JPEG draft mode: reduced decoding stays above that, so the final
-    resampling still has at least 2 source pixels per output pixel.
+    The largest resized size (per side, scaled to the whole image when cropping), as libvips
+    asks of its shrink-on-load: libjpeg's DCT scaling (1/2, 1/4, 1/8) is itself a filtered
+    reduction and stays at or above that size, and the final resampling filters the rest. Asking
+    for twice the size (as Pillow's `thumbnail` does) decoded 4x the pixels for no visible gain.
     """
     need_w = need_h = 0.0
     for p in plans:
         crop = p.crop or (0.0, 0.0, float(stored[0]), float(stored[1]))
         crop_w, crop_h = crop[2] - crop[0], crop[3] - crop[1]
-        need_w = max(need_w, 2 * p.resized[0] * stored[0] / crop_w)
-        need_h = max(need_h, 2 * p.resized[1] * stored[1] / crop_h)
+        need_w = max(need_w, p.resized[0] * stored[0] / crop_w)
+        need_h = max(need_h, p.resized[1] * stored[1] / crop_h)
     if need_w >= stored[0] or need_h >= stored[1]:
         return None
     return (math.ceil(need_w), math.ceil(need_h))

@@ -167,8 +167,8 @@ async def create_bulk_emails(request: Request) -> Response:
 
     async def insert(conn: Conn) -> tuple[int, Any]:
         async with conn.transaction():
-            inserted = await job_store.insert_jobs(conn, jobs)
-        return 201, {"batchId": batch_id, "count": len(inserted), "jobIds": [j.id for j in inserted]}
+            ids = await job_store.insert_job_ids(conn, jobs)
+        return 201, {"batchId": batch_id, "count": len(ids), "jobIds": ids}
 
     return await idempotency.respond(request, pool, tenant_id=tenant_id, body=body, create=insert)
 

@@ -54,24 +54,33 @@ async def insert_jobs(conn: Conn, jobs: Sequence[NewJob]) -> list[Job]:
     """Insert many jobs in one statement (no unique keys), in order."""
     if not jobs:
         return []
-    if any(job.unique_key for job in jobs):
-        raise ValueError("insert_jobs does not take unique jobs; insert them one by one")
-    cur = await conn.execute(
-        QUERIES["insert_jobs"],
-        {
-            "queue": [j.queue for j in jobs],
-            "worker": [j.worker for j in jobs],
-            "tenant_id": [j.tenant_id for j in jobs],
-            "args": [Jsonb(j.args) for j in jobs],
-            "meta": [Jsonb(j.meta) for j in jobs],
-            "tags": [Jsonb(list(j.tags)) for j in jobs],
-            "priority": [j.priority for j in jobs],
-            "max_attempts": [j.max_attempts for j in jobs],
-            "batch_id": [j.batch_id for j in jobs],
-            "scheduled_at": [j.scheduled_at for j in jobs],
-        },
-    )
+    cur = await conn.execute(QUERIES["insert_jobs"], _many_params(jobs))
     return [Job.from_row(row) for row in await cur.fetchall()]
+
+
+async def insert_job_ids(conn: Conn, jobs: Sequence[NewJob]) -> list[int]:
+    """Insert many jobs in one statement (no unique keys); their ids, in order."""
+    if not jobs:
+        return []
+    cur = await conn.execute(QUERIES["insert_jobs_returning_ids"], _many_params(jobs))
+    return [row["id"] for row in await cur.fetchall()]
+
+
+def _many_params(jobs: Sequence[NewJob]) -> dict[str, Any]:
+    if any(job.unique_key for job in jobs):
+        raise ValueError("bulk inserts do not take unique jobs; insert them one by one")
+    return {
+        "queue": [j.queue for j in jobs],
+        "worker": [j.worker for j in jobs],
+        "tenant_id": [j.tenant_id for j in jobs],
+        "args": [Jsonb(j.args) for j in jobs],
+        "meta": [Jsonb(j.meta) for j in jobs],
+        "tags": [Jsonb(list(j.tags)) for j in jobs],
+        "priority": [j.priority for j in jobs],
+        "max_attempts": [j.max_attempts for j in jobs],
+        "batch_id": [j.batch_id for j in jobs],
+        "scheduled_at": [j.scheduled_at for j in jobs],
+    }
 
 
 async def get_job(conn: Conn, job_id: int, *, tenant_id: str | None) -> Job | None:
@@ -154,8 +163,9 @@ async def machine_seen(conn: Conn, machine_id: str) -> None:
     await conn.execute(QUERIES["machine_seen"], {"id": machine_id}, prepare=True)
 
 
-async def machine_ran_job(conn: Conn, machine_id: str) -> None:
-    await conn.execute(QUERIES["machine_ran_job"], {"id": machine_id})
+async def machine_ran_jobs(conn: Conn, machine_id: str, *, count: int) -> None:
+    if count:
+        await conn.execute(QUERIES["machine_ran_jobs"], {"id": machine_id, "count": count}, prepare=True)
 
 
 async def machine_exited(

@@ -27,6 +27,22 @@ SELECT i.queue, i.worker,
  ORDER BY i.ord
 RETURNING *;
 
+-- name: insert_jobs_returning_ids
+-- insert many, answering only their ids (bulk fan-out: the rows are not read back)
+INSERT INTO jobs (queue, worker, state, tenant_id, args, meta, tags, priority, max_attempts,
+                  batch_id, scheduled_at)
+SELECT i.queue, i.worker,
+       CASE WHEN i.scheduled_at > now() THEN 'scheduled' ELSE 'available' END,
+       i.tenant_id, i.args, i.meta, ARRAY(SELECT jsonb_array_elements_text(i.tags)), i.priority,
+       i.max_attempts, i.batch_id, coalesce(i.scheduled_at, now())
+  FROM unnest(%(queue)s::text[], %(worker)s::text[], %(tenant_id)s::text[], %(args)s::jsonb[],
+              %(meta)s::jsonb[], %(tags)s::jsonb[], %(priority)s::smallint[], %(max_attempts)s::int[],
+              %(batch_id)s::text[], %(scheduled_at)s::timestamptz[])
+       WITH ORDINALITY AS i(queue, worker, tenant_id, args, meta, tags, priority, max_attempts,
+                            batch_id, scheduled_at, ord)
+ ORDER BY i.ord
+RETURNING id;
+
 -- name: find_unique_job
 -- the live job holding a unique key
 SELECT * FROM jobs WHERE unique_key = %(unique_key)s AND state = ANY (unique_states) LIMIT 1;
@@ -57,6 +73,14 @@ SELECT * FROM claim_jobs(%(queue)s, %(machine_id)s, %(max_jobs)s, %(prefer_id)s)
 UPDATE jobs SET state = 'completed', completed_at = now(), result = %(result)s, heartbeat_at = NULL
  WHERE id = %(job_id)s AND state = 'executing' AND attempt = %(attempt)s AND attempted_by = %(machine_id)s
 RETURNING id;
+
+-- name: complete_jobs
+-- executing -> completed for a batch, each row only by the current holder of its attempt
+UPDATE jobs SET state = 'completed', completed_at = now(), result = done.result, heartbeat_at = NULL
+  FROM unnest(%(job_ids)s::bigint[], %(attempts)s::int[], %(results)s::jsonb[]) AS done(id, attempt, result)
+ WHERE jobs.id = done.id AND jobs.state = 'executing' AND jobs.attempt = done.attempt
+   AND jobs.attempted_by = %(machine_id)s
+RETURNING jobs.id;
 
 -- name: fail_job
 -- executing -> retryable (at retry_at) or discarded, recording the error; fenced
@@ -224,9 +248,9 @@ UPDATE machines SET state = 'running', started_at = coalesce(started_at, now()),
 UPDATE machines SET last_seen_at = now(), state = 'running', started_at = coalesce(started_at, now())
  WHERE id = %(id)s AND state IN ('launching', 'running');
 
--- name: machine_ran_job
--- count a job a machine finished
-UPDATE machines SET jobs_run = jobs_run + 1 WHERE id = %(id)s;
+-- name: machine_ran_jobs
+-- count jobs a machine finished
+UPDATE machines SET jobs_run = jobs_run + %(count)s WHERE id = %(id)s;
 
 -- name: machine_exited
 -- a machine is gone, with its exit code when known

@@ -41,6 +41,22 @@ async def complete(conn: Conn, fence: Fence, *, result: dict[str, Any]) -> None:
     await _fenced(conn, "complete_job", fence, result=Jsonb(result))
 
 
+async def complete_many(conn: Conn, *, machine_id: str, done: list[tuple[Fence, dict[str, Any]]]) -> set[int]:
+    """executing -> completed for many held jobs at once; returns the ids still held (the rest
+    were cancelled or rescued meanwhile and must publish nothing)."""
+    cur = await conn.execute(
+        QUERIES["complete_jobs"],
+        {
+            "machine_id": machine_id,
+            "job_ids": [fence.job_id for fence, _ in done],
+            "attempts": [fence.attempt for fence, _ in done],
+            "results": [Jsonb(result) for _, result in done],
+        },
+        prepare=True,
+    )
+    return {row["id"] for row in await cur.fetchall()}
+
+
 @dataclass(frozen=True, slots=True)
 class Retry:
     at: datetime
