@@ -238,9 +238,7 @@ class ObjectReader(io.RawIOBase):
         chunk = bytes(self._body.read(n) if n >= 0 else self._body.read())
         self._read += len(chunk)
         if self._max_bytes is not None and self._read > self._max_bytes:
-            raise PermanentJobError(
-                f"object {self._key!r} is larger than {self._max_bytes} bytes", kind="too-large"
-            )
+            raise PermanentJobError(f"object {self._key!r} is larger than {self._max_bytes} bytes", kind="too-large")
         return chunk
 
     def readinto(self, buffer: Any, /) -> int:

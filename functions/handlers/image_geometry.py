@@ -43,9 +43,7 @@ def upright_size(stored: Size, *, orientation: int, rotate: int) -> Size:
     return (stored[1], stored[0]) if is_quarter_turned(orientation, rotate) else stored
 
 
-def plan(
-    stored: Size, *, width: int | None, height: int | None, fit: Fit, orientation: int, rotate: int
-) -> Plan:
+def plan(stored: Size, *, width: int | None, height: int | None, fit: Fit, orientation: int, rotate: int) -> Plan:
     """The crop, resize and canvas that give the requested box under `fit`.
 
     `inside` keeps the aspect ratio within width x height; `cover` fills width x height and crops

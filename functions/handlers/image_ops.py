@@ -44,13 +44,25 @@ MAX_PIXELS: Final = 50_000_000
 
 # Pillow's format name for each output format, and what the output is called.
 _PIL_FORMAT: Final[dict[OutputFormat, str]] = {
-    "webp": "WEBP", "jpeg": "JPEG", "png": "PNG", "avif": "AVIF", "gif": "GIF",
+    "webp": "WEBP",
+    "jpeg": "JPEG",
+    "png": "PNG",
+    "avif": "AVIF",
+    "gif": "GIF",
 }
 CONTENT_TYPES: Final[dict[OutputFormat, str]] = {
-    "webp": "image/webp", "jpeg": "image/jpeg", "png": "image/png", "avif": "image/avif", "gif": "image/gif",
+    "webp": "image/webp",
+    "jpeg": "image/jpeg",
+    "png": "image/png",
+    "avif": "image/avif",
+    "gif": "image/gif",
 }
 EXTENSIONS: Final[dict[OutputFormat, str]] = {
-    "webp": "webp", "jpeg": "jpg", "png": "png", "avif": "avif", "gif": "gif",
+    "webp": "webp",
+    "jpeg": "jpg",
+    "png": "png",
+    "avif": "avif",
+    "gif": "gif",
 }
 # Quality when none is asked for (the same defaults as sharp's).
 _DEFAULT_QUALITY: Final[dict[OutputFormat, int]] = {"jpeg": 80, "webp": 80, "avif": 50}
@@ -70,13 +82,21 @@ _TRANSPOSE_FOR_ORIENTATION: Final = {
     8: Image.Transpose.ROTATE_90,
 }
 # `rotate` is clockwise; Pillow's ROTATE_* constants turn counter-clockwise.
-_TRANSPOSE_FOR_ROTATE: Final = {90: Image.Transpose.ROTATE_270, 180: Image.Transpose.ROTATE_180,
-                                270: Image.Transpose.ROTATE_90}
+_TRANSPOSE_FOR_ROTATE: Final = {
+    90: Image.Transpose.ROTATE_270,
+    180: Image.Transpose.ROTATE_180,
+    270: Image.Transpose.ROTATE_90,
+}
 _XMP_ORIENTATION: Final = re.compile(rb'tiff:Orientation="[0-9]"|<tiff:Orientation>[0-9]</tiff:Orientation>')
 _SRGB: Final = ImageCms.createProfile("sRGB")
 # The ICC colour space each pixel mode needs; a profile of another space is never attached.
 _COLOUR_SPACE: Final = {
-    "RGB": b"RGB ", "RGBA": b"RGB ", "P": b"RGB ", "PA": b"RGB ", "L": b"GRAY", "LA": b"GRAY",
+    "RGB": b"RGB ",
+    "RGBA": b"RGB ",
+    "P": b"RGB ",
+    "PA": b"RGB ",
+    "L": b"GRAY",
+    "LA": b"GRAY",
 }
 
 
@@ -160,18 +180,14 @@ def render(data: bytes, recipes: Sequence[Recipe], *, max_pixels: int = MAX_PIXE
 def _open(data: bytes, *, max_pixels: int) -> tuple[ImageFile.ImageFile, OutputFormat]:
     input_format = sniff_format(data[:32])
     if input_format is None:
-        raise PermanentJobError(
-            "only JPEG, PNG, WebP, GIF and AVIF images are accepted", kind="unsupported-format"
-        )
+        raise PermanentJobError("only JPEG, PNG, WebP, GIF and AVIF images are accepted", kind="unsupported-format")
     try:
         image = Image.open(io.BytesIO(data), formats=[_PIL_FORMAT[input_format]])
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Pillow's own check fired (when warnings are errors, its warning arrives as an exception).
         raise PermanentJobError(f"image declares too many pixels: {exc}", kind="image-too-large") from exc
     except UnidentifiedImageError as exc:
-        raise PermanentJobError(
-            f"not a readable {input_format.upper()} image", kind="unsupported-format"
-        ) from exc
+        raise PermanentJobError(f"not a readable {input_format.upper()} image", kind="unsupported-format") from exc
     except Exception as exc:
         raise PermanentJobError(f"damaged {input_format.upper()} header: {exc}", kind="invalid-image") from exc
     width, height = image.size
@@ -194,7 +210,11 @@ def _orientation(image: Image.Image) -> int:
 
 def _plan_for(stored: tuple[int, int], recipe: Recipe, orientation: int, *, max_pixels: int) -> Plan:
     p = plan(
-        stored, width=recipe.width, height=recipe.height, fit=recipe.fit, orientation=orientation,
+        stored,
+        width=recipe.width,
+        height=recipe.height,
+        fit=recipe.fit,
+        orientation=orientation,
         rotate=recipe.rotate,
     )
     for size in (p.resized, p.output):
@@ -226,8 +246,9 @@ def _strict_decoding() -> Iterator[None]:
             ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
 
-def _decode(image: ImageFile.ImageFile, input_format: OutputFormat, orientation: int,
-            plans: list[Plan]) -> tuple[_Source, list[Plan]]:
+def _decode(
+    image: ImageFile.ImageFile, input_format: OutputFormat, orientation: int, plans: list[Plan]
+) -> tuple[_Source, list[Plan]]:
     """Decode the first frame, at a reduced scale when every plan allows it; plans follow the scale."""
     stored = image.size
     hint = decode_hint(stored, plans)
@@ -262,8 +283,9 @@ def _rescale(p: Plan, declared: tuple[int, int], decoded: tuple[int, int]) -> Pl
         return p
     sx, sy = decoded[0] / declared[0], decoded[1] / declared[1]
     left, top, right, bottom = p.crop
-    return Plan(crop=(left * sx, top * sy, right * sx, bottom * sy), resized=p.resized, canvas=p.canvas,
-                output=p.output)
+    return Plan(
+        crop=(left * sx, top * sy, right * sx, bottom * sy), resized=p.resized, canvas=p.canvas, output=p.output
+    )
 
 
 def _normalized(image: Image.Image) -> Image.Image:
@@ -384,4 +406,3 @@ def _srgb_transform(icc_profile: bytes, mode: str) -> ImageCms.ImageCmsTransform
         return ImageCms.buildTransform(source, _SRGB, mode, mode)
     except (ImageCms.PyCMSError, OSError, ValueError):
         return None  # an unreadable profile is dropped like any other metadata
-

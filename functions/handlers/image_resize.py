@@ -55,9 +55,7 @@ def resize(image: Image.Image, size: tuple[int, int], *, box: Box | None = None,
 
         def band(i: int) -> Image.Image:
             y0, y1 = edges[i], edges[i + 1]
-            return image.resize(
-                (size[0], y1 - y0), RESAMPLE, box=(left, top + y0 * scale_y, right, top + y1 * scale_y)
-            )
+            return image.resize((size[0], y1 - y0), RESAMPLE, box=(left, top + y0 * scale_y, right, top + y1 * scale_y))
 
         out = Image.new(image.mode, size)
         for i, part in enumerate(_executor().map(band, range(bands))):

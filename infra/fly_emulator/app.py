@@ -43,7 +43,7 @@ def _token_of(header: str) -> str:
     tok = header.strip()
     for scheme in ("Bearer ", "FlyV1 "):  # accept Bearer, Bearer FlyV1 and FlyV1 (reference 1)
         if tok.startswith(scheme):
-            tok = tok[len(scheme):].strip()
+            tok = tok[len(scheme) :].strip()
     return tok
 
 
@@ -363,4 +363,3 @@ def create_app(
 
     app.add_exception_handler(404, not_found)
     return recorder.wrap(app)
-

@@ -24,6 +24,7 @@ def _toml(name: str) -> dict[str, object]:
 
 def default_image_label() -> str:
     """`git-<commit>`, with `-dirty-<time>` when the work tree has uncommitted changes."""
+
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
 

@@ -38,7 +38,10 @@ RETRYABLE_STATUSES: Final = frozenset(
     {
         408,  # request timed out: transient, but ambiguous for create (see module docstring)
         429,  # rate limited: 1 req/s per action with a burst of 3 (reference 2.4)
-        500, 502, 503, 504,  # Fly API server errors; 503 also "insufficient_capacity"
+        500,
+        502,
+        503,
+        504,  # Fly API server errors; 503 also "insufficient_capacity"
     }
 )
 # Only create retries these: capacity answers, as FLAME reads them.
@@ -52,7 +55,7 @@ def authorization_header(token: str) -> str:
     tok = token.strip()
     for scheme in ("Bearer ", "FlyV1 "):
         if tok.startswith(scheme):
-            tok = tok[len(scheme):].strip()
+            tok = tok[len(scheme) :].strip()
     return ("FlyV1 " if tok.startswith(_MACAROON_PREFIXES) else "Bearer ") + tok
 
 

@@ -253,9 +253,10 @@ def test_waiting_on_a_destroyed_machine_for_another_state_is_404(api: httpx.Clie
 
 
 def test_destroyed_machines_are_forgotten_after_retention(tmp_path: Path) -> None:
-    with running_emulator(token=TOKEN, destroyed_retention_seconds=0) as emu, httpx.Client(
-        base_url=emu.url, headers={"Authorization": f"Bearer {TOKEN}"}
-    ) as api:
+    with (
+        running_emulator(token=TOKEN, destroyed_retention_seconds=0) as emu,
+        httpx.Client(base_url=emu.url, headers={"Authorization": f"Bearer {TOKEN}"}) as api,
+    ):
         machine = create(api, {**py("pass"), "skip_launch": True})
         api.delete(f"{MACHINES}/{machine['id']}")
         assert api.get(f"{MACHINES}/{machine['id']}").status_code == 404
@@ -408,17 +409,21 @@ def test_faults_can_be_injected_over_http(api: httpx.Client) -> None:
 def test_requests_are_recorded_for_assertions(api: httpx.Client, emu: Emulator) -> None:
     tag = os.urandom(4).hex()
     api.post(MACHINES, json={**py("pass", metadata={"tag": tag}), "skip_launch": True})
-    (recorded,) = [r for r in emu.requests_to("POST", "/machines") if (r.json or {}).get("config", {}).get("metadata")
-                   == {"tag": tag}]
+    (recorded,) = [
+        r
+        for r in emu.requests_to("POST", "/machines")
+        if (r.json or {}).get("config", {}).get("metadata") == {"tag": tag}
+    ]
     assert recorded.status == 200
     assert recorded.headers["authorization"] == f"FlyV1 {TOKEN}"
 
 
 def test_leaving_the_harness_kills_machine_processes(tmp_path: Path) -> None:
     pid_file = tmp_path / "pid"
-    with running_emulator(token=TOKEN) as emu, httpx.Client(
-        base_url=emu.url, headers={"Authorization": f"Bearer {TOKEN}"}
-    ) as api:
+    with (
+        running_emulator(token=TOKEN) as emu,
+        httpx.Client(base_url=emu.url, headers={"Authorization": f"Bearer {TOKEN}"}) as api,
+    ):
         script = f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\nwhile True: time.sleep(0.05)"
         machine = create(api, py(script))
         emu.wait_for_state(machine["id"], "started")

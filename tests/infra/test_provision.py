@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 API, WORKER, PG, BUCKET, ORG, LABEL = "cp-api", "cp-worker", "cp-api-db", "cp-outputs", "acme", "test-1"
 DEPLOY_TOKEN = "FlyV1 fm2_fake-deploy-token"
 
-FAKE_FLY = r'''
+FAKE_FLY = r"""
 import json, os, sys
 state_path, log_path = os.environ["FAKE_FLY_STATE"], os.environ["FAKE_FLY_LOG"]
 state = json.load(open(state_path))
@@ -86,7 +86,7 @@ match args[:2]:
         save()
     case _:
         fail(f"fake fly: unknown command {args}")
-'''
+"""
 
 
 @pytest.fixture

@@ -10,8 +10,10 @@ from functools import cache
 
 from PIL import ExifTags, Image, ImageCms, ImageDraw, PngImagePlugin
 
-XMP = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF><rdf:Description tiff:Orientation="6" ' \
-      b'xmlns:tiff="http://ns.adobe.com/tiff/1.0/">secret-xmp</rdf:Description></rdf:RDF></x:xmpmeta>'
+XMP = (
+    b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF><rdf:Description tiff:Orientation="6" '
+    b'xmlns:tiff="http://ns.adobe.com/tiff/1.0/">secret-xmp</rdf:Description></rdf:RDF></x:xmpmeta>'
+)
 COMMENT = b"secret-comment"
 GPS_LATITUDE = (52.0, 22.0, 7.5)
 
@@ -51,8 +53,15 @@ def photo_12mp(orientation: int = 6) -> bytes:
     draw = ImageDraw.Draw(image)
     for i in range(0, 4000, 50):
         draw.line([(i, 0), (4000 - i, 3000)], fill=(i % 255, 255 - i % 255, 128), width=3)
-    return encode(image, "JPEG", quality=90, exif=exif_bytes(orientation=orientation), xmp=XMP,
-                  comment=COMMENT, icc_profile=srgb_icc())
+    return encode(
+        image,
+        "JPEG",
+        quality=90,
+        exif=exif_bytes(orientation=orientation),
+        xmp=XMP,
+        comment=COMMENT,
+        icc_profile=srgb_icc(),
+    )
 
 
 def marked(size: tuple[int, int] = (300, 200)) -> Image.Image:
@@ -177,13 +186,22 @@ def swapped_primaries_icc() -> bytes:
     description = b"Swapped primaries test\0"
     curve = b"curv\0\0\0\0" + struct.pack(">IH", 1, 0x0233) + b"\0\0"  # gamma 2.2 as u8Fixed8, padded
     tags = [
-        (b"desc", b"desc\0\0\0\0" + struct.pack(">I", len(description)) + description
-         + struct.pack(">II", 0, 0) + struct.pack(">HB", 0, 0) + b"\0" * 67),
+        (
+            b"desc",
+            b"desc\0\0\0\0"
+            + struct.pack(">I", len(description))
+            + description
+            + struct.pack(">II", 0, 0)
+            + struct.pack(">HB", 0, 0)
+            + b"\0" * 67,
+        ),
         (b"wtpt", _xyz_tag(*d50)),
         (b"rXYZ", _xyz_tag(*srgb_green)),
         (b"gXYZ", _xyz_tag(*srgb_red)),
         (b"bXYZ", _xyz_tag(*srgb_blue)),
-        (b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve),
+        (b"rTRC", curve),
+        (b"gTRC", curve),
+        (b"bTRC", curve),
     ]
     offset = 128 + 4 + 12 * len(tags)
     table, data = b"", b""
@@ -193,9 +211,19 @@ def swapped_primaries_icc() -> bytes:
         data += body
     size = offset + len(data)
     header = (
-        struct.pack(">I", size) + b"\0\0\0\0" + struct.pack(">I", 0x02100000) + b"mntrRGB XYZ "
-        + struct.pack(">6H", 2026, 1, 1, 0, 0, 0) + b"acsp" + b"\0" * 24 + struct.pack(">I", 0)
-        + _s15f16(d50[0]) + _s15f16(d50[1]) + _s15f16(d50[2]) + b"\0" * 4 + b"\0" * 44
+        struct.pack(">I", size)
+        + b"\0\0\0\0"
+        + struct.pack(">I", 0x02100000)
+        + b"mntrRGB XYZ "
+        + struct.pack(">6H", 2026, 1, 1, 0, 0, 0)
+        + b"acsp"
+        + b"\0" * 24
+        + struct.pack(">I", 0)
+        + _s15f16(d50[0])
+        + _s15f16(d50[1])
+        + _s15f16(d50[2])
+        + b"\0" * 4
+        + b"\0" * 44
     )
     assert len(header) == 128
     return header + struct.pack(">I", len(tags)) + table + data

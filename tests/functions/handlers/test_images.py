@@ -89,11 +89,29 @@ def make_job(body: dict[str, Any], *, tenant: str = TENANT) -> Job:
     """A job as the ingress would store it: args are `function_args()` of the validated body."""
     now = datetime.now(UTC)
     return Job(
-        id=next(_job_ids), queue="images", worker="ProcessImage", state=JobState.EXECUTING, tenant_id=tenant,
-        args=ImagesRequest.model_validate(body).function_args(), meta={}, tags=[], priority=0, attempt=1,
-        max_attempts=5, errors=[], result=None, batch_id=None, unique_key=None, attempted_by="test-machine",
-        heartbeat_at=now, inserted_at=now, scheduled_at=now, attempted_at=now, completed_at=None,
-        cancelled_at=None, discarded_at=None,
+        id=next(_job_ids),
+        queue="images",
+        worker="ProcessImage",
+        state=JobState.EXECUTING,
+        tenant_id=tenant,
+        args=ImagesRequest.model_validate(body).function_args(),
+        meta={},
+        tags=[],
+        priority=0,
+        attempt=1,
+        max_attempts=5,
+        errors=[],
+        result=None,
+        batch_id=None,
+        unique_key=None,
+        attempted_by="test-machine",
+        heartbeat_at=now,
+        inserted_at=now,
+        scheduled_at=now,
+        attempted_at=now,
+        completed_at=None,
+        cancelled_at=None,
+        discarded_at=None,
     )
 
 
@@ -138,8 +156,13 @@ def assert_no_metadata(data: bytes) -> None:
 
 async def test_12mp_jpeg_from_a_url_becomes_an_800x600_webp(ctx: HandlerContext, source: SourceServer) -> None:
     url = source.serve("/photo.jpg", samples.photo_12mp(orientation=1))
-    job = make_job({"imageId": "holiday", "sourceUrl": url,
-                    "operations": {"resize": {"width": 800, "height": 600}, "format": "webp"}})
+    job = make_job(
+        {
+            "imageId": "holiday",
+            "sourceUrl": url,
+            "operations": {"resize": {"width": 800, "height": 600}, "format": "webp"},
+        }
+    )
 
     result = await images.run(job, ctx)
 
@@ -147,8 +170,13 @@ async def test_12mp_jpeg_from_a_url_becomes_an_800x600_webp(ctx: HandlerContext,
     stored = ctx.storage.get_bytes(output["key"])
     assert result["imageId"] == "holiday"
     assert output == {
-        "name": "image", "key": f"tenants/{TENANT}/jobs/{job.id}/image.webp", "contentType": "image/webp",
-        "size": len(stored), "width": 800, "height": 600, "format": "webp",
+        "name": "image",
+        "key": f"tenants/{TENANT}/jobs/{job.id}/image.webp",
+        "contentType": "image/webp",
+        "size": len(stored),
+        "width": 800,
+        "height": 600,
+        "format": "webp",
     }
     image = opened(stored)
     assert (image.format, image.size) == ("WEBP", (800, 600))
@@ -157,8 +185,9 @@ async def test_12mp_jpeg_from_a_url_becomes_an_800x600_webp(ctx: HandlerContext,
 
 async def test_phone_photo_comes_out_upright_without_its_metadata(ctx: HandlerContext) -> None:
     # Orientation 6: stored landscape, shown portrait (turned 90 degrees clockwise).
-    result, [stored] = await process(ctx, samples.photo_12mp(orientation=6),
-                                     operations={"resize": {"width": 600}, "format": "jpeg"})
+    result, [stored] = await process(
+        ctx, samples.photo_12mp(orientation=6), operations={"resize": {"width": 600}, "format": "jpeg"}
+    )
 
     assert (result["outputs"][0]["width"], result["outputs"][0]["height"]) == (600, 800)
     assert opened(stored).size == (600, 800)
@@ -230,8 +259,9 @@ async def test_each_fit(
 
 
 async def test_contain_pads_a_jpeg_with_white(ctx: HandlerContext) -> None:
-    _, [stored] = await process(ctx, samples.marked_jpeg(1),
-                                operations={"resize": {"width": 100, "height": 100, "fit": "contain"}})
+    _, [stored] = await process(
+        ctx, samples.marked_jpeg(1), operations={"resize": {"width": 100, "height": 100, "fit": "contain"}}
+    )
 
     image = opened(stored)
     assert (image.format, image.mode, image.size) == ("JPEG", "RGB", (100, 100))
@@ -240,8 +270,14 @@ async def test_contain_pads_a_jpeg_with_white(ctx: HandlerContext) -> None:
 
 @pytest.mark.parametrize("fmt", ["jpeg", "png", "webp", "avif", "gif"])
 async def test_no_output_format_carries_metadata(ctx: HandlerContext, fmt: str) -> None:
-    tagged = samples.encode(samples.marked(), "JPEG", exif=samples.exif_bytes(orientation=1), xmp=samples.XMP,
-                            comment=samples.COMMENT, icc_profile=samples.srgb_icc())
+    tagged = samples.encode(
+        samples.marked(),
+        "JPEG",
+        exif=samples.exif_bytes(orientation=1),
+        xmp=samples.XMP,
+        comment=samples.COMMENT,
+        icc_profile=samples.srgb_icc(),
+    )
 
     for data in (tagged, samples.png_with_alpha(), samples.palette_gif()):
         result, [stored] = await process(ctx, data, operations={"format": fmt, "resize": {"width": 64}})
@@ -252,8 +288,13 @@ async def test_no_output_format_carries_metadata(ctx: HandlerContext, fmt: str) 
 
 
 async def test_metadata_is_kept_when_asked_but_orientation_is_applied(ctx: HandlerContext) -> None:
-    tagged = samples.encode(samples.marked(), "JPEG", exif=samples.exif_bytes(orientation=6), xmp=samples.XMP,
-                            icc_profile=samples.srgb_icc())
+    tagged = samples.encode(
+        samples.marked(),
+        "JPEG",
+        exif=samples.exif_bytes(orientation=6),
+        xmp=samples.XMP,
+        icc_profile=samples.srgb_icc(),
+    )
 
     _, [stored] = await process(ctx, tagged, operations={"stripMetadata": False})
 
@@ -327,8 +368,11 @@ async def test_variants_give_one_output_each(ctx: HandlerContext) -> None:
 
 
 async def test_transparency_is_flattened_onto_white_for_jpeg_and_kept_for_webp(ctx: HandlerContext) -> None:
-    _, [jpeg, webp] = await process(ctx, samples.png_with_alpha(),
-                                    variants=[{"name": "flat", "format": "jpeg"}, {"name": "clear", "format": "webp"}])
+    _, [jpeg, webp] = await process(
+        ctx,
+        samples.png_with_alpha(),
+        variants=[{"name": "flat", "format": "jpeg"}, {"name": "clear", "format": "webp"}],
+    )
 
     assert close_to(pixel(opened(jpeg), (600, 200)), (255, 255, 255, 255), 8)
     assert close_to(pixel(opened(jpeg), (40, 200)), (255, 0, 0, 255), 8)
@@ -373,8 +417,9 @@ async def test_decompression_bombs_fail_cleanly(ctx: HandlerContext, bomb: bytes
 
 async def test_an_output_above_the_pixel_limit_is_refused_before_decoding(ctx: HandlerContext) -> None:
     with pytest.raises(PermanentJobError) as caught:
-        await process(ctx, samples.marked_jpeg(1), operations={"resize": {"width": 10000, "height": 10000,
-                                                                         "fit": "fill"}})
+        await process(
+            ctx, samples.marked_jpeg(1), operations={"resize": {"width": 10000, "height": 10000, "fit": "fill"}}
+        )
 
     assert caught.value.kind == "image-too-large"
 
@@ -420,8 +465,9 @@ async def test_another_tenants_upload_is_never_read(ctx: HandlerContext) -> None
         await images.run(make_job({"imageId": "x", "sourceKey": theirs}, tenant=TENANT), ctx)
 
     assert caught.value.kind == "forbidden-key"
-    assert ctx.storage.client.list_objects_v2(Bucket=ctx.storage.bucket, Prefix=f"tenants/{TENANT}/jobs/")[
-        "KeyCount"] == 0
+    assert (
+        ctx.storage.client.list_objects_v2(Bucket=ctx.storage.bucket, Prefix=f"tenants/{TENANT}/jobs/")["KeyCount"] == 0
+    )
 
 
 async def test_a_missing_upload_is_a_permanent_error(ctx: HandlerContext) -> None:
@@ -443,8 +489,10 @@ async def test_sources_over_the_byte_cap_are_refused(ctx: HandlerContext, source
         assert await images.fetch_source(request, tenant_id=TENANT, ctx=ctx, max_bytes=len(data)) == data
 
 
-@pytest.mark.parametrize(("status", "error"), [(404, PermanentJobError), (403, PermanentJobError),
-                                               (503, RetryableJobError), (429, RetryableJobError)])
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [(404, PermanentJobError), (403, PermanentJobError), (503, RetryableJobError), (429, RetryableJobError)],
+)
 async def test_http_errors_from_the_source(
     ctx: HandlerContext, source: SourceServer, status: int, error: type[Exception]
 ) -> None:

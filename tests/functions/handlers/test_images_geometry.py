@@ -40,8 +40,9 @@ def test_no_size_keeps_the_image_but_turns_it_upright() -> None:
     assert p == Plan(crop=None, resized=(300, 200), canvas=None, output=(200, 300))
 
 
-@pytest.mark.parametrize(("orientation", "rotate", "turned"), [(1, 0, False), (6, 0, True), (8, 90, False),
-                                                               (3, 270, True), (5, 180, True)])
+@pytest.mark.parametrize(
+    ("orientation", "rotate", "turned"), [(1, 0, False), (6, 0, True), (8, 90, False), (3, 270, True), (5, 180, True)]
+)
 def test_sizes_refer_to_the_upright_image(orientation: int, rotate: int, turned: bool) -> None:
     p = plan((4000, 3000), width=600, height=None, fit="inside", orientation=orientation, rotate=rotate)
     upright = upright_size((4000, 3000), orientation=orientation, rotate=rotate)

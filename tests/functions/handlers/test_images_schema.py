@@ -23,7 +23,10 @@ def test_minimal_request_stores_only_what_was_given() -> None:
     request = ImagesRequest.model_validate_json(b'{"imageId": "cat-1", "sourceKey": "tenants/t1/uploads/a/cat.jpg"}')
 
     assert request.function_args() == {
-        "imageId": "cat-1", "sourceKey": "tenants/t1/uploads/a/cat.jpg", "operations": {}, "variants": []
+        "imageId": "cat-1",
+        "sourceKey": "tenants/t1/uploads/a/cat.jpg",
+        "operations": {},
+        "variants": [],
     }
     assert [name for name, _ in request.outputs()] == ["image"]
 
@@ -33,8 +36,15 @@ def test_full_request_round_trips_through_job_args() -> None:
         "tenantId": "t1",
         "imageId": "cat.v2_final",
         **SOURCE,
-        "operations": {"resize": {"width": 800, "height": 600, "fit": "cover"}, "format": "webp", "quality": 70,
-                       "optimize": True, "stripMetadata": False, "rotate": 90, "grayscale": True},
+        "operations": {
+            "resize": {"width": 800, "height": 600, "fit": "cover"},
+            "format": "webp",
+            "quality": 70,
+            "optimize": True,
+            "stripMetadata": False,
+            "rotate": 90,
+            "grayscale": True,
+        },
         "variants": [{"name": "thumb", "resize": {"width": 100}}, {"name": "big", "format": "avif"}],
         "options": {"priority": 3},
     }
@@ -48,17 +58,23 @@ def test_full_request_round_trips_through_job_args() -> None:
 
 
 def test_variants_take_what_they_do_not_say_from_operations() -> None:
-    request = ImagesRequest.model_validate({
-        "imageId": "x", **SOURCE,
-        "operations": {"format": "webp", "quality": 60, "resize": {"width": 1000}},
-        "variants": [{"name": "thumb", "resize": {"height": 100}, "quality": 90}, {"name": "same"}],
-    })
+    request = ImagesRequest.model_validate(
+        {
+            "imageId": "x",
+            **SOURCE,
+            "operations": {"format": "webp", "quality": 60, "resize": {"width": 1000}},
+            "variants": [{"name": "thumb", "resize": {"height": 100}, "quality": 90}, {"name": "same"}],
+        }
+    )
 
     (thumb_name, thumb), (same_name, same) = ImagesRequest.model_validate(request.function_args()).outputs()
 
     assert (thumb_name, same_name) == ("thumb", "same")
     assert (thumb.format, thumb.quality, thumb.resize and thumb.resize.height, thumb.resize and thumb.resize.width) == (
-        "webp", 90, 100, None
+        "webp",
+        90,
+        100,
+        None,
     )
     assert (same.format, same.quality, same.resize and same.resize.width) == ("webp", 60, 1000)
 
@@ -82,8 +98,10 @@ def test_variants_take_what_they_do_not_say_from_operations() -> None:
         ({"imageId": "x", **SOURCE, "operations": {"resize": {"fit": "cover"}}}, ("operations", "resize")),
         ({"imageId": "x", **SOURCE, "operations": {"resize": {"width": 0}}}, ("operations", "resize", "width")),
         ({"imageId": "x", **SOURCE, "operations": {"resize": {"height": 10001}}}, ("operations", "resize", "height")),
-        ({"imageId": "x", **SOURCE, "operations": {"resize": {"width": 9, "fit": "crop"}}},
-         ("operations", "resize", "fit")),
+        (
+            {"imageId": "x", **SOURCE, "operations": {"resize": {"width": 9, "fit": "crop"}}},
+            ("operations", "resize", "fit"),
+        ),
         ({"imageId": "x", **SOURCE, "operations": {"format": "bmp"}}, ("operations", "format")),
         ({"imageId": "x", **SOURCE, "operations": {"quality": 0}}, ("operations", "quality")),
         ({"imageId": "x", **SOURCE, "operations": {"quality": 101}}, ("operations", "quality")),

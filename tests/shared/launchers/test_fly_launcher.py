@@ -35,7 +35,7 @@ MACHINES = f"/v1/apps/{APP}/machines"
 FAST = RetryPolicy(attempts=4, initial_seconds=0.01, max_seconds=0.05, jitter_seconds=0.01)
 WORKER_SECRETS = {"DATABASE_URL": "postgresql://from-worker-secrets/db"}
 
-FAKE_MACHINE = '''
+FAKE_MACHINE = """
 import json, os, signal, sys, time
 if os.environ.get("FAKE_MACHINE_OUT"):
     with open(os.environ["FAKE_MACHINE_OUT"], "w") as out:
@@ -48,7 +48,7 @@ if os.environ.get("FAKE_MACHINE_READY"):
     open(os.environ["FAKE_MACHINE_READY"], "w").close()
 while True:
     time.sleep(0.05)
-'''
+"""
 
 
 @pytest.fixture(scope="module")

@@ -53,8 +53,12 @@ def test_fly_states_map_onto_launcher_states(fly_state: str, has_exited: bool, o
 
 
 def test_machine_status_reports_queue_and_exit_only_when_over() -> None:
-    over = {"id": "m1", "state": "destroyed", "config": {"metadata": {"cp_queue": "images"}},
-            "events": [exit_event(3, at=1)]}
+    over = {
+        "id": "m1",
+        "state": "destroyed",
+        "config": {"metadata": {"cp_queue": "images"}},
+        "events": [exit_event(3, at=1)],
+    }
     assert (machine_status(over).queue, machine_status(over).exit_code) == ("images", 3)
     restarted = {"id": "m2", "state": "started", "config": {}, "events": [exit_event(3, at=1)]}
     assert (machine_status(restarted).state, machine_status(restarted).exit_code) == ("running", None)
