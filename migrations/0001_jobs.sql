@@ -129,6 +129,10 @@ DECLARE
     v_free integer;
     v_claimed integer;
 BEGIN
+    -- A claim need not wait for its WAL flush (about one fsync off every pickup). If Postgres
+    -- crashes before the flush, the claim is forgotten and the job is simply available again;
+    -- the machine that thought it held it is fenced out (attempt and holder no longer match).
+    PERFORM set_config('synchronous_commit', 'off', true);
     SELECT "limit", paused INTO v_limit, v_paused FROM queues WHERE name = p_queue FOR UPDATE;
     IF NOT FOUND OR v_paused THEN
         RETURN;
