@@ -30,7 +30,7 @@ from psycopg.rows import DictRow
 
 from functions.handlers.base import HandlerContext, load_handler
 from shared.db import job_store, transitions
-from shared.db.models import Fence, Job, JobState, NewJob
+from shared.db.models import Fence, Job, JobState
 from shared.db.pool import Pool, connect, open_pool
 from shared.errors import LostJobError, PermanentJobError, RetryableJobError, SnoozeJob
 from shared.logging import bind_context, configure_logging, log_context
@@ -326,23 +326,11 @@ class Machine:
     ) -> None:
         if not job.meta.get("callbackUrl"):
             return
-        from shared.callbacks import callback_job_args
+        from shared.callbacks import callback_job
 
-        final = _replace_job(job, state=state, **changes)
-        args = callback_job_args(final)
-        if args is None:
-            return
-        await job_store.insert_job(
-            conn,
-            NewJob(
-                queue="webhooks",
-                worker=QUEUES["webhooks"].worker,
-                tenant_id=job.tenant_id,
-                args=args,
-                meta={"requestId": job.meta.get("requestId"), "callbackFor": job.id},
-                max_attempts=QUEUES["webhooks"].max_attempts,
-            ),
-        )
+        callback = callback_job(_replace_job(job, state=state, **changes))
+        if callback is not None:
+            await job_store.insert_job(conn, callback)
 
     def _discard_outputs(self, result: dict[str, Any]) -> None:
         for output in result.get("outputs") or []:

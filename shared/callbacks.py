@@ -13,7 +13,8 @@ from typing import Any, Final
 
 from pydantic import ValidationError
 
-from shared.db.models import Job, JobState
+from shared.db.models import Job, JobState, NewJob
+from shared.queues import QUEUES
 from shared.schemas.webhooks import WebhookRequest
 
 CALLBACK_EVENTS: Final = {
@@ -44,6 +45,25 @@ def callback_job_args(job: Job) -> dict[str, Any] | None:
         logger.warning("callback url invalid; no callback", extra={"job_id": job.id})
         return None
     return request.function_args()
+
+
+def callback_job(job: Job) -> NewJob | None:
+    """The webhooks job that tells `job`'s callbackUrl it reached its final state, if it has one.
+
+    Inserted in the same transaction as the final transition (machine) or the cancel (ingress).
+    """
+    args = callback_job_args(job)
+    if args is None:
+        return None
+    webhooks = QUEUES["webhooks"]
+    return NewJob(
+        queue=webhooks.name,
+        worker=webhooks.worker,
+        tenant_id=job.tenant_id,
+        args=args,
+        meta={"requestId": job.meta.get("requestId"), "callbackFor": job.id},
+        max_attempts=webhooks.max_attempts,
+    )
 
 
 def job_view(job: Job) -> dict[str, Any]:

@@ -300,22 +300,11 @@ async def _after_cancel(conn: Conn, cancelled: list[transitions.CancelledJob]) -
         "SELECT * FROM jobs WHERE id = ANY(%s) AND meta ? 'callbackUrl'", ([c.id for c in cancelled],)
     )
     for row in await cur.fetchall():
-        from shared.callbacks import callback_job_args
+        from shared.callbacks import callback_job
 
-        job = Job.from_row(row)
-        args = callback_job_args(job)
-        if args is not None:
-            await job_store.insert_job(
-                conn,
-                NewJob(
-                    queue="webhooks",
-                    worker=QUEUES["webhooks"].worker,
-                    tenant_id=job.tenant_id,
-                    args=args,
-                    meta={"requestId": job.meta.get("requestId"), "callbackFor": job.id},
-                    max_attempts=QUEUES["webhooks"].max_attempts,
-                ),
-            )
+        callback = callback_job(Job.from_row(row))
+        if callback is not None:
+            await job_store.insert_job(conn, callback)
     machines = sorted({c.attempted_by for c in cancelled if c.was == "executing" and c.attempted_by})
     if machines:
         await conn.execute("SELECT pg_notify('cp_control', %s)", (json.dumps({"stopMachines": machines}),))
