@@ -11,7 +11,7 @@ import contextvars
 import logging
 import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import IO, Any
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -45,9 +45,9 @@ class _ContextFilter(logging.Filter):
         return True
 
 
-def configure_logging(level: str = "info", *, service: str) -> None:
-    """Send JSON lines to stdout for the whole process."""
-    handler = logging.StreamHandler(sys.stdout)
+def json_handler(stream: IO[str], *, service: str) -> logging.Handler:
+    """A handler writing one JSON object per line to `stream`, with the log context in it."""
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(
         JsonFormatter(
             "%(asctime)s %(levelname)s %(name)s %(message)s",
@@ -57,6 +57,12 @@ def configure_logging(level: str = "info", *, service: str) -> None:
         )
     )
     handler.addFilter(_ContextFilter())
+    return handler
+
+
+def configure_logging(level: str = "info", *, service: str) -> None:
+    """Send JSON lines to stdout for the whole process."""
+    handler = json_handler(sys.stdout, service=service)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
