@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
-from shared.db.models import Job, JobState
+from shared.db.models import Job
+from tests.support.jobs import held_job
 
 BASE_AT = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
-_export_ids = itertools.count(900_000)
 
 
 async def add_job(
@@ -88,29 +87,4 @@ async def add_many_jobs(conn: AsyncConnection[Any], *, tenant: str, count: int) 
 
 def export_job(tenant: str, args: dict[str, Any]) -> Job:
     """An executing `exports` job (not stored: the export reads only the rows the test inserted)."""
-    now = datetime.now(UTC)
-    return Job(
-        id=next(_export_ids),
-        queue="exports",
-        worker="ExportData",
-        state=JobState.EXECUTING,
-        tenant_id=tenant,
-        args=args,
-        meta={},
-        tags=[],
-        priority=0,
-        attempt=1,
-        max_attempts=3,
-        errors=[],
-        result=None,
-        batch_id=None,
-        unique_key=None,
-        attempted_by="m",
-        heartbeat_at=now,
-        inserted_at=now,
-        scheduled_at=now,
-        attempted_at=now,
-        completed_at=None,
-        cancelled_at=None,
-        discarded_at=None,
-    )
+    return held_job(queue="exports", tenant_id=tenant, args=args)

@@ -4,9 +4,7 @@ downloaded from storage and read back with pypdf (pages, text, page size, images
 from __future__ import annotations
 
 import copy
-import itertools
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +14,14 @@ from PIL import Image
 from functions.handlers import documents
 from functions.handlers.base import HandlerContext
 from infra.local.s3 import LocalS3
-from shared.db.models import Job, JobState
+from shared.db.models import Job
 from shared.errors import PermanentJobError
 from shared.schemas.documents import DocumentsRequest
 from tests.conftest import make_settings
 from tests.support import pdf
+from tests.support.jobs import held_job
 
 TENANT = "t-docs"
-_job_ids = itertools.count(5000)
 
 INVOICE: dict[str, Any] = {
     "number": "INV-2025-0042",
@@ -64,32 +62,7 @@ LETTER: dict[str, Any] = {
 
 def make_job(body: dict[str, Any], *, tenant: str = TENANT) -> Job:
     """A job as the ingress would store it: args are `function_args()` of the validated body."""
-    now = datetime.now(UTC)
-    return Job(
-        id=next(_job_ids),
-        queue="documents",
-        worker="RenderDocument",
-        state=JobState.EXECUTING,
-        tenant_id=tenant,
-        args=DocumentsRequest.model_validate(body).function_args(),
-        meta={},
-        tags=[],
-        priority=0,
-        attempt=1,
-        max_attempts=3,
-        errors=[],
-        result=None,
-        batch_id=None,
-        unique_key=None,
-        attempted_by="test-machine",
-        heartbeat_at=now,
-        inserted_at=now,
-        scheduled_at=now,
-        attempted_at=now,
-        completed_at=None,
-        cancelled_at=None,
-        discarded_at=None,
-    )
+    return held_job(queue="documents", tenant_id=tenant, args=DocumentsRequest.model_validate(body).function_args())
 
 
 def context(s3: LocalS3, **overrides: Any) -> HandlerContext:
@@ -286,18 +259,20 @@ async def test_invalid_stored_args_are_discarded(ctx: HandlerContext) -> None:
 # ---- render deadline ---------------------------------------------------------------------------
 
 
-async def test_a_render_past_its_deadline_is_stopped(s3: LocalS3) -> None:
-    # WORKER_DOCUMENTS_TIMEOUT 2 s gives the render 1.5 s; 100,000 paragraphs take far longer to lay out.
+@pytest.mark.parametrize(
+    "source",
+    [
+        # 100,000 paragraphs take far longer than 1.5 s to lay out.
+        pytest.param("{% for i in range(100000) %}<p>paragraph {{ i }}</p>{% endfor %}", id="layout"),
+        # 10^10 empty loop turns: the template itself runs past the deadline.
+        pytest.param(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}done", id="template-loop"
+        ),
+    ],
+)
+async def test_a_render_past_its_deadline_is_stopped(s3: LocalS3, source: str) -> None:
+    # WORKER_DOCUMENTS_TIMEOUT 2 s gives the render 1.5 s.
     ctx = context(s3, worker_documents_timeout=2000)
-    source = "{% for i in range(100000) %}<p>paragraph {{ i }}</p>{% endfor %}"
-    with pytest.raises(PermanentJobError) as caught:
-        await documents.run(make_job({"html": source}), ctx)
-    assert caught.value.kind == "render-timeout"
-
-
-async def test_a_template_loop_past_its_deadline_is_stopped(s3: LocalS3) -> None:
-    ctx = context(s3, worker_documents_timeout=2000)
-    source = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}done"
     with pytest.raises(PermanentJobError) as caught:
         await documents.run(make_job({"html": source}), ctx)
     assert caught.value.kind == "render-timeout"

@@ -6,7 +6,6 @@ import dataclasses
 import itertools
 import json
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -17,44 +16,20 @@ from functions.handlers import emails
 from functions.handlers.base import HandlerContext
 from functions.handlers.smtp_sender import SmtpConfig, SmtpSender
 from infra.local.s3 import LocalS3
-from shared.db.models import Job, JobState
+from shared.db.models import Job
 from shared.errors import PermanentJobError, RetryableJobError
 from shared.schemas.emails import BulkEmailRequest, EmailRequest, expand_bulk
 from tests.conftest import make_settings
-from tests.support.smtp import SmtpTestServer, make_tls_files, running_smtp_server
+from tests.support.jobs import held_job
+from tests.support.smtp import SmtpTestServer, TlsFiles, make_tls_files, running_smtp_server
 
 UNUSED_DB = "postgresql://unused.invalid/none"  # handlers never touch the database
 TENANT = "tenant-1"
-_job_ids = itertools.count(1000)
 
 
 def make_job(args: dict[str, Any], *, job_id: int | None = None, attempt: int = 1, tenant: str = TENANT) -> Job:
-    now = datetime.now(UTC)
-    return Job(
-        id=next(_job_ids) if job_id is None else job_id,
-        queue="emails",
-        worker="SendEmail",
-        state=JobState.EXECUTING,
-        tenant_id=tenant,
-        args=json.loads(json.dumps(args)),  # as it comes back from jsonb
-        meta={},
-        tags=[],
-        priority=0,
-        attempt=attempt,
-        max_attempts=5,
-        errors=[],
-        result=None,
-        batch_id=None,
-        unique_key=None,
-        attempted_by="test-machine",
-        heartbeat_at=now,
-        inserted_at=now,
-        scheduled_at=now,
-        attempted_at=now,
-        completed_at=None,
-        cancelled_at=None,
-        discarded_at=None,
-    )
+    args = json.loads(json.dumps(args))  # as it comes back from jsonb
+    return held_job(queue="emails", tenant_id=tenant, args=args, job_id=job_id, attempt=attempt)
 
 
 def body_text(message: EmailMessage, subtype: str) -> str:
@@ -73,6 +48,22 @@ def context_for(server: SmtpTestServer, s3: LocalS3 | None = None, **overrides: 
         UNUSED_DB, s3, email_from="Shop <shop@example.com>", **{**server.settings_overrides(), **overrides}
     )
     return HandlerContext(settings=settings, machine_id="test-machine")
+
+
+def trust_the_relay(ctx: HandlerContext, tls: TlsFiles) -> None:
+    """The relay's certificate is self-signed: trust exactly it, hostname checks stay on."""
+    config = dataclasses.replace(SmtpConfig.from_settings(ctx.settings), tls_context=tls.client_context())
+    ctx.resources[emails.SMTP_RESOURCE] = SmtpSender(config)
+
+
+async def retryable_failure(ctx: HandlerContext) -> RetryableJobError:
+    """Send one plain email that must fail for now; the machine's SMTP connection is closed after."""
+    try:
+        with pytest.raises(RetryableJobError) as caught:
+            await emails.run(make_job(submitted({"to": "jane@example.com", "subject": "s", "text": "t"})), ctx)
+    finally:
+        await emails.close(ctx)
+    return caught.value
 
 
 @pytest.fixture
@@ -198,20 +189,28 @@ async def test_a_missing_attachment_fails_the_job_for_good(smtp_server: SmtpTest
     assert smtp_server.messages == []
 
 
-async def test_a_5xx_for_the_only_recipient_is_permanent(ctx: HandlerContext, smtp_server: SmtpTestServer) -> None:
-    smtp_server.refuse_recipient("gone@example.com", "550 5.1.1 no such user")
-    with pytest.raises(PermanentJobError) as caught:
-        await emails.run(make_job(submitted({"to": "gone@example.com", "subject": "s", "text": "t"})), ctx)
-    assert caught.value.kind == "recipients-refused"
-    assert "550" in str(caught.value)
-    assert smtp_server.messages == []
-
-
-async def test_a_4xx_for_the_only_recipient_is_retryable(ctx: HandlerContext, smtp_server: SmtpTestServer) -> None:
-    smtp_server.refuse_recipient("busy@example.com", "451 4.3.0 mailbox busy, try later")
-    with pytest.raises(RetryableJobError) as caught:
-        await emails.run(make_job(submitted({"to": "busy@example.com", "subject": "s", "text": "t"})), ctx)
-    assert caught.value.kind == "recipients-refused"
+@pytest.mark.parametrize(
+    ("address", "reply", "error"),
+    [
+        ("gone@example.com", "550 5.1.1 no such user", PermanentJobError),
+        ("busy@example.com", "451 4.3.0 mailbox busy, try later", RetryableJobError),
+    ],
+    ids=["5xx-is-permanent", "4xx-is-retryable"],
+)
+async def test_a_refusal_of_the_only_recipient_fails_the_job(
+    ctx: HandlerContext,
+    smtp_server: SmtpTestServer,
+    address: str,
+    reply: str,
+    error: type[PermanentJobError | RetryableJobError],
+) -> None:
+    smtp_server.refuse_recipient(address, reply)
+    with pytest.raises(error) as caught:
+        await emails.run(make_job(submitted({"to": address, "subject": "s", "text": "t"})), ctx)
+    refusal = caught.value
+    assert isinstance(refusal, PermanentJobError | RetryableJobError)  # for the type checker: both carry a kind
+    assert refusal.kind == "recipients-refused"
+    assert reply[:3] in str(refusal)
     assert smtp_server.messages == []
 
 
@@ -375,9 +374,7 @@ async def test_starttls_and_auth_against_a_self_signed_relay(tmp_path: Path) -> 
     with running_smtp_server(tls=tls, credentials=("mailer", "s3cret")) as server:
         ctx = context_for(server)
         assert ctx.settings.smtp_starttls and ctx.settings.smtp_user == "mailer"
-        # The relay's certificate is self-signed: trust exactly it, hostname checks stay on.
-        config = dataclasses.replace(SmtpConfig.from_settings(ctx.settings), tls_context=tls.client_context())
-        ctx.resources[emails.SMTP_RESOURCE] = SmtpSender(config)
+        trust_the_relay(ctx, tls)
         try:
             await emails.run(make_job(submitted({"to": "jane@example.com", "subject": "Secure", "text": "t"})), ctx)
         finally:
@@ -389,13 +386,8 @@ async def test_starttls_and_auth_against_a_self_signed_relay(tmp_path: Path) -> 
 
 async def test_a_relay_certificate_that_is_not_trusted_is_a_retryable_failure(tmp_path: Path) -> None:
     with running_smtp_server(tls=make_tls_files(tmp_path), credentials=("mailer", "s3cret")) as server:
-        ctx = context_for(server)  # the system CAs do not know the self-signed certificate
-        try:
-            with pytest.raises(RetryableJobError) as caught:
-                await emails.run(make_job(submitted({"to": "jane@example.com", "subject": "s", "text": "t"})), ctx)
-        finally:
-            await emails.close(ctx)
-    assert caught.value.kind == "smtp-tls-failed"
+        error = await retryable_failure(context_for(server))  # the system CAs do not know the self-signed certificate
+    assert error.kind == "smtp-tls-failed"
     assert server.messages == []
 
 
@@ -403,25 +395,15 @@ async def test_wrong_credentials_are_retryable(tmp_path: Path) -> None:
     tls = make_tls_files(tmp_path)
     with running_smtp_server(tls=tls, credentials=("mailer", "s3cret")) as server:
         ctx = context_for(server, smtp_password="wrong")
-        config = dataclasses.replace(SmtpConfig.from_settings(ctx.settings), tls_context=tls.client_context())
-        ctx.resources[emails.SMTP_RESOURCE] = SmtpSender(config)
-        try:
-            with pytest.raises(RetryableJobError) as caught:
-                await emails.run(make_job(submitted({"to": "jane@example.com", "subject": "s", "text": "t"})), ctx)
-        finally:
-            await emails.close(ctx)
-    assert caught.value.kind == "smtp-auth-failed"
+        trust_the_relay(ctx, tls)
+        error = await retryable_failure(ctx)
+    assert error.kind == "smtp-auth-failed"
     assert server.messages == []
 
 
 async def test_starttls_required_but_not_offered_never_sends_in_plaintext(smtp_server: SmtpTestServer) -> None:
-    ctx = context_for(smtp_server, smtp_starttls=True)  # this server offers no STARTTLS
-    try:
-        with pytest.raises(RetryableJobError) as caught:
-            await emails.run(make_job(submitted({"to": "jane@example.com", "subject": "s", "text": "t"})), ctx)
-    finally:
-        await emails.close(ctx)
-    assert caught.value.kind == "smtp-tls-unavailable"
+    error = await retryable_failure(context_for(smtp_server, smtp_starttls=True))  # this server offers no STARTTLS
+    assert error.kind == "smtp-tls-unavailable"
     assert smtp_server.messages == []
 
 
@@ -429,9 +411,8 @@ async def test_an_unreachable_relay_is_retryable() -> None:
     with running_smtp_server() as stopped:
         ctx = context_for(stopped)
     # The server is gone: nothing listens on its port any more.
-    with pytest.raises(RetryableJobError) as caught:
-        await emails.run(make_job(submitted({"to": "jane@example.com", "subject": "s", "text": "t"})), ctx)
-    assert caught.value.kind == "smtp-unavailable"
+    error = await retryable_failure(ctx)
+    assert error.kind == "smtp-unavailable"
 
 
 async def test_close_quits_the_machines_connection(ctx: HandlerContext, smtp_server: SmtpTestServer) -> None:

@@ -7,7 +7,6 @@ import io
 import itertools
 import threading
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -17,14 +16,15 @@ from PIL import ExifTags, Image, ImageChops, ImageOps, ImageStat
 from functions.handlers import images
 from functions.handlers.base import HandlerContext
 from infra.local.s3 import LocalS3
-from shared.db.models import Job, JobState
+from shared.db.models import Job
 from shared.errors import PermanentJobError, RetryableJobError
 from shared.schemas.images import ImagesRequest
 from tests.conftest import make_settings
 from tests.support import images as samples
+from tests.support.jobs import held_job
 
 TENANT = "t1"
-_job_ids = itertools.count(1000)
+_upload_ids = itertools.count(1000)
 
 
 class _Source(BaseHTTPRequestHandler):
@@ -87,36 +87,11 @@ async def ctx(s3: LocalS3) -> AsyncIterator[HandlerContext]:
 
 def make_job(body: dict[str, Any], *, tenant: str = TENANT) -> Job:
     """A job as the ingress would store it: args are `function_args()` of the validated body."""
-    now = datetime.now(UTC)
-    return Job(
-        id=next(_job_ids),
-        queue="images",
-        worker="ProcessImage",
-        state=JobState.EXECUTING,
-        tenant_id=tenant,
-        args=ImagesRequest.model_validate(body).function_args(),
-        meta={},
-        tags=[],
-        priority=0,
-        attempt=1,
-        max_attempts=5,
-        errors=[],
-        result=None,
-        batch_id=None,
-        unique_key=None,
-        attempted_by="test-machine",
-        heartbeat_at=now,
-        inserted_at=now,
-        scheduled_at=now,
-        attempted_at=now,
-        completed_at=None,
-        cancelled_at=None,
-        discarded_at=None,
-    )
+    return held_job(queue="images", tenant_id=tenant, args=ImagesRequest.model_validate(body).function_args())
 
 
 def upload(ctx: HandlerContext, data: bytes, name: str = "photo.jpg", *, tenant: str = TENANT) -> str:
-    key = f"tenants/{tenant}/uploads/test/{next(_job_ids)}/{name}"
+    key = f"tenants/{tenant}/uploads/test/{next(_upload_ids)}/{name}"
     ctx.storage.put_bytes(key, data, "application/octet-stream")
     return key
 

@@ -14,12 +14,13 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from functions.handlers import webhooks
 from functions.handlers.base import HandlerContext
-from shared.db.models import Job, JobState
+from shared.db.models import Job
 from shared.errors import PermanentJobError, RetryableJobError
 from shared.outbound import RESOURCE_KEY, DestinationNotAllowed, OutboundClient
 from shared.schemas.webhooks import WebhookRequest
 from shared.webhook_signing import tenant_signing_secret
 from tests.conftest import make_settings
+from tests.support.jobs import held_job
 from tests.support.receivers import http_receiver
 
 UNUSED_DB = "postgresql://127.0.0.1:9/unused"  # handlers never touch the database
@@ -28,31 +29,8 @@ INSERTED_AT = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
 def make_job(args: dict[str, Any], *, attempt: int = 1, job_id: int = 42, tenant_id: str = "tenant-1") -> Job:
-    now = datetime.now(UTC)
-    return Job(
-        id=job_id,
-        queue="webhooks",
-        worker="DeliverWebhook",
-        state=JobState.EXECUTING,
-        tenant_id=tenant_id,
-        args=args,
-        meta={},
-        tags=[],
-        priority=0,
-        attempt=attempt,
-        max_attempts=8,
-        errors=[],
-        result=None,
-        batch_id=None,
-        unique_key=None,
-        attempted_by="test-machine",
-        heartbeat_at=now,
-        inserted_at=INSERTED_AT,
-        scheduled_at=now,
-        attempted_at=now,
-        completed_at=None,
-        cancelled_at=None,
-        discarded_at=None,
+    return held_job(
+        queue="webhooks", tenant_id=tenant_id, args=args, job_id=job_id, attempt=attempt, inserted_at=INSERTED_AT
     )
 
 
