@@ -269,13 +269,13 @@ class Machine:
         for wait_seconds in (0.5, 1.0, 2.0, 4.0, 0.0):
             try:
                 async with self.pool.connection() as conn, conn.transaction():
-                    completed = await transitions.complete_many(
+                    completed, fresh = await transitions.complete_many(
                         conn, machine_id=self.config.machine_id, done=[(c.held.fence, c.result) for c in batch]
                     )
                     for item in batch:
-                        if item.held.job.id in completed:
+                        if item.held.job.id in fresh:
                             await self._enqueue_callback(conn, item.held.job, JobState.COMPLETED, result=item.result)
-                    await job_store.machine_ran_jobs(conn, self.config.machine_id, count=len(completed))
+                    await job_store.machine_ran_jobs(conn, self.config.machine_id, count=len(fresh))
                 return completed
             except psycopg.OperationalError:
                 # The database went away (restart, failover): the fence makes a retry safe.

@@ -75,12 +75,22 @@ UPDATE jobs SET state = 'completed', completed_at = now(), result = %(result)s, 
 RETURNING id;
 
 -- name: complete_jobs
--- executing -> completed for a batch, each row only by the current holder of its attempt
-UPDATE jobs SET state = 'completed', completed_at = now(), result = done.result, heartbeat_at = NULL
-  FROM unnest(%(job_ids)s::bigint[], %(attempts)s::int[], %(results)s::jsonb[]) AS done(id, attempt, result)
- WHERE jobs.id = done.id AND jobs.state = 'executing' AND jobs.attempt = done.attempt
-   AND jobs.attempted_by = %(machine_id)s
-RETURNING jobs.id;
+-- executing -> completed for a batch, each row only by the current holder of its attempt.
+-- Also answers the rows this holder had already completed: when a commit landed but its reply
+-- was lost (connection dropped), the retry must not mistake its own completion for a lost job.
+WITH done AS (
+    SELECT * FROM unnest(%(job_ids)s::bigint[], %(attempts)s::int[], %(results)s::jsonb[]) AS d(id, attempt, result)
+), completed_now AS (
+    UPDATE jobs SET state = 'completed', completed_at = now(), result = done.result, heartbeat_at = NULL
+      FROM done
+     WHERE jobs.id = done.id AND jobs.state = 'executing' AND jobs.attempt = done.attempt
+       AND jobs.attempted_by = %(machine_id)s
+    RETURNING jobs.id
+)
+SELECT id, true AS fresh FROM completed_now
+UNION ALL
+SELECT jobs.id, false AS fresh FROM jobs JOIN done ON jobs.id = done.id AND jobs.attempt = done.attempt
+ WHERE jobs.state = 'completed' AND jobs.attempted_by = %(machine_id)s;
 
 -- name: fail_job
 -- executing -> retryable (at retry_at) or discarded, recording the error; fenced

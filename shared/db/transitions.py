@@ -41,9 +41,15 @@ async def complete(conn: Conn, fence: Fence, *, result: dict[str, Any]) -> None:
     await _fenced(conn, "complete_job", fence, result=Jsonb(result))
 
 
-async def complete_many(conn: Conn, *, machine_id: str, done: list[tuple[Fence, dict[str, Any]]]) -> set[int]:
-    """executing -> completed for many held jobs at once; returns the ids still held (the rest
-    were cancelled or rescued meanwhile and must publish nothing)."""
+async def complete_many(
+    conn: Conn, *, machine_id: str, done: list[tuple[Fence, dict[str, Any]]]
+) -> tuple[set[int], set[int]]:
+    """executing -> completed for many held jobs at once.
+
+    Returns (completed, fresh): every id this machine holds completed (the rest were cancelled or
+    rescued meanwhile and must publish nothing), and those completed by this very statement (an
+    earlier try whose reply was lost may already have completed the others).
+    """
     cur = await conn.execute(
         QUERIES["complete_jobs"],
         {
@@ -54,7 +60,8 @@ async def complete_many(conn: Conn, *, machine_id: str, done: list[tuple[Fence, 
         },
         prepare=True,
     )
-    return {row["id"] for row in await cur.fetchall()}
+    rows = await cur.fetchall()
+    return {row["id"] for row in rows}, {row["id"] for row in rows if row["fresh"]}
 
 
 @dataclass(frozen=True, slots=True)

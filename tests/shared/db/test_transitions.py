@@ -209,3 +209,21 @@ def test_queries_file_rejects_duplicate_names():
     with pytest.raises(ValueError, match="duplicate"):
         parse_queries("-- name: a\nSELECT 1;\n-- name: a\nSELECT 2;\n")
     assert "claim_jobs" in QUERIES
+
+
+async def test_batch_completion_retried_after_a_lost_reply_recognises_its_own_work(settings):
+    conn = await connect(settings.database_url)
+    async with conn:
+        mine = await job_store.insert_job(conn, new())
+        taken = await job_store.insert_job(conn, new())
+        claimed = await transitions.claim(conn, queue="default", machine_id="m", max_jobs=2)
+        fences = {j.id: Fence(job_id=j.id, attempt=j.attempt, machine_id="m") for j in claimed}
+        await transitions.cancel(conn, JobFilter(tenant_id=None, ids=[taken.id]))
+        done = [(fences[mine.id], {"n": 1}), (fences[taken.id], {"n": 2})]
+        first = await transitions.complete_many(conn, machine_id="m", done=done)
+        assert first == ({mine.id}, {mine.id})
+        # The same batch again, as after a commit whose reply never arrived: still ours, not fresh.
+        again = await transitions.complete_many(conn, machine_id="m", done=done)
+        assert again == ({mine.id}, set())
+        other = await transitions.complete_many(conn, machine_id="other", done=done)
+        assert other == (set(), set())
