@@ -70,6 +70,7 @@ class Settings(BaseSettings):
 
     launcher: Literal["local", "fly"] = "local"
     local_machine_log_dir: str | None = None
+    local_launcher_fork: bool = True  # local machines forked from a pre-imported server (fast start)
     fly_api_token: SecretStr | None = None
     fly_api_hostname: str = "https://api.machines.dev"
     fly_worker_app: str | None = None

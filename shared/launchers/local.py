@@ -37,7 +37,6 @@ from .base import MACHINE_COMMAND, MachineRef, MachineSpec, MachineStatus
 from .forkserver import pidfd_signal, recv_message, send_message
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-FORK_ENV_VAR: Final = "LOCAL_LAUNCHER_FORK"  # "0" turns the fork server off
 
 # The first launch waits for the server's imports (about what a plain start costs); a server not
 # ready by then is treated as failed. A fork answers in milliseconds; a slower answer sends that
@@ -298,11 +297,11 @@ class LocalLauncher:
     kind = "local"
 
     def __init__(self, settings: Settings, *, stop_grace_seconds: float = 5.0, fork: bool | None = None) -> None:
-        """`fork`: use the fork server (default: unless LOCAL_LAUNCHER_FORK=0)."""
+        """`fork`: use the fork server (default: the LOCAL_LAUNCHER_FORK setting)."""
         self.settings = settings
         self.stop_grace_seconds = stop_grace_seconds
         if fork is None:
-            fork = os.environ.get(FORK_ENV_VAR, "1").strip() not in ("0", "false", "no", "off")
+            fork = settings.local_launcher_fork
         self._fork = fork and fork_server_supported()
         self._server: ForkServer | None = None
         self._server_failed = False

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from shared.launchers.base import MachineRef, MachineSpec, MachineStatus
-from shared.launchers.local import FORK_ENV_VAR, REPO_ROOT, LocalLauncher, fork_server_supported
+from shared.launchers.local import REPO_ROOT, LocalLauncher, fork_server_supported
 from shared.settings import Settings
 
 pytestmark = pytest.mark.skipif(not fork_server_supported(), reason="needs pidfd (Linux 5.3+)")
@@ -296,11 +296,10 @@ async def test_machines_start_as_subprocesses_once_the_fork_server_died(launcher
     assert (await launcher.status(plain.id)).exit_code == 0
 
 
-async def test_fork_server_is_off_with_the_env_var(
-    settings: Settings, log_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv(FORK_ENV_VAR, "0")
-    launcher = LocalLauncher(settings.model_copy(update={"local_machine_log_dir": str(log_dir)}))
+async def test_fork_server_is_off_with_the_setting(settings: Settings, log_dir: Path) -> None:
+    launcher = LocalLauncher(
+        settings.model_copy(update={"local_machine_log_dir": str(log_dir), "local_launcher_fork": False})
+    )
     try:
         ref = await launcher.launch(_spec(queue="no-such-queue"))
         assert _ppid(_pid(ref)) == os.getpid()
