@@ -6,6 +6,7 @@ import argparse
 import re
 import sys
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import jwt
@@ -39,8 +40,32 @@ def _secret(settings: Settings) -> str:
     return settings.jwt_secret.get_secret_value()
 
 
+# Verified tokens, so a client sending the same token on every request does not pay for an HMAC
+# and a claims parse each time. Keyed by the raw token and everything its verification depended on
+# (secret, audience, issuer); an entry is used only before the token's `exp` (checked on every
+# hit), and only successes are kept. Bounded: least recently used entries go first.
+_CACHE_SIZE = 4096
+_verified: OrderedDict[tuple[str, str, str | None, str | None], tuple[Principal, float]] = OrderedDict()
+
+
 def verify_token(token: str, settings: Settings) -> Principal:
     """Decode and check a bearer token. Raises Unauthorized for anything invalid or expired."""
+    key = (token, _secret(settings), settings.jwt_audience, settings.jwt_issuer)
+    cached = _verified.get(key)
+    if cached is not None:
+        principal, expires_at = cached
+        if time.time() < expires_at:
+            _verified.move_to_end(key)
+            return principal
+        del _verified[key]  # expired: the full check below answers "token expired"
+    principal, expires_at = _verify(token, settings)
+    _verified[key] = (principal, expires_at)
+    if len(_verified) > _CACHE_SIZE:
+        _verified.popitem(last=False)
+    return principal
+
+
+def _verify(token: str, settings: Settings) -> tuple[Principal, float]:
     try:
         claims = jwt.decode(
             token,
@@ -62,7 +87,8 @@ def verify_token(token: str, settings: Settings) -> Principal:
     if tenant is None and "admin" not in scopes:
         # Only an admin may go without a tenant: a tenant-less reader would see every tenant's jobs.
         raise Unauthorized("a token without the admin scope must name its tenant", headers=_CHALLENGE)
-    return Principal(subject=str(claims["sub"]), tenant_id=tenant, scopes=scopes)
+    # PyJWT refuses a token once `now >= exp`, and `exp` is required, so it is a number here.
+    return Principal(subject=str(claims["sub"]), tenant_id=tenant, scopes=scopes), float(int(claims["exp"]))
 
 
 def mint_token(

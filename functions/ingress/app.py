@@ -4,7 +4,7 @@
 With RUN_DISPATCHER=true (the default; `make dev`) the dispatcher runs inside the same process.
 
 Middleware, outermost first (each sees what the ones inside it answer):
-request id -> metrics and access log -> security headers -> CORS -> rate limit -> 500 catcher.
+edge (request id, access log, metrics, security headers) -> CORS -> rate limit -> 500 catcher.
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ from shared.logging import configure_logging
 from shared.settings import Settings, load_settings
 
 from . import admin, idempotency, jobs, uploads
-from .access_log import AccessLogMiddleware
+from .access_log import EdgeMiddleware
+from .batch_insert import BatchInserter
 from .docs import Documentation
-from .http import RequestIdMiddleware, UnhandledErrorMiddleware, problem_response
+from .http import UnhandledErrorMiddleware, problem_response
 from .limits import RateLimitMiddleware
-from .metrics import AppMetrics, HttpMetricsMiddleware, metrics_endpoint
-from .security_headers import SecurityHeadersMiddleware
+from .metrics import AppMetrics, metrics_endpoint
 
 logger = logging.getLogger("functions.ingress")
 
@@ -140,10 +140,7 @@ def _storage_factory(settings: Settings) -> Callable[[], object]:
 
 def middleware(settings: Settings, metrics: AppMetrics) -> list[Middleware]:
     stack = [
-        Middleware(RequestIdMiddleware),
-        Middleware(AccessLogMiddleware),
-        Middleware(HttpMetricsMiddleware, metrics=metrics),
-        Middleware(SecurityHeadersMiddleware),
+        Middleware(EdgeMiddleware, metrics=metrics),  # request id, access log, metrics, security headers
     ]
     if settings.cors_origins:
         # Only the configured origins; with none configured there is no CORS at all.
@@ -180,6 +177,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app.state.storage = _storage_factory(settings)
         app.state.pool = await open_pool(settings.database_url, max_size=settings.database_pool_size)
         app.state.dispatcher = None
+        # Plain job inserts from concurrent requests share one statement and one commit.
+        app.state.batch_inserter = BatchInserter(app.state.pool)
+        app.state.batch_inserter.start()
         metrics.start()
         stop = asyncio.Event()
         tasks = [asyncio.create_task(idempotency.run_pruner(app.state.pool, stop), name="idempotency-pruner")]
@@ -200,6 +200,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await app.state.batch_inserter.close()
             if launcher is not None:
                 await launcher.aclose()
             metrics.close()

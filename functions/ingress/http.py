@@ -25,7 +25,6 @@ from shared.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
-from shared.logging import log_context
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -217,27 +216,14 @@ def _texts(value: Any) -> list[str]:
     return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 
-class RequestIdMiddleware:
-    """Accept a sane X-Request-ID or make one; echo it and put it on every log line of the request."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        given = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
-        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
-            await send(message)
-
-        with log_context(requestId=request_id):
-            await self.app(scope, receive, send_with_id)
+def request_id_of(scope: Scope) -> str:
+    """The request's id: a sane X-Request-ID it sent, or a new one (echoed and logged by the edge)."""
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    for name, value in headers:
+        if name == b"x-request-id":
+            given = value.decode("latin-1")
+            return given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+    return uuid.uuid4().hex
 
 
 def request_id(request: Request) -> str:

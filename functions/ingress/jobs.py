@@ -29,6 +29,7 @@ from shared.unique import unique_key
 
 from . import idempotency
 from .auth import acting_tenant, authenticate, reading_tenant
+from .batch_insert import BatchInserter
 from .http import JSONResponse, parse_model, parse_query, read_json_body, request_id
 from .presenters import job_json
 
@@ -100,6 +101,13 @@ async def create_job(request: Request) -> Response:
     job = new_job(
         req, queue=queue, worker=worker, args=args, tenant_id=tenant_id, rid=request_id(request), now=datetime.now(UTC)
     )
+
+    batcher: BatchInserter | None = getattr(request.app.state, "batch_inserter", None)
+    if batcher is not None and job.unique_key is None and idempotency.idempotency_key(request) is None:
+        # A plain job: group commit with whatever other requests are inserting right now.
+        created = await batcher.insert(job)
+        bind_context(jobId=created.id)  # the request's log lines name the job they created
+        return JSONResponse(job_json(created), status_code=201)
 
     async def insert(conn: Conn) -> tuple[int, Any]:
         inserted = await job_store.insert_job(conn, job)

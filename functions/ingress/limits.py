@@ -1,6 +1,6 @@
 """Per-tenant rate limit: RATE_LIMIT_PER_MINUTE requests in any 60-second window.
 
-The window is a moving window kept by the `limits` library in this process's memory, so the
+The window is a moving window kept in this process's memory (a deque of hit times per tenant), so the
 limit holds per API instance: N instances behind a load balancer let a tenant make up to N
 times the limit. That is the trade made for no extra round trip per request; a shared limit
 would need Redis or a Postgres counter.
@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from dataclasses import dataclass
 
-from limits import RateLimitItemPerMinute
-from limits.aio.storage import MemoryStorage
-from limits.aio.strategies import MovingWindowRateLimiter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.errors import RateLimited, Unauthorized
@@ -53,19 +51,42 @@ class Quota:
 
 
 class TenantRateLimiter:
-    """A moving-window limit of `per_minute` requests for each caller key."""
+    """A moving-window limit of `per_minute` requests for each caller key.
+
+    Each key keeps the times of its counted requests of the last WINDOW_SECONDS, oldest first, so
+    a hit drops what fell out of the window and appends: amortised O(1), no lock (the event loop
+    runs one hit at a time), no thread hop. Keys idle for a whole window are swept once a window.
+    """
 
     def __init__(self, per_minute: int) -> None:
-        self.item = RateLimitItemPerMinute(per_minute)
-        self.limiter = MovingWindowRateLimiter(MemoryStorage())
+        self.limit = per_minute
+        self._hits: dict[str, deque[float]] = {}
+        self._swept_at = time.monotonic()
 
     async def hit(self, key: str) -> Quota:
         """Count one request for `key` (a refused request is not counted)."""
-        allowed = await self.limiter.hit(self.item, key)
-        stats = await self.limiter.get_window_stats(self.item, key)
-        # At least one second: `Retry-After: 0` would invite an immediate, equally refused retry.
-        reset = max(1, math.ceil(stats.reset_time - time.time()))
-        return Quota(limit=self.item.amount, remaining=max(0, stats.remaining), reset_seconds=reset, allowed=allowed)
+        now = time.monotonic()
+        start = now - WINDOW_SECONDS
+        if now - self._swept_at > WINDOW_SECONDS:
+            self._sweep(start)
+            self._swept_at = now
+        hits = self._hits.get(key)
+        if hits is None:
+            hits = self._hits[key] = deque()
+        while hits and hits[0] <= start:
+            hits.popleft()
+        allowed = len(hits) < self.limit
+        if allowed:
+            hits.append(now)
+        # The window frees its first slot when its oldest counted request leaves it. At least one
+        # second: `Retry-After: 0` would invite an immediate, equally refused retry.
+        oldest = hits[0] if hits else now
+        reset = max(1, math.ceil(oldest + WINDOW_SECONDS - now))
+        return Quota(limit=self.limit, remaining=max(0, self.limit - len(hits)), reset_seconds=reset, allowed=allowed)
+
+    def _sweep(self, start: float) -> None:
+        for key in [key for key, hits in self._hits.items() if not hits or hits[-1] <= start]:
+            del self._hits[key]
 
 
 def caller_key(principal: Principal) -> str:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hmac
 import re
-import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final
@@ -33,7 +32,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeHistogramMe
 from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from shared.db import job_store
 from shared.db.models import QueueStatus
@@ -65,6 +64,21 @@ class AppMetrics:
             registry=self.registry,
         )
         self.events = EventMetrics(self.registry)
+        # Labelled children by (method, route, status): `labels()` costs a lock and a lookup per call.
+        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count and time one answered HTTP request."""
+        key = (method, route, str(status))
+        children = self._children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(method=method, route=route, status=key[2]),
+                self.latency.labels(method=method, route=route),
+            )
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def start(self) -> None:
         self.events.start()
@@ -73,41 +87,19 @@ class AppMetrics:
         self.events.close()
 
 
+_TEMPLATES: dict[str, str] = {}  # route path -> template; routes are few and fixed
+
+
 def route_template(scope: Scope) -> str:
     """The matched route's path template (`/jobs/{job_id}`), or `unmatched`."""
     route = scope.get("route")
     path = getattr(route, "path", None)
     if not isinstance(path, str):
         return "unmatched"
-    return _CONVERTER.sub("}", path) or "/"
-
-
-class HttpMetricsMiddleware:
-    """Count and time every HTTP request by method, route template and status."""
-
-    def __init__(self, app: ASGIApp, *, metrics: AppMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def recording_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, recording_send)
-        finally:
-            route, method = route_template(scope), scope["method"]
-            self.metrics.requests.labels(method=method, route=route, status=str(status)).inc()
-            self.metrics.latency.labels(method=method, route=route).observe(time.perf_counter() - started)
+    template = _TEMPLATES.get(path)
+    if template is None:
+        template = _TEMPLATES[path] = _CONVERTER.sub("}", path) or "/"
+    return template
 
 
 class _Snapshot(Collector):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 # One policy for everything: JSON answers need nothing, and the self-hosted Swagger UI needs
 # only its own scripts, its stylesheet, inline style attributes (it sets them from React) and
@@ -48,20 +48,10 @@ def came_over_https(scope: Scope) -> bool:
     return False
 
 
-class SecurityHeadersMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+_OVER_HTTPS: Final = [*_ALWAYS, (b"strict-transport-security", HSTS.encode())]
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        extra = [*_ALWAYS, (b"strict-transport-security", HSTS.encode())] if came_over_https(scope) else _ALWAYS
 
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                present = {name.lower() for name, _ in message.get("headers", [])}
-                message["headers"] = [*message.get("headers", []), *(h for h in extra if h[0] not in present)]
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
+def security_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
+    """The headers every answer to this request carries (added by the edge middleware unless the
+    endpoint set one itself)."""
+    return _OVER_HTTPS if came_over_https(scope) else _ALWAYS

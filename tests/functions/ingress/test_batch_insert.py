@@ -1,0 +1,110 @@
+"""Group commit of plain job inserts: concurrent POSTs share statements, each still gets its own job."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+
+from functions.ingress.batch_insert import BatchInserter
+from shared.db.models import NewJob
+from shared.db.pool import open_pool
+from tests.support.live import LiveApp
+
+from .conftest import assert_problem
+
+WEBHOOK = {"url": "https://example.com/hook", "event": "invoice.paid", "payload": {"n": 1}}
+
+
+def _inserter(app: LiveApp) -> BatchInserter:
+    inserter: BatchInserter = app.server.config.app.state.batch_inserter
+    return inserter
+
+
+async def _post_all(app: LiveApp, bodies: list[dict[str, Any]]) -> list[httpx.Response]:
+    headers = {"Authorization": f"Bearer {app.token()}"}
+    limits = httpx.Limits(max_connections=len(bodies), max_keepalive_connections=len(bodies))
+    async with httpx.AsyncClient(
+        base_url=app.url, headers=headers, timeout=60, trust_env=False, limits=limits
+    ) as client:
+        return list(await asyncio.gather(*(client.post("/jobs/webhooks", json=body) for body in bodies)))
+
+
+def test_200_concurrent_posts_each_get_their_own_job_in_fewer_statements(app: LiveApp):
+    inserter = _inserter(app)
+    flushes_before, jobs_before = inserter.flushes, inserter.jobs
+    bodies = [{**WEBHOOK, "payload": {"n": n}} for n in range(200)]
+    responses = asyncio.run(_post_all(app, bodies))
+    assert [r.status_code for r in responses] == [201] * 200, [r.text for r in responses if r.status_code != 201]
+    ids = [r.json()["id"] for r in responses]
+    assert len(set(ids)) == 200
+    # Each answer is the job its own request asked for (futures resolved with the right rows).
+    assert [r.json()["args"]["payload"]["n"] for r in responses] == list(range(200))
+    rows = app.sql("SELECT id, (args->'payload'->>'n')::int FROM jobs WHERE queue = 'webhooks'")
+    assert sorted(rows) == sorted(zip(ids, range(200), strict=True))
+    assert inserter.jobs - jobs_before == 200
+    # Batching really happened: fewer INSERT statements than requests.
+    assert 1 <= inserter.flushes - flushes_before < 200
+
+
+def test_an_invalid_batch_mate_does_not_affect_the_valid_requests(app: LiveApp):
+    bad = {**WEBHOOK, "url": "not a url"}
+    bodies = [WEBHOOK if n % 2 == 0 else bad for n in range(60)]
+    responses = asyncio.run(_post_all(app, bodies))
+    for body, response in zip(bodies, responses, strict=True):
+        if body is bad:
+            assert_problem(response, 422)
+        else:
+            assert response.status_code == 201, response.text
+    created = sorted(r.json()["id"] for r in responses if r.status_code == 201)
+    assert len(created) == 30
+    assert sorted(row[0] for row in app.sql("SELECT id FROM jobs")) == created
+
+
+def test_idempotent_and_unique_requests_keep_their_own_path(app: LiveApp):
+    inserter = _inserter(app)
+    before = inserter.flushes
+    unique = {**WEBHOOK, "options": {"unique": {"period": 60}}}
+    with app.client() as client:
+        first = client.post("/jobs/webhooks", json=unique)
+        again = client.post("/jobs/webhooks", json=unique)
+        assert (first.status_code, again.status_code) == (201, 200)
+        assert first.json()["id"] == again.json()["id"]
+        keyed = client.post("/jobs/webhooks", json=WEBHOOK, headers={"Idempotency-Key": "k-1"})
+        replay = client.post("/jobs/webhooks", json=WEBHOOK, headers={"Idempotency-Key": "k-1"})
+        assert keyed.status_code == replay.status_code == 201
+        assert replay.headers["idempotent-replayed"] == "true"
+    assert inserter.flushes == before
+    assert app.sql("SELECT count(*) FROM jobs") == [(2,)]
+
+
+def _job(n: int, **overrides: Any) -> NewJob:
+    values: dict[str, Any] = {"queue": "default", "worker": "echo", "tenant_id": "t-1", "args": {"n": n}}
+    return NewJob(**{**values, **overrides})
+
+
+def test_a_failing_statement_fails_its_whole_batch_and_the_next_batch_works(app: LiveApp):
+    async def scenario() -> None:
+        pool = await open_pool(app.settings.database_url, max_size=2)
+        inserter = BatchInserter(pool)
+        inserter.start()
+        try:
+            # Queued together, flushed together: a priority out of smallint range fails the statement.
+            results = await asyncio.gather(
+                inserter.insert(_job(1)), inserter.insert(_job(2, priority=10**6)), return_exceptions=True
+            )
+            assert all(isinstance(result, Exception) for result in results), results
+            job = await inserter.insert(_job(3))
+            assert job.id and job.args == {"n": 3}
+            with pytest.raises(ValueError):
+                await inserter.insert(_job(4, unique_key="k"))
+        finally:
+            await inserter.close()
+            await pool.close()
+        with pytest.raises(RuntimeError):
+            await inserter.insert(_job(5))
+
+    asyncio.run(scenario())
+    assert [row[0] for row in app.sql("SELECT (args->>'n')::int FROM jobs")] == [3]
