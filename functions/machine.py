@@ -79,6 +79,7 @@ class HeldJob:
     ctx: HandlerContext
     task: asyncio.Task[None] | None = None
     lost: bool = False
+    completing: bool = False  # its result is queued for the batch commit; the fence decides now
 
 
 @dataclass(slots=True)
@@ -233,6 +234,9 @@ class Machine:
             self._discard_outputs(result)
             return
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        # From here the handler's work is done: the heartbeat leaves this job alone (a batch may
+        # already have completed it), and the fenced batch write alone says whether it was lost.
+        held.completing = True
         await self.completions.put(_Completion(held=held, result=result, done=done))
         try:
             recorded = await done
@@ -263,7 +267,8 @@ class Machine:
                         item.done.set_exception(exc)
                 continue
             for item in batch:
-                item.done.set_result(item.held.job.id in completed)
+                if not item.done.done():  # its waiter may have been cancelled (shutdown)
+                    item.done.set_result(item.held.job.id in completed)
 
     async def _complete_batch(self, batch: list[_Completion]) -> set[int]:
         for wait_seconds in (0.5, 1.0, 2.0, 4.0, 0.0):
@@ -344,7 +349,7 @@ class Machine:
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval_seconds)
-            held = [(h.fence.job_id, h.fence.attempt) for h in self.held.values() if not h.lost]
+            held = [(h.fence.job_id, h.fence.attempt) for h in self.held.values() if not (h.lost or h.completing)]
             try:
                 async with self.pool.connection() as conn:
                     # The machine row's heartbeat tells the scaler this machine can still take work.
@@ -355,7 +360,8 @@ class Machine:
                 continue
             for job_id, _ in held:
                 entry = self.held.get(job_id)
-                if job_id not in still and entry is not None and entry.task is not None:
+                # A job whose result went to the batch meanwhile is the fenced write's business.
+                if job_id not in still and entry is not None and entry.task is not None and not entry.completing:
                     # Cancelled or rescued: stop the work now and publish nothing.
                     entry.lost = True
                     entry.ctx.cancelled.set()
