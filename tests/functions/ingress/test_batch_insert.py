@@ -19,7 +19,8 @@ WEBHOOK = {"url": "https://example.com/hook", "event": "invoice.paid", "payload"
 
 
 def _inserter(app: LiveApp) -> BatchInserter:
-    inserter: BatchInserter = app.server.config.app.state.batch_inserter
+    asgi: Any = app.server.config.app  # the Starlette app live_app serves
+    inserter: BatchInserter = asgi.state.batch_inserter
     return inserter
 
 
