@@ -4,6 +4,7 @@ a freshly migrated database per test (copied from a template), and settings poin
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -18,6 +19,17 @@ from shared.db.migrate import migrate, seed_queues
 from shared.settings import Settings
 
 TEMPLATE_DB = "cp_template"
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _teardown_on_sigterm() -> None:
+    # A run stopped with SIGTERM (a timeout, CI cancelling) still tears down its session fixtures,
+    # so the Postgres cluster and moto server it started do not outlive it.
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 @pytest.fixture(scope="session")
