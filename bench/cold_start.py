@@ -19,20 +19,17 @@ import re
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 
-from shared.queues import QUEUES
-from shared.schemas.webhooks import WebhookRequest
 from shared.settings import Settings
 
-from .harness import PYTHON, QUERIES, TENANT, BenchConfig, BenchEnv, Row, Spread, percentile, sql_rows, verdict
+from .harness import PYTHON, QUERIES, BenchConfig, BenchEnv, Row, Spread, percentile, sql_rows, verdict
+from .ingress import reference_params
 from .pickup import read_stamps, stamp_job_params
 
 NAME = "cold"
@@ -157,17 +154,9 @@ def webhooks_machine_imports(env: BenchEnv) -> tuple[list[str], float, list[tupl
     database_url = env.database("imports")
     settings = env.settings(database_url, outbound_allow_private=True, outbound_allowlist=["127.0.0.1"])
     with receiver() as url:
-        args = WebhookRequest.model_validate({"url": url, "event": "bench.ping", "payload": {"n": 1}}).function_args()
-        params = {
-            "queue": "webhooks",
-            "worker": QUEUES["webhooks"].worker,
-            "tenant_id": TENANT,
-            "args": Jsonb(args),
-            "meta": Jsonb({"requestId": str(uuid.uuid4())}),
-            "tags": [],
-            "priority": 0,
-            "max_attempts": 1,
-        }
+        # The same row the ingress writes, with one attempt: a failed delivery must not be retried.
+        body = {"url": url, "event": "bench.ping", "payload": {"n": 1}}
+        params = {**reference_params(body), "max_attempts": 1}
         sql_rows(database_url, QUERIES["raw_insert_job"], params)
         machine_env = env.child_env(
             settings, JOB_QUEUE="webhooks", MACHINE_ID="bench-imports", MACHINE_MAX_JOBS="1", MACHINE_IDLE_SECONDS="0"

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import pytest
 
 from tests.conftest import make_settings
-from tests.support.live import LiveApp, live_app
+from tests.support.live import LiveApp, live_app, wait_until
 
 
 def _app(database_url, s3, tmp_path, **overrides):
@@ -39,24 +38,14 @@ def _post(app: LiveApp, function: str, args: dict | None = None, **options) -> d
     return response.json()
 
 
-def _wait(predicate, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise TimeoutError(what)
-
-
 def test_machine_exits_zero_after_its_work(app):
     job = _post(app, "echo", {"x": 1})
     done = app.wait_for_job(job["id"], {"completed"})
-    rows = _wait(
+    rows = wait_until(
+        "machine exit",
         lambda: app.sql(
             "SELECT state, exit_code FROM machines WHERE id = %s AND state = 'exited'", (done["machineId"],)
         ),
-        what="machine exit",
     )
     assert rows == [("exited", 0)]
 
@@ -99,10 +88,10 @@ def test_cancelling_a_running_job_stops_it(app):
         response = client.request("DELETE", "/jobs", params={"ids": str(job["id"])})
     assert response.json() == {"cancelled": 1}
     # The machine's process ends (handler aborted, then the dispatcher stops it / it idles out).
-    _wait(
+    wait_until(
+        "machine of the cancelled job to exit",
         lambda: app.sql("SELECT 1 FROM machines WHERE id = %s AND state = 'exited'", (machine,)),
         timeout=20,
-        what="machine of the cancelled job to exit",
     )
     final = app.wait_for_job(job["id"], {"cancelled"})
     assert final["result"] is None and final["completedAt"] is None
@@ -135,10 +124,10 @@ def test_stalled_holder_cannot_overwrite_the_outcome(database_url, s3, tmp_path)
             os.kill(pid, signal.SIGCONT)
         assert done["attempt"] == 2 and done["machineId"] != stalled
         # The stalled machine wakes with its sleep over and tries to complete attempt 1: refused.
-        _wait(
+        wait_until(
+            "stalled machine to exit",
             lambda: app.sql("SELECT 1 FROM machines WHERE id = %s AND state = 'exited'", (stalled,)),
             timeout=30,
-            what="stalled machine to exit",
         )
         with app.admin() as client:
             after = client.get(f"/jobs/{job['id']}").json()
@@ -155,9 +144,9 @@ def test_timed_out_job_is_stopped_and_its_machine_exits(database_url, s3, tmp_pa
         done = app.wait_for_job(job["id"], {"completed", "discarded"}, timeout=30)
         assert done["state"] == "discarded"
         assert done["errors"][0]["kind"] == "timeout"
-        rows = _wait(
+        rows = wait_until(
+            "machine exit",
             lambda: app.sql("SELECT exit_code FROM machines WHERE id = %s AND state = 'exited'", (done["machineId"],)),
-            what="machine exit",
         )
         assert rows == [(3,)]
 
@@ -173,10 +162,10 @@ def _sigterm_hand_back(app, tmp_path):
     [(pid,)] = app.sql("SELECT (detail->>'pid')::int FROM machines WHERE id = %s", (running["machineId"],))
     # The handler outlives the grace period, so the machine hands the job back and exits.
     os.kill(pid, signal.SIGTERM)
-    _wait(
+    wait_until(
+        "machine to exit after SIGTERM",
         lambda: app.sql("SELECT 1 FROM machines WHERE id = %s AND state = 'exited'", (running["machineId"],)),
         timeout=40,
-        what="machine to exit after SIGTERM",
     )
     # Handed back with its attempt refunded, then run again on a new machine: still attempt 1.
     done = app.wait_for_job(job["id"], {"completed", "discarded"}, timeout=30)

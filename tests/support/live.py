@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import httpx
 import psycopg
@@ -16,6 +17,8 @@ from functions.ingress.app import create_app
 from infra.local.postgres import free_port
 from shared.settings import Settings
 from shared.tokens import mint_token
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -50,6 +53,17 @@ class LiveApp:
         with psycopg.connect(self.settings.database_url, autocommit=True) as conn:
             cur = conn.execute(query, params)  # type: ignore[arg-type]
             return cur.fetchall() if cur.description else []
+
+
+def wait_until(what: str, predicate: Callable[[], T], timeout: float = 60.0) -> T:
+    """Poll `predicate` until it returns something truthy; fail the test naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
 
 
 @contextlib.contextmanager

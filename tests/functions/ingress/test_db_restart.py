@@ -3,7 +3,6 @@ itself (API pool, dispatcher leadership, machines) and no job is lost or committ
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ from infra.local.postgres import LocalPostgres
 from infra.local.s3 import LocalS3
 from shared.db.migrate import migrate, seed_queues
 from tests.conftest import make_settings
-from tests.support.live import LiveApp, live_app
+from tests.support.live import LiveApp, live_app, wait_until
 
 from .conftest import assert_problem
 
@@ -30,16 +29,6 @@ def own_postgres(tmp_path: Path) -> Iterator[LocalPostgres]:
         yield cluster
     finally:
         cluster.destroy()
-
-
-def _wait(what: str, predicate, timeout: float = 60.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def _health(app: LiveApp) -> httpx.Response:
@@ -75,15 +64,16 @@ def test_the_service_rides_out_a_database_restart(own_postgres: LocalPostgres, s
     markers = tmp_path / "markers"
     markers.mkdir()
     with live_app(settings) as app:
-        _wait("the dispatcher to lead", lambda: _health(app).json().get("dispatcher") == "leader")
+        wait_until("the dispatcher to lead", lambda: _health(app).json().get("dispatcher") == "leader")
         before = _post_runs(app, markers, 3, 0.0)
         for job_id in before:
             app.wait_for_job(job_id, {"completed"})
         during = _post_runs(app, markers, 3, 2.0)  # in flight when the database goes away
-        _wait("a job to execute", lambda: any(_markers(markers)[j] for j in during))
+        wait_until("a job to execute", lambda: any(_markers(markers)[j] for j in during))
 
         own_postgres.stop("fast")
-        down = _wait("/health to report the outage", lambda: (r := _health(app)).status_code == 503 and r)
+        down = wait_until("/health to report the outage", lambda: (r := _health(app)).status_code == 503 and r)
+        assert isinstance(down, httpx.Response)
         assert down.json()["database"] == "unreachable" and down.json()["status"] == "unavailable"
         with app.client() as client:
             refused = client.post("/jobs/default", json={"function": "echo"})
@@ -91,8 +81,8 @@ def test_the_service_rides_out_a_database_restart(own_postgres: LocalPostgres, s
         assert refused.headers["retry-after"] == "5"
 
         own_postgres.start()  # same port, same data
-        _wait("/health to recover", lambda: _health(app).status_code == 200)
-        _wait("the dispatcher to lead again", lambda: _health(app).json()["dispatcher"] == "leader")
+        wait_until("/health to recover", lambda: _health(app).status_code == 200)
+        wait_until("the dispatcher to lead again", lambda: _health(app).json()["dispatcher"] == "leader")
         after = _post_runs(app, markers, 3, 0.0)
 
         jobs = {

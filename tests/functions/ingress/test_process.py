@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from infra.local.s3 import LocalS3
 from shared.settings import Settings
 from shared.tokens import mint_token
 from tests.conftest import make_settings
+from tests.support.live import wait_until
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -40,16 +40,6 @@ class ApiProcess:
 
     def lines(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.log_path.read_text().splitlines() if line.strip()]
-
-
-def _wait(what: str, predicate, timeout: float = 60.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 @pytest.fixture
@@ -79,7 +69,7 @@ def api(database_url: str, s3: LocalS3, tmp_path: Path) -> Iterator[ApiProcess]:
         )
     api = ApiProcess(url=f"http://127.0.0.1:{port}", settings=settings, process=process, log_path=log_path)
     try:
-        _wait("the API to answer", lambda: _healthy(api), timeout=60)
+        wait_until("the API to answer", lambda: _healthy(api), timeout=60)
         yield api
     finally:
         if process.poll() is None:
@@ -110,7 +100,7 @@ def test_one_jobs_log_lines_share_its_request_and_job_ids(api: ApiProcess):
         )
         assert created.status_code == 201
         job_id = created.json()["id"]
-        _wait("the job to complete", lambda: client.get(f"/jobs/{job_id}").json()["state"] == "completed")
+        wait_until("the job to complete", lambda: client.get(f"/jobs/{job_id}").json()["state"] == "completed")
         machine_id = client.get(f"/jobs/{job_id}").json()["machineId"]
     api_lines = [line for line in api.lines() if line.get("requestId") == "req-trace-1"]
     [request_line] = [line for line in api_lines if line["message"] == "http:request"]
@@ -121,7 +111,7 @@ def test_one_jobs_log_lines_share_its_request_and_job_ids(api: ApiProcess):
     def lines_of_job() -> list[dict[str, Any]]:
         return [line for line in _machine_lines(api) if line.get("jobId") == job_id]
 
-    _wait(
+    wait_until(
         "job:complete in the machine's log", lambda: any(line["message"] == "job:complete" for line in lines_of_job())
     )
     job_lines = lines_of_job()
@@ -135,7 +125,7 @@ def test_one_jobs_log_lines_share_its_request_and_job_ids(api: ApiProcess):
 def test_sigterm_stops_the_api_its_dispatcher_and_machines(api: ApiProcess):
     with api.client() as client:
         job_id = client.post("/jobs/default", json={"function": "sleep", "args": {"seconds": 120}}).json()["id"]
-        _wait("the job to run", lambda: client.get(f"/jobs/{job_id}").json()["state"] == "executing")
+        wait_until("the job to run", lambda: client.get(f"/jobs/{job_id}").json()["state"] == "executing")
         machine_id = client.get(f"/jobs/{job_id}").json()["machineId"]
     with psycopg.connect(api.settings.database_url) as conn:
         row = conn.execute("SELECT (detail->>'pid')::int FROM machines WHERE id = %s", (machine_id,)).fetchone()
@@ -149,7 +139,7 @@ def test_sigterm_stops_the_api_its_dispatcher_and_machines(api: ApiProcess):
     assert messages.index("plugin:stop") < messages.index("ingress stopped")
     assert messages.index("ingress stopped") < messages.index("Application shutdown complete.")
     # The lifespan stopped the machine it launched: no process outlives the API.
-    _wait("the machine process to end", lambda: _gone(machine_pid), timeout=30)
+    wait_until("the machine process to end", lambda: _gone(machine_pid), timeout=30)
 
 
 def _gone(pid: int) -> bool:
