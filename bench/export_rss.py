@@ -114,20 +114,21 @@ async def child_export(url: str, endpoint: str, bucket: str, fmt: str) -> dict[s
     pool = await open_pool(url, min_size=1, max_size=2)
     try:
         ctx = HandlerContext(settings=settings, machine_id="bench", pool=pool)
-        ctx.storage.ensure_bucket()
+        ctx.bucket.ensure_bucket()
         now = datetime.now(UTC)
         args = ExportsRequest.model_validate({"dataset": "jobs", "format": fmt}).function_args()
         job = Job(
             id=1, queue="exports", worker="ExportData", state=JobState.EXECUTING, tenant_id=TENANT, args=args,
             meta={}, tags=[], priority=0, attempt=1, max_attempts=3, errors=[], result=None, batch_id=None,
-            unique_key=None, attempted_by="bench", heartbeat_at=now, inserted_at=now, scheduled_at=now,
-            attempted_at=now, completed_at=None, cancelled_at=None, discarded_at=None,
+            unique_key=None, claim_token=uuid.uuid4(), attempted_by="bench", heartbeat_at=now, inserted_at=now,
+            scheduled_at=now, attempted_at=now, completed_at=None, cancelled_at=None, discarded_at=None,
         )  # fmt: skip
         started, cpu = time.perf_counter(), time.process_time()
-        result = await exports.run(job, ctx)
+        job_ctx = ctx.for_job(job)
+        result = job_ctx.recorded_result(await exports.run(job, job_ctx))
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
         output = result["outputs"][0]
-        head = ctx.storage.client.head_object(Bucket=ctx.storage.bucket, Key=output["key"])
+        head = ctx.bucket.client.head_object(Bucket=ctx.bucket.bucket, Key=output["key"])
         return {
             "rows": result["rows"],
             "bytes": result["bytes"],

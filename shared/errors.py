@@ -9,6 +9,7 @@
     + PermanentJobError (discard now, no retry; carries an error kind)
     + SnoozeJob (give the attempt back and run again later)
     + LostJobError (a fenced write matched no row: the job was cancelled or rescued meanwhile)
+    + UniqueKeyHeld (a retry would take a unique key another live job holds)
   x LauncherError: LauncherUnavailable (retry later) · LauncherRejected (do not retry)
 
 Endpoints raise ProblemError subclasses and never build error responses themselves; one
@@ -142,6 +143,15 @@ class LostJobError(JobError):
     def __init__(self, job_id: int) -> None:
         super().__init__(f"job {job_id} is no longer held by this machine")
         self.job_id = job_id
+
+
+class UniqueKeyHeld(JobError):
+    """A job could not enter a state its unique key covers: another live job holds the key."""
+
+    def __init__(self, job_id: int, holder_id: int | None) -> None:
+        super().__init__(f"job {job_id}: its unique key is held by job {holder_id or 'another job'}")
+        self.job_id = job_id
+        self.holder_id = holder_id
 
 
 class LauncherError(ContentProcessorError):

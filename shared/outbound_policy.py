@@ -145,7 +145,7 @@ def legacy_ipv4(host: str) -> ipaddress.IPv4Address | None:
     getaddrinfo accepts these spellings, so a URL using one reaches that address without DNS.
     """
     parts = host.split(".")
-    if not 1 <= len(parts) <= 4 or not all(_NUMBER_PART.match(part) for part in parts):
+    if not 1 <= len(parts) <= 4 or not all(_NUMBER_PART.fullmatch(part) for part in parts):
         return None
     *leading, last = [_number(part) for part in parts]
     if any(value > 0xFF for value in leading) or last >= 256 ** (4 - len(leading)):

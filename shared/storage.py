@@ -1,5 +1,11 @@
 """Object storage on Tigris or any S3-compatible store (boto3), with tenant-prefixed keys.
 
+`Storage` is the bucket; every operation on a key goes through `Storage.for_tenant(tenant)`, a
+`TenantStorage` that refuses (PermanentJobError kind "forbidden-key") any key outside that
+tenant's prefix, for reads, writes, presigns and deletes alike. So whatever a caller was handed
+(an upload key in a request, an output key in a stored result), one tenant's code path cannot
+touch another tenant's objects.
+
 Every method is blocking (boto3); async callers run them with `asyncio.to_thread`. The boto3
 client is thread-safe, so one `Storage` serves every thread of a machine.
 """
@@ -7,9 +13,7 @@ client is thread-safe, so one `Storage` serves every thread of a machine.
 from __future__ import annotations
 
 import io
-import re
 import threading
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -21,6 +25,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from shared.errors import PermanentJobError
+from shared.keys import check_tenant_key
 from shared.settings import Settings
 
 MiB: Final = 1024 * 1024
@@ -36,47 +41,7 @@ TRANSFER_CONFIG: Final = TransferConfig(
 )
 _READ_CHUNK_BYTES: Final = 1 * MiB
 
-# A key segment is plain printable text; no control characters, no backslashes (some stores and
-# tools treat them as separators), and never "", "." or ".." (path tricks).
-_KEY_SEGMENT = re.compile(r"^[^\x00-\x1f\x7f\\]+$")
 _NOT_FOUND_CODES: Final = frozenset({"NoSuchKey", "404", "NotFound"})
-
-
-def tenant_prefix(tenant_id: str) -> str:
-    """The prefix every object of `tenant_id` lives under."""
-    return f"tenants/{tenant_id}/"
-
-
-def output_key(tenant_id: str, job_id: int, name: str) -> str:
-    """Where a job's output named `name` is stored."""
-    return f"{tenant_prefix(tenant_id)}jobs/{job_id}/{name}"
-
-
-def upload_key(tenant_id: str, filename: str) -> str:
-    """A fresh key for an upload: `tenants/{tenant}/uploads/{uuid}/{filename}`.
-
-    The random segment keeps two uploads of one filename apart and makes keys unguessable.
-    """
-    return f"{tenant_prefix(tenant_id)}uploads/{uuid.uuid4().hex}/{filename}"
-
-
-def is_safe_key(key: str) -> bool:
-    """True if every `/`-separated segment of `key` is a plain name (no empty, `.` or `..`)."""
-    return all(segment not in ("", ".", "..") and _KEY_SEGMENT.match(segment) for segment in key.split("/"))
-
-
-def check_tenant_key(tenant_id: str, key: str) -> str:
-    """Return `key` if it lies inside the tenant's prefix.
-
-    Raises PermanentJobError (kind "forbidden-key") for a key of another tenant or one that
-    could be read as a different path (`..`, `.`, `//`, backslashes, control characters).
-    """
-    prefix = tenant_prefix(tenant_id)
-    if not (is_safe_key(tenant_id) and "/" not in tenant_id and key.startswith(prefix) and is_safe_key(key)):
-        raise PermanentJobError(f"key {key!r} is outside this tenant's storage", kind="forbidden-key")
-    if len(key) == len(prefix):
-        raise PermanentJobError("key names the tenant prefix, not an object", kind="forbidden-key")
-    return key
 
 
 class Storage:
@@ -117,15 +82,36 @@ class Storage:
                 raise
             self.client.create_bucket(Bucket=self.bucket)
 
+    def for_tenant(self, tenant_id: str) -> TenantStorage:
+        """The operations on `tenant_id`'s keys (and only those)."""
+        return TenantStorage(self, tenant_id)
+
+
+class TenantStorage:
+    """One tenant's view of the bucket: every key is checked against the tenant's prefix."""
+
+    def __init__(self, storage: Storage, tenant_id: str) -> None:
+        self._storage = storage
+        self.tenant_id = tenant_id
+        self._client: Any = storage.client
+        self.bucket = storage.bucket
+        self.presign_ttl_seconds = storage.presign_ttl_seconds
+
+    def check(self, key: str) -> str:
+        """`key` if it lies inside this tenant's prefix; raises PermanentJobError "forbidden-key"."""
+        return check_tenant_key(self.tenant_id, key)
+
     def put_bytes(self, key: str, data: bytes, content_type: str) -> int:
         """Store `data` under `key` in one request; returns its size."""
-        self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+        key = self.check(key)
+        self._client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
         return len(data)
 
     def put_file(self, key: str, fileobj: IO[bytes], content_type: str) -> int:
         """Stream a file-like object up (multipart above 8 MiB, bounded buffers); returns its size."""
+        key = self.check(key)
         sent = _ByteCounter()
-        self.client.upload_fileobj(
+        self._client.upload_fileobj(
             fileobj,
             self.bucket,
             key,
@@ -151,8 +137,9 @@ class Storage:
         Raises PermanentJobError kind "object-not-found" or "too-large" (before any body byte
         is read when the store reports the size, otherwise as soon as the cap is passed).
         """
+        key = self.check(key)
         try:
-            obj = self.client.get_object(Bucket=self.bucket, Key=key)
+            obj = self._client.get_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
             raise _translate(exc, key) from exc
         body = obj["Body"]
@@ -177,7 +164,8 @@ class Storage:
 
     def presign_get(self, key: str) -> tuple[str, datetime]:
         """A GET URL for `key` valid for PRESIGN_TTL_SECONDS, and when it expires (no request made)."""
-        url = self.client.generate_presigned_url(
+        key = self.check(key)
+        url = self._client.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=self.presign_ttl_seconds
         )
         return str(url), datetime.now(UTC) + timedelta(seconds=self.presign_ttl_seconds)
@@ -188,23 +176,20 @@ class Storage:
         The signature covers Content-Type, and Content-Length when `size` is given, so the
         client must send exactly those (stores that check signed headers refuse anything else).
         """
-        params: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "ContentType": content_type}
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": self.check(key), "ContentType": content_type}
         if size is not None:
             params["ContentLength"] = size
-        url = self.client.generate_presigned_url("put_object", Params=params, ExpiresIn=self.presign_ttl_seconds)
+        url = self._client.generate_presigned_url("put_object", Params=params, ExpiresIn=self.presign_ttl_seconds)
         return str(url), datetime.now(UTC) + timedelta(seconds=self.presign_ttl_seconds)
 
-    def presign_result(self, result: dict[str, Any] | None) -> dict[str, Any] | None:
-        """A copy of a job result whose outputs carry fresh presigned GET URLs."""
-        if not result or not isinstance(result.get("outputs"), list):
-            return result
-        outputs = []
-        for output in result["outputs"]:
-            if isinstance(output, dict) and isinstance(output.get("key"), str):
-                url, expires_at = self.presign_get(output["key"])
-                output = {**output, "url": url, "expiresAt": expires_at.isoformat().replace("+00:00", "Z")}
-            outputs.append(output)
-        return {**result, "outputs": outputs}
+    def delete(self, key: str) -> None:
+        """Delete the object at `key` (nothing happens when there is none)."""
+        self._client.delete_object(Bucket=self.bucket, Key=self.check(key))
+
+    def client_for(self, key: str) -> Any:
+        """The boto3 client, for a streaming writer of `key` (checked here, once, up front)."""
+        self.check(key)
+        return self._client
 
 
 class _ByteCounter:

@@ -81,7 +81,9 @@ def _verify(token: str, settings: Settings) -> tuple[Principal, float]:
         raise Unauthorized("invalid token", headers=_CHALLENGE) from exc
     scope = claims.get("scope", "")
     tenant = claims.get("tenant")
-    if not isinstance(scope, str) or (tenant is not None and not (isinstance(tenant, str) and _TENANT.match(tenant))):
+    if not isinstance(scope, str) or (
+        tenant is not None and not (isinstance(tenant, str) and _TENANT.fullmatch(tenant))
+    ):
         raise Unauthorized("invalid token claims", headers=_CHALLENGE)
     scopes = frozenset(scope.split())
     if tenant is None and "admin" not in scopes:

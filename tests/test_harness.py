@@ -11,7 +11,8 @@ def test_fresh_database_has_schema_and_queues(settings):
 
 
 def test_local_s3_round_trip(settings):
-    storage = Storage(settings)
-    storage.ensure_bucket()
+    bucket = Storage(settings)
+    bucket.ensure_bucket()
+    storage = bucket.for_tenant("t")
     storage.put_bytes("tenants/t/x.txt", b"hello", "text/plain")
     assert storage.get_bytes("tenants/t/x.txt") == b"hello"

@@ -1,7 +1,10 @@
 """What every handler gets and returns.
 
 A handler module exposes `async def run(job: Job, ctx: HandlerContext) -> dict` (the dict becomes
-the job's `result`; files it wrote go in `result["outputs"]`). It may also expose
+the job's `result`, its function facts). Files go through `ctx.outputs` (an OutputWriter under the
+claim's own prefix), which records them: the machine sets `result["outputs"]` from that record and
+ignores any `outputs` a handler returns. `ctx.storage` reads and writes only the job tenant's keys.
+It may also expose
 `backoff(attempt: int) -> float` (seconds before the next attempt) and `async def warm(ctx)`,
 called once when the machine boots. It raises PermanentJobError for input that can never succeed,
 RetryableJobError for passing failures, SnoozeJob to run later without using an attempt.
@@ -19,12 +22,13 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from shared.db.models import Job
+from shared.outputs import OutputWriter, final_result
 from shared.queues import queue_spec
 from shared.settings import Settings
 
 if TYPE_CHECKING:
     from shared.db.pool import Pool
-    from shared.storage import Storage
+    from shared.storage import Storage, TenantStorage
 
 HandlerResult = dict[str, Any]
 RunFunction = Callable[[Job, "HandlerContext"], Awaitable[HandlerResult]]
@@ -42,8 +46,12 @@ class HandlerContext:
     # Per-machine reusable things (SMTP connection, storage client), shared by every job's context.
     resources: dict[str, Any] = field(default_factory=dict)
 
+    tenant_id: str | None = None  # set on a job's context
+    job_outputs: OutputWriter | None = None  # set on a job's context
+
     @property
-    def storage(self) -> Storage:
+    def bucket(self) -> Storage:
+        """The machine's storage client (shared by every job; boto3 loads on first use)."""
         storage = self.resources.get("storage")
         if storage is None:
             from shared.storage import Storage
@@ -51,15 +59,41 @@ class HandlerContext:
             storage = self.resources["storage"] = Storage(self.settings)
         return storage  # type: ignore[no-any-return]
 
-    def for_job(self) -> HandlerContext:
-        """A context for one job: same resources, its own cancellation event."""
-        return HandlerContext(
+    @property
+    def storage(self) -> TenantStorage:
+        """The job tenant's objects, and only those."""
+        if self.tenant_id is None:
+            raise RuntimeError("storage is per job: use the context made by for_job(job)")
+        return self.bucket.for_tenant(self.tenant_id)
+
+    @property
+    def outputs(self) -> OutputWriter:
+        """Where this attempt stores its outputs (under its claim's prefix)."""
+        if self.job_outputs is None:
+            raise RuntimeError("outputs are per job: use the context made by for_job(job)")
+        return self.job_outputs
+
+    def for_job(self, job: Job) -> HandlerContext:
+        """A context for one claimed job: same resources, its own cancellation event, its tenant's
+        storage and its claim's outputs."""
+        if job.claim_token is None:
+            raise ValueError(f"job {job.id} is not claimed")
+        ctx = HandlerContext(
             settings=self.settings,
             machine_id=self.machine_id,
             pool=self.pool,
             logger=self.logger,
             resources=self.resources,
+            tenant_id=job.tenant_id,
         )
+        ctx.job_outputs = OutputWriter(
+            lambda: ctx.storage, tenant_id=job.tenant_id, job_id=job.id, claim_token=job.claim_token
+        )
+        return ctx
+
+    def recorded_result(self, result: HandlerResult) -> HandlerResult:
+        """`result` as it is recorded: the handler's facts and the outputs this attempt recorded."""
+        return final_result(result, self.job_outputs.outputs if self.job_outputs is not None else [])
 
 
 def load_handler(queue: str) -> ModuleType:

@@ -5,7 +5,8 @@ the rest for the upload; past it the thread is interrupted (render_thread.py) an
 discarded with kind "render-timeout", since the same input would time out again. The machine's
 per-function timeout stays the hard stop for anything the interrupt cannot reach.
 
-Result: `{"outputs": [{"name", "key", "contentType": "application/pdf", "size"}], "pages": n}`,
+Result: `{"outputs": [{"name", "key", "contentType": "application/pdf", "size"}], "pages": n}`
+(the outputs recorded by the machine),
 plus `skippedResources` (`[{"url", "reason"}]`) when some images, stylesheets or fonts were
 refused or failed and the document was rendered without them.
 """
@@ -27,7 +28,6 @@ from shared.db.models import Job
 from shared.errors import PermanentJobError
 from shared.schemas.documents import DocumentsRequest
 from shared.settings import Settings
-from shared.storage import output_key
 
 logger = logging.getLogger(__name__)
 
@@ -86,15 +86,11 @@ async def render(request: DocumentsRequest, settings: Settings, *, name: str) ->
 
 
 async def run(job: Job, ctx: HandlerContext) -> HandlerResult:
-    """Render the job's document and store it at output_key(tenant, job id, filename)."""
+    """Render the job's document and store it as the output `filename` of this attempt."""
     request = parse_args(job.args)
     rendered = await render(request, ctx.settings, name=f"document-{job.id}")
-    key = output_key(job.tenant_id, job.id, request.filename)
-    size = await asyncio.to_thread(ctx.storage.put_bytes, key, rendered.pdf, PDF)
-    result: HandlerResult = {
-        "outputs": [{"name": request.filename, "key": key, "contentType": PDF, "size": size}],
-        "pages": rendered.pages,
-    }
+    await asyncio.to_thread(ctx.outputs.put_bytes, request.filename, rendered.pdf, PDF)
+    result: HandlerResult = {"pages": rendered.pages}
     if rendered.skipped:
         result["skippedResources"] = rendered.skipped
     return result

@@ -151,7 +151,7 @@ def _set_encoded(msg: EmailMessage, name: str, value: str) -> None:
 
 def _set_one_click_unsubscribe(msg: EmailMessage, url: str) -> None:
     # RFC 8058: an https URI that unsubscribes on a cookieless POST of List-Unsubscribe=One-Click.
-    if len(url) > MAX_UNSUBSCRIBE_URL_CHARS or not _URL_CHARS.match(url) or "<" in url or ">" in url:
+    if len(url) > MAX_UNSUBSCRIBE_URL_CHARS or not _URL_CHARS.fullmatch(url) or "<" in url or ">" in url:
         raise UnsafeHeader("the unsubscribe URL must be an https URL of visible ASCII characters, at most 900")
     _set_encoded(msg, "List-Unsubscribe", f"<{url}>")
     msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"

@@ -39,7 +39,7 @@ from shared.schemas.emails import Attachment, BulkEmailArgs, EmailRequest
 from shared.settings import Settings
 
 if TYPE_CHECKING:
-    from shared.storage import Storage
+    from shared.storage import TenantStorage
 
 SMTP_RESOURCE: Final = "smtp"
 MAX_ATTACHMENT_BYTES: Final = 10 * 1024 * 1024
@@ -182,7 +182,7 @@ async def _load_attachments(attachments: list[Attachment], tenant_id: str, ctx: 
     if not attachments:
         return []
     # Imported here: shared.storage loads boto3 (hundreds of ms), which most emails never need.
-    from shared.storage import check_tenant_key
+    from shared.keys import check_tenant_key
 
     files: list[AttachmentFile] = []
     total = 0
@@ -206,7 +206,7 @@ def _download(ctx: HandlerContext, key: str) -> bytes:
     """The attachment's bytes. Storage raises PermanentJobError (object-not-found, too-large) itself."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    storage: Storage = ctx.storage
+    storage: TenantStorage = ctx.storage
     try:
         return storage.get_bytes(key, max_bytes=MAX_ATTACHMENT_BYTES)
     except ClientError as exc:

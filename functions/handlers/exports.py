@@ -31,7 +31,6 @@ from shared.db.models import Job
 from shared.db.pool import Pool
 from shared.errors import PermanentJobError
 from shared.schemas.exports import ExportsRequest
-from shared.storage import output_key
 
 from .base import HandlerContext, HandlerResult
 from .export_copy import CopyReader
@@ -61,7 +60,7 @@ async def run(job: Job, ctx: HandlerContext) -> HandlerResult:
     Raises PermanentJobError (kind "invalid-args") for arguments that do not validate, and
     asyncio.CancelledError once `ctx.cancelled` is set.
     """
-    return await export(parse_request(job.args), tenant_id=job.tenant_id, job_id=job.id, ctx=ctx)
+    return await export(parse_request(job.args), tenant_id=job.tenant_id, ctx=ctx)
 
 
 def parse_request(args: dict[str, object]) -> ExportsRequest:
@@ -74,18 +73,18 @@ def parse_request(args: dict[str, object]) -> ExportsRequest:
 
 
 async def export(
-    request: ExportsRequest, *, tenant_id: str, job_id: int, ctx: HandlerContext, options: ExportOptions | None = None
+    request: ExportsRequest, *, tenant_id: str, ctx: HandlerContext, options: ExportOptions | None = None
 ) -> HandlerResult:
-    """Write the export to `tenants/{tenant}/jobs/{job}/{filename}`; returns the job result.
+    """Write the export as the attempt's output `filename`; returns the job's facts.
 
     Raises asyncio.CancelledError when cancelled and RuntimeError for an XLSX export without a
     pool in `ctx`; on any error the upload is aborted.
     """
     options = options or ExportOptions()
     name, spec = request.output_name, FORMATS[request.format]
-    key = output_key(tenant_id, job_id, name)
+    key = ctx.outputs.key_for(name)
     upload = MultipartUpload(
-        ctx.storage.client,
+        ctx.storage.client_for(key),
         bucket=ctx.storage.bucket,
         key=key,
         content_type=spec.content_type,
@@ -112,11 +111,8 @@ async def export(
     except BaseException:
         await upload.abort()
         raise
-    return {
-        "outputs": [{"name": name, "key": key, "contentType": spec.content_type, "size": size}],
-        "rows": rows,
-        "bytes": size,
-    }
+    ctx.outputs.record(name=name, key=key, content_type=spec.content_type, size=size)
+    return {"rows": rows, "bytes": size}
 
 
 def _stop_if_cancelled(cancelled: asyncio.Event) -> None:

@@ -4,7 +4,8 @@ Args are an `ImagesRequest` (shared/schemas/images.py). The source comes from `s
 through the shared outbound client or from `sourceKey` in the tenant's storage, both capped at
 `MAX_SOURCE_BYTES`; the Pillow work (functions/handlers/image_ops.py) runs in a thread so
 heartbeats keep flowing. Result: `{"outputs": [{name, key, contentType, size, width, height,
-format}], "imageId"}`, outputs under `tenants/{tenant}/jobs/{job id}/{name}.{ext}`.
+format}], "imageId"}`, outputs recorded through `ctx.outputs` (under the claim's prefix) as
+`{name}.{ext}`, in the order of the request.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from shared.db.models import Job
 from shared.errors import PermanentJobError, RetryableJobError
 from shared.outbound import shared_client
 from shared.schemas.images import ImageOperations, ImagesRequest
-from shared.storage import check_tenant_key, output_key
 
 MAX_SOURCE_BYTES: Final = 50 * 1024 * 1024
 SOURCE_TIMEOUT_SECONDS: Final = 30.0
@@ -33,18 +33,28 @@ _RETRYABLE_STATUSES: Final = frozenset({408, 425, 429, 500, 502, 503, 504})
 async def run(job: Job, ctx: HandlerContext) -> HandlerResult:
     """Process the image. Raises PermanentJobError for sources or inputs that can never work."""
     request = _parse(job.args)
-    data = await fetch_source(request, tenant_id=job.tenant_id, ctx=ctx, max_bytes=MAX_SOURCE_BYTES)
+    data = await fetch_source(request, ctx=ctx, max_bytes=MAX_SOURCE_BYTES)
     recipes = [recipe(name, operations) for name, operations in request.outputs()]
     rendered = await asyncio.to_thread(image_ops.render, data, recipes)
-    outputs = await asyncio.gather(
-        *(_store(item, tenant_id=job.tenant_id, job_id=job.id, ctx=ctx) for item in rendered)
+    stored = await asyncio.gather(
+        *(asyncio.to_thread(ctx.outputs.store_bytes, item.filename, item.data, item.content_type) for item in rendered)
     )
-    return {"outputs": list(outputs), "imageId": request.image_id}
+    for item, (key, size) in zip(rendered, stored, strict=True):  # recorded in the request's order
+        ctx.outputs.record(
+            name=item.name,
+            key=key,
+            content_type=item.content_type,
+            size=size,
+            width=item.width,
+            height=item.height,
+            format=item.format,
+        )
+    return {"imageId": request.image_id}
 
 
 async def warm(ctx: HandlerContext) -> None:
     """Build the storage client before the first job (Pillow and its plugins load with this module)."""
-    await asyncio.to_thread(lambda: ctx.storage)
+    await asyncio.to_thread(lambda: ctx.bucket)
 
 
 def recipe(name: str, operations: ImageOperations) -> image_ops.Recipe:
@@ -64,7 +74,7 @@ def recipe(name: str, operations: ImageOperations) -> image_ops.Recipe:
     )
 
 
-async def fetch_source(request: ImagesRequest, *, tenant_id: str, ctx: HandlerContext, max_bytes: int) -> bytes:
+async def fetch_source(request: ImagesRequest, *, ctx: HandlerContext, max_bytes: int) -> bytes:
     """The source image's bytes, never more than `max_bytes`.
 
     Raises PermanentJobError: "forbidden-key" (a key outside the tenant's prefix), "object-not-found",
@@ -72,8 +82,8 @@ async def fetch_source(request: ImagesRequest, *, tenant_id: str, ctx: HandlerCo
     HTTP error); RetryableJobError for passing HTTP or network failures.
     """
     if request.source_key is not None:
-        key = check_tenant_key(tenant_id, request.source_key)
-        return await asyncio.to_thread(ctx.storage.get_bytes, key, max_bytes=max_bytes)
+        # ctx.storage is the job tenant's: a key of another tenant is "forbidden-key".
+        return await asyncio.to_thread(ctx.storage.get_bytes, request.source_key, max_bytes=max_bytes)
     if request.source_url is None:  # the schema guarantees one source; kept for type narrowing
         raise PermanentJobError("no source given", kind="invalid-args")
     response = await shared_client(ctx.resources, ctx.settings).request(
@@ -96,20 +106,6 @@ def _parse(args: dict[str, Any]) -> ImagesRequest:
         return ImagesRequest.model_validate(args)
     except ValidationError as exc:
         raise PermanentJobError(f"invalid arguments: {exc.error_count()} error(s)", kind="invalid-args") from exc
-
-
-async def _store(item: image_ops.Rendered, *, tenant_id: str, job_id: int, ctx: HandlerContext) -> dict[str, Any]:
-    key = output_key(tenant_id, job_id, item.filename)
-    size = await asyncio.to_thread(ctx.storage.put_bytes, key, item.data, item.content_type)
-    return {
-        "name": item.name,
-        "key": key,
-        "contentType": item.content_type,
-        "size": size,
-        "width": item.width,
-        "height": item.height,
-        "format": item.format,
-    }
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:

@@ -222,7 +222,7 @@ def request_id_of(scope: Scope) -> str:
     for name, value in headers:
         if name == b"x-request-id":
             given = value.decode("latin-1")
-            return given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+            return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
     return uuid.uuid4().hex
 
 

@@ -16,9 +16,9 @@ from starlette.responses import Response
 from functions.handlers import default as default_functions
 from shared.db import job_store, transitions
 from shared.db.job_store import Conn, JobFilter
-from shared.db.models import Job, JobState, NewJob
+from shared.db.models import JobState, NewJob
 from shared.db.pool import Pool
-from shared.errors import Conflict, NotFound, ValidationFailed
+from shared.errors import Conflict, NotFound, UniqueKeyHeld, ValidationFailed
 from shared.logging import bind_context
 from shared.queues import QUEUES
 from shared.schemas.common import CamelModel, JobRequest
@@ -198,7 +198,10 @@ async def get_job(request: Request) -> Response:
         raise NotFound("no such job")
     result = job.result
     if result and result.get("outputs"):
-        result = request.app.state.storage().presign_result(result)
+        from shared.outputs import presign_outputs
+
+        storage = request.app.state.storage().for_tenant(job.tenant_id)
+        result = presign_outputs(result, storage=storage, job_id=job.id, claim_token=job.claim_token)
     return JSONResponse(job_json(job, result=result))
 
 
@@ -301,18 +304,8 @@ async def cancel_jobs(request: Request) -> Response:
 
 
 async def _after_cancel(conn: Conn, cancelled: list[transitions.CancelledJob]) -> None:
-    """Notify callbacks of cancelled jobs and ask the dispatcher to stop machines of running ones."""
-    if not cancelled:
-        return
-    cur = await conn.execute(
-        "SELECT * FROM jobs WHERE id = ANY(%s) AND meta ? 'callbackUrl'", ([c.id for c in cancelled],)
-    )
-    for row in await cur.fetchall():
-        from shared.callbacks import callback_job
-
-        callback = callback_job(Job.from_row(row))
-        if callback is not None:
-            await job_store.insert_job(conn, callback)
+    """Ask the dispatcher to stop the machines of cancelled running jobs (callbacks are enqueued
+    by the database with the cancel itself)."""
     machines = sorted({c.attempted_by for c in cancelled if c.was == "executing" and c.attempted_by})
     if machines:
         await conn.execute("SELECT pg_notify('cp_control', %s)", (json.dumps({"stopMachines": machines}),))
@@ -324,7 +317,12 @@ async def retry_job(request: Request) -> Response:
     _, pool = _state(request)
     job_id, tenant = _job_id(request), reading_tenant(principal)
     async with pool.connection() as conn:
-        job = await transitions.retry_final(conn, job_id, tenant_id=tenant)
+        try:
+            job = await transitions.retry_final(conn, job_id, tenant_id=tenant)
+        except UniqueKeyHeld as held:
+            # The holder has the same tenant: the tenant is part of every unique key.
+            extra = {"holdingJobId": held.holder_id} if held.holder_id else {}
+            raise Conflict(f"another live job holds this job's unique key: {held}", extra=extra) from None
         if job is None:
             existing = await job_store.get_job(conn, job_id, tenant_id=tenant)
             if existing is None:

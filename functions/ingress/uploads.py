@@ -13,15 +13,17 @@ from .presenters import rfc3339
 
 
 async def create_upload(request: Request) -> Response:
+    from shared.keys import upload_key
     from shared.schemas.uploads import UploadRequest
-    from shared.storage import upload_key
 
     settings: Settings = request.app.state.settings
     principal = authenticate(request, "jobs:write")
     body = parse_model(UploadRequest, await read_json_body(request, max_bytes=settings.max_body_bytes))
     tenant_id = acting_tenant(principal, body.tenant_id)
     key = upload_key(tenant_id, body.filename)
-    url, expires_at = request.app.state.storage().presign_put(key, body.content_type, size=body.size)
+    url, expires_at = (
+        request.app.state.storage().for_tenant(tenant_id).presign_put(key, body.content_type, size=body.size)
+    )
     return JSONResponse(
         {
             "key": key,

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
+from uuid import UUID
 
 JSONDict = dict[str, Any]
 
@@ -62,6 +63,7 @@ class Job:
     result: JSONDict | None
     batch_id: str | None
     unique_key: str | None
+    claim_token: UUID | None  # set by every claim; the fence of the current (or last) attempt
     attempted_by: str | None
     heartbeat_at: datetime | None
     inserted_at: datetime
@@ -102,11 +104,22 @@ class NewJob:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Fence:
-    """Identifies one attempt held by one machine; every write about a held job carries it."""
+    """Identifies one claim of a job; every write about a held job carries it.
+
+    The token is made by the database at each claim (a trigger), so no two claims share it,
+    whereas (attempt, machine) repeats after a snooze, a hand-back or a retry.
+    """
 
     job_id: int
-    attempt: int
+    claim_token: UUID
     machine_id: str
+
+    @classmethod
+    def of(cls, job: Job) -> Fence:
+        """The fence of the claim `job` was returned by. Raises ValueError for an unclaimed row."""
+        if job.claim_token is None or job.attempted_by is None:
+            raise ValueError(f"job {job.id} has no claim")
+        return cls(job_id=job.id, claim_token=job.claim_token, machine_id=job.attempted_by)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -47,6 +47,12 @@ RETURNING id;
 -- the live job holding a unique key
 SELECT * FROM jobs WHERE unique_key = %(unique_key)s AND state = ANY (unique_states) LIMIT 1;
 
+-- name: unique_key_holder
+-- the live job holding the unique key of job `id` (another row, same tenant by construction)
+SELECT h.id FROM jobs j JOIN jobs h ON h.unique_key = j.unique_key AND h.id <> j.id
+ WHERE j.id = %(id)s AND h.state = ANY (h.unique_states) AND h.tenant_id = j.tenant_id
+ LIMIT 1;
+
 -- name: get_job
 -- one job, optionally only within a tenant
 SELECT * FROM jobs WHERE id = %(id)s AND (%(tenant_id)s::text IS NULL OR tenant_id = %(tenant_id)s);
@@ -69,28 +75,28 @@ SELECT * FROM jobs
 SELECT * FROM claim_jobs(%(queue)s, %(machine_id)s, %(max_jobs)s, %(prefer_id)s);
 
 -- name: complete_job
--- executing -> completed, only by the current holder of this attempt
+-- executing -> completed, only by the current claim
 UPDATE jobs SET state = 'completed', completed_at = now(), result = %(result)s, heartbeat_at = NULL
- WHERE id = %(job_id)s AND state = 'executing' AND attempt = %(attempt)s AND attempted_by = %(machine_id)s
+ WHERE id = %(job_id)s AND state = 'executing' AND claim_token = %(claim_token)s
 RETURNING id;
 
 -- name: complete_jobs
--- executing -> completed for a batch, each row only by the current holder of its attempt.
--- Also answers the rows this holder had already completed: when a commit landed but its reply
+-- executing -> completed for a batch, each row only by its current claim.
+-- Also answers the rows these claims had already completed: when a commit landed but its reply
 -- was lost (connection dropped), the retry must not mistake its own completion for a lost job.
 WITH done AS (
-    SELECT * FROM unnest(%(job_ids)s::bigint[], %(attempts)s::int[], %(results)s::jsonb[]) AS d(id, attempt, result)
+    SELECT * FROM unnest(%(job_ids)s::bigint[], %(claim_tokens)s::uuid[], %(results)s::jsonb[])
+        AS d(id, claim_token, result)
 ), completed_now AS (
     UPDATE jobs SET state = 'completed', completed_at = now(), result = done.result, heartbeat_at = NULL
       FROM done
-     WHERE jobs.id = done.id AND jobs.state = 'executing' AND jobs.attempt = done.attempt
-       AND jobs.attempted_by = %(machine_id)s
+     WHERE jobs.id = done.id AND jobs.state = 'executing' AND jobs.claim_token = done.claim_token
     RETURNING jobs.id
 )
 SELECT id, true AS fresh FROM completed_now
 UNION ALL
-SELECT jobs.id, false AS fresh FROM jobs JOIN done ON jobs.id = done.id AND jobs.attempt = done.attempt
- WHERE jobs.state = 'completed' AND jobs.attempted_by = %(machine_id)s;
+SELECT jobs.id, false AS fresh FROM jobs JOIN done ON jobs.id = done.id AND jobs.claim_token = done.claim_token
+ WHERE jobs.state = 'completed';
 
 -- name: fail_job
 -- executing -> retryable (at retry_at) or discarded, recording the error; fenced
@@ -99,7 +105,7 @@ UPDATE jobs SET state = %(state)s,
                 discarded_at = CASE WHEN %(state)s = 'discarded' THEN now() END,
                 errors = errors || jsonb_build_array(%(error)s::jsonb),
                 heartbeat_at = NULL
- WHERE id = %(job_id)s AND state = 'executing' AND attempt = %(attempt)s AND attempted_by = %(machine_id)s
+ WHERE id = %(job_id)s AND state = 'executing' AND claim_token = %(claim_token)s
 RETURNING id;
 
 -- name: snooze_job
@@ -107,21 +113,20 @@ RETURNING id;
 UPDATE jobs SET state = 'scheduled', attempt = attempt - 1, heartbeat_at = NULL,
                 meta = jsonb_set(meta, '{snoozed}', to_jsonb(coalesce((meta->>'snoozed')::int, 0) + 1)),
                 scheduled_at = now() + make_interval(secs => %(seconds)s)
- WHERE id = %(job_id)s AND state = 'executing' AND attempt = %(attempt)s AND attempted_by = %(machine_id)s
+ WHERE id = %(job_id)s AND state = 'executing' AND claim_token = %(claim_token)s
 RETURNING id;
 
 -- name: hand_back_job
 -- executing -> available, attempt given back (the machine is shutting down); fenced
 UPDATE jobs SET state = 'available', attempt = attempt - 1, heartbeat_at = NULL, scheduled_at = now()
- WHERE id = %(job_id)s AND state = 'executing' AND attempt = %(attempt)s AND attempted_by = %(machine_id)s
+ WHERE id = %(job_id)s AND state = 'executing' AND claim_token = %(claim_token)s
 RETURNING id;
 
 -- name: heartbeat_jobs
--- executing -> executing: refresh the heartbeat of every job this machine still holds
+-- executing -> executing: refresh the heartbeat of every job whose claim this machine still holds
 UPDATE jobs SET heartbeat_at = now()
-  FROM unnest(%(job_ids)s::bigint[], %(attempts)s::int[]) AS held(id, attempt)
- WHERE jobs.id = held.id AND jobs.attempt = held.attempt
-   AND jobs.state = 'executing' AND jobs.attempted_by = %(machine_id)s
+  FROM unnest(%(job_ids)s::bigint[], %(claim_tokens)s::uuid[]) AS held(id, claim_token)
+ WHERE jobs.id = held.id AND jobs.claim_token = held.claim_token AND jobs.state = 'executing'
 RETURNING jobs.id;
 
 -- name: cancel_jobs
@@ -144,7 +149,7 @@ RETURNING jobs.id, jobs.queue, target.was, jobs.attempted_by;
 -- name: retry_job
 -- discarded/cancelled -> available, attempts reset (explicit retry)
 UPDATE jobs SET state = 'available', attempt = 0, scheduled_at = now(), discarded_at = NULL,
-                cancelled_at = NULL, attempted_by = NULL, heartbeat_at = NULL, result = NULL
+                cancelled_at = NULL, attempted_by = NULL, heartbeat_at = NULL, result = NULL, claim_token = NULL
  WHERE id = %(id)s AND (%(tenant_id)s::text IS NULL OR tenant_id = %(tenant_id)s)
    AND state IN ('discarded', 'cancelled')
 RETURNING *;

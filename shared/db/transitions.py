@@ -1,19 +1,22 @@
 """Every job state change, one function per arrow of the architecture spec.
 
-Writers about a held job take a Fence; a fenced write that matches no row raises LostJobError
-(the job was cancelled or rescued meanwhile, and this machine must publish nothing).
+Writers about a held job take a Fence (the claim's token); a fenced write that matches no row
+raises LostJobError (the job was cancelled or rescued meanwhile, and this machine must publish
+nothing). Callbacks of jobs that become final are enqueued by the database itself, in the same
+statement, whoever makes them final (migrations/0003).
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import psycopg
 from psycopg.types.json import Jsonb
 
-from shared.errors import LostJobError
+from shared.errors import LostJobError, UniqueKeyHeld
 
 from .job_store import Conn, JobFilter
 from .models import Fence, Job, JobState
@@ -31,7 +34,9 @@ async def claim(conn: Conn, *, queue: str, machine_id: str, max_jobs: int, prefe
 
 
 async def _fenced(conn: Conn, query: str, fence: Fence, **params: Any) -> None:
-    cur = await conn.execute(QUERIES[query], {**asdict(fence), **params}, prepare=True)
+    cur = await conn.execute(
+        QUERIES[query], {"job_id": fence.job_id, "claim_token": fence.claim_token, **params}, prepare=True
+    )
     if await cur.fetchone() is None:
         raise LostJobError(fence.job_id)
 
@@ -41,21 +46,18 @@ async def complete(conn: Conn, fence: Fence, *, result: dict[str, Any]) -> None:
     await _fenced(conn, "complete_job", fence, result=Jsonb(result))
 
 
-async def complete_many(
-    conn: Conn, *, machine_id: str, done: list[tuple[Fence, dict[str, Any]]]
-) -> tuple[set[int], set[int]]:
+async def complete_many(conn: Conn, *, done: list[tuple[Fence, dict[str, Any]]]) -> tuple[set[int], set[int]]:
     """executing -> completed for many held jobs at once.
 
-    Returns (completed, fresh): every id this machine holds completed (the rest were cancelled or
+    Returns (completed, fresh): every id whose claim is now completed (the rest were cancelled or
     rescued meanwhile and must publish nothing), and those completed by this very statement (an
     earlier try whose reply was lost may already have completed the others).
     """
     cur = await conn.execute(
         QUERIES["complete_jobs"],
         {
-            "machine_id": machine_id,
             "job_ids": [fence.job_id for fence, _ in done],
-            "attempts": [fence.attempt for fence, _ in done],
+            "claim_tokens": [fence.claim_token for fence, _ in done],
             "results": [Jsonb(result) for _, result in done],
         },
         prepare=True,
@@ -112,13 +114,13 @@ async def hand_back(conn: Conn, fence: Fence) -> None:
     await _fenced(conn, "hand_back_job", fence)
 
 
-async def heartbeat(conn: Conn, *, machine_id: str, held: list[tuple[int, int]]) -> set[int]:
-    """Refresh heartbeats of the (job id, attempt) pairs; returns the ids still held."""
+async def heartbeat(conn: Conn, *, held: list[Fence]) -> set[int]:
+    """Refresh the heartbeats of the held claims; returns the ids still held."""
     if not held:
         return set()
     cur = await conn.execute(
         QUERIES["heartbeat_jobs"],
-        {"machine_id": machine_id, "job_ids": [h[0] for h in held], "attempts": [h[1] for h in held]},
+        {"job_ids": [f.job_id for f in held], "claim_tokens": [f.claim_token for f in held]},
         prepare=True,
     )
     return {row["id"] for row in await cur.fetchall()}
@@ -149,9 +151,25 @@ async def cancel(conn: Conn, criteria: JobFilter) -> list[CancelledJob]:
 
 
 async def retry_final(conn: Conn, job_id: int, *, tenant_id: str | None) -> Job | None:
-    """discarded | cancelled -> available with attempts reset; None if not in those states."""
-    cur = await conn.execute(QUERIES["retry_job"], {"id": job_id, "tenant_id": tenant_id})
-    row = await cur.fetchone()
+    """discarded | cancelled -> available with attempts reset; None if not in those states.
+
+    Raises UniqueKeyHeld when the job's unique key is now held by another live job (the only
+    move into a state a key covers that can meet another row: keys cover every in-flight state).
+    """
+    for _ in range(3):
+        try:
+            async with conn.transaction():  # a savepoint when the caller is inside a transaction
+                cur = await conn.execute(QUERIES["retry_job"], {"id": job_id, "tenant_id": tenant_id})
+                row = await cur.fetchone()
+            break
+        except psycopg.errors.UniqueViolation:
+            cur = await conn.execute(QUERIES["unique_key_holder"], {"id": job_id})
+            holder = await cur.fetchone()
+            if holder is not None:
+                raise UniqueKeyHeld(job_id, holder["id"]) from None
+            # The holder left the covered states between the two statements: try again.
+    else:
+        raise UniqueKeyHeld(job_id, None)
     return Job.from_row(row) if row else None
 
 

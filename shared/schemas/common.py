@@ -22,7 +22,7 @@ class CamelModel(BaseModel):
 
 
 def _no_crlf(value: str) -> str:
-    if not _NO_CRLF.match(value):
+    if not _NO_CRLF.fullmatch(value):
         raise ValueError("must not contain CR or LF")
     return value
 
@@ -35,6 +35,10 @@ UniqueState = Literal["scheduled", "available", "executing", "retryable", "compl
 
 
 _DEFAULT_UNIQUE_STATES: list[UniqueState] = ["scheduled", "available", "executing", "retryable", "completed"]
+# A key must cover every in-flight state (as River requires): a job moving between them (staged,
+# claimed, rescued, snoozed, handed back) then never meets another job's key. The database holds
+# the same rule (CHECK jobs_unique_states_in_flight).
+IN_FLIGHT_STATES: tuple[UniqueState, ...] = ("scheduled", "available", "executing", "retryable")
 
 
 class UniqueOptions(CamelModel):
@@ -51,6 +55,16 @@ class UniqueOptions(CamelModel):
         if isinstance(value, int) and not 1 <= value <= 10 * 365 * 24 * 3600:
             raise ValueError("must be between 1 second and 10 years, or 'infinity'")
         return value
+
+    @field_validator("states")
+    @classmethod
+    def _covers_in_flight(cls, value: list[UniqueState]) -> list[UniqueState]:
+        missing = [state for state in IN_FLIGHT_STATES if state not in value]
+        if missing:
+            raise ValueError(
+                f"must include every in-flight state ({', '.join(IN_FLIGHT_STATES)}); missing {', '.join(missing)}"
+            )
+        return sorted(set(value), key=value.index)
 
 
 class JobOptions(CamelModel):

@@ -45,7 +45,7 @@ def _iso_date(value: object) -> object:
     # pydantic would also take a Unix timestamp or a full datetime here; only YYYY-MM-DD is a date.
     if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
         return value
-    if not isinstance(value, str) or not _ISO_DATE.match(value):
+    if not isinstance(value, str) or not _ISO_DATE.fullmatch(value):
         raise ValueError("must be an ISO date (YYYY-MM-DD)")
     return value
 
@@ -53,7 +53,7 @@ def _iso_date(value: object) -> object:
 def _iso_date_or_datetime(value: object) -> object:
     if isinstance(value, dt.date):
         return value
-    if isinstance(value, str) and _ISO_DATE.match(value):
+    if isinstance(value, str) and _ISO_DATE.fullmatch(value):
         return dt.date.fromisoformat(value)  # a plain date stays a date (not midnight of it)
     if not isinstance(value, str) or not _ISO_DATETIME.match(value):
         raise ValueError("must be an ISO date (YYYY-MM-DD) or date-time (YYYY-MM-DDTHH:MM:SSZ)")
@@ -81,7 +81,7 @@ def _paragraphs(value: object) -> object:
 
 
 def _filename(value: str) -> str:
-    if not _FILENAME.match(value) or ".." in value:
+    if not _FILENAME.fullmatch(value) or ".." in value:
         raise ValueError("must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
     return value if value.lower().endswith(".pdf") else f"{value}.pdf"
 

@@ -81,7 +81,7 @@ def _filename(value: str) -> str:
 
 
 def _storage_key(value: str) -> str:
-    if not _STORAGE_KEY.match(value) or ".." in value.split("/") or "//" in value:
+    if not _STORAGE_KEY.fullmatch(value) or ".." in value.split("/") or "//" in value:
         raise ValueError("must be a storage key of this tenant (tenants/<tenant>/...)")
     return value
 
@@ -169,7 +169,7 @@ class EmailRequest(JobRequest, _Bodies):
         seen: set[str] = set()
         for name in headers:
             lowered = name.lower()
-            if not (_EXTRA_HEADER_NAME.match(name) or lowered in _EXTRA_HEADER_ALLOWED):
+            if not (_EXTRA_HEADER_NAME.fullmatch(name) or lowered in _EXTRA_HEADER_ALLOWED):
                 raise ValueError(f"header {name!r} is not allowed (use X-* or one of {sorted(_EXTRA_HEADER_ALLOWED)})")
             if lowered in seen:
                 raise ValueError(f"header {name!r} is given twice")

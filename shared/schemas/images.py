@@ -13,9 +13,9 @@ from typing import Annotated, Final, Literal
 
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
+from shared.keys import is_safe_key, tenant_prefix
 from shared.outbound_policy import OutboundUrl
 from shared.schemas.common import CamelModel, JobRequest
-from shared.storage import is_safe_key, tenant_prefix
 
 MAX_VARIANTS: Final = 10
 DEFAULT_OUTPUT_NAME: Final = "image"
@@ -32,7 +32,7 @@ _KEY_SHAPE: Final = re.compile(r"^tenants/[A-Za-z0-9._-]+/.+$")
 
 def _key_shape(value: str) -> str:
     # The tenant is not known here (it comes from the token); the handler checks the prefix.
-    if not _KEY_SHAPE.match(value) or not is_safe_key(value):
+    if not _KEY_SHAPE.fullmatch(value) or not is_safe_key(value):
         raise ValueError("must be a storage key of the form tenants/{tenant}/... without '.', '..' or '//'")
     return value
 

@@ -12,8 +12,8 @@ from typing import Annotated, Final, Literal
 
 from pydantic import AfterValidator, Field
 
+from shared.keys import upload_key
 from shared.schemas.common import CamelModel, TenantId
-from shared.storage import upload_key
 
 __all__ = ["MAX_UPLOAD_BYTES", "UploadRequest", "UploadResponse", "upload_key"]
 

@@ -99,9 +99,9 @@ class WebhookRequest(JobRequest):
         seen: set[str] = set()
         for name, header_value in value.items():
             lower = name.lower()
-            if not _HEADER_NAME.match(name):
+            if not _HEADER_NAME.fullmatch(name):
                 raise ValueError(f"{name!r} is not a valid header name")
-            if not _HEADER_VALUE.match(header_value):
+            if not _HEADER_VALUE.fullmatch(header_value):
                 raise ValueError(f"{name}: values are at most 2048 characters, without CR, LF or controls")
             if lower in _RESERVED_HEADERS or lower.startswith("webhook-"):
                 raise ValueError(f"{name} is set by the service and cannot be given")

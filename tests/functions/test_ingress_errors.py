@@ -103,3 +103,30 @@ def test_list_filters_and_cursor(app: LiveApp):
         assert client.get("/jobs", params={"state": "completed"}).json()["jobs"] == []
         _assert_problem(client.get("/jobs", params={"limit": 500}), 422)
         _assert_problem(client.get("/jobs", params={"state": "bogus"}), 422)
+
+
+@pytest.mark.parametrize(
+    "states", [["available"], ["executing"], ["retryable"], ["scheduled", "available", "executing"]]
+)
+def test_a_unique_key_that_misses_an_in_flight_state_is_422(app: LiveApp, states: list[str]):
+    """Two such jobs used to be accepted and then stopped the dispatcher for every tenant when the
+    stager (or a claim, or the lifeline) moved one into a state the other's key covered."""
+    options = {"scheduleIn": 1, "unique": {"period": "infinity", "states": states}}
+    with app.client() as client:
+        response = client.post("/jobs/default", json={"function": "echo", "args": {}, "options": options})
+    body = _assert_problem(response, 422)
+    assert [e["path"] for e in body["errors"]] == ["options.unique.states"]
+    assert app.sql("SELECT count(*) FROM jobs") == [(0,)]
+
+
+def test_retry_into_a_held_unique_key_is_409_naming_the_holder(app: LiveApp):
+    body = {"function": "echo", "args": {"k": 1}, "options": {"unique": {"period": "infinity"}}}
+    with app.client() as client:
+        first = client.post("/jobs/default", json=body).json()
+        assert client.request("DELETE", "/jobs", params={"ids": first["id"]}).json() == {"cancelled": 1}
+        holder = client.post("/jobs/default", json=body)
+        assert holder.status_code == 201
+        response = client.post(f"/jobs/{first['id']}/retry")
+    problem = _assert_problem(response, 409)
+    assert problem["holdingJobId"] == holder.json()["id"]
+    assert app.sql("SELECT state FROM jobs WHERE id = %s", (first["id"],)) == [("cancelled",)]

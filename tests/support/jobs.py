@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import uuid
 from datetime import UTC, datetime
+from types import ModuleType
 from typing import Any
 
+from functions.handlers.base import HandlerContext
 from shared.db.models import Job, JobState
 from shared.queues import queue_spec
 
@@ -47,6 +50,7 @@ def held_job(
         result=None,
         batch_id=None,
         unique_key=None,
+        claim_token=uuid.uuid4(),
         attempted_by=MACHINE_ID,
         heartbeat_at=now,
         inserted_at=now if inserted_at is None else inserted_at,
@@ -56,3 +60,21 @@ def held_job(
         cancelled_at=None,
         discarded_at=None,
     )
+
+
+async def run_handler(handler: ModuleType, job: Job, ctx: HandlerContext) -> dict[str, Any]:
+    """Run `handler` on `job` as a machine does: in the job's own context, the outputs it recorded
+    in the result (whatever the handler itself returned as outputs)."""
+    job_ctx = ctx.for_job(job)
+    result = await handler.run(job, job_ctx)
+    return job_ctx.recorded_result(result)
+
+
+def stored_bytes(ctx: HandlerContext, key: str) -> bytes:
+    """The object at `key`, read through its own tenant's view of the bucket."""
+    return ctx.bucket.for_tenant(key.split("/")[1]).get_bytes(key)
+
+
+def store_bytes(ctx: HandlerContext, key: str, data: bytes, content_type: str) -> None:
+    """Seed an object at `key` (an upload, another job's output) through its tenant's view."""
+    ctx.bucket.for_tenant(key.split("/")[1]).put_bytes(key, data, content_type)

@@ -19,7 +19,7 @@ from shared.errors import PermanentJobError
 from shared.schemas.documents import DocumentsRequest
 from tests.conftest import make_settings
 from tests.support import pdf
-from tests.support.jobs import held_job
+from tests.support.jobs import held_job, run_handler, stored_bytes
 
 TENANT = "t-docs"
 
@@ -67,7 +67,7 @@ def make_job(body: dict[str, Any], *, tenant: str = TENANT) -> Job:
 
 def context(s3: LocalS3, **overrides: Any) -> HandlerContext:
     ctx = HandlerContext(settings=make_settings("postgresql://unused.invalid/none", s3, **overrides), machine_id="m")
-    ctx.storage.ensure_bucket()
+    ctx.bucket.ensure_bucket()
     return ctx
 
 
@@ -79,10 +79,11 @@ async def ctx(s3: LocalS3) -> AsyncIterator[HandlerContext]:
 async def render(ctx: HandlerContext, **body: Any) -> tuple[dict[str, Any], bytes]:
     """Run the function; its result and the PDF as stored."""
     job = make_job(body)
-    result = await documents.run(job, ctx)
+    result = await run_handler(documents, job, ctx)
     (output,) = result["outputs"]
-    assert output["key"] == f"tenants/{TENANT}/jobs/{job.id}/{output['name']}"
-    data = ctx.storage.get_bytes(output["key"])
+    assert job.claim_token is not None
+    assert output["key"] == f"tenants/{TENANT}/jobs/{job.id}/{job.claim_token.hex}/{output['name']}"
+    data = stored_bytes(ctx, output["key"])
     assert output["size"] == len(data)
     assert output["contentType"] == "application/pdf"
     assert data.startswith(b"%PDF-")
@@ -213,7 +214,7 @@ async def test_tenant_html_renders_data_and_escapes_it(ctx: HandlerContext) -> N
 )
 async def test_sandbox_escapes_are_template_errors(ctx: HandlerContext, source: str) -> None:
     with pytest.raises(PermanentJobError) as caught:
-        await documents.run(make_job({"html": source, "data": {"a": 1}}), ctx)
+        await run_handler(documents, make_job({"html": source, "data": {"a": 1}}), ctx)
     assert caught.value.kind == "template-error"
     assert "unsafe" in str(caught.value)
 
@@ -230,7 +231,7 @@ async def test_sandbox_escapes_are_template_errors(ctx: HandlerContext, source: 
 )
 async def test_broken_templates_fail_cleanly(ctx: HandlerContext, source: str, message: str) -> None:
     with pytest.raises(PermanentJobError) as caught:
-        await documents.run(make_job({"html": source}), ctx)
+        await run_handler(documents, make_job({"html": source}), ctx)
     assert caught.value.kind == "template-error"
     assert message in str(caught.value)
 
@@ -244,7 +245,7 @@ async def test_optional_fields_work_with_is_defined(ctx: HandlerContext) -> None
 async def test_output_size_is_capped(ctx: HandlerContext) -> None:
     source = "{% for i in range(100000) %}{% for j in range(100) %}xxxxxxxxxx{% endfor %}{% endfor %}"
     with pytest.raises(PermanentJobError) as caught:
-        await documents.run(make_job({"html": source}), ctx)
+        await run_handler(documents, make_job({"html": source}), ctx)
     assert caught.value.kind == "document-too-large"
 
 
@@ -252,7 +253,7 @@ async def test_invalid_stored_args_are_discarded(ctx: HandlerContext) -> None:
     job = make_job({"template": "invoice", "data": INVOICE})
     broken = Job(**{**{name: getattr(job, name) for name in job.__dataclass_fields__}, "args": {"template": "memo"}})
     with pytest.raises(PermanentJobError) as caught:
-        await documents.run(broken, ctx)
+        await run_handler(documents, broken, ctx)
     assert caught.value.kind == "invalid-args"
 
 
@@ -274,7 +275,7 @@ async def test_a_render_past_its_deadline_is_stopped(s3: LocalS3, source: str) -
     # WORKER_DOCUMENTS_TIMEOUT 2 s gives the render 1.5 s.
     ctx = context(s3, worker_documents_timeout=2000)
     with pytest.raises(PermanentJobError) as caught:
-        await documents.run(make_job({"html": source}), ctx)
+        await run_handler(documents, make_job({"html": source}), ctx)
     assert caught.value.kind == "render-timeout"
 
 
@@ -283,7 +284,7 @@ async def test_a_render_past_its_deadline_is_stopped(s3: LocalS3, source: str) -
 
 async def test_warm_renders_without_storing_anything(ctx: HandlerContext) -> None:
     await documents.warm(ctx)
-    listed = ctx.storage.client.list_objects_v2(Bucket=ctx.storage.bucket)
+    listed = ctx.bucket.client.list_objects_v2(Bucket=ctx.bucket.bucket)
     assert listed.get("KeyCount", 0) == 0
 
 

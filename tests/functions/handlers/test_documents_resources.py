@@ -21,6 +21,7 @@ from functions.handlers.base import HandlerContext
 from infra.local.s3 import LocalS3
 from tests.functions.handlers.test_documents import context, make_job
 from tests.support import pdf
+from tests.support.jobs import run_handler, stored_bytes
 from tests.support.receivers import Reply, http_receiver
 
 CSS_SECRET = "LEAKEDCSSSECRET"
@@ -55,8 +56,8 @@ async def loopback_ctx(s3: LocalS3) -> AsyncIterator[HandlerContext]:
 
 
 async def render_html(ctx: HandlerContext, html: str) -> tuple[dict[str, Any], bytes]:
-    result = await documents.run(make_job({"html": html}), ctx)
-    return result, ctx.storage.get_bytes(result["outputs"][0]["key"])
+    result = await run_handler(documents, make_job({"html": html}), ctx)
+    return result, stored_bytes(ctx, result["outputs"][0]["key"])
 
 
 def bare(html: str) -> bytes:

@@ -20,7 +20,7 @@ from shared.db.models import Job
 from shared.errors import PermanentJobError, RetryableJobError
 from shared.schemas.emails import BulkEmailRequest, EmailRequest, expand_bulk
 from tests.conftest import make_settings
-from tests.support.jobs import held_job
+from tests.support.jobs import held_job, run_handler, store_bytes
 from tests.support.smtp import SmtpTestServer, TlsFiles, make_tls_files, running_smtp_server
 
 UNUSED_DB = "postgresql://unused.invalid/none"  # handlers never touch the database
@@ -60,7 +60,7 @@ async def retryable_failure(ctx: HandlerContext) -> RetryableJobError:
     """Send one plain email that must fail for now; the machine's SMTP connection is closed after."""
     try:
         with pytest.raises(RetryableJobError) as caught:
-            await emails.run(make_job(submitted({"to": "jane@example.com", "subject": "s", "text": "t"})), ctx)
+            await run_handler(emails, make_job(submitted({"to": "jane@example.com", "subject": "s", "text": "t"})), ctx)
     finally:
         await emails.close(ctx)
     return caught.value
@@ -98,7 +98,7 @@ async def test_a_single_email_arrives_with_its_headers_and_both_bodies(
         job_id=123,
     )
 
-    result = await emails.run(job, ctx)
+    result = await run_handler(emails, job, ctx)
 
     assert result == {
         "messageId": "<job-123.tenant-1@example.com>",
@@ -126,10 +126,10 @@ async def test_a_single_email_arrives_with_its_headers_and_both_bodies(
 
 async def test_attachments_come_from_tenant_storage_byte_for_byte(smtp_server: SmtpTestServer, s3: LocalS3) -> None:
     ctx = context_for(smtp_server, s3)
-    ctx.storage.ensure_bucket()
+    ctx.bucket.ensure_bucket()
     pdf = b"%PDF-1.7\n" + bytes(range(256)) * 40 + b"\r\n.\r\n\x00end"  # CRLF-dot and NUL survive base64
-    ctx.storage.put_bytes(f"tenants/{TENANT}/uploads/u1/invoice.pdf", pdf, "application/pdf")
-    ctx.storage.put_bytes(f"tenants/{TENANT}/jobs/7/report.csv", b"a,b\r\n1,2\r\n", "text/csv")
+    store_bytes(ctx, f"tenants/{TENANT}/uploads/u1/invoice.pdf", pdf, "application/pdf")
+    store_bytes(ctx, f"tenants/{TENANT}/jobs/7/report.csv", b"a,b\r\n1,2\r\n", "text/csv")
     job = make_job(
         submitted(
             {
@@ -144,7 +144,7 @@ async def test_attachments_come_from_tenant_storage_byte_for_byte(smtp_server: S
         )
     )
     try:
-        await emails.run(job, ctx)
+        await run_handler(emails, job, ctx)
     finally:
         await emails.close(ctx)
 
@@ -162,19 +162,19 @@ async def test_an_attachment_key_of_another_tenant_is_refused_before_any_send(
     smtp_server: SmtpTestServer, s3: LocalS3
 ) -> None:
     ctx = context_for(smtp_server, s3)
-    ctx.storage.ensure_bucket()
-    ctx.storage.put_bytes("tenants/other/uploads/secret.pdf", b"secret", "application/pdf")
+    ctx.bucket.ensure_bucket()
+    store_bytes(ctx, "tenants/other/uploads/secret.pdf", b"secret", "application/pdf")
     args = submitted({"to": "jane@example.com", "subject": "s", "text": "t"})
     args["attachments"] = [{"filename": "secret.pdf", "key": "tenants/other/uploads/secret.pdf"}]
     with pytest.raises(PermanentJobError) as caught:
-        await emails.run(make_job(args), ctx)
+        await run_handler(emails, make_job(args), ctx)
     assert caught.value.kind == "forbidden-key"
     assert smtp_server.messages == [] and smtp_server.connections == 0
 
 
 async def test_a_missing_attachment_fails_the_job_for_good(smtp_server: SmtpTestServer, s3: LocalS3) -> None:
     ctx = context_for(smtp_server, s3)
-    ctx.storage.ensure_bucket()
+    ctx.bucket.ensure_bucket()
     args = submitted(
         {
             "to": "jane@example.com",
@@ -184,7 +184,7 @@ async def test_a_missing_attachment_fails_the_job_for_good(smtp_server: SmtpTest
         }
     )
     with pytest.raises(PermanentJobError) as caught:
-        await emails.run(make_job(args), ctx)
+        await run_handler(emails, make_job(args), ctx)
     assert caught.value.kind == "object-not-found"
     assert smtp_server.messages == []
 
@@ -206,7 +206,7 @@ async def test_a_refusal_of_the_only_recipient_fails_the_job(
 ) -> None:
     smtp_server.refuse_recipient(address, reply)
     with pytest.raises(error) as caught:
-        await emails.run(make_job(submitted({"to": address, "subject": "s", "text": "t"})), ctx)
+        await run_handler(emails, make_job(submitted({"to": address, "subject": "s", "text": "t"})), ctx)
     refusal = caught.value
     assert isinstance(refusal, PermanentJobError | RetryableJobError)  # for the type checker: both carry a kind
     assert refusal.kind == "recipients-refused"
@@ -220,13 +220,13 @@ async def test_a_throttled_message_is_retryable_and_a_rejected_one_is_not(
     job = make_job(submitted({"to": "jane@example.com", "subject": "s", "text": "t"}))
     smtp_server.data_reply = "454 4.7.0 Throttling failure: Maximum sending rate exceeded"
     with pytest.raises(RetryableJobError) as retry:
-        await emails.run(job, ctx)
+        await run_handler(emails, job, ctx)
     smtp_server.data_reply = "554 5.7.1 Message rejected as spam"
     with pytest.raises(PermanentJobError) as permanent:
-        await emails.run(job, ctx)
+        await run_handler(emails, job, ctx)
     assert (retry.value.kind, permanent.value.kind) == ("message-refused", "message-refused")
     smtp_server.data_reply = None
-    await emails.run(job, ctx)  # the relay recovered; the same job goes through
+    await run_handler(emails, job, ctx)  # the relay recovered; the same job goes through
     assert len(smtp_server.messages) == 1
 
 
@@ -239,7 +239,7 @@ async def test_some_recipients_refused_completes_and_reports_each(
         {"to": ["jane@example.com", "gone@example.com"], "cc": "busy@example.com", "subject": "s", "text": "t"}
     )
 
-    result = await emails.run(make_job(args), ctx)
+    result = await run_handler(emails, make_job(args), ctx)
 
     assert result["accepted"] == ["jane@example.com"]
     assert result["rejected"] == [
@@ -253,12 +253,12 @@ async def test_one_connection_serves_the_machines_jobs_and_a_dropped_one_is_repl
     ctx: HandlerContext, smtp_server: SmtpTestServer
 ) -> None:
     for to in ("a@example.com", "b@example.com"):
-        await emails.run(make_job(submitted({"to": to, "subject": "s", "text": "t"})), ctx)
+        await run_handler(emails, make_job(submitted({"to": to, "subject": "s", "text": "t"})), ctx)
     assert smtp_server.connections == 1
     assert [m.connection for m in smtp_server.messages] == [1, 1]
 
     smtp_server.drop_connections()  # the relay's idle timeout
-    await emails.run(make_job(submitted({"to": "c@example.com", "subject": "s", "text": "t"})), ctx)
+    await run_handler(emails, make_job(submitted({"to": "c@example.com", "subject": "s", "text": "t"})), ctx)
 
     assert smtp_server.connections == 2
     assert [m.connection for m in smtp_server.messages] == [1, 1, 2]
@@ -268,8 +268,8 @@ async def test_every_attempt_of_a_job_carries_the_same_message_id(
     ctx: HandlerContext, smtp_server: SmtpTestServer
 ) -> None:
     args = submitted({"to": "jane@example.com", "subject": "s", "text": "t"})
-    first = await emails.run(make_job(args, job_id=77, attempt=1), ctx)
-    second = await emails.run(make_job(args, job_id=77, attempt=2), ctx)
+    first = await run_handler(emails, make_job(args, job_id=77, attempt=1), ctx)
+    second = await run_handler(emails, make_job(args, job_id=77, attempt=2), ctx)
     ids = [m.parsed()["Message-ID"] for m in smtp_server.messages]
     assert ids == ["<job-77.tenant-1@example.com>"] * 2 == [first["messageId"], second["messageId"]]
 
@@ -295,7 +295,7 @@ async def test_bulk_recipients_get_their_own_rendered_message_and_unsubscribe_li
     )
     jobs = [make_job(args, job_id=500 + i) for i, args in enumerate(expand_bulk(request))]
 
-    results = [await emails.run(job, ctx) for job in jobs]
+    results = [await run_handler(emails, job, ctx) for job in jobs]
 
     assert [r["accepted"] for r in results] == [["ann@example.com"], ["bob+tag@example.com"], ["cy@example.com"]]
     messages = [m.parsed() for m in smtp_server.messages]
@@ -325,7 +325,7 @@ async def test_a_bulk_unsubscribe_template_carries_the_recipients_token(
             "recipients": [{"to": "ann@example.com", "data": {"token": "a/b c&d"}}],
         }
     )
-    await emails.run(make_job(expand_bulk(request)[0]), ctx)
+    await run_handler(emails, make_job(expand_bulk(request)[0]), ctx)
     message = smtp_server.messages[0].parsed()
     assert message["List-Unsubscribe"] == "<https://example.com/u/a%2Fb%20c%26d>"
     assert message["From"] == "Shop <shop@example.com>"  # EMAIL_FROM when the request names none
@@ -345,7 +345,7 @@ async def test_a_bulk_recipient_whose_data_breaks_the_message_fails_alone(
         {"subject": "Hello {{ name }}", "text": "t", "recipients": [{"to": "ann@example.com", "data": data}]}
     )
     with pytest.raises(PermanentJobError) as caught:
-        await emails.run(make_job(expand_bulk(request)[0]), ctx)
+        await run_handler(emails, make_job(expand_bulk(request)[0]), ctx)
     assert caught.value.kind == kind
     assert smtp_server.messages == []
 
@@ -356,7 +356,7 @@ async def test_a_bulk_address_that_only_passed_the_cheap_check_is_refused_before
     # .test is a special-use domain: the API's pattern lets it through, email-validator does not.
     request = BulkEmailRequest.model_validate({"subject": "s", "text": "t", "recipients": [{"to": "ann@mail.test"}]})
     with pytest.raises(PermanentJobError) as caught:
-        await emails.run(make_job(expand_bulk(request)[0]), ctx)
+        await run_handler(emails, make_job(expand_bulk(request)[0]), ctx)
     assert caught.value.kind == "invalid-address"
     assert smtp_server.connections == 0
 
@@ -364,7 +364,7 @@ async def test_a_bulk_address_that_only_passed_the_cheap_check_is_refused_before
 async def test_args_that_bypass_the_api_are_validated_again(ctx: HandlerContext, smtp_server: SmtpTestServer) -> None:
     args = {"to": ["jane@example.com"], "subject": "Hi\r\nBcc: victim@example.com", "text": "t"}
     with pytest.raises(PermanentJobError) as caught:
-        await emails.run(make_job(args), ctx)
+        await run_handler(emails, make_job(args), ctx)
     assert caught.value.kind == "invalid-args"
     assert smtp_server.connections == 0
 
@@ -376,7 +376,9 @@ async def test_starttls_and_auth_against_a_self_signed_relay(tmp_path: Path) -> 
         assert ctx.settings.smtp_starttls and ctx.settings.smtp_user == "mailer"
         trust_the_relay(ctx, tls)
         try:
-            await emails.run(make_job(submitted({"to": "jane@example.com", "subject": "Secure", "text": "t"})), ctx)
+            await run_handler(
+                emails, make_job(submitted({"to": "jane@example.com", "subject": "Secure", "text": "t"})), ctx
+            )
         finally:
             await emails.close(ctx)
     [received] = server.messages
@@ -416,7 +418,7 @@ async def test_an_unreachable_relay_is_retryable() -> None:
 
 
 async def test_close_quits_the_machines_connection(ctx: HandlerContext, smtp_server: SmtpTestServer) -> None:
-    await emails.run(make_job(submitted({"to": "jane@example.com", "subject": "s", "text": "t"})), ctx)
+    await run_handler(emails, make_job(submitted({"to": "jane@example.com", "subject": "s", "text": "t"})), ctx)
     assert smtp_server.quits == 0
     await emails.close(ctx)
     assert smtp_server.quits == 1

@@ -25,6 +25,7 @@ from shared.db.pool import Pool, open_pool
 from shared.errors import PermanentJobError
 from shared.schemas.exports import ExportsRequest
 from shared.settings import Settings
+from tests.support.jobs import run_handler, stored_bytes
 
 from .exports_support import BASE_AT, add_job, add_many_jobs, export_job
 
@@ -44,7 +45,7 @@ async def pool(database_url: str) -> AsyncIterator[Pool]:
 @pytest.fixture
 def ctx(settings: Settings, pool: Pool) -> HandlerContext:
     context = HandlerContext(settings=settings, machine_id="m", pool=pool)
-    context.storage.ensure_bucket()
+    context.bucket.ensure_bucket()
     return context
 
 
@@ -60,8 +61,8 @@ def args(**fields: Any) -> dict[str, Any]:
 
 
 async def run_export(ctx: HandlerContext, tenant: str, **fields: Any) -> tuple[dict[str, Any], bytes]:
-    result = await exports.run(export_job(tenant, args(**fields)), ctx)
-    return result, ctx.storage.get_bytes(result["outputs"][0]["key"])
+    result = await run_handler(exports, export_job(tenant, args(**fields)), ctx)
+    return result, stored_bytes(ctx, result["outputs"][0]["key"])
 
 
 def csv_rows(body: bytes) -> list[dict[str, str]]:
@@ -69,11 +70,11 @@ def csv_rows(body: bytes) -> list[dict[str, str]]:
 
 
 def head(ctx: HandlerContext, key: str) -> dict[str, Any]:
-    return dict(ctx.storage.client.head_object(Bucket=ctx.storage.bucket, Key=key))
+    return dict(ctx.bucket.client.head_object(Bucket=ctx.bucket.bucket, Key=key))
 
 
 def pending_uploads(ctx: HandlerContext) -> list[Any]:
-    return list(ctx.storage.client.list_multipart_uploads(Bucket=ctx.storage.bucket).get("Uploads", []))
+    return list(ctx.bucket.client.list_multipart_uploads(Bucket=ctx.bucket.bucket).get("Uploads", []))
 
 
 async def test_csv_holds_only_the_tenants_rows_with_their_values(ctx: HandlerContext, conn: AsyncConnection[Any]):
@@ -111,14 +112,15 @@ async def test_result_describes_the_stored_object(ctx: HandlerContext, conn: Asy
     await add_job(conn, tenant="acme")
     job = export_job("acme", args(filename="history.csv"))
 
-    result = await exports.run(job, ctx)
+    result = await run_handler(exports, job, ctx)
 
-    key = f"tenants/acme/jobs/{job.id}/history.csv"
+    assert job.claim_token is not None
+    key = f"tenants/acme/jobs/{job.id}/{job.claim_token.hex}/history.csv"
     meta = head(ctx, key)
     assert result["outputs"] == [
         {"name": "history.csv", "key": key, "contentType": "text/csv; charset=utf-8", "size": meta["ContentLength"]}
     ]
-    assert result["bytes"] == meta["ContentLength"] == len(ctx.storage.get_bytes(key))
+    assert result["bytes"] == meta["ContentLength"] == len(stored_bytes(ctx, key))
     assert meta["ContentType"] == "text/csv; charset=utf-8"
     assert meta["ContentDisposition"] == 'attachment; filename="history.csv"'
 
@@ -181,11 +183,11 @@ async def test_xlsx_starts_a_new_sheet_when_one_is_full(ctx: HandlerContext, con
     request = ExportsRequest.model_validate({"dataset": "jobs", "format": "xlsx", "columns": ["id"]})
     job = export_job("acme", request.function_args())
 
-    result = await exports.export(
-        request, tenant_id="acme", job_id=job.id, ctx=ctx, options=ExportOptions(xlsx_rows_per_sheet=2)
-    )
+    job_ctx = ctx.for_job(job)
+    facts = await exports.export(request, tenant_id="acme", ctx=job_ctx, options=ExportOptions(xlsx_rows_per_sheet=2))
+    result = job_ctx.recorded_result(facts)
 
-    book = openpyxl.load_workbook(io.BytesIO(ctx.storage.get_bytes(result["outputs"][0]["key"])))
+    book = openpyxl.load_workbook(io.BytesIO(stored_bytes(ctx, result["outputs"][0]["key"])))
     assert book.sheetnames == ["jobs", "jobs (2)", "jobs (3)"]
     sheets = [[row[0] for row in book[name].iter_rows(values_only=True)] for name in book.sheetnames]
     assert sheets == [["id", *ids[:2]], ["id", *ids[2:4]], ["id", ids[4]]]
@@ -281,7 +283,7 @@ async def test_arguments_that_do_not_validate_discard_the_job(ctx: HandlerContex
     job = export_job("acme", {"dataset": "jobs", "columns": ["tenant_id"], "format": "csv"})
 
     with pytest.raises(PermanentJobError) as caught:
-        await exports.run(job, ctx)
+        await run_handler(exports, job, ctx)
 
     assert caught.value.kind == "invalid-args"
     assert "columns" in str(caught.value)
@@ -292,15 +294,17 @@ async def test_a_large_export_goes_up_in_several_parts(ctx: HandlerContext, conn
     request = ExportsRequest.model_validate({"dataset": "jobs"})
     job = export_job("acme", request.function_args())
 
-    result = await exports.export(
-        request, tenant_id="acme", job_id=job.id, ctx=ctx, options=ExportOptions(part_bytes=MIN_PART_BYTES)
+    job_ctx = ctx.for_job(job)
+    facts = await exports.export(
+        request, tenant_id="acme", ctx=job_ctx, options=ExportOptions(part_bytes=MIN_PART_BYTES)
     )
+    result = job_ctx.recorded_result(facts)
 
     key = result["outputs"][0]["key"]
     meta = head(ctx, key)
     parts = int(meta["ETag"].strip('"').rsplit("-", 1)[1])  # a multipart object's ETag ends in -<parts>
     assert parts == -(-result["bytes"] // MIN_PART_BYTES) > 1
-    rows = csv_rows(ctx.storage.get_bytes(key))
+    rows = csv_rows(stored_bytes(ctx, key))
     assert len(rows) == result["rows"] == 50_000
     assert rows[-1]["tags"] == "batch-0,-x" and rows[-1]["last_error"] == "'=bad response 50000"
     assert pending_uploads(ctx) == []
@@ -342,15 +346,16 @@ async def test_a_cancel_mid_upload_stops_the_query_and_aborts_the_upload(
             return False
         return True
 
-    ctx.cancelled = CancelWhen(upload_under_way)
+    job_ctx = ctx.for_job(job)
+    job_ctx.cancelled = CancelWhen(upload_under_way)
     options = ExportOptions(part_bytes=MIN_PART_BYTES)
-    running = asyncio.create_task(exports.export(request, tenant_id="acme", job_id=job.id, ctx=ctx, options=options))
+    running = asyncio.create_task(exports.export(request, tenant_id="acme", ctx=job_ctx, options=options))
 
     with pytest.raises(asyncio.CancelledError):
         await running
 
     assert cancels == [how]  # it stopped because of the cancel, with an upload under way
-    listed = ctx.storage.client.list_objects_v2(Bucket=ctx.storage.bucket, Prefix=f"tenants/acme/jobs/{job.id}/")
+    listed = ctx.bucket.client.list_objects_v2(Bucket=ctx.bucket.bucket, Prefix=f"tenants/acme/jobs/{job.id}/")
     assert listed.get("KeyCount", 0) == 0
     assert pending_uploads(ctx) == []
     copies = await conn.execute(
@@ -371,25 +376,28 @@ async def test_a_cancel_mid_xlsx_removes_the_workbooks_temporary_files(ctx: Hand
         at_cancel.update(path for path in openpyxl_writer.ALL_TEMP_FILES if os.path.exists(path))
         return cancel.checks >= 3
 
-    ctx.cancelled = cancel = CancelWhen(third_look)
+    job_ctx = ctx.for_job(job)
+    job_ctx.cancelled = cancel = CancelWhen(third_look)
 
     with pytest.raises(asyncio.CancelledError):
-        await exports.export(request, tenant_id="acme", job_id=job.id, ctx=ctx)
+        await exports.export(request, tenant_id="acme", ctx=job_ctx)
 
     sheet_files = at_cancel - before
     assert sheet_files, "the workbook had started writing its sheet to disk"
     assert not [path for path in sheet_files if os.path.exists(path)]
-    assert ctx.storage.client.list_objects_v2(Bucket=ctx.storage.bucket).get("KeyCount", 0) == 0
+    assert ctx.bucket.client.list_objects_v2(Bucket=ctx.bucket.bucket).get("KeyCount", 0) == 0
 
 
 async def test_a_cancel_before_the_start_sends_nothing(ctx: HandlerContext, conn: AsyncConnection[Any]):
     await add_job(conn, tenant="acme")
-    ctx.cancelled.set()
+    job = export_job("acme", args())
+    job_ctx = ctx.for_job(job)
+    job_ctx.cancelled.set()
 
     with pytest.raises(asyncio.CancelledError):
-        await run_export(ctx, "acme")
+        await exports.run(job, job_ctx)
 
-    assert ctx.storage.client.list_objects_v2(Bucket=ctx.storage.bucket).get("KeyCount", 0) == 0
+    assert ctx.bucket.client.list_objects_v2(Bucket=ctx.bucket.bucket).get("KeyCount", 0) == 0
 
 
 async def test_times_are_utc_whatever_the_session_time_zone(
@@ -404,7 +412,7 @@ async def test_times_are_utc_whatever_the_session_time_zone(
         async with tokyo_pool.connection() as c:
             assert await (await c.execute("SHOW TimeZone")).fetchone() == {"TimeZone": "Asia/Tokyo"}
         tokyo = HandlerContext(settings=settings, machine_id="m", pool=tokyo_pool)
-        tokyo.storage.ensure_bucket()
+        tokyo.bucket.ensure_bucket()
         _, as_json = await run_export(tokyo, "acme", format="json", columns=["inserted_at"])
         _, as_csv = await run_export(tokyo, "acme", columns=["inserted_at"])
     finally:

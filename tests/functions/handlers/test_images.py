@@ -21,7 +21,7 @@ from shared.errors import PermanentJobError, RetryableJobError
 from shared.schemas.images import ImagesRequest
 from tests.conftest import make_settings
 from tests.support import images as samples
-from tests.support.jobs import held_job
+from tests.support.jobs import held_job, run_handler
 
 TENANT = "t1"
 _upload_ids = itertools.count(1000)
@@ -68,7 +68,7 @@ def source() -> Iterator[SourceServer]:
 def _context(s3: LocalS3, **overrides: Any) -> HandlerContext:
     settings = make_settings("postgresql://unused.invalid/none", s3, **overrides)
     ctx = HandlerContext(settings=settings, machine_id="test-machine")
-    ctx.storage.ensure_bucket()
+    ctx.bucket.ensure_bucket()
     return ctx
 
 
@@ -92,15 +92,15 @@ def make_job(body: dict[str, Any], *, tenant: str = TENANT) -> Job:
 
 def upload(ctx: HandlerContext, data: bytes, name: str = "photo.jpg", *, tenant: str = TENANT) -> str:
     key = f"tenants/{tenant}/uploads/test/{next(_upload_ids)}/{name}"
-    ctx.storage.put_bytes(key, data, "application/octet-stream")
+    ctx.bucket.for_tenant(tenant).put_bytes(key, data, "application/octet-stream")
     return key
 
 
 async def process(ctx: HandlerContext, data: bytes, **body: Any) -> tuple[dict[str, Any], list[bytes]]:
     """Run the function on `data` (uploaded first); the result and each output's stored bytes."""
     job = make_job({"imageId": "img-1", "sourceKey": upload(ctx, data), **body})
-    result = await images.run(job, ctx)
-    return result, [ctx.storage.get_bytes(output["key"]) for output in result["outputs"]]
+    result = await run_handler(images, job, ctx)
+    return result, [ctx.bucket.for_tenant(TENANT).get_bytes(output["key"]) for output in result["outputs"]]
 
 
 def opened(data: bytes) -> Image.Image:
@@ -139,14 +139,15 @@ async def test_12mp_jpeg_from_a_url_becomes_an_800x600_webp(ctx: HandlerContext,
         }
     )
 
-    result = await images.run(job, ctx)
+    result = await run_handler(images, job, ctx)
 
     [output] = result["outputs"]
-    stored = ctx.storage.get_bytes(output["key"])
+    stored = ctx.bucket.for_tenant(TENANT).get_bytes(output["key"])
     assert result["imageId"] == "holiday"
+    assert job.claim_token is not None
     assert output == {
         "name": "image",
-        "key": f"tenants/{TENANT}/jobs/{job.id}/image.webp",
+        "key": f"tenants/{TENANT}/jobs/{job.id}/{job.claim_token.hex}/image.webp",
         "contentType": "image/webp",
         "size": len(stored),
         "width": 800,
@@ -437,17 +438,17 @@ async def test_another_tenants_upload_is_never_read(ctx: HandlerContext) -> None
     theirs = upload(ctx, samples.marked_jpeg(1), tenant="t2")
 
     with pytest.raises(PermanentJobError) as caught:
-        await images.run(make_job({"imageId": "x", "sourceKey": theirs}, tenant=TENANT), ctx)
+        await run_handler(images, make_job({"imageId": "x", "sourceKey": theirs}, tenant=TENANT), ctx)
 
     assert caught.value.kind == "forbidden-key"
     assert (
-        ctx.storage.client.list_objects_v2(Bucket=ctx.storage.bucket, Prefix=f"tenants/{TENANT}/jobs/")["KeyCount"] == 0
+        ctx.bucket.client.list_objects_v2(Bucket=ctx.bucket.bucket, Prefix=f"tenants/{TENANT}/jobs/")["KeyCount"] == 0
     )
 
 
 async def test_a_missing_upload_is_a_permanent_error(ctx: HandlerContext) -> None:
     with pytest.raises(PermanentJobError) as caught:
-        await images.run(make_job({"imageId": "x", "sourceKey": f"tenants/{TENANT}/uploads/none.jpg"}), ctx)
+        await run_handler(images, make_job({"imageId": "x", "sourceKey": f"tenants/{TENANT}/uploads/none.jpg"}), ctx)
 
     assert caught.value.kind == "object-not-found"
 
@@ -457,11 +458,12 @@ async def test_sources_over_the_byte_cap_are_refused(ctx: HandlerContext, source
     by_url = ImagesRequest.model_validate({"imageId": "x", "sourceUrl": source.serve("/big.jpg", data)})
     by_key = ImagesRequest.model_validate({"imageId": "x", "sourceKey": upload(ctx, data)})
 
+    job_ctx = ctx.for_job(make_job({"imageId": "x", "sourceUrl": "https://example.com/a.jpg"}))
     for request in (by_url, by_key):
         with pytest.raises(PermanentJobError) as caught:
-            await images.fetch_source(request, tenant_id=TENANT, ctx=ctx, max_bytes=len(data) - 1)
+            await images.fetch_source(request, ctx=job_ctx, max_bytes=len(data) - 1)
         assert caught.value.kind in {"response-too-large", "too-large"}
-        assert await images.fetch_source(request, tenant_id=TENANT, ctx=ctx, max_bytes=len(data)) == data
+        assert await images.fetch_source(request, ctx=job_ctx, max_bytes=len(data)) == data
 
 
 @pytest.mark.parametrize(
@@ -474,7 +476,7 @@ async def test_http_errors_from_the_source(
     url = source.serve(f"/status-{status}", b"nope", status=status, content_type="text/plain")
 
     with pytest.raises(error) as caught:
-        await images.run(make_job({"imageId": "x", "sourceUrl": url}), ctx)
+        await run_handler(images, make_job({"imageId": "x", "sourceUrl": url}), ctx)
 
     assert getattr(caught.value, "kind", None) == "source-unavailable"
 
@@ -483,7 +485,7 @@ async def test_a_loopback_url_is_refused_without_the_test_allowlist(s3: LocalS3,
     strict = _context(s3)
     try:
         with pytest.raises(PermanentJobError) as caught:
-            await images.run(make_job({"imageId": "x", "sourceUrl": source.serve("/a.jpg", b"x")}), strict)
+            await run_handler(images, make_job({"imageId": "x", "sourceUrl": source.serve("/a.jpg", b"x")}), strict)
     finally:
         await _closed(strict)
 
@@ -495,7 +497,7 @@ async def test_args_that_do_not_validate_are_permanent(ctx: HandlerContext) -> N
     broken = Job(**{**{name: getattr(job, name) for name in job.__dataclass_fields__}, "args": {"imageId": "x"}})
 
     with pytest.raises(PermanentJobError) as caught:
-        await images.run(broken, ctx)
+        await run_handler(images, broken, ctx)
 
     assert caught.value.kind == "invalid-args"
 

@@ -20,7 +20,7 @@ from shared.outbound import RESOURCE_KEY, DestinationNotAllowed, OutboundClient
 from shared.schemas.webhooks import WebhookRequest
 from shared.webhook_signing import tenant_signing_secret
 from tests.conftest import make_settings
-from tests.support.jobs import held_job
+from tests.support.jobs import held_job, run_handler
 from tests.support.receivers import http_receiver
 
 UNUSED_DB = "postgresql://127.0.0.1:9/unused"  # handlers never touch the database
@@ -63,7 +63,7 @@ async def test_delivery_is_signed_with_the_tenant_secret_and_reports_facts(ctx):
                 "headers": {"Authorization": "Bearer abc", "X-Trace": "t-1"},
             }
         )
-        result = await webhooks.run(make_job(args), ctx)
+        result = await run_handler(webhooks, make_job(args), ctx)
     [received] = receiver.requests
     assert (received.method, received.path) == ("POST", "/hooks")
     assert received.headers["content-type"] == "application/json"
@@ -82,7 +82,7 @@ async def test_delivery_is_signed_with_the_tenant_secret_and_reports_facts(ctx):
 async def test_method_is_honoured(ctx, method):
     with http_receiver([(204, {}, 0.0)]) as receiver:
         args = submitted({"url": receiver.url, "event": "e", "payload": [1, 2], "method": method})
-        result = await webhooks.run(make_job(args), ctx)
+        result = await run_handler(webhooks, make_job(args), ctx)
     assert [r.method for r in receiver.requests] == [method]
     assert result["statusCode"] == 204
     verify(receiver.requests[0])
@@ -92,7 +92,7 @@ async def test_method_is_honoured(ctx, method):
 async def test_server_errors_and_408_are_retryable(ctx, status):
     with http_receiver([(status, {}, 0.0)]) as receiver:
         with pytest.raises(RetryableJobError) as raised:
-            await webhooks.run(make_job(submitted({"url": receiver.url, "event": "e"})), ctx)
+            await run_handler(webhooks, make_job(submitted({"url": receiver.url, "event": "e"})), ctx)
     assert raised.value.kind == f"http-{status}"
     assert raised.value.retry_after_seconds is None
     assert f"attempt 1: HTTP {status} after " in str(raised.value) and " ms" in str(raised.value)
@@ -101,7 +101,7 @@ async def test_server_errors_and_408_are_retryable(ctx, status):
 async def test_429_retry_after_sets_the_delay(ctx):
     with http_receiver([(429, {"Retry-After": "7"}, 0.0)]) as receiver:
         with pytest.raises(RetryableJobError) as raised:
-            await webhooks.run(make_job(submitted({"url": receiver.url, "event": "e"})), ctx)
+            await run_handler(webhooks, make_job(submitted({"url": receiver.url, "event": "e"})), ctx)
     assert (raised.value.kind, raised.value.retry_after_seconds) == ("http-429", 7)
 
 
@@ -109,7 +109,7 @@ async def test_503_retry_after_as_http_date_is_honoured(ctx):
     when = format_datetime(datetime.now(UTC) + timedelta(hours=1), usegmt=True)
     with http_receiver([(503, {"Retry-After": when}, 0.0)]) as receiver:
         with pytest.raises(RetryableJobError) as raised:
-            await webhooks.run(make_job(submitted({"url": receiver.url, "event": "e"})), ctx)
+            await run_handler(webhooks, make_job(submitted({"url": receiver.url, "event": "e"})), ctx)
     assert raised.value.retry_after_seconds is not None
     assert 3000 < raised.value.retry_after_seconds <= 3600
 
@@ -118,7 +118,7 @@ async def test_503_retry_after_as_http_date_is_honoured(ctx):
 async def test_other_client_errors_are_permanent(ctx, status):
     with http_receiver([(status, {}, 0.0)]) as receiver:
         with pytest.raises(PermanentJobError) as raised:
-            await webhooks.run(make_job(submitted({"url": receiver.url, "event": "e"})), ctx)
+            await run_handler(webhooks, make_job(submitted({"url": receiver.url, "event": "e"})), ctx)
     assert raised.value.kind == f"http-{status}"
     assert f"HTTP {status}" in str(raised.value)
 
@@ -128,7 +128,7 @@ async def test_redirects_are_permanent_and_not_followed(ctx, status):
     with http_receiver([(200, {}, 0.0)]) as elsewhere:
         with http_receiver([(status, {"Location": f"{elsewhere.url}/moved"}, 0.0)]) as receiver:
             with pytest.raises(PermanentJobError) as raised:
-                await webhooks.run(make_job(submitted({"url": receiver.url, "event": "e"})), ctx)
+                await run_handler(webhooks, make_job(submitted({"url": receiver.url, "event": "e"})), ctx)
     assert raised.value.kind == f"http-{status}"
     assert len(receiver.requests) == 1
     assert elsewhere.requests == []
@@ -137,7 +137,9 @@ async def test_redirects_are_permanent_and_not_followed(ctx, status):
 async def test_slow_receiver_times_out_as_retryable(ctx):
     with http_receiver([(200, {}, 30.0)]) as receiver:
         with pytest.raises(RetryableJobError) as raised:
-            await webhooks.run(make_job(submitted({"url": receiver.url, "event": "e", "timeoutSeconds": 1})), ctx)
+            await run_handler(
+                webhooks, make_job(submitted({"url": receiver.url, "event": "e", "timeoutSeconds": 1})), ctx
+            )
     assert raised.value.kind == "timeout"
     assert "no answer within 1 s" in str(raised.value)
 
@@ -147,7 +149,7 @@ async def test_unreachable_receiver_is_a_retryable_network_error(ctx):
         probe.bind(("127.0.0.1", 0))
         closed_port = probe.getsockname()[1]
     with pytest.raises(RetryableJobError) as raised:
-        await webhooks.run(make_job(submitted({"url": f"http://127.0.0.1:{closed_port}/", "event": "e"})), ctx)
+        await run_handler(webhooks, make_job(submitted({"url": f"http://127.0.0.1:{closed_port}/", "event": "e"})), ctx)
     assert raised.value.kind == "network"
 
 
@@ -155,8 +157,8 @@ async def test_attempts_of_one_job_share_webhook_id_and_body(ctx):
     with http_receiver([(500, {}, 0.0), (200, {}, 0.0)]) as receiver:
         args = submitted({"url": receiver.url, "event": "order.created", "payload": {"n": 1}})
         with pytest.raises(RetryableJobError):
-            await webhooks.run(make_job(args, attempt=1, job_id=7), ctx)
-        result = await webhooks.run(make_job(args, attempt=2, job_id=7), ctx)
+            await run_handler(webhooks, make_job(args, attempt=1, job_id=7), ctx)
+        result = await run_handler(webhooks, make_job(args, attempt=2, job_id=7), ctx)
     first, second = receiver.requests
     assert first.headers["webhook-id"] == second.headers["webhook-id"] == "msg_7"
     assert first.body == second.body
@@ -168,8 +170,8 @@ async def test_attempts_of_one_job_share_webhook_id_and_body(ctx):
 async def test_other_jobs_get_other_webhook_ids(ctx):
     with http_receiver([(200, {}, 0.0)]) as receiver:
         args = submitted({"url": receiver.url, "event": "e"})
-        await webhooks.run(make_job(args, job_id=1), ctx)
-        await webhooks.run(make_job(args, job_id=2), ctx)
+        await run_handler(webhooks, make_job(args, job_id=1), ctx)
+        await run_handler(webhooks, make_job(args, job_id=2), ctx)
     assert [r.headers["webhook-id"] for r in receiver.requests] == ["msg_1", "msg_2"]
 
 
@@ -179,14 +181,14 @@ async def test_destination_refused_at_run_time_is_permanent():
         args = submitted({"url": receiver.url, "event": "e"})
         strict = HandlerContext(settings=make_settings(UNUSED_DB), machine_id="test-machine")
         with pytest.raises(DestinationNotAllowed) as raised:
-            await webhooks.run(make_job(args), strict)
+            await run_handler(webhooks, make_job(args), strict)
     assert raised.value.kind == "destination-not-allowed"
     assert receiver.requests == []
 
 
 async def test_invalid_args_are_permanent(ctx):
     with pytest.raises(PermanentJobError) as raised:
-        await webhooks.run(make_job({"url": "https://example.com/", "event": "e", "method": "GET"}), ctx)
+        await run_handler(webhooks, make_job({"url": "https://example.com/", "event": "e", "method": "GET"}), ctx)
     assert raised.value.kind == "invalid-args"
 
 

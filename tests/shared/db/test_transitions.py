@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,10 +36,8 @@ async def test_insert_claim_complete_and_fenced_writes(settings):
         [claimed] = await transitions.claim(conn, queue="default", machine_id="m1", max_jobs=5)
         assert (claimed.id, claimed.attempt, claimed.attempted_by) == (job.id, 1, "m1")
         with pytest.raises(LostJobError):
-            await transitions.complete(conn, Fence(job_id=job.id, attempt=1, machine_id="m2"), result={})
-        with pytest.raises(LostJobError):
-            await transitions.complete(conn, Fence(job_id=job.id, attempt=2, machine_id="m1"), result={})
-        await transitions.complete(conn, Fence(job_id=job.id, attempt=1, machine_id="m1"), result={"ok": 1})
+            await transitions.complete(conn, replace(Fence.of(claimed), claim_token=uuid.uuid4()), result={})
+        await transitions.complete(conn, Fence.of(claimed), result={"ok": 1})
         done = await job_store.get_job(conn, job.id, tenant_id="t1")
         assert done is not None and done.state == JobState.COMPLETED and done.result == {"ok": 1}
         assert await job_store.get_job(conn, job.id, tenant_id="other-tenant") is None
@@ -61,7 +61,7 @@ async def test_database_refuses_transitions_outside_the_spec(settings):
                     continue  # available -> cancelled is allowed
                 await conn.execute(f"UPDATE jobs SET state = '{target.value}'{extra} WHERE id = %s", (job.id,))
         [claimed] = await transitions.claim(conn, queue="default", machine_id="m", max_jobs=1)
-        await transitions.complete(conn, Fence(job_id=claimed.id, attempt=1, machine_id="m"), result={})
+        await transitions.complete(conn, Fence.of(claimed), result={})
         with pytest.raises(psycopg.errors.CheckViolation):
             await conn.execute("UPDATE jobs SET state = 'available', completed_at = NULL WHERE id = %s", (job.id,))
 
@@ -72,8 +72,7 @@ async def test_failure_retries_then_discards_and_snooze_gives_the_attempt_back(s
         job = await job_store.insert_job(conn, new(max_attempts=2))
         now = datetime.now(UTC)
         [j] = await transitions.claim(conn, queue="default", machine_id="m", max_jobs=1)
-        fence = Fence(job_id=j.id, attempt=j.attempt, machine_id="m")
-        await transitions.snooze(conn, fence, seconds=0)
+        await transitions.snooze(conn, Fence.of(j), seconds=0)
         snoozed = await job_store.get_job(conn, job.id, tenant_id=None)
         assert snoozed is not None and snoozed.state == JobState.SCHEDULED and snoozed.attempt == 0
         assert snoozed.meta["snoozed"] == 1
@@ -83,15 +82,13 @@ async def test_failure_retries_then_discards_and_snooze_gives_the_attempt_back(s
         decision = transitions.after_failure(j, permanent=False, backoff_seconds=0, now=now)
         assert isinstance(decision, transitions.Retry)
         error = transitions.error_entry(attempt=1, at=now, kind="error", error="boom")
-        state = await transitions.fail(
-            conn, Fence(job_id=j.id, attempt=1, machine_id="m"), decision=decision, error=error
-        )
+        state = await transitions.fail(conn, Fence.of(j), decision=decision, error=error)
         assert state == JobState.RETRYABLE
         assert await transitions.stage_due(conn) == 1  # the stager promotes retryable jobs too
         [j] = await transitions.claim(conn, queue="default", machine_id="m", max_jobs=1)
         decision = transitions.after_failure(j, permanent=False, backoff_seconds=0, now=now)
         assert isinstance(decision, transitions.Discard)
-        await transitions.fail(conn, Fence(job_id=j.id, attempt=2, machine_id="m"), decision=decision, error=error)
+        await transitions.fail(conn, Fence.of(j), decision=decision, error=error)
         final = await job_store.get_job(conn, job.id, tenant_id=None)
         assert final is not None and final.state == JobState.DISCARDED and len(final.errors) == 2
         retried = await transitions.retry_final(conn, job.id, tenant_id="t1")
@@ -179,7 +176,7 @@ async def test_twenty_claimers_claim_each_attempt_once_within_the_queue_limit(se
                 claims.extend((j.id, j.attempt) for j in jobs)
                 await asyncio.sleep(random.random() / 500)
                 for j in jobs:
-                    await transitions.complete(c, Fence(job_id=j.id, attempt=j.attempt, machine_id=f"m{n}"), result={})
+                    await transitions.complete(c, Fence.of(j), result={})
 
     async def sampler() -> None:
         c = await connect(settings.database_url)
@@ -217,13 +214,13 @@ async def test_batch_completion_retried_after_a_lost_reply_recognises_its_own_wo
         mine = await job_store.insert_job(conn, new())
         taken = await job_store.insert_job(conn, new())
         claimed = await transitions.claim(conn, queue="default", machine_id="m", max_jobs=2)
-        fences = {j.id: Fence(job_id=j.id, attempt=j.attempt, machine_id="m") for j in claimed}
+        fences = {j.id: Fence.of(j) for j in claimed}
         await transitions.cancel(conn, JobFilter(tenant_id=None, ids=[taken.id]))
         done = [(fences[mine.id], {"n": 1}), (fences[taken.id], {"n": 2})]
-        first = await transitions.complete_many(conn, machine_id="m", done=done)
+        first = await transitions.complete_many(conn, done=done)
         assert first == ({mine.id}, {mine.id})
         # The same batch again, as after a commit whose reply never arrived: still ours, not fresh.
-        again = await transitions.complete_many(conn, machine_id="m", done=done)
+        again = await transitions.complete_many(conn, done=done)
         assert again == ({mine.id}, set())
-        other = await transitions.complete_many(conn, machine_id="other", done=done)
-        assert other == (set(), set())
+        forged = [(replace(fence, claim_token=uuid.uuid4()), result) for fence, result in done]
+        assert await transitions.complete_many(conn, done=forged) == (set(), set())

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from shared.keys import check_tenant_key
 from shared.schemas.uploads import MAX_UPLOAD_BYTES, UploadRequest, UploadResponse, upload_key
-from shared.storage import check_tenant_key
 
 
 def test_a_plain_request_is_accepted_and_the_type_lower_cased() -> None:
