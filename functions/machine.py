@@ -436,10 +436,13 @@ class Machine:
             await asyncio.sleep(self.settings.heartbeat_interval_seconds)
             held = [h.fence for h in self.held.values() if not (h.lost or h.abandoned or h.completing)]
             try:
-                async with self.pool.connection() as conn:
-                    # The machine row's heartbeat tells the scaler this machine can still take work.
-                    await job_store.machine_seen(conn, self.config.machine_id)
-                    still = await transitions.heartbeat(conn, held=held)
+                # Bounded: a pool waiting for a connection that never comes must not hold the
+                # heartbeat (and the self-fence check below) hostage.
+                async with asyncio.timeout(max(2 * self.settings.heartbeat_interval_seconds, 1.0)):
+                    async with self.pool.connection() as conn:
+                        # The machine row's heartbeat tells the scaler this machine can still take work.
+                        await job_store.machine_seen(conn, self.config.machine_id)
+                        still = await transitions.heartbeat(conn, held=held)
             except Exception:
                 logger.warning("heartbeat failed", exc_info=True)
                 if self.held and time.monotonic() - self.db_reached_at > self.self_fence_after:
@@ -508,7 +511,9 @@ async def main_async(settings: Settings, config: MachineConfig) -> int:
         from functions.handlers.default import load_function_modules
 
         load_function_modules(settings.default_function_modules)
-    pool = await open_pool(settings.database_url, min_size=1, max_size=config.concurrency + 2)
+    # A short checkout wait: with the database away, every loop of the machine learns it in
+    # seconds and can retry, or fence itself, instead of waiting 30 s per attempt.
+    pool = await open_pool(settings.database_url, min_size=1, max_size=config.concurrency + 2, checkout_timeout=3.0)
     machine = Machine(settings=settings, config=config, handler=handler, pool=pool)
     loop = asyncio.get_running_loop()
     shutdown_tasks: set[asyncio.Task[None]] = set()

@@ -33,8 +33,13 @@ async def _ping_if_idle(conn: AsyncConnection[Any]) -> None:
         await AsyncConnectionPool.check_connection(conn)
 
 
-async def open_pool(database_url: str, *, min_size: int = 1, max_size: int = 20, **kwargs: Any) -> Pool:
-    """Open a pool of dict-row connections and wait until the first connection works."""
+async def open_pool(
+    database_url: str, *, min_size: int = 1, max_size: int = 20, checkout_timeout: float = 30.0, **kwargs: Any
+) -> Pool:
+    """Open a pool of dict-row connections and wait until the first connection works.
+
+    `checkout_timeout`: how long `pool.connection()` waits for a connection before PoolTimeout.
+    """
     pool: Pool = AsyncConnectionPool(
         database_url,
         min_size=min(min_size, max_size),
@@ -45,6 +50,7 @@ async def open_pool(database_url: str, *, min_size: int = 1, max_size: int = 20,
         check=_ping_if_idle,
         reset=_note_return,
         reconnect_timeout=3600,
+        timeout=checkout_timeout,
     )
     await pool.open(wait=True, timeout=30)
     return pool

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import time
 
+import httpx
 import pytest
 
+from shared.storage import Storage
 from tests.conftest import make_settings
 from tests.support.live import LiveApp, live_app, wait_until
 
@@ -171,3 +175,80 @@ def _sigterm_hand_back(app, tmp_path):
     done = app.wait_for_job(job["id"], {"completed", "discarded"}, timeout=30)
     assert done["state"] == "completed" and done["errors"] == [] and done["attempt"] == 1
     assert done["machineId"] != running["machineId"]
+
+
+def test_a_timed_out_jobs_thread_work_really_stops(database_url, s3, tmp_path):
+    """The handler's blocking thread outlasts the 1 s timeout: the failure is recorded and the
+    machine process ends at once, so the thread never gets to its side effect."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    with _app(database_url, s3, tmp_path, worker_default_timeout=1000) as app:
+        job = _post(app, "thread_overrun", {"marker_dir": str(markers), "seconds": 4}, maxAttempts=1)
+        done = app.wait_for_job(job["id"], {"completed", "discarded"}, timeout=60)
+        assert done["state"] == "discarded" and done["errors"][0]["kind"] == "timeout"
+        rows = wait_until(
+            "machine exit",
+            lambda: app.sql("SELECT exit_code FROM machines WHERE id = %s AND state = 'exited'", (done["machineId"],)),
+        )
+        assert rows == [(3,)]
+        time.sleep(5)  # past the moment the thread would have written its marker
+    assert list(markers.iterdir()) == []
+
+
+def test_a_stalled_holder_can_neither_overwrite_nor_delete_the_winners_output(database_url, s3, tmp_path):
+    """Both attempts store `out.txt`; the stalled first wakes after the second completed, is fenced
+    out and withdraws what it stored: under its own claim, so the winner's download still works."""
+    with _app(database_url, s3, tmp_path, lifeline_rescue_after=2) as app:
+        Storage(app.settings).ensure_bucket()
+        job = _post(app, "store_output", {"seconds": 4})
+        running = app.wait_for_job(job["id"], {"executing"})
+        stalled = running["machineId"]
+        [(pid,)] = app.sql("SELECT (detail->>'pid')::int FROM machines WHERE id = %s", (stalled,))
+        wait_until("the first attempt's output", lambda: _objects(app, job["id"]), timeout=30)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            done = app.wait_for_job(job["id"], {"completed"}, timeout=60)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        wait_until(
+            "stalled machine to exit",
+            lambda: app.sql("SELECT 1 FROM machines WHERE id = %s AND state = 'exited'", (stalled,)),
+            timeout=30,
+        )
+        with app.client() as client:
+            after = client.get(f"/jobs/{job['id']}").json()
+        assert after["attempt"] == 2 and after["result"]["machine"] != stalled
+        [output] = after["result"]["outputs"]
+        assert output == {**done["result"]["outputs"][0], "url": output["url"], "expiresAt": output["expiresAt"]}
+        assert httpx.get(output["url"], trust_env=False).content == b"attempt 2"
+        assert _objects(app, job["id"]) == [output["key"]], "the stalled attempt's object was withdrawn, only it"
+
+
+def test_no_result_a_tenant_shapes_names_another_tenants_object(database_url, s3, tmp_path):
+    """Tenant B's echo names tenant A's output in its args: B's completed job shows no outputs and
+    no URL, and A's object is untouched."""
+    with _app(database_url, s3, tmp_path) as app:
+        Storage(app.settings).ensure_bucket()
+        theirs = _post(app, "store_output", {})
+        done = app.wait_for_job(theirs["id"], {"completed"})
+        key = done["result"]["outputs"][0]["key"]
+        forged = {
+            "outputs": [{"name": "x", "key": key}, {"name": "y", "key": f"tenants/tenant-1/jobs/{theirs['id']}/"}]
+        }
+        with app.client("tenant-2") as other:
+            response = other.post("/jobs/default", json={"function": "echo", "args": forged})
+            assert response.status_code == 201
+            echo = app.wait_for_job(response.json()["id"], {"completed"})
+            seen = other.get(f"/jobs/{echo['id']}").json()
+            assert other.get(f"/jobs/{theirs['id']}").status_code == 404
+        assert seen["state"] == "completed" and "outputs" not in seen["result"]
+        assert "url" not in json.dumps(seen)
+        with app.client() as owner:
+            mine = owner.get(f"/jobs/{theirs['id']}").json()["result"]["outputs"][0]
+        assert httpx.get(mine["url"], trust_env=False).content == b"attempt 1"
+
+
+def _objects(app: LiveApp, job_id: int) -> list[str]:
+    storage = Storage(app.settings)
+    listed = storage.client.list_objects_v2(Bucket=storage.bucket, Prefix=f"tenants/tenant-1/jobs/{job_id}/")
+    return [item["Key"] for item in listed.get("Contents", [])]

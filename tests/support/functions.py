@@ -91,3 +91,42 @@ async def slow_once(job: Job, ctx: HandlerContext) -> HandlerResult:
         marker.write_text(ctx.machine_id)
         await asyncio.sleep(args.seconds)
     return {"attempt": job.attempt, "machine": ctx.machine_id}
+
+
+class OverrunArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    marker_dir: str
+    seconds: float = 3.0
+
+
+def _overrun(marker: Path, seconds: float) -> None:
+    import time
+
+    time.sleep(seconds)  # blocking work in a thread: cancelling the task cannot stop it
+    marker.write_text("the thread kept running after its attempt was given up")
+
+
+@register("thread_overrun", OverrunArgs)
+async def thread_overrun(job: Job, ctx: HandlerContext) -> HandlerResult:
+    """Blocking work in a worker thread that outlasts the function's timeout, then writes a marker."""
+    import asyncio
+
+    args = OverrunArgs.model_validate(job.args)
+    await asyncio.to_thread(_overrun, Path(args.marker_dir) / f"overrun-{job.id}-{job.attempt}", args.seconds)
+    return {"finished": True}
+
+
+class StoreArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    seconds: float = 0.0  # how long attempt 1 sleeps after storing its output
+
+
+@register("store_output", StoreArgs)
+async def store_output(job: Job, ctx: HandlerContext) -> HandlerResult:
+    """Stores `out.txt` holding its attempt number, then (attempt 1 only) sleeps `seconds`."""
+    import asyncio
+
+    await asyncio.to_thread(ctx.outputs.put_bytes, "out.txt", f"attempt {job.attempt}".encode(), "text/plain")
+    if job.attempt == 1:
+        await asyncio.sleep(StoreArgs.model_validate(job.args).seconds)
+    return {"attempt": job.attempt, "machine": ctx.machine_id}
