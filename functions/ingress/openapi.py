@@ -28,7 +28,10 @@ ERRORS: Final[Mapping[int, str]] = {
     401: "No bearer token, or one that is invalid, unsigned or expired.",
     403: "The token lacks the scope, or names another tenant than `tenantId`.",
     404: "No such resource (another tenant's job answers exactly like a missing one).",
-    409: "Conflict: the job cannot be retried in its state, or a request with this Idempotency-Key is in flight.",
+    409: (
+        "Conflict: the job cannot be retried in its state, its unique key is held by another live job"
+        " (`holdingJobId`), or a request with this Idempotency-Key is in flight."
+    ),
     413: "The body is larger than the limit; refused without reading it all.",
     415: "The body is not application/json.",
     422: "Validation failed; `errors` lists each field by path. Also: an Idempotency-Key reused with another body.",

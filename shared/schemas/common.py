@@ -47,7 +47,11 @@ class UniqueOptions(CamelModel):
     period: int | Literal["infinity"] = Field(60, description="seconds, or 'infinity'")
     fields: list[UniqueField] = Field(default_factory=lambda: list(_DEFAULT_UNIQUE_FIELDS), min_length=1)
     keys: list[str] | None = Field(None, max_length=32, description="only these arg names count")
-    states: list[UniqueState] = Field(default_factory=lambda: list(_DEFAULT_UNIQUE_STATES), min_length=1)
+    states: list[UniqueState] = Field(
+        default_factory=lambda: list(_DEFAULT_UNIQUE_STATES),
+        min_length=4,
+        description="must include scheduled, available, executing and retryable",
+    )
 
     @field_validator("period")
     @classmethod
