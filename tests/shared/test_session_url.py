@@ -74,13 +74,12 @@ def test_the_dispatcher_lock_and_every_listen_use_the_direct_url(database_url, s
             response = client.post("/jobs/default", json={"function": "echo", "args": {"x": 1}})
         assert response.status_code == 201, response.text
         app.wait_for_job(response.json()["id"], {"completed"})
+
         # The dispatcher's and the machine's: each LISTEN is the last statement of its connection.
-        listeners = wait_until(
-            "two listening connections",
-            lambda: (rows := app.sql("SELECT application_name FROM pg_stat_activity WHERE query LIKE 'LISTEN%%'"))
-            and len(rows) >= 2
-            and rows,
-        )
-        assert {name for (name,) in listeners} == {"cp_direct"}
+        def listeners() -> list[tuple]:
+            rows = app.sql("SELECT application_name FROM pg_stat_activity WHERE query LIKE 'LISTEN%'")
+            return rows if len(rows) >= 2 else []
+
+        assert {name for (name,) in wait_until("two listening connections", listeners)} == {"cp_direct"}
         pooled = app.sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'cp_pooled'")
         assert pooled[0][0] > 0  # the pools stay on DATABASE_URL
