@@ -373,7 +373,8 @@ def test_a_value_flyctl_cannot_take_whole_is_refused_before_anything_is_written(
 
 # flyctl's own parser tests (internal/command/secrets/parser_test.go), and the issue's finding.
 FLYCTL_PARSER_CASES = [
-    ("\n# A comment plus a new line with spaces\n\nFOO=BAR\n# Another comment\nQUX=NAH\n", {"FOO": "BAR", "QUX": "NAH"}),
+    ("\n# A comment plus a new line with spaces\n\nFOO=BAR\n# Another comment\nQUX=NAH\n",
+     {"FOO": "BAR", "QUX": "NAH"}),
     ("FOO=BAR\r\nQUX=NAH\r\n", {"FOO": "BAR", "QUX": "NAH"}),
     (
         'FOO=BAR\nMULTILINE="""SOMETHING\nANOTHER LINE\n\nENDSHERE"""\nTRAILERENV=what\n'
@@ -419,9 +420,11 @@ def test_rotating_the_token_ends_with_the_new_token_live(fake: FakeFly, emu: Emu
 
         result = fake.run(emu2, "--rotate-token")
         assert result.returncode == 0, result.stderr
-    assert fake.argvs()[len(READS) :] == [
+    assert fake.argvs() == [
+        *READS[:3],
         ["tokens", "create", "deploy", "--app", WORKER, "--name", f"{API} dispatcher", "--expiry", "8760h", "--json"],
         ["secrets", "import", "--app", API, "--stage"],
+        READS[3],
         ["secrets", "deploy", "--app", API],  # the label is unchanged: nothing else would restart the API
     ]  # fmt: skip
     assert fake.live(API)["FLY_API_TOKEN"] == NEW_TOKEN
