@@ -49,6 +49,7 @@ def parse_config(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     parser.add_argument("--bucket", help="Tigris bucket name (global); default: <api app>-outputs")
     parser.add_argument("--image-label", help="image tag; default: git-<commit>")
     parser.add_argument("--pg-plan", default="basic", help="Managed Postgres plan (`fly mpg create --plan`)")
+    parser.add_argument("--pg-region", help="Managed Postgres region; default: --region")
     parser.add_argument("--pg-volume-gb", type=int, default=40)
     parser.add_argument("--token-expiry", default="8760h", help="deploy token lifetime (Go duration)")
     parser.add_argument(
@@ -66,6 +67,7 @@ def parse_config(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
         bucket=args.bucket or f"{args.api_app}-outputs",
         image_label=args.image_label or default_image_label(),
         pg_plan=args.pg_plan,
+        pg_region=args.pg_region,
         pg_volume_gb=args.pg_volume_gb,
         token_expiry=args.token_expiry,
         rotate_token=args.rotate_token,

@@ -73,6 +73,7 @@ class Config:
     image_label: str
     database_name: str = "content_processor"
     pg_plan: str = "basic"
+    pg_region: str | None = None  # default: region (Managed Postgres runs in fewer regions than machines)
     pg_volume_gb: int = 40
     token_expiry: str = "8760h"  # noqa: S105 - a lifetime, not a secret
     rotate_token: bool = False
@@ -206,7 +207,7 @@ class Provisioner:
         listing = parse_listing(self.fly.check("secrets", "list", "--app", app, "--json"))
         if app == self.c.api_app:
             self.api_pending = any(str(s.get("status", "")).lower() in _PENDING_STATUSES for s in listing)
-        return {str(s.get("name") or s.get("Name")) for s in listing}
+        return {str(name) for s in listing if (name := s.get("name") or s.get("Name"))}
 
     def write(self, app: str, values: Mapping[str, str], present: set[str]) -> None:
         """Stage secrets on `app` (every byte kept) and note them as present."""
@@ -257,8 +258,9 @@ class Provisioner:
                     "unset it to attach both to a new cluster"
                 )
             self.fly.act(
-                "mpg", "create", "--name", self.c.postgres_app, "--org", self.c.org, "--region", self.c.region,
-                "--plan", self.c.pg_plan, "--volume-size", str(self.c.pg_volume_gb),
+                "mpg", "create", "--name", self.c.postgres_app, "--org", self.c.org,
+                "--region", self.c.pg_region or self.c.region, "--plan", self.c.pg_plan,
+                "--volume-size", str(self.c.pg_volume_gb),
             )  # fmt: skip
             cluster = self._cluster_id(exists=not self.fly.dry_run)
             if cluster is None:

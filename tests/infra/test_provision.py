@@ -257,6 +257,13 @@ def test_dry_run_prints_the_whole_plan_and_changes_nothing(fake: FakeFly, emu: E
     assert emu.requests == []  # a dry run makes no Machines API call
 
 
+def test_the_cluster_can_be_placed_in_another_region(fake: FakeFly, emu: Emulator) -> None:
+    result = fake.run(emu, "--dry-run", "--pg-region", "iad")
+    assert result.returncode == 0, result.stderr
+    create = f"$ fly mpg create --name {PG} --org {ORG} --region iad --plan basic --volume-size 40"
+    assert f"{create}  (dry run: not run)" in result.stdout.splitlines()
+
+
 def test_an_interrupted_run_resumes_where_it_stopped(fake: FakeFly, emu: Emulator) -> None:
     fake.write({"apps": [API, WORKER], "mpg": [cluster()], "secrets": {API: {"DATABASE_URL": POOLED}, WORKER: {}}})
     result = fake.run(emu, **SMTP)
