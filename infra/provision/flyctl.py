@@ -193,7 +193,11 @@ class Fly:
         self._echo(args, note)
         result = self._run(args, stdin)
         if result.returncode != 0:
-            raise ProvisionError(f"`fly {shlex.join(args)}` failed: {result.stderr.strip()[-500:]}")
+            message = result.stderr
+            # flyctl quotes a line it cannot parse: never let a secret through in the message.
+            for piece in sorted({stdin or "", *(stdin or "").splitlines()} - {""}, key=len, reverse=True):
+                message = message.replace(piece, "<secret>")
+            raise ProvisionError(f"`fly {shlex.join(args)}` failed: {message.strip()[-500:]}")
         return result.stdout
 
     def set_secrets(self, app: str, values: Mapping[str, str]) -> None:

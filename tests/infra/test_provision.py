@@ -378,6 +378,16 @@ def test_a_value_flyctl_cannot_take_whole_is_refused_before_anything_is_written(
     assert fake.calls() == []
 
 
+def test_a_failed_secrets_command_never_quotes_a_value(fake: FakeFly, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake.write({"apps": [API]})
+    for name, value in fake.env.items():
+        monkeypatch.setenv(name, value)
+    fly = Fly(str(fake.fly), dry_run=False, cwd=ROOT)
+    with pytest.raises(ProvisionError, match="NAME=VALUE pairs") as failed:  # flyctl quotes the line it refused
+        fly.act("secrets", "import", "--app", API, "--stage", stdin="no-equals-s3cr3t\n", stdin_names=["X"])
+    assert "s3cr3t" not in str(failed.value)
+
+
 # flyctl's own parser tests (internal/command/secrets/parser_test.go), and the finding.
 FLYCTL_PARSER_CASES = [
     ("\n# A comment plus a new line with spaces\n\nFOO=BAR\n# Another comment\nQUX=NAH\n",
