@@ -478,7 +478,7 @@ class Machine:
     async def _listen(self) -> None:
         while True:
             try:
-                conn = await connect(self.settings.database_url)
+                conn = await connect(self.settings.session_database_url)
                 async with conn:
                     await conn.execute("LISTEN cp_jobs")
                     async for note in conn.notifies():

@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     environment: Literal["development", "test", "production"] = "production"
 
     database_url: str = "postgresql://localhost/content_processor"
+    # An unpooled URL for connections that need a session of their own (LISTEN, advisory locks,
+    # migrations): a pooler in transaction mode, like Managed Postgres' PgBouncer, breaks both.
+    database_direct_url: str | None = None
     database_pool_size: int = Field(20, ge=1, le=500)
 
     host: str = "0.0.0.0"
@@ -112,6 +115,11 @@ class Settings(BaseSettings):
         if self.launcher == "fly" and not (self.fly_worker_app and self.worker_image):
             raise ValueError("FLY_WORKER_APP and WORKER_IMAGE are required when LAUNCHER=fly")
         return self
+
+    @property
+    def session_database_url(self) -> str:
+        """DATABASE_DIRECT_URL, else DATABASE_URL: for LISTEN, session advisory locks and migrations."""
+        return self.database_direct_url or self.database_url
 
     def queue_limit(self, queue: str) -> int:
         """The initial concurrency limit configured for `queue`."""

@@ -69,7 +69,7 @@ class Dispatcher:
         self.role = "off"
 
     async def _contend(self, stop: asyncio.Event) -> None:
-        conn = await connect(self.settings.database_url)
+        conn = await connect(self.settings.session_database_url)
         async with conn:
             while not stop.is_set():
                 cur = await conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (LEADER_LOCK,))

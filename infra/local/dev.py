@@ -101,7 +101,7 @@ def main() -> int:
             _start_fly_emulator(emulator)
         settings = load_settings()
         configure_logging(settings.log_level, service="api")
-        migrate(settings.database_url)
+        migrate(settings.session_database_url)
         seed_queues(settings.database_url, settings)
         from shared.storage import Storage
 

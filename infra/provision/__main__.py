@@ -45,13 +45,16 @@ def parse_config(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     parser.add_argument("--api-app", default=str(api_toml["app"]))
     parser.add_argument("--worker-app", default=str(worker_toml["app"]))
     parser.add_argument("--region", default=str(api_toml["primary_region"]))
-    parser.add_argument("--postgres-app", help="default: <api app>-db")
+    parser.add_argument("--postgres-app", help="Managed Postgres cluster name; default: <api app>-db")
     parser.add_argument("--bucket", help="Tigris bucket name (global); default: <api app>-outputs")
     parser.add_argument("--image-label", help="image tag; default: git-<commit>")
-    parser.add_argument("--pg-vm-size", default="shared-cpu-2x")
-    parser.add_argument("--pg-cluster-size", type=int, default=2)
+    parser.add_argument("--pg-plan", default="basic", help="Managed Postgres plan (`fly mpg create --plan`)")
+    parser.add_argument("--pg-region", help="Managed Postgres region; default: --region")
     parser.add_argument("--pg-volume-gb", type=int, default=40)
     parser.add_argument("--token-expiry", default="8760h", help="deploy token lifetime (Go duration)")
+    parser.add_argument(
+        "--rotate-token", action="store_true", help="replace the dispatcher's deploy token and restart the API with it"
+    )
     parser.add_argument("--machines-api-url", default="https://api.machines.dev", help="for the token check")
     parser.add_argument("--fly", help="flyctl executable (default: fly or flyctl on PATH)")
     args = parser.parse_args(argv)
@@ -63,10 +66,11 @@ def parse_config(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
         postgres_app=args.postgres_app or f"{args.api_app}-db",
         bucket=args.bucket or f"{args.api_app}-outputs",
         image_label=args.image_label or default_image_label(),
-        pg_vm_size=args.pg_vm_size,
-        pg_cluster_size=args.pg_cluster_size,
+        pg_plan=args.pg_plan,
+        pg_region=args.pg_region,
         pg_volume_gb=args.pg_volume_gb,
         token_expiry=args.token_expiry,
+        rotate_token=args.rotate_token,
         machines_api_url=args.machines_api_url,
     )
     return config, args

@@ -61,7 +61,7 @@ def seed_queues(database_url: str, settings: Settings) -> None:
 
 def main() -> int:
     settings = load_settings()
-    applied = migrate(settings.database_url)
+    applied = migrate(settings.session_database_url)
     seed_queues(settings.database_url, settings)
     print(f"migrations applied: {', '.join(applied) if applied else 'none (up to date)'}")
     return 0

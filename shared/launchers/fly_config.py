@@ -63,7 +63,7 @@ def guest_for(queue: str) -> Guest:
 
 
 def _secret_env_names() -> frozenset[str]:
-    names = {"DATABASE_URL", "AWS_ACCESS_KEY_ID", "SMTP_USER"}
+    names = {"DATABASE_URL", "DATABASE_DIRECT_URL", "AWS_ACCESS_KEY_ID", "SMTP_USER"}
     for name, field in Settings.model_fields.items():
         if field.annotation is SecretStr or SecretStr in typing.get_args(field.annotation):
             names.add(name.upper())
