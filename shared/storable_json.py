@@ -1,11 +1,12 @@
 """Which JSON values the service can store: the one rule every request body is held to.
 
-A job's args, meta and payloads go to Postgres jsonb through orjson and come back through the
-standard library's parser; a value that fails any step of that round trip fails whoever writes or
-reads it (in the group commit, every request of the batch). So a value is storable when it is:
+A job's args, meta and payloads go to Postgres jsonb through orjson and come back through
+psycopg's loader (the standard library's parser); a value that fails any step of that round trip
+fails whoever writes or reads it (in the group commit, every request of the batch). So a value is
+storable when it is:
 
 * an integer within signed 64 bits. orjson cannot encode integers beyond 64 bits at all
-  ("Integer exceeds 64-bit range"), and the handlers and the API treat numbers as int64.
+  ("Integer exceeds 64-bit range"); signed, so that every stored integer also fits a bigint.
 * a finite float strictly between -2**63 and 2**63. NaN and Infinity are not JSON (Python's and
   pydantic's parsers accept them; orjson silently writes null). A float past 2**63 is stored as a
   jsonb numeric, which Postgres prints without an exponent (1e19 reads back as the integer
@@ -13,8 +14,8 @@ reads it (in the group commit, every request of the batch). So a value is storab
 * text without NUL (jsonb cannot hold U+0000) and without unpaired surrogates (not encodable as
   UTF-8), in keys and in values.
 
-Depth needs no rule here: pydantic's JSON parser refuses bodies nested 200 levels or more (a 400),
-and orjson's encoder accepts 254 levels, so anything a model accepted can be encoded.
+Depth needs no rule here: pydantic's JSON parser refuses bodies nested about 200 levels deep (a
+400), and orjson's encoder accepts 254 levels, so anything a model accepted can be encoded.
 """
 
 from __future__ import annotations
@@ -52,20 +53,37 @@ def unstorable_values(value: Any, at: tuple[str, ...] = ()) -> Iterator[Unstorab
         yield Unstorable(".".join(path), message)
 
 
-# Only a body containing one of these can hold an unstorable value, so only such a body is parsed
-# twice and walked. A JSON number starts after whitespace, ':', '[' or ',' (or the start of the
-# text): NaN/Infinity, 19 or more integer digits (the least needed for 2**63), or an exponent
-# (the only other way to write a number that large); escapes that decode to NUL or a surrogate.
-_NUMBER_START = rb"(?<![^\s:\[,])-?"
-_SUSPECT: Final = re.compile(
-    _NUMBER_START + rb"(?:NaN|Infinity|[0-9]{19}|[0-9]+(?:\.[0-9]+)?[eE])"
-    rb"|\\u(?:0000|[dD][89a-fA-F][0-9a-fA-F]{2})"
-)
+# Text that may hold an unstorable value: NaN, Infinity, escapes that decode to NUL or a surrogate,
+# and numbers of 19 or more integer digits (the fewest that reach 2**63) or with an exponent (the
+# only other way to write a number that large). Bodies without any are neither parsed twice nor
+# walked. Plain substring searches come first: they cost next to nothing. Digit runs and
+# exponents are found in the body's shape (every digit a '0', 'E' an 'e'); as UUIDs and hashes
+# often hold a digit before an 'e', a candidate is confirmed on the reversed shape, where a
+# number's digits run back to the whitespace, ':', '[' or ',' (or the start) before any JSON number.
+_ESCAPE: Final = re.compile(rb"\\u(?:0000|[dD][89a-fA-F][0-9a-fA-F]{2})")
+_SHAPE: Final = bytes.maketrans(b"123456789E", b"000000000e")
+_LONG_RUN: Final = b"0" * 19
+_NUMBER_START_REVERSED = rb"-?(?:[\s:\[,]|\Z)"
+_EXPONENT_REVERSED: Final = re.compile(rb"e0+(?:\.0+)?" + _NUMBER_START_REVERSED)
+_LONG_REVERSED: Final = re.compile(_LONG_RUN + _NUMBER_START_REVERSED)  # a literal prefix: a fast search
+
+
+def _may_hold_unstorable(body: bytes) -> bool:
+    if b"NaN" in body or b"Infinity" in body or _ESCAPE.search(body):
+        return True
+    shape = body.translate(_SHAPE)
+    long_run, exponent = _LONG_RUN in shape, b"0e" in shape
+    if not (long_run or exponent):
+        return False
+    reversed_shape = shape[::-1]
+    return bool(
+        (exponent and _EXPONENT_REVERSED.search(reversed_shape)) or (long_run and _LONG_REVERSED.search(reversed_shape))
+    )
 
 
 def unstorable_in_json(body: bytes) -> list[Unstorable]:
     """Every unstorable value of the JSON text `body`; [] for a body that is not JSON at all."""
-    if not _SUSPECT.search(body):
+    if not _may_hold_unstorable(body):
         return []
     try:
         # The parser the request models use, so the walk sees exactly the values they will.

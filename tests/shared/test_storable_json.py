@@ -11,7 +11,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.storable_json import INT64_MAX, INT64_MIN, MESSAGES, Unstorable, unstorable_in_json, unstorable_values
+from shared.storable_json import (
+    INT64_MAX,
+    INT64_MIN,
+    MESSAGES,
+    Unstorable,
+    _may_hold_unstorable,
+    unstorable_in_json,
+    unstorable_values,
+)
 
 RANGE, FINITE, TEXT = MESSAGES["range"], MESSAGES["finite"], MESSAGES["text"]
 
@@ -115,7 +123,7 @@ _JSON_LEAVES = (
     | st.booleans()
     | st.integers(min_value=-(2**80), max_value=2**80)
     | st.floats(allow_nan=True, allow_infinity=True)
-    | st.sampled_from([2.0**63, -(2.0**63), 9.2e18, 1e19, 123456789.0e10])
+    | st.sampled_from([2.0**63, -(2.0**63), 9.2e18, 1e19, 123456789.0e10, 2**63, -(2**63) - 1, 10**19 - 1])
     | _TEXT
 )
 _JSON = st.recursive(
@@ -132,3 +140,18 @@ def test_the_fast_path_never_skips_a_body_the_walk_would_refuse(value: Any) -> N
     for separators in ((", ", ": "), (",", ":")):
         body = json.dumps(value, allow_nan=True, separators=separators).encode()
         assert unstorable_in_json(body) == list(unstorable_values(json.loads(body)))
+
+
+@pytest.mark.parametrize(
+    ("body", "walked"),
+    [
+        (b'{"id": "550e8400-e29b-41d4-a716-446655440000", "n": 12, "x": 1.5}', False),  # a digit before an e
+        (b'{"snowflake": "1234567890123456789", "phone": "+441234567890"}', False),  # long digit runs in text
+        (b'{"title": "Not a NaN"}', True),  # cheap to look for, rare enough to walk
+        (b'{"n": 1.5e3}', True),
+        (b"[12345678901234567890]", True),
+        (b"-1E+2", True),
+    ],
+)
+def test_only_bodies_that_may_hold_such_a_value_are_parsed_twice(body: bytes, walked: bool) -> None:
+    assert _may_hold_unstorable(body) is walked
