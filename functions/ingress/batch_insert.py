@@ -27,6 +27,7 @@ from typing import Any, Final
 
 import orjson
 import psycopg
+from psycopg.errors import UniqueViolation
 
 from shared.db import job_store
 from shared.db.models import Job, NewJob
@@ -183,16 +184,16 @@ def as_refusal(exc: Exception, *values: Any) -> Exception:
     """
     if isinstance(exc, JobNotStorable):
         return exc
-    refused = isinstance(exc, psycopg.DataError | psycopg.IntegrityError)
-    if not refused and isinstance(exc, TypeError | ValueError):
-        # orjson.JSONEncodeError is TypeError itself: ask the encoder whether it was this job's data.
-        refused = not all(_encodes(value) for value in values)
-    if not refused:
+    if isinstance(exc, psycopg.DataError | psycopg.IntegrityError) and not isinstance(exc, UniqueViolation):
+        # (A unique violation is a race between requests, not this job's data.)
+        reason = "the database refused it"
+    elif isinstance(exc, TypeError | ValueError) and not all(_encodes(value) for value in values):
+        # orjson.JSONEncodeError is TypeError itself: the encoder, asked again, says it was this job's data.
+        reason = "a value cannot be encoded as JSON"
+    else:
         return exc
     logger.warning("a job's data was refused after validation", extra={"error": type(exc).__name__})
-    refusal = JobNotStorable(
-        "the job's data cannot be stored", errors=[{"path": "", "message": "refused by the database"}]
-    )
+    refusal = JobNotStorable("the job's data cannot be stored", errors=[{"path": "", "message": reason}])
     refusal.__cause__ = exc
     return refusal
 

@@ -107,8 +107,15 @@ def test_a_member_the_database_refuses_fails_alone_and_its_batch_mates_are_inser
             )
             good = [result for result in results if isinstance(result, Job)]
             assert [job.args for job in good] == [{"n": 1}, {"n": 3}, {"n": 5}, {"n": 7}], results
-            for refused in (results[1], results[3], results[5]):
+            reasons = {
+                1: "the database refused it",
+                3: "a value cannot be encoded as JSON",
+                5: "the database refused it",
+            }
+            for index, reason in reasons.items():
+                refused = results[index]
                 assert isinstance(refused, ValidationFailed) and refused.status == 422, refused
+                assert refused.errors == [{"path": "", "message": reason}]
             assert inserter.split == 1  # one statement failed, and its members were retried one by one
             job = await inserter.insert(_job(8))
             assert job.id and job.args == {"n": 8}
