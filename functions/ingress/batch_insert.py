@@ -10,8 +10,11 @@ request is flushed at once, and under load each commit carries every request tha
 the previous one.
 
 Validation happens before a job is queued, so one request's bad body never fails a batch-mate.
-A failure of the statement itself (the database is down, ...) fails every request of that batch,
-each answering 503/500 exactly as a single insert would.
+Should a job the database (or the JSON encoder) refuses get through anyway, its batch's statement
+fails; the batch is then inserted again one job at a time, so only that job's request fails, with
+a 422 (`as_refusal`), and its batch-mates get their rows. A database that cannot be reached
+(OperationalError: down, restarting, pool exhausted) fails every request of the batch at once,
+each answering 503 exactly as a single insert would: retrying one by one could not help.
 """
 
 from __future__ import annotations
@@ -19,11 +22,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Final
+from collections.abc import Iterator
+from typing import Any, Final
+
+import orjson
+import psycopg
+from psycopg.errors import UniqueViolation
 
 from shared.db import job_store
 from shared.db.models import Job, NewJob
 from shared.db.pool import Pool
+from shared.errors import ValidationFailed
 
 MAX_BATCH: Final = 500
 
@@ -40,6 +49,7 @@ class BatchInserter:
         self.max_batch = max_batch
         self.flushes = 0  # statements written (for tests and curiosity: under load, far fewer than jobs)
         self.jobs = 0
+        self.split = 0  # failed statements whose jobs were then inserted one by one
         self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()  # None: stop
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -104,8 +114,44 @@ class BatchInserter:
                 self._fail(batch, RuntimeError("the batch inserter was cancelled"))
                 raise
             logger.warning("batch insert failed", extra={"jobs": len(batch), "error": type(exc).__name__})
-            self._fail(batch, exc)
+            if isinstance(exc, psycopg.OperationalError):
+                self._fail(batch, exc)
+            elif len(batch) == 1:
+                job = batch[0][0]
+                self._fail(batch, as_refusal(exc, job.args, job.meta))
+            else:
+                await self._one_by_one(batch)
             return
+        self._resolve(batch, rows)
+
+    async def _one_by_one(self, batch: list[_Item]) -> None:
+        """Insert each job of a failed batch alone: only the jobs the database refuses fail."""
+        self.split += 1
+        pending = list(batch)
+        try:
+            async with self.pool.connection() as conn:
+                while pending:
+                    item = pending[0]
+                    job, future = item
+                    if not future.done():  # a request that gave up needs no row
+                        try:
+                            rows = await job_store.insert_jobs(conn, [job])
+                        except psycopg.OperationalError:
+                            raise  # the database went away: the rest fail with it below
+                        except Exception as exc:
+                            self._fail([item], as_refusal(exc, job.args, job.meta))
+                        else:
+                            if len(rows) == 1:
+                                self._resolve([item], rows)
+                            else:
+                                self._fail([item], RuntimeError(f"insert returned {len(rows)} rows for 1 job"))
+                    pending.pop(0)
+        except BaseException as exc:
+            self._fail(pending, exc if isinstance(exc, Exception) else RuntimeError("the batch inserter was cancelled"))
+            if not isinstance(exc, Exception):
+                raise
+
+    def _resolve(self, batch: list[_Item], rows: list[Job]) -> None:
         self.flushes += 1
         self.jobs += len(rows)
         for (_, future), row in zip(batch, rows, strict=True):
@@ -123,3 +169,50 @@ class BatchInserter:
             item = self._queue.get_nowait()
             if item is not None and not item[1].done():
                 item[1].set_exception(exc)
+
+
+class JobNotStorable(ValidationFailed):
+    """The database or the JSON encoder refused a job's data although it passed validation."""
+
+
+def as_refusal(exc: Exception, *values: Any) -> Exception:
+    """`exc` as a 422 when it says the job's own data cannot be stored; otherwise `exc` unchanged.
+
+    Refused data: the row broke a column's type or range (DataError) or a constraint
+    (IntegrityError), or one of `values` (the job's JSON: args, meta) does not encode. Anything
+    else (the database is unreachable, a bug) keeps its own answer, 503 or 500.
+    """
+    if isinstance(exc, JobNotStorable):
+        return exc
+    if isinstance(exc, psycopg.DataError | psycopg.IntegrityError) and not isinstance(exc, UniqueViolation):
+        # (A unique violation is a race between requests, not this job's data.)
+        reason = "the database refused it"
+    elif isinstance(exc, TypeError | ValueError) and not all(_encodes(value) for value in values):
+        # orjson.JSONEncodeError is TypeError itself: the encoder, asked again, says it was this job's data.
+        reason = "a value cannot be encoded as JSON"
+    else:
+        return exc
+    logger.warning("a job's data was refused after validation", extra={"error": type(exc).__name__})
+    refusal = JobNotStorable("the job's data cannot be stored", errors=[{"path": "", "message": reason}])
+    refusal.__cause__ = exc
+    return refusal
+
+
+@contextlib.contextmanager
+def refusals_answered(*values: Any) -> Iterator[None]:
+    """Raise what `as_refusal` makes of an exception of the block; `values` as for it."""
+    try:
+        yield
+    except Exception as exc:
+        refusal = as_refusal(exc, *values)
+        if refusal is exc:
+            raise
+        raise refusal from exc
+
+
+def _encodes(value: Any) -> bool:
+    try:
+        orjson.dumps(value)
+    except TypeError:
+        return False
+    return True

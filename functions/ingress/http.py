@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import uuid
-from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import orjson
@@ -25,6 +23,7 @@ from shared.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
+from shared.storable_json import MESSAGES, unstorable_in_json
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -112,60 +111,29 @@ async def read_body(request: Request, *, max_bytes: int) -> bytes:
 
 
 async def read_json_body(request: Request, *, max_bytes: int) -> bytes:
-    """A JSON body's raw bytes after the media type and size checks (415, 413, 400 when empty)."""
+    """A JSON body's raw bytes after the media type, size and storability checks (415, 413, 400, 422)."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise UnsupportedMediaType("send the body as application/json")
     body = await read_body(request, max_bytes=max_bytes)
     if not body.strip():
         raise BadRequest("request body is empty; send a JSON object")
-    refuse_unstorable_text(body)
+    refuse_unstorable(body)
     return body
 
 
-# Escapes that may decode to text Postgres cannot store: NUL, and UTF-16 surrogates (paired ones are
-# fine; an unpaired one cannot even be encoded as UTF-8). Only bodies containing one get walked.
-_SUSPECT_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F][0-9a-fA-F]{2})")
-_UNSTORABLE = "must not contain the NUL character or an unpaired surrogate"
+def refuse_unstorable(body: bytes) -> None:
+    """422 naming each value of a JSON body that could not be stored (shared.storable_json's rule).
 
-
-def refuse_unstorable_text(body: bytes) -> None:
-    """422 naming each string (or key) of a JSON body that Postgres could not store."""
-    if not _SUSPECT_ESCAPE.search(body):
-        return
-    try:
-        data = json.loads(body)  # the standard library keeps unpaired surrogates, which orjson refuses
-    except ValueError:
-        return  # malformed JSON: the model parse answers 400
-    paths = list(_unstorable_paths(data, ()))
-    if paths:
+    Checked here, before any model sees the body, so every route holds every field to it and a
+    bad value never reaches an insert shared with other requests.
+    """
+    problems = unstorable_in_json(body)
+    if problems:
         raise ValidationFailed(
-            f"strings {_UNSTORABLE}", errors=[{"path": ".".join(p), "message": _UNSTORABLE} for p in paths]
+            "the request body holds values that cannot be stored",
+            errors=[{"path": problem.path, "message": problem.message} for problem in problems],
         )
-
-
-def _storable(text: str) -> bool:
-    if "\x00" in text:
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _unstorable_paths(value: Any, path: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
-    if isinstance(value, str):
-        if not _storable(value):
-            yield path
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from _unstorable_paths(item, (*path, str(index)))
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            if not _storable(key):
-                yield (*path, "<key>")
-            yield from _unstorable_paths(item, (*path, key if _storable(key) else "<key>"))
 
 
 def validation_errors(exc: ValidationError) -> list[dict[str, str]]:
@@ -202,7 +170,8 @@ def parse_query(model: type[M], data: dict[str, Any]) -> M:
     bad = [name for name, value in data.items() for text in _texts(value) if "\x00" in text]
     if bad:
         raise ValidationFailed(
-            "the query parameters are not valid", errors=[{"path": name, "message": _UNSTORABLE} for name in bad]
+            "the query parameters are not valid",
+            errors=[{"path": name, "message": MESSAGES["text"]} for name in bad],
         )
     try:
         return model.model_validate(data)

@@ -29,7 +29,7 @@ from shared.unique import unique_key
 
 from . import idempotency
 from .auth import acting_tenant, authenticate, reading_tenant
-from .batch_insert import BatchInserter
+from .batch_insert import BatchInserter, refusals_answered
 from .http import JSONResponse, parse_model, parse_query, read_json_body, request_id
 from .presenters import job_json
 
@@ -98,9 +98,16 @@ async def create_job(request: Request) -> Response:
         worker, args = req.function, _default_args(req)
     else:
         worker, args = QUEUES[queue].worker, req.function_args()
-    job = new_job(
-        req, queue=queue, worker=worker, args=args, tenant_id=tenant_id, rid=request_id(request), now=datetime.now(UTC)
-    )
+    with refusals_answered(args, req.options.meta):  # the unique key hashes args with orjson
+        job = new_job(
+            req,
+            queue=queue,
+            worker=worker,
+            args=args,
+            tenant_id=tenant_id,
+            rid=request_id(request),
+            now=datetime.now(UTC),
+        )
 
     batcher: BatchInserter | None = getattr(request.app.state, "batch_inserter", None)
     if batcher is not None and job.unique_key is None and idempotency.idempotency_key(request) is None:
@@ -110,7 +117,8 @@ async def create_job(request: Request) -> Response:
         return JSONResponse(job_json(created), status_code=201)
 
     async def insert(conn: Conn) -> tuple[int, Any]:
-        inserted = await job_store.insert_job(conn, job)
+        with refusals_answered(job.args, job.meta):
+            inserted = await job_store.insert_job(conn, job)
         bind_context(jobId=inserted.id)  # the request's log lines name the job they created
         if inserted.conflict:
             emit("job:unique_conflict", jobId=inserted.id, queue=queue, worker=worker)
@@ -174,8 +182,9 @@ async def create_bulk_emails(request: Request) -> Response:
     ]
 
     async def insert(conn: Conn) -> tuple[int, Any]:
-        async with conn.transaction():
-            ids = await job_store.insert_job_ids(conn, jobs)
+        with refusals_answered(template.meta, *(job.args for job in jobs)):
+            async with conn.transaction():
+                ids = await job_store.insert_job_ids(conn, jobs)
         return 201, {"batchId": batch_id, "count": len(ids), "jobIds": ids}
 
     return await idempotency.respond(request, pool, tenant_id=tenant_id, body=body, create=insert)

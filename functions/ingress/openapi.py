@@ -34,7 +34,8 @@ ERRORS: Final[Mapping[int, str]] = {
     ),
     413: "The body is larger than the limit; refused without reading it all.",
     415: "The body is not application/json.",
-    422: "Validation failed; `errors` lists each field by path. Also: an Idempotency-Key reused with another body.",
+    422: "Validation failed; `errors` lists each field by path (also a value that cannot be stored: an integer "
+    "outside 64 bits, NaN, Infinity, NUL). Also: an Idempotency-Key reused with another body.",
     429: "The tenant's rate limit is spent; retry after `Retry-After` seconds.",
     503: "The database is unreachable; retry later.",
 }

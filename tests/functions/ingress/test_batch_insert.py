@@ -6,11 +6,13 @@ import asyncio
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from functions.ingress.batch_insert import BatchInserter
-from shared.db.models import NewJob
+from shared.db.models import Job, NewJob
 from shared.db.pool import open_pool
+from shared.errors import ValidationFailed
 from tests.support.live import LiveApp
 
 from .conftest import assert_problem
@@ -86,26 +88,61 @@ def _job(n: int, **overrides: Any) -> NewJob:
     return NewJob(**{**values, **overrides})
 
 
-def test_a_failing_statement_fails_its_whole_batch_and_the_next_batch_works(app: LiveApp):
+def test_a_member_the_database_refuses_fails_alone_and_its_batch_mates_are_inserted(app: LiveApp):
     async def scenario() -> None:
         pool = await open_pool(app.settings.database_url, max_size=2)
         inserter = BatchInserter(pool)
         inserter.start()
         try:
-            # Queued together, flushed together: a priority out of smallint range fails the statement.
+            # Queued together, flushed together: each bad member alone would fail the whole statement.
             results = await asyncio.gather(
-                inserter.insert(_job(1)), inserter.insert(_job(2, priority=10**6)), return_exceptions=True
+                inserter.insert(_job(1)),
+                inserter.insert(_job(2, priority=42)),  # passes Python, violates CHECK jobs_priority_range
+                inserter.insert(_job(3)),
+                inserter.insert(_job(4, args={"n": 2**64})),  # the JSON encoder refuses it
+                inserter.insert(_job(5)),
+                inserter.insert(_job(6, priority=10**6)),  # out of smallint range
+                inserter.insert(_job(7)),
+                return_exceptions=True,
             )
-            assert all(isinstance(result, Exception) for result in results), results
-            job = await inserter.insert(_job(3))
-            assert job.id and job.args == {"n": 3}
+            good = [result for result in results if isinstance(result, Job)]
+            assert [job.args for job in good] == [{"n": 1}, {"n": 3}, {"n": 5}, {"n": 7}], results
+            reasons = {
+                1: "the database refused it",
+                3: "a value cannot be encoded as JSON",
+                5: "the database refused it",
+            }
+            for index, reason in reasons.items():
+                refused = results[index]
+                assert isinstance(refused, ValidationFailed) and refused.status == 422, refused
+                assert refused.errors == [{"path": "", "message": reason}]
+            assert inserter.split == 1  # one statement failed, and its members were retried one by one
+            job = await inserter.insert(_job(8))
+            assert job.id and job.args == {"n": 8}
             with pytest.raises(ValueError):
-                await inserter.insert(_job(4, unique_key="k"))
+                await inserter.insert(_job(9, unique_key="k"))
         finally:
             await inserter.close()
             await pool.close()
         with pytest.raises(RuntimeError):
-            await inserter.insert(_job(5))
+            await inserter.insert(_job(10))
 
     asyncio.run(scenario())
-    assert [row[0] for row in app.sql("SELECT (args->>'n')::int FROM jobs")] == [3]
+    assert sorted(row[0] for row in app.sql("SELECT (args->>'n')::int FROM jobs")) == [1, 3, 5, 7, 8]
+
+
+def test_an_unavailable_database_fails_the_batch_at_once_without_retries(app: LiveApp):
+    async def scenario() -> None:
+        pool = await open_pool(app.settings.database_url, max_size=2)
+        inserter = BatchInserter(pool)
+        inserter.start()
+        try:
+            await pool.close()  # every checkout now fails the way a dead database does (OperationalError)
+            results = await asyncio.gather(*(inserter.insert(_job(n)) for n in range(3)), return_exceptions=True)
+            assert all(isinstance(result, psycopg.OperationalError) for result in results), results
+            assert inserter.split == 0
+        finally:
+            await inserter.close()
+
+    asyncio.run(scenario())
+    assert app.sql("SELECT count(*) FROM jobs") == [(0,)]

@@ -142,10 +142,10 @@ def test_failures_are_not_remembered(app: LiveApp):
         invalid = _post(client, "k-invalid", {"function": "echo", "args": {}, "surprise": 1})
         assert_problem(invalid, 422)
         assert app.sql("SELECT count(*) FROM idempotency_keys") == [(0,)]
-        # The insert itself fails (a constraint only this test's database has): the key is freed.
+        # The insert itself fails (a constraint only this test's database has): 422, and the key is freed.
         app.sql("ALTER TABLE jobs ADD CONSTRAINT test_refuse CHECK (args->>'refuse' IS NULL)")
         refused = _post(client, "k-fail", {"function": "echo", "args": {"refuse": 1}})
-        assert_problem(refused, 500)
+        assert_problem(refused, 422)
         assert app.sql("SELECT count(*) FROM idempotency_keys") == [(0,)]
         app.sql("ALTER TABLE jobs DROP CONSTRAINT test_refuse")
         assert _post(client, "k-fail", {"function": "echo", "args": {"refuse": 1}}).status_code == 201
