@@ -46,6 +46,7 @@ from shared.errors import LostJobError, PermanentJobError, RetryableJobError, Sn
 from shared.logging import bind_context, configure_logging, log_context
 from shared.queues import QUEUES
 from shared.settings import Settings, load_settings
+from shared.storable_json import unstorable_values
 from shared.telemetry import emit
 
 logger = logging.getLogger("functions.machine")
@@ -286,11 +287,21 @@ class Machine:
             # its objects (under its own claim's prefix) go.
             await self._withdraw(held)
             return
+        recorded_result = held.ctx.recorded_result(result)
+        unstorable = next(unstorable_values(recorded_result, ("result",)), None)
+        if unstorable is not None:
+            # A value the database could store but never give back (see shared/storable_json.py)
+            # would make every read of this job fail: the attempt fails instead, visibly.
+            await self._withdraw(held)
+            await self._record_failure(
+                held, kind="unstorable-result", message=f"{unstorable.path}: {unstorable.message}", permanent=True
+            )
+            return
         done: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
         # From here the handler's work is done: the heartbeat leaves this job alone (a batch may
         # already have completed it), and the fenced batch write alone says whether it was lost.
         held.completing = True
-        await self.completions.put(_Completion(held=held, result=held.ctx.recorded_result(result), done=done))
+        await self.completions.put(_Completion(held=held, result=recorded_result, done=done))
         try:
             recorded = await done
         except asyncio.CancelledError:

@@ -252,3 +252,12 @@ def _objects(app: LiveApp, job_id: int) -> list[str]:
     storage = Storage(app.settings)
     listed = storage.client.list_objects_v2(Bucket=storage.bucket, Prefix=f"tenants/tenant-1/jobs/{job_id}/")
     return [item["Key"] for item in listed.get("Contents", [])]
+
+
+def test_a_result_that_could_not_be_read_back_fails_the_attempt_instead(app):
+    job = _post(app, "unstorable_result", maxAttempts=3)
+    done = app.wait_for_job(job["id"], {"completed", "discarded"})
+    assert done["state"] == "discarded" and done["attempt"] == 1
+    assert done["errors"][0]["kind"] == "unstorable-result" and "result.big" in done["errors"][0]["error"]
+    with app.client() as client:
+        assert client.get("/jobs", params={"state": "discarded"}).status_code == 200

@@ -130,3 +130,9 @@ async def store_output(job: Job, ctx: HandlerContext) -> HandlerResult:
     if job.attempt == 1:
         await asyncio.sleep(StoreArgs.model_validate(job.args).seconds)
     return {"attempt": job.attempt, "machine": ctx.machine_id}
+
+
+@register("unstorable_result", Empty)
+async def unstorable_result(job: Job, ctx: HandlerContext) -> HandlerResult:
+    """Returns a float Postgres would store as a numeric that no reader could load back."""
+    return {"big": float(2**64)}
