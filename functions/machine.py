@@ -269,6 +269,7 @@ class Machine:
             return
         except SnoozeJob as snooze:
             await self._write(held, "job:snooze", transitions.snooze, held.fence, seconds=snooze.seconds)
+            await self._withdraw(held)  # the next attempt runs under a claim of its own
             return
         except PermanentJobError as exc:
             await self._record_failure(held, kind=exc.kind, message=str(exc), permanent=True)
@@ -292,7 +293,6 @@ class Machine:
         if unstorable is not None:
             # A value the database could store but never give back (see shared/storable_json.py)
             # would make every read of this job fail: the attempt fails instead, visibly.
-            await self._withdraw(held)
             await self._record_failure(
                 held, kind="unstorable-result", message=f"{unstorable.path}: {unstorable.message}", permanent=True
             )
@@ -368,6 +368,17 @@ class Machine:
 
     async def _record_failure(
         self, held: HeldJob, *, kind: str, message: str, permanent: bool = False, retry_after: float | None = None
+    ) -> None:
+        try:
+            await self._record_failure_of(
+                held, kind=kind, message=message, permanent=permanent, retry_after=retry_after
+            )
+        finally:
+            # The claim ends without a completion: nothing it stored can ever be shown.
+            await self._withdraw(held)
+
+    async def _record_failure_of(
+        self, held: HeldJob, *, kind: str, message: str, permanent: bool, retry_after: float | None
     ) -> None:
         job, now = held.job, datetime.now(UTC)
         if held.lost or held.abandoned:
