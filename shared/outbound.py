@@ -32,6 +32,7 @@ from typing import Any, Final
 import httpx
 
 from shared.errors import PermanentJobError, RetryableJobError
+from shared.outbound_decoding import UnsupportedContentEncoding
 from shared.outbound_policy import DestinationNotAllowed, OutboundPolicy, OutboundUrl, check_url
 from shared.outbound_transport import (
     AddressGuard,
@@ -53,6 +54,7 @@ __all__ = [
     "OutboundUrl",
     "ResponseTooLarge",
     "TooManyRedirects",
+    "UnsupportedContentEncoding",
     "check_url",
     "shared_client",
 ]
