@@ -7,8 +7,10 @@ client and its sync twin (WeasyPrint's path) are exercised.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
+import httpx
 import pytest
 
 from shared.errors import PermanentJobError
@@ -19,6 +21,7 @@ from shared.outbound import (
     ResponseTooLarge,
     UnsupportedContentEncoding,
 )
+from shared.outbound_decoding import PIECE_BYTES, BodyDecoder
 from tests.shared.test_outbound_client import LOOPBACK_ALLOWED
 from tests.support.bombs import BOMB_BYTES, CODINGS, MiB, bomb, encoded, traced_peak
 from tests.support.receivers import Reply, http_receiver
@@ -119,3 +122,23 @@ async def test_a_corrupt_body_is_a_network_error_as_before(fetch):
     with http_receiver([served("gzip", b"\x1f\x8b\x08\x00garbage-not-deflate")]) as receiver:
         with pytest.raises(OutboundNetworkError):
             await fetch(receiver.url)
+
+
+# ---- the decoder alone -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("coding", [*CODINGS, "raw-deflate"])
+def test_every_decoded_piece_is_bounded(coding):
+    header = "deflate" if coding == "raw-deflate" else coding
+    pieces = BodyDecoder(httpx.Headers({"content-encoding": header})).feed(bomb(coding))
+    sizes = [len(piece) for piece in itertools.islice(pieces, 100)]
+    assert len(sizes) == 100 and max(sizes) <= PIECE_BYTES
+
+
+@pytest.mark.parametrize("coding", [*CODINGS, "raw-deflate"])
+def test_a_body_fed_one_byte_at_a_time_decodes_whole(coding):
+    header = "deflate" if coding == "raw-deflate" else coding
+    decoder = BodyDecoder(httpx.Headers({"content-encoding": header}))
+    body = encoded(coding, SAMPLE)
+    decoded = [piece for i in range(len(body)) for piece in decoder.feed(body[i : i + 1])]
+    assert b"".join([*decoded, *decoder.finish()]) == SAMPLE

@@ -1,9 +1,5 @@
-"""Compression bombs (a tiny body that decodes to a huge one) and a peak-memory probe.
-
-    with traced_peak() as peak:
-        ...  # code under test
-    assert peak.bytes < 16 * MiB
-"""
+"""Compression bombs (a tiny body that decodes to a huge one) and a peak-memory probe
+(`with traced_peak() as peak:` around the code under test, then check `peak.bytes`)."""
 
 from __future__ import annotations
 
