@@ -3,7 +3,9 @@ callbacks.
 
 Every request goes through three gates: the URL rules on every hop (shared/outbound_policy.py),
 the address check on every connection (shared/outbound_transport.py), and the caps here (a
-total timeout, a connect timeout, and a body size limit enforced while streaming). Environment
+total timeout, a connect timeout, and a body size limit enforced while streaming). The size limit
+counts decoded bytes: gzip, deflate and br are decoded in bounded steps by shared/outbound_decoding.py
+(a compressed bomb stops at the cap), and no other content coding is offered or accepted. Environment
 proxies are ignored (`trust_env=False`), because through a proxy the address check would see the
 proxy instead of the destination.
 
@@ -11,7 +13,8 @@ Errors, all JobErrors so a handler can let them propagate:
 
 * PermanentJobError
   + DestinationNotAllowed  "destination-not-allowed": refused URL, address, redirect hop
-  + ResponseTooLarge       "response-too-large": the body exceeds `max_bytes`
+  + ResponseTooLarge       "response-too-large": the decoded body exceeds `max_bytes`
+  + UnsupportedContentEncoding "unsupported-content-encoding": a coding other than gzip, deflate, br
   + TooManyRedirects       "too-many-redirects"
 * RetryableJobError
   + OutboundTimeout        "timeout": no complete answer within `timeout_seconds`
@@ -32,6 +35,7 @@ from typing import Any, Final
 import httpx
 
 from shared.errors import PermanentJobError, RetryableJobError
+from shared.outbound_decoding import ACCEPT_ENCODING, BodyDecoder, UnsupportedContentEncoding
 from shared.outbound_policy import DestinationNotAllowed, OutboundPolicy, OutboundUrl, check_url
 from shared.outbound_transport import (
     AddressGuard,
@@ -53,6 +57,7 @@ __all__ = [
     "OutboundUrl",
     "ResponseTooLarge",
     "TooManyRedirects",
+    "UnsupportedContentEncoding",
     "check_url",
     "shared_client",
 ]
@@ -62,6 +67,8 @@ CONNECT_TIMEOUT_SECONDS: Final = 5.0
 USER_AGENT: Final = "ContentProcessor/0.1"
 RESOURCE_KEY: Final = "outbound"
 _REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
+# Only codings decoded with a bound are offered (without this httpx would offer what it can decode).
+_DEFAULT_HEADERS: Final = {"user-agent": USER_AGENT, "accept-encoding": ACCEPT_ENCODING}
 _LIMITS: Final = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=5.0)
 
 
@@ -115,32 +122,49 @@ class _Hop:
 
 
 class _Body:
-    """Collects a response body up to `max_bytes`, refusing (or cutting) beyond it."""
+    """Decodes a response body and collects it up to `max_bytes` decoded bytes, refusing (or cutting) beyond.
+
+    Decoding is incremental and bounded (shared/outbound_decoding.py), so the cap holds for what a
+    compressed body decodes to, and memory never exceeds the cap by more than one decoded piece.
+    """
 
     def __init__(self, response: httpx.Response, *, max_bytes: int, truncate: bool) -> None:
         declared = response.headers.get("content-length", "")
         # A declared length is checked before reading anything; with a content encoding it is the
-        # compressed size, a lower bound of what decoding would produce.
+        # compressed size, a lower bound of what decoding produces.
         if not truncate and declared.isdigit() and int(declared) > max_bytes:
             raise ResponseTooLarge(max_bytes)
+        self._decoder = BodyDecoder(response.headers)
         self._max_bytes = max_bytes
         self._truncate = truncate
         self._parts: list[bytes] = []
         self._size = 0
         self.truncated = False
 
-    def add(self, chunk: bytes) -> bool:
-        """Keep `chunk`; True once nothing more should be read. Raises ResponseTooLarge."""
+    def feed(self, raw: bytes) -> bool:
+        """Decode and keep one raw chunk; True once nothing more should be read.
+
+        Raises ResponseTooLarge, UnsupportedContentEncoding, httpx.DecodingError.
+        """
+        return any(self._add(piece) for piece in self._decoder.feed(raw))
+
+    def finish(self) -> None:
+        """Keep what the decoder still holds once the raw body has ended."""
+        for piece in self._decoder.finish():
+            if self._add(piece):
+                return
+
+    def _add(self, piece: bytes) -> bool:
         room = self._max_bytes - self._size
-        if len(chunk) > room:
+        if len(piece) > room:
             if not self._truncate:
                 raise ResponseTooLarge(self._max_bytes)
-            self._parts.append(chunk[:room])
+            self._parts.append(piece[:room])
             self._size = self._max_bytes
             self.truncated = True
             return True
-        self._parts.append(chunk)
-        self._size += len(chunk)
+        self._parts.append(piece)
+        self._size += len(piece)
         return False
 
     def content(self) -> bytes:
@@ -225,8 +249,9 @@ class OutboundClient:
         """Send one request, following checked redirects, and read the body under the caps.
 
         Any status is returned as a response (a 3xx too when `follow_redirects` is False). Raises
-        DestinationNotAllowed, ResponseTooLarge, TooManyRedirects (permanent), OutboundTimeout and
-        OutboundNetworkError (retryable).
+        DestinationNotAllowed, ResponseTooLarge, UnsupportedContentEncoding, TooManyRedirects
+        (permanent), OutboundTimeout and OutboundNetworkError (retryable; also for a corrupt
+        compressed body).
         """
         client = self._async()
         hop = _Hop(
@@ -246,9 +271,12 @@ class OutboundClient:
                         next_hop = _next_hop(hop, response, self._policy) if follow_redirects else None
                         if next_hop is None:
                             body = _Body(response, max_bytes=max_bytes, truncate=truncate)
-                            async for chunk in response.aiter_bytes():
-                                if body.add(chunk):
+                            # Raw bytes: httpx's own decoding would inflate each chunk whole.
+                            async for chunk in response.aiter_raw():
+                                if body.feed(chunk):
                                     break
+                            else:
+                                body.finish()
                             return _response(response, body, started)
                     hop = next_hop
                 raise TooManyRedirects(max_redirects)
@@ -289,10 +317,12 @@ class OutboundClient:
                     next_hop = _next_hop(hop, response, self._policy) if follow_redirects else None
                     if next_hop is None:
                         body = _Body(response, max_bytes=max_bytes, truncate=truncate)
-                        for chunk in response.iter_bytes():
-                            if body.add(chunk):
+                        for chunk in response.iter_raw():  # raw: see `request`
+                            if body.feed(chunk):
                                 break
                             _left(deadline)
+                        else:
+                            body.finish()
                         return _response(response, body, started)
                 hop = next_hop
             raise TooManyRedirects(max_redirects)
@@ -315,7 +345,7 @@ class OutboundClient:
         if self._async_client is None:
             transport = GuardedAsyncTransport(self._guard, ssl_context=self._ssl(), limits=_LIMITS)
             self._async_client = httpx.AsyncClient(
-                transport=transport, trust_env=False, follow_redirects=False, headers={"user-agent": USER_AGENT}
+                transport=transport, trust_env=False, follow_redirects=False, headers=_DEFAULT_HEADERS
             )
         return self._async_client
 
@@ -327,7 +357,7 @@ class OutboundClient:
                     transport=transport,
                     trust_env=False,
                     follow_redirects=False,
-                    headers={"user-agent": USER_AGENT},
+                    headers=_DEFAULT_HEADERS,
                 )
             return self._sync_client
 

@@ -2,7 +2,8 @@
 
 Args are an `ImagesRequest` (shared/schemas/images.py). The source comes from `sourceUrl`
 through the shared outbound client or from `sourceKey` in the tenant's storage, both capped at
-`MAX_SOURCE_BYTES`; the Pillow work (functions/handlers/image_ops.py) runs in a thread so
+`MAX_SOURCE_BYTES` (decoded bytes for a compressed answer; a bigger source fails with kind
+`source-too-large`); the Pillow work (functions/handlers/image_ops.py) runs in a thread so
 heartbeats keep flowing. Result: `{"outputs": [{name, key, contentType, size, width, height,
 format}], "imageId"}`, outputs recorded through `ctx.outputs` (under the claim's prefix) as
 `{name}.{ext}`, in the order of the request.
@@ -20,7 +21,7 @@ from functions.handlers import image_ops
 from functions.handlers.base import HandlerContext, HandlerResult
 from shared.db.models import Job
 from shared.errors import PermanentJobError, RetryableJobError
-from shared.outbound import shared_client
+from shared.outbound import ResponseTooLarge, shared_client
 from shared.schemas.images import ImageOperations, ImagesRequest
 
 MAX_SOURCE_BYTES: Final = 50 * 1024 * 1024
@@ -75,30 +76,42 @@ def recipe(name: str, operations: ImageOperations) -> image_ops.Recipe:
 
 
 async def fetch_source(request: ImagesRequest, *, ctx: HandlerContext, max_bytes: int) -> bytes:
-    """The source image's bytes, never more than `max_bytes`.
+    """The source image's bytes, never more than `max_bytes` (after any content decoding).
 
     Raises PermanentJobError: "forbidden-key" (a key outside the tenant's prefix), "object-not-found",
-    "too-large" / "response-too-large", "destination-not-allowed", "source-unavailable" (a final
-    HTTP error); RetryableJobError for passing HTTP or network failures.
+    "source-too-large" (from either source), "destination-not-allowed", "unsupported-content-encoding",
+    "source-unavailable" (a final HTTP error); RetryableJobError for passing HTTP or network failures.
     """
     if request.source_key is not None:
         # ctx.storage is the job tenant's: a key of another tenant is "forbidden-key".
-        return await asyncio.to_thread(ctx.storage.get_bytes, request.source_key, max_bytes=max_bytes)
+        try:
+            return await asyncio.to_thread(ctx.storage.get_bytes, request.source_key, max_bytes=max_bytes)
+        except PermanentJobError as exc:
+            if exc.kind == "too-large":
+                raise _too_large(max_bytes) from exc
+            raise
     if request.source_url is None:  # the schema guarantees one source; kept for type narrowing
         raise PermanentJobError("no source given", kind="invalid-args")
-    response = await shared_client(ctx.resources, ctx.settings).request(
-        "GET",
-        request.source_url,
-        headers={"Accept": _ACCEPT},
-        timeout_seconds=SOURCE_TIMEOUT_SECONDS,
-        max_bytes=max_bytes,
-    )
+    try:
+        response = await shared_client(ctx.resources, ctx.settings).request(
+            "GET",
+            request.source_url,
+            headers={"Accept": _ACCEPT},
+            timeout_seconds=SOURCE_TIMEOUT_SECONDS,
+            max_bytes=max_bytes,
+        )
+    except ResponseTooLarge as exc:  # a compressed body counts what it decodes to
+        raise _too_large(max_bytes) from exc
     if 200 <= response.status_code < 300:
         return response.content
     message = f"source answered HTTP {response.status_code}"
     if response.status_code in _RETRYABLE_STATUSES:
         raise RetryableJobError(message, kind="source-unavailable", retry_after_seconds=_retry_after(response.headers))
     raise PermanentJobError(message, kind="source-unavailable")
+
+
+def _too_large(max_bytes: int) -> PermanentJobError:
+    return PermanentJobError(f"source image is larger than {max_bytes} bytes", kind="source-too-large")
 
 
 def _parse(args: dict[str, Any]) -> ImagesRequest:

@@ -16,11 +16,12 @@ import pytest
 from PIL import Image
 from weasyprint import HTML
 
-from functions.handlers import documents
+from functions.handlers import document_fetcher, documents
 from functions.handlers.base import HandlerContext
 from infra.local.s3 import LocalS3
 from tests.functions.handlers.test_documents import context, make_job
 from tests.support import pdf
+from tests.support.bombs import CODINGS, MiB, bomb, traced_peak
 from tests.support.jobs import run_handler, stored_bytes
 from tests.support.receivers import Reply, http_receiver
 
@@ -199,6 +200,23 @@ async def test_redirect_to_an_internal_address_is_refused(loopback_ctx: HandlerC
         result, data = await render_html(loopback_ctx, f'<img src="{url}"><p>x</p>')
     assert pdf.image_count(data) == 0
     assert reasons(result) == {url: "destination-not-allowed"}
+
+
+@pytest.mark.parametrize("coding", CODINGS)
+async def test_compression_bombs_are_left_out_without_inflating(loopback_ctx: HandlerContext, coding: str) -> None:
+    # WeasyPrint's fetcher is the synchronous path of the outbound client: an image and a
+    # stylesheet that each decode to 256 MiB stop at the per-resource cap, in bounded steps.
+    replies = [
+        Reply(200, {"Content-Type": content_type, "Content-Encoding": coding}, body=bomb(coding))
+        for content_type in ("image/png", "text/css")
+    ]
+    with http_receiver(replies) as receiver, traced_peak() as peak:
+        image, sheet = f"{receiver.url}/logo.png", f"{receiver.url}/style.css"
+        html = f'<link rel="stylesheet" href="{sheet}"><img src="{image}"><p>still rendered</p>'
+        result, data = await render_html(loopback_ctx, html)
+    assert "still rendered" in pdf.text(data)
+    assert reasons(result) == {image: "response-too-large", sheet: "response-too-large"}
+    assert peak.bytes < document_fetcher.MAX_RESOURCE_BYTES + 32 * MiB, f"peak {peak.bytes / MiB:.0f} MiB"
 
 
 async def test_http_errors_leave_the_resource_out(loopback_ctx: HandlerContext) -> None:

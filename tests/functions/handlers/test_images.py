@@ -21,7 +21,9 @@ from shared.errors import PermanentJobError, RetryableJobError
 from shared.schemas.images import ImagesRequest
 from tests.conftest import make_settings
 from tests.support import images as samples
+from tests.support.bombs import CODINGS, MiB, bomb, traced_peak
 from tests.support.jobs import held_job, run_handler
+from tests.support.receivers import Reply, http_receiver
 
 TENANT = "t1"
 _upload_ids = itertools.count(1000)
@@ -462,8 +464,24 @@ async def test_sources_over_the_byte_cap_are_refused(ctx: HandlerContext, source
     for request in (by_url, by_key):
         with pytest.raises(PermanentJobError) as caught:
             await images.fetch_source(request, ctx=job_ctx, max_bytes=len(data) - 1)
-        assert caught.value.kind in {"response-too-large", "too-large"}
+        assert caught.value.kind == "source-too-large"
         assert await images.fetch_source(request, ctx=job_ctx, max_bytes=len(data)) == data
+
+
+@pytest.mark.parametrize("coding", CODINGS)
+async def test_a_source_url_answering_a_compression_bomb_is_source_too_large(ctx: HandlerContext, coding: str) -> None:
+    # A body of a few hundred bytes (or kilobytes) that decodes to 256 MiB: the cap counts decoded
+    # bytes, and decoding stops at the cap instead of inflating the whole bomb first.
+    answer = Reply(200, {"content-type": "image/jpeg", "content-encoding": coding}, body=bomb(coding))
+    with http_receiver([answer]) as receiver, traced_peak() as peak:
+        with pytest.raises(PermanentJobError) as caught:
+            await run_handler(images, make_job({"imageId": "x", "sourceUrl": f"{receiver.url}/photo.jpg"}), ctx)
+
+    assert caught.value.kind == "source-too-large"
+    assert peak.bytes < images.MAX_SOURCE_BYTES + 16 * MiB, f"peak {peak.bytes / MiB:.0f} MiB"
+    assert (
+        ctx.bucket.client.list_objects_v2(Bucket=ctx.bucket.bucket, Prefix=f"tenants/{TENANT}/jobs/")["KeyCount"] == 0
+    )
 
 
 @pytest.mark.parametrize(

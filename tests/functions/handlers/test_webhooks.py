@@ -20,8 +20,9 @@ from shared.outbound import RESOURCE_KEY, DestinationNotAllowed, OutboundClient
 from shared.schemas.webhooks import WebhookRequest
 from shared.webhook_signing import tenant_signing_secret
 from tests.conftest import make_settings
+from tests.support.bombs import CODINGS, MiB, bomb, traced_peak
 from tests.support.jobs import held_job, run_handler
-from tests.support.receivers import http_receiver
+from tests.support.receivers import Reply, http_receiver
 
 UNUSED_DB = "postgresql://127.0.0.1:9/unused"  # handlers never touch the database
 SETTINGS = make_settings(UNUSED_DB, outbound_allowlist=["127.0.0.1"])
@@ -86,6 +87,23 @@ async def test_method_is_honoured(ctx, method):
     assert [r.method for r in receiver.requests] == [method]
     assert result["statusCode"] == 204
     verify(receiver.requests[0])
+
+
+@pytest.mark.parametrize("coding", CODINGS)
+@pytest.mark.parametrize("status", [200, 503])
+async def test_a_compressed_bomb_in_the_answer_is_read_within_bounds(ctx, coding, status):
+    # The answer's body is not used, but reading it must not inflate a bomb: the outcome is the
+    # status alone, and memory stays far below what the body decodes to (256 MiB).
+    answer = Reply(status, {"content-encoding": coding}, body=bomb(coding))
+    with http_receiver([answer]) as receiver, traced_peak() as peak:
+        job = make_job(submitted({"url": receiver.url, "event": "e"}))
+        if status == 200:
+            assert (await webhooks.run(job, ctx))["statusCode"] == 200
+        else:
+            with pytest.raises(RetryableJobError) as raised:
+                await webhooks.run(job, ctx)
+            assert raised.value.kind == "http-503"
+    assert peak.bytes < 16 * MiB
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504, 408])
