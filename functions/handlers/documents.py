@@ -81,7 +81,7 @@ async def render(request: DocumentsRequest, settings: Settings, *, name: str) ->
     except RenderTimedOut as exc:
         if not exc.stopped:
             # Stuck in one long C call: the machine's own timeout and exit are what end it now.
-            logger.warning("document:render-thread-still-running", extra={"thread": name})
+            logger.warning("document:render-thread-still-running", extra={"renderThread": name})
         raise PermanentJobError(str(exc), kind="render-timeout") from None
 
 
