@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import json
 import uuid
 from datetime import UTC, datetime
 from functools import cache
@@ -20,6 +19,7 @@ from shared.db.models import JobState, NewJob
 from shared.db.pool import Pool
 from shared.errors import Conflict, NotFound, UniqueKeyHeld, ValidationFailed
 from shared.logging import bind_context
+from shared.notify import CONTROL_CHANNEL, stop_machines_message
 from shared.queues import QUEUES
 from shared.schemas.common import CamelModel, JobRequest
 from shared.schemas.default import DefaultRequest
@@ -315,9 +315,9 @@ async def cancel_jobs(request: Request) -> Response:
 async def _after_cancel(conn: Conn, cancelled: list[transitions.CancelledJob]) -> None:
     """Ask the dispatcher to stop the machines of cancelled running jobs (callbacks are enqueued
     by the database with the cancel itself)."""
-    machines = sorted({c.attempted_by for c in cancelled if c.was == "executing" and c.attempted_by})
+    machines = {c.attempted_by for c in cancelled if c.was == "executing" and c.attempted_by}
     if machines:
-        await conn.execute("SELECT pg_notify('cp_control', %s)", (json.dumps({"stopMachines": machines}),))
+        await conn.execute("SELECT pg_notify(%s, %s)", (CONTROL_CHANNEL, stop_machines_message(machines)))
 
 
 async def retry_job(request: Request) -> Response:
