@@ -18,7 +18,7 @@ import httpx
 import psycopg
 from psycopg.types.json import Jsonb
 
-from shared.queues import QUEUES
+from functions.registry import load_registry
 from shared.schemas.emails import BulkEmailRequest, expand_bulk
 
 from .harness import QUERIES, TENANT, BenchConfig, BenchEnv, Row, Spread, app_server, checkpoint, token, verdict
@@ -51,12 +51,12 @@ def reference_rows(body: dict[str, Any]) -> dict[str, list[Any]]:
     n = len(args)
     return {
         "queue": ["emails"] * n,
-        "worker": [QUEUES["emails"].worker] * n,
+        "worker": [load_registry()["emails"].worker] * n,
         "tenant_id": [TENANT] * n,
         "args": [Jsonb(a) for a in args],
         "meta": [Jsonb(meta)] * n,
         "priority": [0] * n,
-        "max_attempts": [QUEUES["emails"].max_attempts] * n,
+        "max_attempts": [load_registry()["emails"].max_attempts] * n,
         "batch_id": [batch_id] * n,
     }
 

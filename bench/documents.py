@@ -47,7 +47,7 @@ async def measure(repeats: int) -> tuple[list[float], list[float], int, int]:
 
     from functions.handlers import documents
     from functions.handlers.base import HandlerContext
-    from functions.handlers.document_render import standalone_html
+    from functions.handlers.lib.document_render import standalone_html
     from shared.settings import Settings
 
     settings = Settings(_env_file=None, environment="test")  # type: ignore[call-arg]

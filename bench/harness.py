@@ -24,9 +24,10 @@ from typing import IO, Any
 import httpx
 import psycopg
 
+from functions.registry import seed_queues
 from infra.local.postgres import LocalPostgres, free_port
 from infra.local.s3 import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, LocalS3
-from shared.db.migrate import migrate, seed_queues
+from shared.db.migrate import migrate
 from shared.db.sql import parse_queries
 from shared.settings import Settings
 from shared.tokens import mint_token

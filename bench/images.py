@@ -47,7 +47,8 @@ def photo_12mp() -> bytes:
 
 
 def ours(data: bytes) -> tuple[float, tuple[int, int]]:
-    from functions.handlers import image_ops, images
+    from functions.handlers import images
+    from functions.handlers.lib import image_ops
     from shared.schemas.images import ImagesRequest
 
     started = time.perf_counter()

@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from shared.queues import QUEUES
+from functions.registry import load_registry
 from shared.schemas.webhooks import WebhookRequest
 from shared.settings import Settings
 
@@ -60,13 +60,13 @@ def reference_params(body: dict[str, Any]) -> dict[str, Any]:
     args = WebhookRequest.model_validate(body).function_args()
     return {
         "queue": "webhooks",
-        "worker": QUEUES["webhooks"].worker,
+        "worker": load_registry()["webhooks"].worker,
         "tenant_id": TENANT,
         "args": Jsonb(args),
         "meta": Jsonb({"requestId": str(uuid.uuid4())}),
         "tags": [],
         "priority": 0,
-        "max_attempts": QUEUES["webhooks"].max_attempts,
+        "max_attempts": load_registry()["webhooks"].max_attempts,
     }
 
 

@@ -5,12 +5,28 @@ Entry points call `load_settings()` once and pass the object down; nothing impor
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Self
+import os
+import re
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 CommaList = Annotated[list[str], NoDecode]
+_PER_QUEUE = re.compile(r"queue_(?P<limit_queue>[a-z0-9_]+)_limit|worker_(?P<timeout_queue>[a-z0-9_]+)_timeout")
+
+
+class _PerQueueEnvironment(PydanticBaseSettingsSource):
+    """QUEUE_<NAME>_LIMIT and WORKER_<NAME>_TIMEOUT from the environment, for any name (the
+    declared settings source only reads declared fields)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {
+            name.lower(): value for name, value in os.environ.items() if _PER_QUEUE.fullmatch(name.lower()) and value
+        }
 
 
 class Settings(BaseSettings):
@@ -50,19 +66,11 @@ class Settings(BaseSettings):
 
     webhook_signing_secret: SecretStr | None = None
 
-    queue_images_limit: int = Field(5, ge=0, le=1000)
-    queue_documents_limit: int = Field(5, ge=0, le=1000)
-    queue_emails_limit: int = Field(10, ge=0, le=1000)
-    queue_webhooks_limit: int = Field(20, ge=0, le=1000)
-    queue_exports_limit: int = Field(5, ge=0, le=1000)
-    queue_default_limit: int = Field(10, ge=0, le=1000)
-
-    worker_images_timeout: int = Field(60_000, ge=100)
-    worker_documents_timeout: int = Field(120_000, ge=100)
-    worker_emails_timeout: int = Field(30_000, ge=100)
-    worker_webhooks_timeout: int = Field(35_000, ge=100)  # above the 30 s max receiver timeout
-    worker_exports_timeout: int = Field(600_000, ge=100)
-    worker_default_timeout: int = Field(600_000, ge=100)
+    # Per function: QUEUE_<NAME>_LIMIT (initial fleet-wide limit) and WORKER_<NAME>_TIMEOUT (ms)
+    # override what the function declares (functions/handlers/<name>.py). Any name is read; names
+    # that match no function are reported at start (Registry.configuration_problems).
+    queue_limits: dict[str, Annotated[int, Field(ge=0, le=1000)]] = Field(default_factory=dict)
+    worker_timeouts_ms: dict[str, Annotated[int, Field(ge=100)]] = Field(default_factory=dict)
 
     lifeline_rescue_after: int = Field(300, ge=1)
     pruner_max_age: int = Field(604_800, ge=1)
@@ -121,13 +129,40 @@ class Settings(BaseSettings):
         """DATABASE_DIRECT_URL, else DATABASE_URL: for LISTEN, session advisory locks and migrations."""
         return self.database_direct_url or self.database_url
 
-    def queue_limit(self, queue: str) -> int:
-        """The initial concurrency limit configured for `queue`."""
-        return int(getattr(self, f"queue_{queue}_limit", self.queue_default_limit))
+    @model_validator(mode="before")
+    @classmethod
+    def _per_queue_settings(cls, data: Any) -> Any:
+        """Fold `queue_<name>_limit` / `worker_<name>_timeout` (from the environment, the env
+        file or keyword arguments) into `queue_limits` / `worker_timeouts_ms`."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        limits = dict(data.pop("queue_limits", None) or {})
+        timeouts = dict(data.pop("worker_timeouts_ms", None) or {})
+        for key in list(data):
+            match = _PER_QUEUE.fullmatch(key.lower())
+            if match is None:
+                continue
+            value = data.pop(key)
+            if value in (None, ""):
+                continue
+            if match["limit_queue"]:
+                limits[match["limit_queue"]] = value
+            else:
+                timeouts[match["timeout_queue"]] = value
+        data["queue_limits"], data["worker_timeouts_ms"] = limits, timeouts
+        return data
 
-    def queue_timeout_seconds(self, queue: str) -> float:
-        """The per-function timeout for `queue`, in seconds."""
-        return int(getattr(self, f"worker_{queue}_timeout", self.worker_default_timeout)) / 1000
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, _PerQueueEnvironment(settings_cls), env_settings, dotenv_settings, file_secret_settings)
 
     def machine_env(self) -> dict[str, str]:
         """Service settings a function machine needs, as environment variables (local launcher).
@@ -135,8 +170,12 @@ class Settings(BaseSettings):
         On Fly these come from the worker app's secrets instead, never from the machine config.
         """
         env: dict[str, str] = {}
+        for queue, limit in self.queue_limits.items():
+            env[f"QUEUE_{queue.upper()}_LIMIT"] = str(limit)
+        for queue, timeout_ms in self.worker_timeouts_ms.items():
+            env[f"WORKER_{queue.upper()}_TIMEOUT"] = str(timeout_ms)
         for name, value in self.model_dump().items():
-            if value is None or name in {"host", "port", "run_dispatcher"}:
+            if value is None or name in {"host", "port", "run_dispatcher", "queue_limits", "worker_timeouts_ms"}:
                 continue
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()

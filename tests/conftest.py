@@ -13,9 +13,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from functions.registry import seed_queues
 from infra.local.postgres import LocalPostgres
 from infra.local.s3 import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, LocalS3
-from shared.db.migrate import migrate, seed_queues
+from shared.db.migrate import migrate
 from shared.settings import Settings
 
 TEMPLATE_DB = "cp_template"

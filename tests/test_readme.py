@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.db.migrate import seed_queues
+from functions.registry import seed_queues
 from shared.storage import Storage
 from shared.tokens import mint_token
 from tests.conftest import make_settings

@@ -14,16 +14,13 @@ CPU-bound work runs in `asyncio.to_thread` so heartbeats keep flowing.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from shared.db.models import Job
 from shared.outputs import OutputWriter, final_result
-from shared.queues import queue_spec
 from shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -94,8 +91,3 @@ class HandlerContext:
     def recorded_result(self, result: HandlerResult) -> HandlerResult:
         """`result` as it is recorded: the handler's facts and the outputs this attempt recorded."""
         return final_result(result, self.job_outputs.outputs if self.job_outputs is not None else [])
-
-
-def load_handler(queue: str) -> ModuleType:
-    """Import the handler module of `queue` (heavy libraries load only on machines that need them)."""
-    return importlib.import_module(queue_spec(queue).handler_module)

@@ -11,12 +11,14 @@ import asyncio
 import importlib
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.db.models import Job
 from shared.errors import PermanentJobError
+from shared.functions import FunctionSpec
+from shared.schemas.default import DefaultRequest
 
 from .base import HandlerContext, HandlerResult
 
@@ -31,6 +33,17 @@ class DefaultFunction:
 
 
 FUNCTIONS: dict[str, DefaultFunction] = {}
+
+FUNCTION: Final = FunctionSpec(
+    queue="default",
+    worker="",  # each job names its function: echo, sleep, or one registered by a module
+    summary="Run a function registered on the default queue",
+    request=DefaultRequest,
+    limit=10,
+    timeout_seconds=600,
+    max_attempts=5,
+    preload=True,
+)
 
 
 def register(name: str, args_model: type[BaseModel]) -> Callable[[FunctionBody], FunctionBody]:

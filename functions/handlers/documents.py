@@ -17,22 +17,36 @@ import asyncio
 import logging
 import time
 from functools import partial
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from pydantic import ValidationError
 
 from functions.handlers.base import HandlerContext, HandlerResult
-from functions.handlers.document_render import RenderedDocument, render_document
-from functions.handlers.render_thread import RenderTimedOut, run_with_deadline
+from functions.handlers.lib.render_thread import RenderTimedOut, run_with_deadline
 from shared.db.models import Job
 from shared.errors import PermanentJobError
+from shared.functions import FunctionSpec, Guest
 from shared.schemas.documents import DocumentsRequest
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from functions.handlers.lib.document_render import RenderedDocument
 
 logger = logging.getLogger(__name__)
 
 PDF: Final = "application/pdf"
 RENDER_SHARE_OF_TIMEOUT: Final = 0.75
+
+FUNCTION: Final = FunctionSpec(
+    queue="documents",
+    worker="RenderDocument",
+    summary="Render a PDF from a built-in template or sandboxed HTML",
+    request=DocumentsRequest,
+    limit=5,
+    timeout_seconds=120,
+    max_attempts=3,
+    guest=Guest(cpu_kind="shared", cpus=2, memory_mb=2048),  # WeasyPrint: layout and fonts
+)
 
 # Rendered once at machine boot so fonts, Pango and WeasyPrint's own stylesheets are loaded
 # before the first real job (drain mode pays this once, not per job).
@@ -52,7 +66,7 @@ _WARM_UP_REQUEST: Final = {
 
 def render_timeout_seconds(settings: Settings) -> float:
     """How long one document may take to render on this machine."""
-    return settings.queue_timeout_seconds("documents") * RENDER_SHARE_OF_TIMEOUT
+    return FUNCTION.timeout_for(settings) * RENDER_SHARE_OF_TIMEOUT
 
 
 def parse_args(args: dict[str, object]) -> DocumentsRequest:
@@ -72,6 +86,8 @@ async def render(request: DocumentsRequest, settings: Settings, *, name: str) ->
     Raises PermanentJobError: "render-timeout" past the deadline, "template-error",
     "document-too-large" or "render-error" for input that cannot render.
     """
+    from functions.handlers.lib.document_render import render_document  # WeasyPrint: documents machines only
+
     seconds = render_timeout_seconds(settings)
     deadline = time.monotonic() + seconds
     try:

@@ -23,17 +23,18 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from pydantic import BaseModel, ValidationError
 
 from functions.handlers.base import HandlerContext, HandlerResult
-from functions.handlers.email_message import (
+from functions.handlers.lib.email_message import (
     AttachmentFile,
     OutgoingEmail,
     UnsafeHeader,
     build_message,
     message_id_for,
 )
-from functions.handlers.smtp_sender import SmtpConfig, SmtpSender
+from functions.handlers.lib.smtp_sender import SmtpConfig, SmtpSender
 from shared.db.models import Job
 from shared.email_templates import TemplateFailed, has_expressions, render
 from shared.errors import PermanentJobError, RetryableJobError
+from shared.functions import FunctionSpec
 from shared.schemas.email_address import Mailbox, check_header_text, parse_mailbox
 from shared.schemas.emails import Attachment, BulkEmailArgs, EmailRequest
 from shared.settings import Settings
@@ -44,6 +45,17 @@ if TYPE_CHECKING:
 SMTP_RESOURCE: Final = "smtp"
 MAX_ATTACHMENT_BYTES: Final = 10 * 1024 * 1024
 MAX_ATTACHMENTS_TOTAL_BYTES: Final = 15 * 1024 * 1024  # about 20 MiB once base64-encoded
+
+FUNCTION: Final = FunctionSpec(
+    queue="emails",
+    worker="SendEmail",
+    summary="Send one email (text and/or HTML, attachments from the tenant's storage)",
+    request=EmailRequest,
+    limit=10,
+    timeout_seconds=30,
+    max_attempts=5,
+    preload=True,
+)
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 

@@ -30,14 +30,25 @@ from shared.datasets import DatasetQuery, QueryShape, copy_csv, copy_json_lines,
 from shared.db.models import Job
 from shared.db.pool import Pool
 from shared.errors import PermanentJobError
+from shared.functions import FunctionSpec, Guest
 from shared.schemas.exports import ExportsRequest
 
 from .base import HandlerContext, HandlerResult
-from .export_copy import CopyReader
-from .export_writers import FORMATS, XLSX_MAX_DATA_ROWS, JsonArrayFramer, XlsxFile
-from .multipart_upload import DEFAULT_PART_BYTES, MultipartUpload, run_in_thread
+from .lib.export_copy import CopyReader
+from .lib.export_writers import FORMATS, XLSX_MAX_DATA_ROWS, JsonArrayFramer, XlsxFile
+from .lib.multipart_upload import DEFAULT_PART_BYTES, MultipartUpload, run_in_thread
 
 CURSOR_ROWS: Final = 5_000  # rows per FETCH of the XLSX cursor
+FUNCTION: Final = FunctionSpec(
+    queue="exports",
+    worker="ExportData",
+    summary="Export a tenant-scoped dataset to CSV, JSON, NDJSON or XLSX",
+    request=ExportsRequest,
+    limit=5,
+    timeout_seconds=600,
+    max_attempts=3,
+    guest=Guest(cpu_kind="shared", cpus=2, memory_mb=1024),  # XLSX builds its sheets on disk
+)
 _SHAPES: Final = {
     "csv": QueryShape.CSV_CELLS,
     "json": QueryShape.JSON_OBJECT,

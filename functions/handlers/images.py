@@ -3,7 +3,7 @@
 Args are an `ImagesRequest` (shared/schemas/images.py). The source comes from `sourceUrl`
 through the shared outbound client or from `sourceKey` in the tenant's storage, both capped at
 `MAX_SOURCE_BYTES` (decoded bytes for a compressed answer; a bigger source fails with kind
-`source-too-large`); the Pillow work (functions/handlers/image_ops.py) runs in a thread so
+`source-too-large`); the Pillow work (functions/handlers/lib/image_ops.py) runs in a thread so
 heartbeats keep flowing. Result: `{"outputs": [{name, key, contentType, size, width, height,
 format}], "imageId"}`, outputs recorded through `ctx.outputs` (under the claim's prefix) as
 `{name}.{ext}`, in the order of the request.
@@ -13,18 +13,32 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from pydantic import ValidationError
 
-from functions.handlers import image_ops
 from functions.handlers.base import HandlerContext, HandlerResult
 from shared.db.models import Job
 from shared.errors import PermanentJobError, RetryableJobError
+from shared.functions import FunctionSpec, Guest
 from shared.outbound import ResponseTooLarge, shared_client
 from shared.schemas.images import ImageOperations, ImagesRequest
 
+if TYPE_CHECKING:
+    from functions.handlers.lib import image_ops
+
 MAX_SOURCE_BYTES: Final = 50 * 1024 * 1024
+
+FUNCTION: Final = FunctionSpec(
+    queue="images",
+    worker="ProcessImage",
+    summary="Resize and convert one image into one or more outputs",
+    request=ImagesRequest,
+    limit=5,
+    timeout_seconds=60,
+    max_attempts=5,
+    guest=Guest(cpu_kind="shared", cpus=2, memory_mb=2048),  # Pillow: CPU and decoded pixels
+)
 SOURCE_TIMEOUT_SECONDS: Final = 30.0
 _ACCEPT: Final = "image/avif,image/webp,image/png,image/jpeg,image/gif;q=0.9,*/*;q=0.1"
 # Answers worth another attempt later; any other non-2xx will not change by retrying.
@@ -36,6 +50,8 @@ async def run(job: Job, ctx: HandlerContext) -> HandlerResult:
     request = _parse(job.args)
     data = await fetch_source(request, ctx=ctx, max_bytes=MAX_SOURCE_BYTES)
     recipes = [recipe(name, operations) for name, operations in request.outputs()]
+    from functions.handlers.lib import image_ops  # Pillow: only on the machines that run images
+
     rendered = await asyncio.to_thread(image_ops.render, data, recipes)
     stored = await asyncio.gather(
         *(asyncio.to_thread(ctx.outputs.store_bytes, item.filename, item.data, item.content_type) for item in rendered)
@@ -54,12 +70,20 @@ async def run(job: Job, ctx: HandlerContext) -> HandlerResult:
 
 
 async def warm(ctx: HandlerContext) -> None:
-    """Build the storage client before the first job (Pillow and its plugins load with this module)."""
-    await asyncio.to_thread(lambda: ctx.bucket)
+    """Load Pillow and build the storage client before the first job (at boot, in a thread)."""
+
+    def load() -> None:
+        from functions.handlers.lib import image_ops  # noqa: F401  (Pillow and its plugins)
+
+        ctx.bucket  # noqa: B018  (the boto3 client, built on first use)
+
+    await asyncio.to_thread(load)
 
 
 def recipe(name: str, operations: ImageOperations) -> image_ops.Recipe:
     """The fully resolved recipe of one output (defaults filled in)."""
+    from functions.handlers.lib import image_ops
+
     resize = operations.resize
     return image_ops.Recipe(
         name=name,

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from functions.handlers.base import HandlerContext, HandlerResult
 from shared.db.models import Job
 from shared.errors import PermanentJobError, RetryableJobError
+from shared.functions import FunctionSpec
 from shared.outbound import OutboundNetworkError, OutboundResponse, OutboundTimeout, shared_client
 from shared.schemas.webhooks import WebhookRequest, check_webhook_destination, encoded_json
 from shared.webhook_signing import signature_headers, tenant_signing_secret, webhook_id
@@ -34,6 +35,17 @@ JITTER: Final = 0.1  # +-10 %, so endpoints that failed together are not retried
 MAX_RETRY_AFTER_SECONDS: Final = 86_400.0  # a receiver cannot park a delivery for longer than a day
 RESPONSE_BYTES_KEPT: Final = 4096  # the answer's body is not used; read a little, then hang up
 RETRYABLE_STATUSES: Final = frozenset({408, 429})  # plus every 5xx
+
+FUNCTION: Final = FunctionSpec(
+    queue="webhooks",
+    worker="DeliverWebhook",
+    summary="Deliver a signed webhook (Standard Webhooks)",
+    request=WebhookRequest,
+    limit=20,
+    timeout_seconds=35,  # above the 30 s maximum receiver timeout
+    max_attempts=8,
+    preload=True,
+)
 
 
 def backoff(attempt: int) -> float:
@@ -110,7 +122,7 @@ def _body(request: WebhookRequest, job: Job) -> str:
 def _timeout_seconds(request: WebhookRequest, ctx: HandlerContext) -> float:
     # Stay a second inside the function's own timeout, so a slow receiver is reported as this
     # delivery's timeout (retryable, with its latency) rather than as the machine killing the job.
-    budget = ctx.settings.queue_timeout_seconds("webhooks") - 1
+    budget = FUNCTION.timeout_for(ctx.settings) - 1
     return max(1.0, min(request.timeout_seconds, budget))
 
 

@@ -26,6 +26,8 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from functions.handlers.default import load_function_modules
+from functions.registry import load_registry, seed_queues
+from shared.configuration import check_configuration
 from shared.db.pool import open_pool
 from shared.errors import MethodNotAllowed, NotFound, ProblemError
 from shared.logging import configure_logging
@@ -57,7 +59,7 @@ CORS_EXPOSED_HEADERS = [
 class _QueueConvertor(Convertor[str]):
     """A path segment naming one of the function queues."""
 
-    regex = "|".join(re.escape(queue) for queue in sorted(jobs.REQUEST_MODELS, key=len, reverse=True))
+    regex = "|".join(re.escape(queue) for queue in sorted(load_registry(), key=len, reverse=True))
 
     def convert(self, value: str) -> str:
         return value
@@ -168,14 +170,18 @@ def create_app(settings: Settings | None = None) -> Starlette:
         settings = load_settings()
         configure_logging(settings.log_level, service="api")
     load_function_modules(settings.default_function_modules)
+    registry = load_registry()
+    check_configuration(settings, registry, role="api")
     metrics = AppMetrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.settings = settings
+        app.state.registry = registry
         app.state.metrics = metrics
         app.state.storage = _storage_factory(settings)
         app.state.pool = await open_pool(settings.database_url, max_size=settings.database_pool_size)
+        await asyncio.to_thread(seed_queues, settings.database_url, settings, registry)
         app.state.dispatcher = None
         # Plain job inserts from concurrent requests share one statement and one commit.
         app.state.batch_inserter = BatchInserter(app.state.pool)

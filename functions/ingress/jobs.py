@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
 import uuid
 from datetime import UTC, datetime
-from functools import cache
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field
@@ -18,9 +16,9 @@ from shared.db.job_store import Conn, JobFilter
 from shared.db.models import JobState, NewJob
 from shared.db.pool import Pool
 from shared.errors import Conflict, NotFound, UniqueKeyHeld, ValidationFailed
+from shared.functions import FunctionSpec, Registry
 from shared.logging import bind_context
 from shared.notify import CONTROL_CHANNEL, stop_machines_message
-from shared.queues import QUEUES
 from shared.schemas.common import CamelModel, JobRequest
 from shared.schemas.default import DefaultRequest
 from shared.settings import Settings
@@ -33,30 +31,25 @@ from .batch_insert import BatchInserter, refusals_answered
 from .http import JSONResponse, parse_model, parse_query, read_json_body, request_id
 from .presenters import job_json
 
-# The request model of each function's `POST /jobs/{queue}`.
-REQUEST_MODELS: dict[str, tuple[str, str]] = {
-    "images": ("shared.schemas.images", "ImagesRequest"),
-    "documents": ("shared.schemas.documents", "DocumentsRequest"),
-    "emails": ("shared.schemas.emails", "EmailRequest"),
-    "webhooks": ("shared.schemas.webhooks", "WebhookRequest"),
-    "exports": ("shared.schemas.exports", "ExportsRequest"),
-    "default": ("shared.schemas.default", "DefaultRequest"),
-}
-
-
-@cache
-def request_model(queue: str) -> type[JobRequest]:
-    module, name = REQUEST_MODELS[queue]
-    model: type[JobRequest] = getattr(importlib.import_module(module), name)
-    return model
-
 
 def _state(request: Request) -> tuple[Settings, Pool]:
     return request.app.state.settings, request.app.state.pool
 
 
+def _registry(request: Request) -> Registry:
+    registry: Registry = request.app.state.registry
+    return registry
+
+
 def new_job(
-    req: JobRequest, *, queue: str, worker: str, args: dict[str, Any], tenant_id: str, rid: str, now: datetime
+    req: JobRequest,
+    *,
+    spec: FunctionSpec,
+    worker: str,
+    args: dict[str, Any],
+    tenant_id: str,
+    rid: str,
+    now: datetime,
 ) -> NewJob:
     """The row to insert for a validated request."""
     options = req.options
@@ -65,17 +58,17 @@ def new_job(
         meta["callbackUrl"] = options.callback_url
     key = states = None
     if options.unique is not None:
-        key = unique_key(options.unique, tenant_id=tenant_id, queue=queue, worker=worker, args=args, now=now)
+        key = unique_key(options.unique, tenant_id=tenant_id, queue=spec.queue, worker=worker, args=args, now=now)
         states = [str(state) for state in options.unique.states]
     return NewJob(
-        queue=queue,
+        queue=spec.queue,
         worker=worker,
         tenant_id=tenant_id,
         args=args,
         meta=meta,
         tags=list(options.tags),
         priority=options.priority,
-        max_attempts=options.max_attempts or QUEUES[queue].max_attempts,
+        max_attempts=options.max_attempts or spec.max_attempts,
         scheduled_at=options.due_at(now),
         unique_key=key,
         unique_states=states,
@@ -85,23 +78,24 @@ def new_job(
 async def create_job(request: Request) -> Response:
     """POST /jobs/{queue}: validate, insert (row and NOTIFY in one transaction), answer 201."""
     queue = request.path_params["queue"]
-    if queue not in REQUEST_MODELS:
+    spec = _registry(request).get(queue)
+    if spec is None:
         raise NotFound(f"no function {queue!r}")
     settings, pool = _state(request)
     principal = authenticate(request, "jobs:write")
     body = await read_json_body(request, max_bytes=settings.max_body_bytes)
     # The caller's tenant lets schemas refuse another tenant's storage keys at submit (422).
     context = {"settings": settings, "tenant_id": None if principal.is_admin else principal.tenant_id}
-    req = parse_model(request_model(queue), body, context=context)
+    req = parse_model(spec.request, body, context=context)
     tenant_id = acting_tenant(principal, req.tenant_id)
     if isinstance(req, DefaultRequest):
         worker, args = req.function, _default_args(req)
     else:
-        worker, args = QUEUES[queue].worker, req.function_args()
+        worker, args = spec.worker, req.function_args()
     with refusals_answered(args, req.options.meta):  # the unique key hashes args with orjson
         job = new_job(
             req,
-            queue=queue,
+            spec=spec,
             worker=worker,
             args=args,
             tenant_id=tenant_id,
@@ -162,9 +156,8 @@ async def create_bulk_emails(request: Request) -> Response:
         )
     batch_id = str(uuid.uuid4())
     now, rid = datetime.now(UTC), request_id(request)
-    template = new_job(
-        req, queue="emails", worker=QUEUES["emails"].worker, args={}, tenant_id=tenant_id, rid=rid, now=now
-    )
+    emails = _registry(request)["emails"]
+    template = new_job(req, spec=emails, worker=emails.worker, args={}, tenant_id=tenant_id, rid=rid, now=now)
     jobs = [
         NewJob(
             queue=template.queue,

@@ -16,7 +16,8 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from functions.handlers import default as default_functions
-from shared.queues import QUEUES
+from functions.registry import load_registry
+from shared.functions import Registry
 
 from . import admin, jobs, responses
 
@@ -92,10 +93,10 @@ class Operation:
     description: str | None = None
 
 
-def _job_operations() -> list[Operation]:
+def _job_operations(registry: Registry) -> list[Operation]:
     ops = []
-    for queue in jobs.REQUEST_MODELS:
-        description = None
+    for queue, spec in registry.items():
+        description = spec.description
         if queue == "default":
             names = ", ".join(f"`{name}`" for name in sorted(default_functions.FUNCTIONS))
             description = f"Run a function registered on the default queue. Registered here: {names}."
@@ -104,9 +105,9 @@ def _job_operations() -> list[Operation]:
                 method="post",
                 path=f"/jobs/{queue}",
                 operation_id=f"create_{queue}_job",
-                summary=f"Create a {queue} job",
+                summary=spec.summary,
                 tag="jobs",
-                body=jobs.request_model(queue),
+                body=spec.request,
                 ok={
                     201: (responses.Job, "The job, created."),
                     200: (responses.Job, "An existing unique job (`conflict: true`); nothing was created."),
@@ -196,8 +197,8 @@ def _upload_operations() -> list[Operation]:
     ]
 
 
-def _admin_operations() -> list[Operation]:
-    queue = {"name": {"type": "string", "enum": sorted(QUEUES)}}
+def _admin_operations(registry: Registry) -> list[Operation]:
+    queue = {"name": {"type": "string", "enum": sorted(registry)}}
     status = {200: (responses.QueueStatus, "The queue's status.")}
     admin_errors = (*_AUTH_ERRORS,)
     return [
@@ -326,8 +327,13 @@ def _operations_operations() -> list[Operation]:
     ]
 
 
-def operations() -> list[Operation]:
-    return [*_job_operations(), *_upload_operations(), *_admin_operations(), *_operations_operations()]
+def operations(registry: Registry) -> list[Operation]:
+    return [
+        *_job_operations(registry),
+        *_upload_operations(),
+        *_admin_operations(registry),
+        *_operations_operations(),
+    ]
 
 
 def _schemas(ops: Sequence[Operation]) -> tuple[dict[tuple[type[BaseModel], JsonSchemaMode], Any], dict[str, Any]]:
@@ -430,9 +436,9 @@ def _operation(
     return out
 
 
-def build_document(*, server_url: str | None = None) -> dict[str, Any]:
-    """The whole OpenAPI 3.1 document."""
-    ops = operations()
+def build_document(*, server_url: str | None = None, registry: Registry | None = None) -> dict[str, Any]:
+    """The whole OpenAPI 3.1 document (of the declared functions unless `registry` is given)."""
+    ops = operations(registry if registry is not None else load_registry())
     refs, defs = _schemas(ops)
     paths: dict[str, dict[str, Any]] = {}
     for op in ops:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 
 from functions.handlers.base import HandlerContext
+from functions.registry import load_registry
 from shared.db import job_store, transitions
 from shared.db.models import Fence, Job
 from shared.db.pool import Pool
@@ -56,7 +57,7 @@ class Machine:
         )
         self.executor = Executor(
             handler=self.handler,
-            timeout_seconds=self.settings.queue_timeout_seconds(self.config.queue),
+            timeout_seconds=load_registry()[self.config.queue].timeout_for(self.settings),
             recorder=self.recorder,
             stopping=self.stopping,
             on_timeout=self._stop_after_timeout,

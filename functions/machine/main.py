@@ -11,10 +11,10 @@ import sys
 
 from pydantic import ValidationError
 
-from functions.handlers.base import load_handler
+from functions.registry import handler_module, load_registry
+from shared.configuration import ConfigurationError, check_configuration
 from shared.db.pool import open_pool
 from shared.logging import bind_context, configure_logging
-from shared.queues import QUEUES
 from shared.settings import Settings, load_settings
 from shared.telemetry import emit
 
@@ -26,7 +26,7 @@ logger = logging.getLogger("functions.machine")
 
 async def main_async(settings: Settings, config: MachineConfig) -> int:
     bind_context(machineId=config.machine_id, queue=config.queue)
-    handler = load_handler(config.queue)
+    handler = handler_module(load_registry()[config.queue])
     if config.queue == "default":
         from functions.handlers.default import load_function_modules
 
@@ -79,9 +79,11 @@ def main() -> int:
         logger.error("bad machine configuration", extra={"error": str(exc)})
         return EXIT_CONFIG
     configure_logging(settings.log_level, service="machine")
+    registry = load_registry()
     try:
-        config = MachineConfig.from_env(settings, dict(os.environ), queues=QUEUES)
-    except ValueError as exc:
+        config = MachineConfig.from_env(settings, dict(os.environ), queues=registry)
+        check_configuration(settings, registry, role="machine", queue=config.queue)
+    except (ValueError, ConfigurationError) as exc:
         logger.error("bad machine configuration", extra={"error": str(exc)})
         return EXIT_CONFIG
     code = asyncio.run(main_async(settings, config))

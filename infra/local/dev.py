@@ -18,10 +18,11 @@ from pathlib import Path
 
 import uvicorn
 
+from functions.registry import seed_queues
 from infra.local.postgres import LocalPostgres, free_port
 from infra.local.s3 import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, LocalS3
 from infra.local.smtp import LocalSMTP
-from shared.db.migrate import migrate, seed_queues
+from shared.db.migrate import migrate
 from shared.logging import configure_logging
 from shared.settings import load_settings
 from shared.tokens import mint_token

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import psycopg
 
-from shared.queues import QUEUES
-from shared.settings import Settings, load_settings
+from shared.settings import load_settings
 
 from .sql import QUERIES
 
@@ -52,17 +52,17 @@ def migrate(database_url: str, *, directory: Path = MIGRATIONS_DIR) -> list[str]
     return applied_now
 
 
-def seed_queues(database_url: str, settings: Settings) -> None:
-    """Create missing queue rows with their configured limits (runtime changes are kept)."""
+def ensure_queues(database_url: str, limits: Mapping[str, int]) -> None:
+    """Create missing queue rows with these initial limits (runtime changes are kept)."""
     with psycopg.connect(database_url, autocommit=True) as conn:
-        for name in QUEUES:
-            conn.execute(QUERIES["ensure_queue"], {"name": name, "limit": settings.queue_limit(name)})
+        for name, limit in limits.items():
+            conn.execute(QUERIES["ensure_queue"], {"name": name, "limit": limit})
 
 
 def main() -> int:
     settings = load_settings()
     applied = migrate(settings.session_database_url)
-    seed_queues(settings.database_url, settings)
+    # Queue rows are created by the API and the dispatcher at start, from the functions they run.
     print(f"migrations applied: {', '.join(applied) if applied else 'none (up to date)'}")
     return 0
 

@@ -16,7 +16,7 @@ from tests.support.live import LiveApp, live_app, wait_until
 
 
 def _app(database_url, s3, tmp_path, **overrides):
-    from shared.db.migrate import seed_queues
+    from functions.registry import seed_queues
 
     settings = make_settings(
         database_url,

@@ -7,9 +7,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from functions.registry import seed_queues
 from infra.fly_emulator import running_emulator
 from infra.fly_emulator.harness import Emulator
-from shared.db.migrate import seed_queues
 from tests.conftest import make_settings
 from tests.support.live import LiveApp, live_app
 from tests.support.receivers import http_receiver

@@ -12,7 +12,7 @@ import openpyxl
 import pytest
 from PIL import Image
 
-from shared.db.migrate import seed_queues
+from functions.registry import seed_queues
 from shared.storage import Storage
 from tests.conftest import make_settings
 from tests.support import images, pdf

@@ -10,7 +10,7 @@ from tests.support.live import LiveApp, live_app
 
 @pytest.fixture
 def app(database_url, s3):
-    from shared.db.migrate import seed_queues
+    from functions.registry import seed_queues
 
     settings = make_settings(database_url, s3, run_dispatcher=False)
     seed_queues(database_url, settings)

@@ -13,7 +13,7 @@ from tests.support.receivers import http_receiver
 
 @pytest.fixture
 def app(database_url, s3, tmp_path):
-    from shared.db.migrate import seed_queues
+    from functions.registry import seed_queues
 
     settings = make_settings(
         database_url, s3, outbound_allowlist=["127.0.0.1"], local_machine_log_dir=str(tmp_path / "logs")

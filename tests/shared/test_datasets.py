@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
-from functions.handlers.export_writers import neutralise
+from functions.handlers.lib.export_writers import neutralise
 from shared.datasets import (
     DATASETS,
     FORMULA_TRIGGERS,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from functions.dispatcher.leader import LEADER_LOCK
+from functions.registry import seed_queues
 from shared.db import migrate as migrate_module
 from shared.launchers.fly_config import SECRET_ENV_NAMES
 from shared.settings import Settings
@@ -44,7 +45,6 @@ def test_migrations_take_their_advisory_lock_on_the_direct_url(monkeypatch: pyte
     monkeypatch.setenv("DATABASE_URL", "postgresql://u@pgbouncer.x/db")
     monkeypatch.setenv("DATABASE_DIRECT_URL", "postgresql://u@direct.x/db")
     monkeypatch.setattr(migrate_module, "migrate", lambda url: seen.setdefault("migrate", url) and [])
-    monkeypatch.setattr(migrate_module, "seed_queues", lambda url, settings: seen.setdefault("seed", url))
     assert migrate_module.main() == 0
     assert seen["migrate"] == "postgresql://u@direct.x/db"
 
@@ -58,7 +58,7 @@ def test_the_dispatcher_lock_and_every_listen_use_the_direct_url(database_url, s
         local_machine_log_dir=str(tmp_path / "logs"),
         machine_idle_seconds=30.0,  # keep the machine (and its LISTEN) alive while we look
     )
-    migrate_module.seed_queues(database_url, settings)
+    seed_queues(database_url, settings)
     with live_app(settings) as app:
         holder = wait_until(
             "a leader",

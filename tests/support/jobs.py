@@ -9,8 +9,8 @@ from types import ModuleType
 from typing import Any
 
 from functions.handlers.base import HandlerContext
+from functions.registry import load_registry
 from shared.db.models import Job, JobState
-from shared.queues import queue_spec
 
 MACHINE_ID = "test-machine"
 
@@ -32,7 +32,7 @@ def held_job(
 
     The worker name and retry budget come from the queue's spec; the id is the next of a counter unless
     `job_id` is given; every timestamp is now, except `inserted_at` when given (webhooks sign it)."""
-    spec = queue_spec(queue)
+    spec = load_registry()[queue]
     now = datetime.now(UTC)
     return Job(
         id=next(_job_ids) if job_id is None else job_id,

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from functions.handlers.document_money import (
+from functions.handlers.lib.document_money import (
     compute_totals,
     format_date,
     format_datetime,

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from functions.handlers.render_thread import RenderTimedOut, run_with_deadline
+from functions.handlers.lib.render_thread import RenderTimedOut, run_with_deadline
 
 
 def spin(stop: threading.Event, started: threading.Event) -> None:

@@ -16,8 +16,9 @@ import pytest
 from PIL import Image
 from weasyprint import HTML
 
-from functions.handlers import document_fetcher, documents
+from functions.handlers import documents
 from functions.handlers.base import HandlerContext
+from functions.handlers.lib import document_fetcher
 from infra.local.s3 import LocalS3
 from tests.functions.handlers.test_documents import context, make_job
 from tests.support import pdf

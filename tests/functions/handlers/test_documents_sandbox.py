@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from functions.handlers.document_sandbox import render_tenant_html
+from functions.handlers.lib.document_sandbox import render_tenant_html
 from shared.errors import PermanentJobError
 
 

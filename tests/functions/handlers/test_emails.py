@@ -14,7 +14,7 @@ import pytest
 
 from functions.handlers import emails
 from functions.handlers.base import HandlerContext
-from functions.handlers.smtp_sender import SmtpConfig, SmtpSender
+from functions.handlers.lib.smtp_sender import SmtpConfig, SmtpSender
 from infra.local.s3 import LocalS3
 from shared.db.models import Job
 from shared.errors import PermanentJobError, RetryableJobError

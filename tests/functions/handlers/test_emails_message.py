@@ -1,4 +1,4 @@
-"""The MIME builder (functions/handlers/email_message.py): headers, structure, injection-proofing."""
+"""The MIME builder (functions/handlers/lib/email_message.py): headers, structure, injection-proofing."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from functions.handlers.email_message import (
+from functions.handlers.lib.email_message import (
     AttachmentFile,
     OutgoingEmail,
     UnsafeHeader,

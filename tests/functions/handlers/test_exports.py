@@ -19,7 +19,7 @@ from psycopg import AsyncConnection, sql
 from functions.handlers import exports
 from functions.handlers.base import HandlerContext
 from functions.handlers.exports import ExportOptions
-from functions.handlers.multipart_upload import MIN_PART_BYTES
+from functions.handlers.lib.multipart_upload import MIN_PART_BYTES
 from shared.datasets import JOBS
 from shared.db.pool import Pool, open_pool
 from shared.errors import PermanentJobError

@@ -6,7 +6,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from functions.handlers.export_copy import CopyReader
+from functions.handlers.lib.export_copy import CopyReader
 
 # Far more output (20 GB) than any test reads: only a working stop ends it in time. Two small
 # series rather than one big one, which Postgres would materialise before the first row.

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from functions.handlers.multipart_upload import MIN_PART_BYTES, MultipartUpload
+from functions.handlers.lib.multipart_upload import MIN_PART_BYTES, MultipartUpload
 from shared.settings import Settings
 from shared.storage import Storage
 

@@ -11,7 +11,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
-from functions.handlers.export_writers import JsonArrayFramer, XlsxFile, neutralise, xlsx_text
+from functions.handlers.lib.export_writers import JsonArrayFramer, XlsxFile, neutralise, xlsx_text
 from shared.datasets import FORMULA_TRIGGERS, Column, ColumnKind
 
 TRIGGERS = sorted(FORMULA_TRIGGERS)

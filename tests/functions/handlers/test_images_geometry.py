@@ -1,10 +1,10 @@
-"""functions/handlers/image_geometry.py: sizes for each fit, orientation, and the decode hint."""
+"""functions/handlers/lib/image_geometry.py: sizes for each fit, orientation, and the decode hint."""
 
 from __future__ import annotations
 
 import pytest
 
-from functions.handlers.image_geometry import Plan, decode_hint, plan, upright_size
+from functions.handlers.lib.image_geometry import Plan, decode_hint, plan, upright_size
 
 
 @pytest.mark.parametrize(

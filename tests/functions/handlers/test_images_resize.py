@@ -1,4 +1,4 @@
-"""functions/handlers/image_resize.py: resizing in bands gives Pillow's single resize.
+"""functions/handlers/lib/image_resize.py: resizing in bands gives Pillow's single resize.
 
 Band boxes are computed in floating point, so a rare pixel may round the other way: at most one
 level on under 0.1% of pixels (two for images with alpha, compared premultiplied as resampling
@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image, ImageChops
 
-from functions.handlers.image_resize import REDUCING_GAP, RESAMPLE, resize
+from functions.handlers.lib.image_resize import REDUCING_GAP, RESAMPLE, resize
 
 
 def _detailed(mode: str, size: tuple[int, int] = (1600, 1100)) -> Image.Image:

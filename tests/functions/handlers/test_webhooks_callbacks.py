@@ -14,8 +14,8 @@ from standardwebhooks import Webhook
 
 from functions.handlers import webhooks
 from functions.handlers.base import HandlerContext
+from functions.registry import load_registry
 from shared.outbound import RESOURCE_KEY
-from shared.queues import QUEUES
 from shared.schemas.webhooks import WebhookRequest
 from shared.webhook_signing import tenant_signing_secret
 from tests.conftest import make_settings
@@ -86,7 +86,7 @@ def test_final_states_enqueue_one_webhook_for_the_callback_url(db, state):
         "outputKeys": [OUTPUT_KEY],
         "error": ERROR,
     }
-    webhooks_spec = QUEUES["webhooks"]
+    webhooks_spec = load_registry()["webhooks"]
     assert (callback["worker"], callback["max_attempts"]) == (webhooks_spec.worker, webhooks_spec.max_attempts)
     assert (callback["tenant_id"], callback["state"]) == ("tenant-1", "available")
     assert callback["meta"] == {"requestId": "r-1", "callbackFor": job_id}

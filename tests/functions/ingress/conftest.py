@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from functions.registry import seed_queues
 from infra.local.s3 import LocalS3
-from shared.db.migrate import seed_queues
 from tests.conftest import make_settings
 from tests.support.live import LiveApp, live_app
 

@@ -10,9 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from functions.registry import seed_queues
 from infra.local.postgres import LocalPostgres
 from infra.local.s3 import LocalS3
-from shared.db.migrate import migrate, seed_queues
+from shared.db.migrate import migrate
 from tests.conftest import make_settings
 from tests.support.live import LiveApp, live_app, wait_until
 

@@ -14,7 +14,7 @@ import pytest
 from starlette.routing import Mount, Route
 
 from functions.ingress.app import routes
-from functions.ingress.jobs import REQUEST_MODELS
+from functions.registry import load_registry
 from tests.support.live import LiveApp
 
 REPO = Path(__file__).resolve().parents[3]
@@ -45,7 +45,7 @@ def _documented_routes() -> set[tuple[str, str]]:
             if method == "HEAD":
                 continue
             if path == "/jobs/{queue}":
-                served |= {(method.lower(), f"/jobs/{queue}") for queue in REQUEST_MODELS}
+                served |= {(method.lower(), f"/jobs/{queue}") for queue in load_registry()}
             else:
                 served.add((method.lower(), path))
     return served

@@ -44,7 +44,7 @@ class ApiProcess:
 
 @pytest.fixture
 def api(database_url: str, s3: LocalS3, tmp_path: Path) -> Iterator[ApiProcess]:
-    from shared.db.migrate import seed_queues
+    from functions.registry import seed_queues
 
     settings = make_settings(
         database_url,

@@ -13,11 +13,11 @@ from typing import Any
 import psycopg
 import pytest
 
+from functions.registry import load_registry
 from shared.db import job_store, transitions
 from shared.db.models import Fence, JobState, NewJob
 from shared.db.pool import connect
 from shared.errors import LostJobError, UniqueKeyHeld
-from shared.queues import QUEUES
 from shared.schemas.common import UniqueOptions
 from shared.schemas.webhooks import WebhookRequest
 from shared.unique import unique_key
@@ -165,8 +165,8 @@ async def test_every_final_transition_enqueues_exactly_one_callback(settings):
             assert row["args"]["event"] == f"job.{final.state.value}"
             payload = row["args"]["payload"]
             assert (payload["id"], payload["state"], payload["attempt"]) == (job_id, final.state.value, final.attempt)
-            assert row["tenant_id"] == "t1" and row["worker"] == QUEUES["webhooks"].worker
-            assert row["max_attempts"] == QUEUES["webhooks"].max_attempts
+            assert row["tenant_id"] == "t1" and row["worker"] == load_registry()["webhooks"].worker
+            assert row["max_attempts"] == load_registry()["webhooks"].max_attempts
             assert row["meta"] == {"requestId": "r-1", "callbackFor": job_id}
         assert found[completed.id][0]["args"]["payload"]["outputKeys"] == ["k"]
         assert found[rescued.id][0]["args"]["payload"]["error"]["kind"] == "rescued"

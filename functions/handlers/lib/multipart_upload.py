@@ -13,8 +13,6 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from shared.errors import PermanentJobError
 
 MiB: Final = 1024 * 1024
@@ -118,6 +116,8 @@ class MultipartUpload:
         for task in tasks:
             if not task.cancelled():
                 task.exception()  # retrieved on purpose: the abort supersedes a failed part
+        from botocore.exceptions import BotoCoreError, ClientError  # loaded with the client, not before
+
         try:
             if self._stored:
                 # Cancelled while the last request was already through: withdraw the object.

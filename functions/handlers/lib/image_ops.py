@@ -33,8 +33,8 @@ from PIL import (
     WebPImagePlugin,
 )
 
-from functions.handlers import image_resize
-from functions.handlers.image_geometry import Fit, Plan, decode_hint, plan
+from functions.handlers.lib import image_resize
+from functions.handlers.lib.image_geometry import Fit, Plan, decode_hint, plan
 from shared.errors import PermanentJobError
 
 OutputFormat = Literal["webp", "jpeg", "png", "avif", "gif"]

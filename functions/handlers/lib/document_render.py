@@ -25,8 +25,8 @@ from markupsafe import Markup
 from weasyprint import CSS, HTML
 from weasyprint.text.fonts import FontConfiguration
 
-from functions.handlers.document_fetcher import GuardedURLFetcher
-from functions.handlers.document_money import (
+from functions.handlers.lib.document_fetcher import GuardedURLFetcher
+from functions.handlers.lib.document_money import (
     compute_totals,
     format_date,
     format_datetime,
@@ -34,8 +34,8 @@ from functions.handlers.document_money import (
     format_percent,
     format_quantity,
 )
-from functions.handlers.document_sandbox import render_tenant_html
-from functions.handlers.render_thread import RenderInterrupted
+from functions.handlers.lib.document_sandbox import render_tenant_html
+from functions.handlers.lib.render_thread import RenderInterrupted
 from shared.errors import PermanentJobError
 from shared.schemas.documents import TEMPLATE_DATA, DocumentsRequest, InvoiceData, Table
 from shared.settings import Settings

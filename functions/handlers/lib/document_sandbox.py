@@ -26,7 +26,7 @@ from jinja2.filters import do_format
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from functions.handlers.document_money import format_date, format_money
+from functions.handlers.lib.document_money import format_date, format_money
 from shared.errors import PermanentJobError
 from shared.schemas.currencies import is_currency
 

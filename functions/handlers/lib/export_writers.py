@@ -12,12 +12,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from openpyxl import Workbook
-from openpyxl.cell import WriteOnlyCell
-from openpyxl.cell.cell import ERROR_CODES
-from openpyxl.worksheet._write_only import WriteOnlyWorksheet
+if TYPE_CHECKING:
+    from openpyxl.worksheet._write_only import WriteOnlyWorksheet
 
 from shared.datasets import FORMULA_TRIGGERS, LIST_SEPARATOR, Column, ColumnKind
 
@@ -105,6 +103,12 @@ class XlsxFile:
         self.header = [column.name for column in columns]
         self.rows_per_sheet = rows_per_sheet
         self.rows = 0
+        # openpyxl loads here, on the machines that write XLSX, not wherever this module is imported.
+        from openpyxl import Workbook
+        from openpyxl.cell import WriteOnlyCell
+        from openpyxl.cell.cell import ERROR_CODES
+
+        self._cell, self._error_codes = WriteOnlyCell, ERROR_CODES
         self._workbook = Workbook(write_only=True)
         self._sheet: WriteOnlyWorksheet | None = None
         self._sheet_rows = 0
@@ -126,9 +130,9 @@ class XlsxFile:
         if value is None:
             return None
         text = xlsx_text(value)
-        if text in ERROR_CODES:
+        if text in self._error_codes:
             # openpyxl would type "#N/A" and friends as error cells; keep them strings.
-            cell = WriteOnlyCell(self._current_sheet(), value=text)
+            cell = self._cell(self._current_sheet(), value=text)
             cell.data_type = "s"
             return cell
         return text
