@@ -84,6 +84,7 @@ def _endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         if action is None:
             return await handler(request, state)
         if not state.limiter.allow(*action):
+            await request.body()
             return error(429, "rate limit exceeded")  # body unverified (reference 2.4)
         fault = state.faults.take_call(action[0])
         if fault is None:
@@ -91,6 +92,8 @@ def _endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         status, acted = fault
         if acted:
             await handler(request, state)
+        else:
+            await request.body()  # read it anyway, so the recorder keeps what was sent
         return fault_answer(action[0], status)
 
     return endpoint
