@@ -8,12 +8,19 @@ launch, so `list_machines` can reconcile after a dispatcher restart and a 408 on
 resolved without creating a second machine (see fly_api).
 
 With WARM_POOL_SIZE > 0, launches first start an idle pool machine (see fly_pool).
+
+Fly on a bad day (issue 10): creates fall back through FLY_REGIONS on capacity and quota answers
+(fly_api); calls are paced under Fly's per-action limits (fly_pacing); a 401/403 raises the
+token alert that `alerts()` reports until a call succeeds again (fly_alerts); and no single
+answer ends a machine: a 404 or a state we do not know is `launching` until the evidence is
+consistent, and machines Fly left behind are flagged `leftover` after a bound (fly_evidence).
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from typing import Any
 
 import httpx
 
@@ -31,6 +38,7 @@ from .fly_config import (
     function_metadata,
     public_env,
 )
+from .fly_evidence import Evidence
 from .fly_pool import WarmPool, is_idle_pool_machine
 from .fly_state import machine_status
 
@@ -71,6 +79,12 @@ class FlyLauncher:
             token=token,
             retry=retry,
         )
+        self._evidence = Evidence(
+            boot_grace_seconds=settings.machine_boot_grace_seconds,
+            gone_confirm_seconds=settings.fly_gone_confirm_seconds,
+            leftover_seconds=settings.fly_leftover_seconds,
+        )
+        self._regions: list[str | None] = list(settings.fly_placement) or [None]
         self._pool = (
             WarmPool(api=self._api, settings=settings, size=settings.warm_pool_size)
             if settings.warm_pool_size > 0
@@ -89,6 +103,7 @@ class FlyLauncher:
         if self._pool is not None:
             ref = await self._pool.take(queue=spec.queue, env=env)
             if ref is not None:
+                self._evidence.created(ref.id)
                 logger.info("fly pool machine started", extra={"machine_id": ref.id, "queue": spec.queue})
                 return ref
         launch_id = uuid.uuid4().hex
@@ -98,8 +113,9 @@ class FlyLauncher:
             env=env,
             metadata=function_metadata(queue=spec.queue, job_id=spec.job_id, launch_id=launch_id),
         )
-        machine = await self._api.create(body, launch_id=launch_id)
+        machine = await self._api.create(body, launch_id=launch_id, regions=self._regions)
         machine_id = str(machine["id"])
+        self._evidence.created(machine_id)
         logger.info("fly machine created", extra={"machine_id": machine_id, "queue": spec.queue, "job_id": spec.job_id})
         return MachineRef(
             id=machine_id,
@@ -114,9 +130,13 @@ class FlyLauncher:
     async def stop(self, machine_id: str) -> None:
         """SIGTERM the machine (SIGKILL after the stop timeout); no error when it is already gone.
 
-        A machine that is not running (never booted, or stopped) is destroyed instead, so nothing
-        is left behind. Raises LauncherUnavailable or LauncherRejected.
+        A machine that is not running (never booted, or stopped) is destroyed instead, and so is
+        one last seen left behind, so nothing stays. Raises LauncherUnavailable or LauncherRejected.
         """
+        if self._evidence.was_leftover(machine_id):
+            await self._api.destroy(machine_id, force=True)
+            logger.info("fly machine left behind destroyed", extra={"machine_id": machine_id})
+            return
         stopped = await self._api.stop(machine_id, signal="SIGTERM", timeout_seconds=STOP_TIMEOUT_SECONDS)
         if stopped:
             return
@@ -126,11 +146,18 @@ class FlyLauncher:
         await self._api.destroy(machine_id, force=True)
 
     async def status(self, machine_id: str) -> MachineStatus:
-        """The machine's state; one Fly no longer knows reports `exited`. Raises LauncherUnavailable."""
+        """The machine's state. One Fly does not know is `launching` until 404s two reads apart
+        (and past the boot grace of our create) say it is gone: then `exited`.
+        Raises LauncherUnavailable or LauncherRejected."""
         machine = await self._api.get(machine_id)
         if machine is None:
-            return MachineStatus(id=machine_id, queue=None, state="exited")
-        return machine_status(machine)
+            gone = self._evidence.missing(machine_id)
+            return MachineStatus(id=machine_id, queue=None, state="exited" if gone else "launching")
+        return self._status_of(machine)
+
+    def _status_of(self, machine: dict[str, Any]) -> MachineStatus:
+        leftover = self._evidence.seen(machine)
+        return machine_status(machine, leftover=leftover)
 
     async def list_machines(self, *, queue: str | None = None) -> list[MachineStatus]:
         """Our machines in the worker app (idle warm-pool machines are capacity, not work, and left out)."""
@@ -138,7 +165,12 @@ class FlyLauncher:
         if queue is not None:
             metadata[META_QUEUE] = queue
         machines = await self._api.list(metadata=metadata)
-        return [machine_status(m) for m in machines if not is_idle_pool_machine(m)]
+        return [self._status_of(m) for m in machines if not is_idle_pool_machine(m)]
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """What needs a human now: the token alert while Fly rejects FLY_API_TOKEN (for /health)."""
+        alert = self._api.auth.alert
+        return [alert.view()] if alert is not None else []
 
     async def aclose(self) -> None:
         """Finish pool upkeep and close the HTTP client if we built it; machines keep running."""
