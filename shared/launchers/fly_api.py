@@ -31,9 +31,9 @@ import httpx
 from pydantic import SecretStr
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from shared.errors import LauncherRejected, LauncherUnavailable
+from shared.errors import LauncherRejected, LauncherUnauthorized, LauncherUnavailable
 
-from .fly_alerts import AuthWatch, is_quota_answer
+from .fly_alerts import AUTH_STATUSES, AuthWatch, is_quota_answer
 from .fly_config import META_LAUNCH_ID
 from .fly_pacing import Pacer
 
@@ -167,6 +167,8 @@ class MachinesAPI:
         if status in RETRYABLE_STATUSES:
             ambiguous = status == 408 or status >= 500
             raise _Transient(op, f"Fly answered {status}: {_error_text(response)}", ambiguous=ambiguous)
+        if status in AUTH_STATUSES and not is_quota_answer(status, _error_text(response)):
+            raise LauncherUnauthorized(f"{op}: Fly answered {status}: {_error_text(response)}")
         raise LauncherRejected(f"{op}: Fly answered {status}: {_error_text(response)}")
 
     async def _retrying(
