@@ -71,7 +71,7 @@ def fly_settings(emu: Emulator, **overrides: Any) -> Settings:
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
-def spec(queue: str = "images", job_id: int | None = 42, **env: str) -> MachineSpec:
+def spec(queue: str = "images", job_id: int | None = 42, /, **env: str) -> MachineSpec:
     base = {"JOB_QUEUE": queue, "MACHINE_MAX_JOBS": "1", "MACHINE_IDLE_SECONDS": "1"}
     if job_id is not None:
         base["JOB_ID"] = str(job_id)
