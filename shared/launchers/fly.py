@@ -10,7 +10,8 @@ resolved without creating a second machine (see fly_api).
 With WARM_POOL_SIZE > 0, launches first start an idle pool machine (see fly_pool).
 
 Fly on a bad day (issue 10): creates fall back through FLY_REGIONS on capacity and quota answers
-(fly_api); calls are paced under Fly's per-action limits (fly_pacing); a 401/403 raises the
+(fly_api); calls are paced under Fly's per-action limits (fly_pacing), and one shared listing,
+at most a couple of seconds old, serves the reconciler and the pool (fly_listing); a 401/403 raises the
 token alert that `alerts()` reports until a call succeeds again (fly_alerts); and no single
 answer ends a machine: a 404 or a state we do not know is `launching` until the evidence is
 consistent, and machines Fly left behind are flagged `leftover` after a bound (fly_evidence).
@@ -39,8 +40,9 @@ from .fly_config import (
     public_env,
 )
 from .fly_evidence import Evidence
+from .fly_listing import Listing
 from .fly_pool import WarmPool, is_idle_pool_machine
-from .fly_state import machine_status
+from .fly_state import machine_metadata, machine_status
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +87,10 @@ class FlyLauncher:
             leftover_seconds=settings.fly_leftover_seconds,
         )
         self._regions: list[str | None] = list(settings.fly_placement) or [None]
+        self._listing = Listing(
+            lambda: self._api.list(metadata={META_ROLE: ROLE_FUNCTION}),
+            on_fetched=self._sighted,
+        )
         self._pool = (
             WarmPool(api=self._api, settings=settings, size=settings.warm_pool_size)
             if settings.warm_pool_size > 0
@@ -101,7 +107,8 @@ class FlyLauncher:
             # A secret in a machine config would be readable through the API; Fly secrets carry it.
             logger.warning("secret settings left out of machine env", extra={"names": dropped, "queue": spec.queue})
         if self._pool is not None:
-            ref = await self._pool.take(queue=spec.queue, env=env)
+            listing = await self._listing.machines()
+            ref = await self._pool.take(queue=spec.queue, env=env, listing=listing)
             if ref is not None:
                 self._evidence.created(ref.id)
                 logger.info("fly pool machine started", extra={"machine_id": ref.id, "queue": spec.queue})
@@ -153,24 +160,33 @@ class FlyLauncher:
         if machine is None:
             gone = self._evidence.missing(machine_id)
             return MachineStatus(id=machine_id, queue=None, state="exited" if gone else "launching")
-        return self._status_of(machine)
-
-    def _status_of(self, machine: dict[str, Any]) -> MachineStatus:
-        leftover = self._evidence.seen(machine)
-        return machine_status(machine, leftover=leftover)
+        return machine_status(machine, leftover=self._evidence.seen(machine))
 
     async def list_machines(self, *, queue: str | None = None) -> list[MachineStatus]:
-        """Our machines in the worker app (idle warm-pool machines are capacity, not work, and left out)."""
-        metadata = {META_ROLE: ROLE_FUNCTION}
-        if queue is not None:
-            metadata[META_QUEUE] = queue
-        machines = await self._api.list(metadata=metadata)
-        return [self._status_of(m) for m in machines if not is_idle_pool_machine(m)]
+        """Our machines in the worker app, as listed at most a couple of seconds ago (idle warm-pool
+        machines are capacity, not work, and left out). Raises LauncherUnavailable or LauncherRejected."""
+        statuses = []
+        for machine in await self._listing.machines():
+            if is_idle_pool_machine(machine) or (
+                queue is not None and machine_metadata(machine).get(META_QUEUE) != queue
+            ):
+                continue
+            statuses.append(machine_status(machine, leftover=self._evidence.was_leftover(str(machine["id"]))))
+        return statuses
+
+    def _sighted(self, machines: list[dict[str, Any]]) -> None:
+        for machine in machines:
+            self._evidence.seen(machine)
 
     def alerts(self) -> list[dict[str, Any]]:
         """What needs a human now: the token alert while Fly rejects FLY_API_TOKEN (for /health)."""
         alert = self._api.auth.alert
         return [alert.view()] if alert is not None else []
+
+    async def pool_filled(self) -> None:
+        """Wait until the warm pool fills in flight are done (no-op without a pool)."""
+        if self._pool is not None:
+            await self._pool.filled()
 
     async def aclose(self) -> None:
         """Finish pool upkeep and close the HTTP client if we built it; machines keep running."""

@@ -125,11 +125,13 @@ async def test_calls_are_paced_within_flys_limits_per_action(emu: Emulator, laun
     emu.limiter.enabled = True
     since = time.monotonic()
     gets = [fly.status(ref.id) for _ in range(16)]
+    creates = [fly.launch(spec(FAKE_MACHINE="exit:0")) for _ in range(4)]
     lists = [fly.list_machines() for _ in range(4)]
-    await asyncio.gather(*gets, *lists)
+    await asyncio.gather(*gets, *creates, *lists)
     report = emu.rate_report(since)
-    assert report["get"].calls == 16 and report["list"].calls == 4
-    assert {action: rate.over_limit for action, rate in report.items()} == {"get": 0, "list": 0}
+    assert (report["get"].calls, report["create"].calls) == (16, 4)
+    assert report["list"].calls == 1  # one shared listing serves every reader for a moment
+    assert {action: rate.over_limit for action, rate in report.items()} == {"get": 0, "create": 0, "list": 0}
     assert sum(emu.limiter.rejected.values()) == 0
 
 
@@ -212,9 +214,13 @@ async def test_machines_fly_left_behind_are_flagged_after_a_bound(emu: Emulator,
     first = {s.id: s for s in await fly.list_machines()}
     assert first[failed.id].state == "failed" and first[stuck.id].state == "launching"
     assert not any(first[m].leftover for m in (failed.id, stuck.id, pulling.id, kept["id"]))  # one look is not a bound
-    await asyncio.sleep(1.1)
-    later = {s.id: s for s in await fly.list_machines()}
-    assert all(later[m].leftover for m in (failed.id, stuck.id, pulling.id, kept["id"]))
+    ids = (failed.id, stuck.id, pulling.id, kept["id"])
+
+    async def all_left_behind() -> bool:
+        later = {s.id: s for s in await fly.list_machines()}
+        return all(later[m].leftover for m in ids)
+
+    await eventually("all four to count as left behind", all_left_behind, timeout=10)
 
 
 async def test_idle_pool_machines_are_never_leftovers(emu: Emulator, launchers: list[FlyLauncher]) -> None:
@@ -245,10 +251,11 @@ async def test_warm_pool_start_meeting_412_or_409_creates_instead_and_keeps_the_
     def pool_machines() -> list[dict[str, Any]]:
         return [m for m in emu.not_destroyed() if m["config"]["metadata"].get(META_POOL) == "warm"]
 
-    async def one_pooled() -> bool:
+    def one_pooled() -> bool:
         return len(pool_machines()) == 1
 
-    await eventually("the pool machine", one_pooled)
+    await fly.pool_filled()
+    assert one_pooled()
     (pooled,) = pool_machines()
     preparing = await fly.launch(spec(queue, FAKE_MACHINE="exit:0"))  # its image is still being prepared
     assert preparing.id != pooled["id"]
@@ -261,3 +268,29 @@ async def test_warm_pool_start_meeting_412_or_409_creates_instead_and_keeps_the_
     assert still is not None and still["state"] == "created"  # still in the pool, not destroyed
     started = await fly.launch(spec(queue, FAKE_MACHINE="exit:0"))
     assert started.id == pooled["id"]
+
+
+async def test_the_warm_pool_does_not_overfill_while_fly_lists_its_new_machines_late(
+    emu: Emulator, launchers: list[FlyLauncher]
+) -> None:
+    queue = "images"
+    fly = launcher_for(launchers, emu, warm_pool_size=1)
+    emu.faults.invisible_seconds = 3.0  # new machines are missing from list for a while
+
+    def pool_machines() -> list[dict[str, Any]]:
+        return [
+            m
+            for m in emu.not_destroyed()
+            if m["config"]["metadata"].get(META_POOL) == "warm" and m["config"]["metadata"].get(META_QUEUE) == queue
+        ]
+
+    async def one_pooled() -> bool:
+        return len(pool_machines()) >= 1
+
+    await fly.launch(spec(queue, FAKE_MACHINE="exit:0"))
+    await fly.pool_filled()
+    assert await one_pooled()
+    for _ in range(3):  # each launch looks at the pool while the new pool machine is still unlisted
+        await fly.launch(spec(queue, FAKE_MACHINE="exit:0"))
+    await asyncio.sleep(0.5)  # let any fill it scheduled run
+    assert len(pool_machines()) == 1
