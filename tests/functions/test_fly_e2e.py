@@ -162,7 +162,7 @@ def test_the_dispatcher_keeps_leadership_through_fly_errors_and_a_revoked_token(
 
         emulator.faults.fail_auth(401)  # the token was revoked
         blocked = _post(app, "default", {"function": "echo", "args": {"n": 2}})
-        alerts = wait_until("the token alert in /health", lambda: _health(app).get("alerts"))
+        alerts: list = wait_until("the token alert in /health", lambda: _health(app).get("alerts") or [])
         assert alerts[0]["kind"] == "auth" and alerts[0]["status"] == 401
         assert _health(app)["dispatcher"] == "leader"
         assert app.sql("SELECT state FROM jobs WHERE id = %s", (blocked["id"],)) == [("available",)]
