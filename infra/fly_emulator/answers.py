@@ -69,7 +69,7 @@ def quota_error(region: str) -> JSONResponse:
 
 def precondition_error(state: str) -> JSONResponse:
     # Observed verbatim (hexclave/hexclave#2060): "412 unable to start machine from current state: 'created'".
-    return error(412, f"failed_precondition: unable to start machine from current state: '{state}'")
+    return error(412, f"unable to start machine from current state: '{state}'")
 
 
 def fault_answer(action: str, status: int) -> Response:

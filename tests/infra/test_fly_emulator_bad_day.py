@@ -124,7 +124,7 @@ def test_image_pull_keeps_a_machine_created_and_start_or_stop_meet_412(api: http
     stop = api.post(f"{MACHINES}/{booting['id']}/stop")
     assert stop.status_code == 412 and "current state: 'created'" in stop.json()["error"]
     start = api.post(f"{MACHINES}/{pooled['id']}/start")
-    assert start.status_code == 412 and "failed_precondition" in start.json()["error"]
+    assert start.status_code == 412 and "unable to start machine" in start.json()["error"]
     emu.wait_for_state(booting["id"], "started")  # it boots once the image is ready
     eventually(lambda: api.post(f"{MACHINES}/{pooled['id']}/start").status_code == 200)
     emu.wait_for_state(pooled["id"], "started")

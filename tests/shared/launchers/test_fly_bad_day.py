@@ -15,6 +15,7 @@ from shared import telemetry
 from shared.errors import LauncherRejected, LauncherUnavailable
 from shared.launchers.fly import FlyLauncher
 from shared.launchers.fly_config import META_LAUNCH_ID, META_POOL, META_QUEUE, META_ROLE, ROLE_FUNCTION
+from shared.settings import Settings
 
 from .fly_support import FAST, IMAGE, MACHINES, TOKEN, creates_for, fake_image_emulator, fly_settings, spec, wait_state
 
@@ -294,3 +295,11 @@ async def test_the_warm_pool_does_not_overfill_while_fly_lists_its_new_machines_
         await fly.launch(spec(queue, FAKE_MACHINE="exit:0"))
     await asyncio.sleep(0.5)  # let any fill it scheduled run
     assert len(pool_machines()) == 1
+
+
+def test_a_booting_fly_machine_counts_as_capacity_through_a_slow_image_pull(emu: Emulator) -> None:
+    # "this can take some time, maybe low double digit seconds" (Fly docs, machines/overview): 30 s
+    # of grace let the scaler launch again while the first image pull was still going on.
+    assert fly_settings(emu).machine_boot_grace_seconds == 120
+    assert fly_settings(emu, machine_boot_grace_seconds=45).machine_boot_grace_seconds == 45  # set: it wins
+    assert Settings(_env_file=None).machine_boot_grace_seconds == 30  # type: ignore[call-arg]  # local processes
