@@ -321,6 +321,7 @@ def run_fly_soak(database_url: str, s3: Any, tmp_path: Path, config: SoakConfig)
             "machine_concurrency": 4,
             "machine_idle_seconds": 2.0,
             "lifeline_rescue_after": 20,
+            "rate_limit_per_minute": 1_000_000,  # the API's per-tenant limit is not under test here
             **smtp.settings_overrides(),
         }
         machine_settings = make_settings(database_url, s3, **common)
