@@ -66,8 +66,9 @@ migrate: install
 
 # The chaos soak through LAUNCHER=fly against the emulator (a bounded one runs in `make test`).
 DURATION ?= 300
+RATE ?= 20
 soak-fly: install
-	FLY_SOAK_SECONDS=$(DURATION) $(BIN)/pytest tests/functions/test_fly_soak.py -s -p no:cacheprovider
+	FLY_SOAK_SECONDS=$(DURATION) FLY_SOAK_RATE=$(RATE) $(BIN)/pytest tests/functions/test_fly_soak.py -s -p no:cacheprovider
 
 bench: install
 	$(BIN)/python -m bench

@@ -142,6 +142,7 @@ class FlyLauncher:
         """
         if self._evidence.was_leftover(machine_id):
             await self._api.destroy(machine_id, force=True)
+            self._evidence.forget(machine_id)  # a listing taken before the destroy must not flag it again
             logger.info("fly machine left behind destroyed", extra={"machine_id": machine_id})
             return
         stopped = await self._api.stop(machine_id, signal="SIGTERM", timeout_seconds=STOP_TIMEOUT_SECONDS)

@@ -165,6 +165,8 @@ def test_the_dispatcher_keeps_leadership_through_fly_errors_and_a_revoked_token(
         alerts: list = wait_until("the token alert in /health", lambda: _health(app).get("alerts") or [])
         assert alerts[0]["kind"] == "auth" and alerts[0]["status"] == 401
         assert _health(app)["dispatcher"] == "leader"
+        with app.client() as client:
+            assert 'launcher_alerts{kind="auth"} 1.0' in client.get("/metrics").text
         assert app.sql("SELECT state FROM jobs WHERE id = %s", (blocked["id"],)) == [("available",)]
 
         emulator.faults.fail_auth(None)  # the token was replaced

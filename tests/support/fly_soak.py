@@ -50,9 +50,13 @@ MIX = (("default", 0.6), ("webhooks", 0.17), ("emails", 0.1), ("images", 0.06), 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SoakConfig:
     seconds: float  # how long jobs keep coming
-    jobs_per_second: float = 30.0
+    jobs_per_second: float = 20.0  # about what this 2-core box sustains under the faults below
     seed: int = 20261201
-    drain_seconds: float = 150.0  # after the last job: time to finish everything
+
+    @property
+    def drain_seconds(self) -> float:
+        """After the last job: time to finish everything."""
+        return max(150.0, self.seconds / 4)
 
 
 @dataclass
@@ -101,6 +105,7 @@ class SoakReport:
             f" {self.rescued} (machines OOM-killed: {self.machines_oom_killed})",
             f"  lost: {len(self.lost)}  duplicated: {len(self.duplicated)}  machines left: {len(self.machines_left)}"
             f" (+{self.pool_machines_idle} idle warm-pool machines, by design)",
+            *[f"    {d}" for d in self.duplicated[:12]],
             f"  machines created: {self.machines_created}; leaderships: {self.leaderships}",
             f"  faults injected: {dict(sorted(self.faults.items()))}; limiter 429s: {self.limiter_rejections}",
             "  API calls per action (calls, mean/s, busiest second of one identifier, over Fly's limit):",
@@ -301,6 +306,12 @@ def _judge(
     for job, count in per_job.items():
         if count > attempts.get(job, 0):
             report.duplicated.append(f"job {job}: {count} side effects for {attempts.get(job)} attempts")
+    if report.duplicated:
+        suspects = [int(d.split()[1].rstrip(":")) for d in report.duplicated]
+        details = app.sql(
+            "SELECT id, queue, attempt, errors::text FROM jobs WHERE id = ANY(%s) ORDER BY id LIMIT 5", (suspects,)
+        )
+        report.duplicated += [f"  {row}" for row in details]
 
 
 def run_fly_soak(database_url: str, s3: Any, tmp_path: Path, config: SoakConfig) -> SoakReport:
@@ -317,7 +328,8 @@ def run_fly_soak(database_url: str, s3: Any, tmp_path: Path, config: SoakConfig)
             "default_function_modules": ["tests.support.functions"],
             "outbound_allowlist": ["127.0.0.1"],
             "email_from": "Soak <soak@cp.test>",
-            "machine_max_jobs": 60,
+            "machine_max_jobs": 100,
+            "queue_default_limit": 20,
             "machine_concurrency": 4,
             "machine_idle_seconds": 2.0,
             "lifeline_rescue_after": 20,
