@@ -80,6 +80,7 @@ class SoakReport:
     seconds: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)  # seconds spent per phase
     backlog: dict[str, int] = field(default_factory=dict)  # jobs not final when posting stopped, per queue
+    details: list[str] = field(default_factory=list)  # rows of the first duplicated jobs
 
     def problems(self) -> list[str]:
         found = []
@@ -105,7 +106,7 @@ class SoakReport:
             f" {self.rescued} (machines OOM-killed: {self.machines_oom_killed})",
             f"  lost: {len(self.lost)}  duplicated: {len(self.duplicated)}  machines left: {len(self.machines_left)}"
             f" (+{self.pool_machines_idle} idle warm-pool machines, by design)",
-            *[f"    {d}" for d in self.duplicated[:12]],
+            *[f"    {d}" for d in [*self.duplicated[:8], *self.details]],
             f"  machines created: {self.machines_created}; leaderships: {self.leaderships}",
             f"  faults injected: {dict(sorted(self.faults.items()))}; limiter 429s: {self.limiter_rejections}",
             "  API calls per action (calls, mean/s, busiest second of one identifier, over Fly's limit):",
@@ -263,6 +264,31 @@ def _working_machines(emulator: Emulator) -> list[dict[str, Any]]:
     return [m for m in emulator.not_destroyed() if not _idle_pool(m)]
 
 
+def _side_effects(
+    jobs: dict[int, tuple[str, int]], markers: Path, receiver: Receiver, smtp: SmtpTestServer, report: SoakReport
+) -> Counter[int]:
+    """Side effects per job: marker files (one per execution, named job-attempt-pid), webhook
+    deliveries (by webhook-id) and emails (by subject). Runs of one attempt twice are duplicates."""
+    runs: Counter[tuple[int, int]] = Counter()
+    for marker in markers.iterdir():
+        job_part, attempt_part, _ = marker.name.split("-", 2)
+        runs[(int(job_part), int(attempt_part))] += 1
+    per_job: Counter[int] = Counter()
+    for (run_job, run_attempt), count in runs.items():
+        per_job[run_job] += count
+        if count > 1:
+            report.duplicated.append(f"job {run_job} attempt {run_attempt} ran {count} times")
+    ids = {webhook_id(j): j for j, (q, _) in jobs.items() if q == "webhooks"}
+    for request in list(receiver.requests):
+        if (job := ids.get(request.headers.get("webhook-id", ""))) is not None:
+            per_job[job] += 1
+    subjects = {f"soak {n}": j for j, (q, n) in jobs.items() if q == "emails"}
+    for message in list(smtp.messages):
+        if (job := subjects.get(str(message.parsed()["Subject"]))) is not None:
+            per_job[job] += 1
+    return per_job
+
+
 def _judge(
     app: LiveApp,
     jobs: dict[int, tuple[str, int]],
@@ -271,6 +297,9 @@ def _judge(
     smtp: SmtpTestServer,
     report: SoakReport,
 ) -> None:
+    # Side effects first, attempts after: attempts only grow, so a machine still at work between
+    # the two reads cannot make an effect look like it had no attempt.
+    per_job = _side_effects(jobs, markers, receiver, smtp, report)
     rows = app.sql("SELECT id, state, attempt FROM jobs WHERE id = ANY(%s)", (list(jobs),))
     attempts = {int(r[0]): int(r[2]) for r in rows}
     for job_id, state, attempt in rows:
@@ -284,25 +313,6 @@ def _judge(
     )
     report.rescued = int(rescued[0][0])
     report.machines_oom_killed = int(app.sql("SELECT count(*) FROM machines WHERE oom_killed")[0][0])
-    # default: one marker file per execution, named job-attempt-pid
-    runs: Counter[tuple[int, int]] = Counter()
-    for marker in markers.iterdir():
-        job_part, attempt_part, _ = marker.name.split("-", 2)
-        runs[(int(job_part), int(attempt_part))] += 1
-    per_job: Counter[int] = Counter()
-    for (run_job, run_attempt), count in runs.items():
-        per_job[run_job] += count
-        if count > 1:
-            report.duplicated.append(f"job {run_job} attempt {run_attempt} ran {count} times")
-    # webhooks: deliveries per webhook-id; emails: messages per subject
-    ids = {webhook_id(j): j for j, (q, _) in jobs.items() if q == "webhooks"}
-    for request in receiver.requests:
-        if (job := ids.get(request.headers.get("webhook-id", ""))) is not None:
-            per_job[job] += 1
-    subjects = {f"soak {n}": j for j, (q, n) in jobs.items() if q == "emails"}
-    for message in smtp.messages:
-        if (job := subjects.get(str(message.parsed()["Subject"]))) is not None:
-            per_job[job] += 1
     for job, count in per_job.items():
         if count > attempts.get(job, 0):
             report.duplicated.append(f"job {job}: {count} side effects for {attempts.get(job)} attempts")
@@ -311,7 +321,7 @@ def _judge(
         details = app.sql(
             "SELECT id, queue, attempt, errors::text FROM jobs WHERE id = ANY(%s) ORDER BY id LIMIT 5", (suspects,)
         )
-        report.duplicated += [f"  {row}" for row in details]
+        report.details += [str(row) for row in details]
 
 
 def run_fly_soak(database_url: str, s3: Any, tmp_path: Path, config: SoakConfig) -> SoakReport:
