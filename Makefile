@@ -8,12 +8,13 @@ UV_VERSION := 0.13.8
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: help install system-deps dev test lint typecheck pytest migrate bench token lock clean
+.PHONY: help install system-deps dev test lint typecheck pytest migrate bench token lock clean soak-fly
 
 help:
 	@echo "make dev        start Postgres, S3, the API and the dispatcher on embedded defaults"
 	@echo "make test       lint, typecheck and run the whole test suite"
 	@echo "make lint | typecheck | migrate | bench | token | lock | clean"
+	@echo "make soak-fly DURATION=600   the chaos soak through LAUNCHER=fly, jobs coming for DURATION seconds"
 
 # System packages, installed with apt-get only when missing: PostgreSQL server binaries (the
 # embedded dev/test database), WeasyPrint's Pango/HarfBuzz (harfbuzz-subset keeps PDF font
@@ -62,6 +63,12 @@ test: lint typecheck pytest
 
 migrate: install
 	$(BIN)/python -m shared.db.migrate
+
+# The chaos soak through LAUNCHER=fly against the emulator (a bounded one runs in `make test`).
+DURATION ?= 300
+RATE ?= 20
+soak-fly: install
+	FLY_SOAK_SECONDS=$(DURATION) FLY_SOAK_RATE=$(RATE) $(BIN)/pytest tests/functions/test_fly_soak.py -s -p no:cacheprovider
 
 bench: install
 	$(BIN)/python -m bench

@@ -164,3 +164,7 @@ class LauncherUnavailable(LauncherError):
 
 class LauncherRejected(LauncherError):
     """The launcher backend refused the request; retrying will not help."""
+
+
+class LauncherUnauthorized(LauncherRejected):
+    """The launcher backend rejects our credentials (401/403): nothing works until they change."""

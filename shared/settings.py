@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 CommaList = Annotated[list[str], NoDecode]
+FLY_BOOT_GRACE_SECONDS = 120.0  # MACHINE_BOOT_GRACE_SECONDS when LAUNCHER=fly and it is not set
 _PER_QUEUE = re.compile(r"queue_(?P<limit_queue>[a-z0-9_]+)_limit|worker_(?P<timeout_queue>[a-z0-9_]+)_timeout")
 
 
@@ -87,13 +88,18 @@ class Settings(BaseSettings):
     fly_worker_app: str | None = None
     worker_image: str | None = None
     fly_region: str | None = None
+    fly_regions: CommaList = Field(default_factory=list)  # placement order on capacity errors; FLY_REGION if empty
+    fly_gone_confirm_seconds: float = Field(10.0, ge=0)  # 404s must span this long before a machine is gone
+    fly_leftover_seconds: float = Field(60.0, gt=0)  # failed/stopped machines Fly keeps are destroyed after this
     warm_pool_size: int = Field(0, ge=0, le=100)
 
     machine_max_jobs: int = Field(100, ge=1)
     machine_idle_seconds: float = Field(10.0, ge=0)
     machine_concurrency: int = Field(1, ge=1, le=256)
     machine_shutdown_grace_seconds: float = Field(20.0, ge=0)  # SIGTERM: time held jobs get to finish
-    machine_boot_grace_seconds: float = Field(30.0, gt=0)  # a launching machine counts as capacity this long
+    # A launching machine counts as capacity this long; on Fly an image pull alone can take tens
+    # of seconds ("low double digit seconds", Fly docs), so LAUNCHER=fly defaults to FLY_BOOT_GRACE.
+    machine_boot_grace_seconds: float = Field(30.0, gt=0)
 
     outbound_allow_private: bool = False
     outbound_allowlist: CommaList = Field(default_factory=list)
@@ -109,7 +115,15 @@ class Settings(BaseSettings):
 
     log_level: str = "info"
 
-    @field_validator("outbound_allowlist", "cors_origins", "default_function_modules", mode="before")
+    @model_validator(mode="before")
+    @classmethod
+    def _fly_boots_take_longer(cls, data: object) -> object:
+        if isinstance(data, dict) and str(data.get("launcher", "")).lower() == "fly":
+            if not any(str(key).lower() == "machine_boot_grace_seconds" for key in data):
+                return {**data, "machine_boot_grace_seconds": FLY_BOOT_GRACE_SECONDS}
+        return data
+
+    @field_validator("outbound_allowlist", "cors_origins", "default_function_modules", "fly_regions", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -128,6 +142,11 @@ class Settings(BaseSettings):
     def session_database_url(self) -> str:
         """DATABASE_DIRECT_URL, else DATABASE_URL: for LISTEN, session advisory locks and migrations."""
         return self.database_direct_url or self.database_url
+
+    @property
+    def fly_placement(self) -> list[str]:
+        """Regions to try in order for a new Fly machine (empty: let Fly choose)."""
+        return list(self.fly_regions) or ([self.fly_region] if self.fly_region else [])
 
     @model_validator(mode="before")
     @classmethod

@@ -128,7 +128,7 @@ async def list_machines(request: Request) -> Response:
 
 
 async def health(request: Request) -> Response:
-    """200 with database, dispatcher role and queues; 503 with the reason when the database is down."""
+    """200 with database, dispatcher role, queues and alerts; 503 with the reason when the database is down."""
     dispatcher = getattr(request.app.state, "dispatcher", None)
     role = dispatcher.role if dispatcher is not None else "off"
     body: dict[str, Any] = {"status": "ok", "database": "ok", "dispatcher": role}
@@ -139,4 +139,8 @@ async def health(request: Request) -> Response:
         body.update(status="unavailable", database="unreachable", reason=type(exc).__name__)
         return JSONResponse(body, status_code=503)
     body["queues"] = [queue_json(s) for s in statuses]
+    # What needs a human now, e.g. the Fly launcher's alert while the API rejects FLY_API_TOKEN.
+    launcher_alerts = getattr(getattr(dispatcher, "launcher", None), "alerts", None)
+    if callable(launcher_alerts) and (alerts := launcher_alerts()):
+        body["alerts"] = alerts
     return JSONResponse(body)

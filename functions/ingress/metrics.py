@@ -16,6 +16,8 @@ separate short-lived processes nobody scrapes, and because queue state is fleet-
 - machine_launches_total{queue,launcher}, machines_live{queue,launcher}, and
   machine_launch_latency_seconds (launched -> first seen running), a gauge histogram like above.
 
+From the in-process dispatcher's launcher: launcher_alerts{kind}, 1 while an alert lasts.
+
 Every instance reports the same database-derived numbers; aggregate them with max(), not sum().
 """
 
@@ -205,6 +207,16 @@ async def database_families(pool: Pool) -> list[Metric]:
     return families
 
 
+def alert_families(dispatcher: object) -> list[Metric]:
+    """`launcher_alerts{kind}`: 1 while the in-process dispatcher's launcher raises an alert (e.g.
+    the Fly token alert, `auth`), for alerting rules; the alert itself shows in /health."""
+    alerts = getattr(getattr(dispatcher, "launcher", None), "alerts", None)
+    family = GaugeMetricFamily("launcher_alerts", "Alerts the launcher raises now, by kind.", labels=["kind"])
+    for alert in alerts() if callable(alerts) else []:
+        family.add_metric([str(alert["kind"])], 1.0)
+    return [family]
+
+
 def _check_metrics_token(request: Request, settings: Settings) -> None:
     if settings.metrics_token is None:
         return
@@ -220,6 +232,8 @@ async def metrics_endpoint(request: Request) -> Response:
     _check_metrics_token(request, settings)
     metrics: AppMetrics = request.app.state.metrics
     snapshot = CollectorRegistry(auto_describe=False)
-    snapshot.register(_Snapshot(await database_families(request.app.state.pool)))
+    families = await database_families(request.app.state.pool)
+    families += alert_families(getattr(request.app.state, "dispatcher", None))
+    snapshot.register(_Snapshot(families))
     body = generate_latest(metrics.registry) + generate_latest(snapshot)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -130,9 +130,19 @@ class Rescued(CamelModel):
     rescued: int = Field(..., ge=0)
 
 
+class Alert(CamelModel):
+    kind: str = Field(..., description="`auth`: the launcher's backend rejects its token")
+    status: int = Field(..., description="the HTTP status that raised it")
+    operation: str
+    error: str
+    since: float = Field(..., description="Unix time it started")
+    message: str
+
+
 class Health(CamelModel):
     status: Literal["ok", "unavailable"]
     database: Literal["ok", "unreachable"]
     dispatcher: Literal["leader", "standby", "off"]
     queues: list[QueueStatus] | None = Field(None, description="present when the database answered")
     reason: str | None = Field(None, description="why the database is unreachable")
+    alerts: list[Alert] | None = Field(None, description="what needs a human now (e.g. a rejected FLY_API_TOKEN)")

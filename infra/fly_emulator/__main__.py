@@ -21,6 +21,7 @@ from .app import create_app
 from .faults import Faults
 from .harness import DESTROYED_RETENTION_SECONDS
 from .machines import Store
+from .ratelimit import RateLimiter
 from .recorder import Recorder
 from .supervisor import Supervisor
 
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--secret", action="append", default=[], help="copy this variable from our env (repeatable)")
     parser.add_argument("--log-dir", type=Path, help="where machine output goes (default: a temp dir)")
     parser.add_argument("--region", default="iad")
+    parser.add_argument("--rate-limits", action="store_true", help="answer 429 beyond Fly's per-action limits")
     args = parser.parse_args(argv)
     if not args.token:
         parser.error("--token (or FLY_EMULATOR_TOKEN) is required")
@@ -58,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     store = Store(destroyed_retention_seconds=DESTROYED_RETENTION_SECONDS)
     faults = Faults()
+    limiter = RateLimiter()
+    limiter.enabled = args.rate_limits
     app = create_app(
         store=store,
         supervisor=Supervisor(store=store, faults=faults, base_env=base_env, log_dir=log_dir),
@@ -66,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         token=args.token,
         apps=frozenset(args.apps) if args.apps else None,
         default_region=args.region,
+        limiter=limiter,
     )
     print(f"fly emulator (test double) on http://{args.host}:{args.port}, machine logs in {log_dir}", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=2)

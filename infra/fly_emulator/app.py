@@ -3,6 +3,10 @@
 Choices the reference leaves open are marked "unverified" and follow its recommendations: 412
 for start from a running state and for delete of a running machine without force, 409 for lease
 conflicts, 400 for "machine failed to reach desired state". Test hooks live under `/_emu/`.
+
+Every API call passes, in order: the token (or an injected 401/403, faults.py), the per-action
+rate limiter (ratelimit.py, when enabled), injected call faults, then the handler. Machines a
+fault keeps invisible answer 404 to every per-machine call and are missing from list.
 """
 
 from __future__ import annotations
@@ -16,27 +20,30 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from . import wire
+from .actions import classify
+from .answers import (
+    capacity_error,
+    error,
+    fault_answer,
+    precondition_error,
+    quota_error,
+    silence_dropped_connections,
+)
 from .faults import Faults
+from .guests import guest_error
 from .machines import ACTIVE_STATES, STARTABLE_STATES, Lease, Machine, Store
+from .ratelimit import RateLimiter
 from .recorder import Recorder
 from .supervisor import Supervisor
 
 LEASE_HEADER = "fly-machine-lease-nonce"
 _SETTLED = frozenset({"started", "stopped", "suspended", "failed", "destroyed"})
 _WAITABLE = frozenset({"started", "stopped", "suspended", "destroyed", "failed", "settled"})
-
-
-def error(status: int, text: str, *, code: str | None = None) -> JSONResponse:
-    """`{"error": …}` (plus `status` for capacity and name errors), as reference 2.2 recommends."""
-    body: dict[str, Any] = {"error": text}
-    if code:
-        body["status"] = code
-    return JSONResponse(body, status_code=status)
 
 
 def _token_of(header: str) -> str:
@@ -52,6 +59,7 @@ class EmulatorState:
     store: Store
     supervisor: Supervisor
     faults: Faults
+    limiter: RateLimiter
     token: str
     apps: frozenset[str] | None
     default_region: str
@@ -60,22 +68,39 @@ class EmulatorState:
 Handler = Callable[[Request, EmulatorState], Awaitable[JSONResponse]]
 
 
-def _endpoint(handler: Handler) -> Callable[[Request], Awaitable[JSONResponse]]:
-    async def endpoint(request: Request) -> JSONResponse:
+def _endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
         state: EmulatorState = request.app.state.emulator
         header = request.headers.get("authorization")
         if not header or not hmac.compare_digest(_token_of(header).encode(), _token_of(state.token).encode()):
             return error(401, "unauthorized")
+        if state.faults.auth_status is not None and not request.url.path.startswith("/_emu/"):
+            status = state.faults.auth_status
+            return error(status, "unauthorized" if status == 401 else "forbidden: token not allowed for this app")
         app = request.path_params.get("app")
         if app is not None and state.apps is not None and app not in state.apps:
             return error(404, "app not found")
-        return await handler(request, state)
+        action = classify(request.method, request.url.path)
+        if action is None:
+            return await handler(request, state)
+        if not state.limiter.allow(*action):
+            await request.body()
+            return error(429, "rate limit exceeded")  # body unverified (reference 2.4)
+        fault = state.faults.take_call(action[0])
+        if fault is None:
+            return await handler(request, state)
+        status, acted = fault
+        if acted:
+            await handler(request, state)
+        else:
+            await request.body()  # read it anyway, so the recorder keeps what was sent
+        return fault_answer(action[0], status)
 
     return endpoint
 
 
 def _machine(request: Request, state: EmulatorState) -> Machine | JSONResponse:
-    machine = state.store.get(request.path_params["app"], request.path_params["machine_id"])
+    machine = state.store.visible(request.path_params["app"], request.path_params["machine_id"])
     return machine if machine is not None else error(404, "machine not found")
 
 
@@ -103,17 +128,23 @@ async def create_machine(request: Request, state: EmulatorState) -> JSONResponse
     config = body.get("config")
     if not isinstance(config, dict) or not isinstance(config.get("image"), str) or not config["image"]:
         return error(422, "config.image is required")
-    forced = state.faults.take_create_status()
-    if forced is not None:
-        if forced == 429:
-            return error(429, "rate limit exceeded")
-        return error(forced, "out of capacity", code="insufficient_capacity")
+    if (invalid := guest_error(config.get("guest"))) is not None:
+        return error(422, f"invalid guest: {invalid}")  # status unverified; flyctl checks sizes client-side
     app = request.path_params["app"]
     name = body.get("name") or wire.machine_name()
     if any(m.name == name and m.state != "destroyed" for m in state.store.in_app(app)):
         return error(422, "Validation failed: Name has already been taken", code="name_taken")
-    region = str(body.get("region") or state.default_region)
-    machine = Machine(id=wire.machine_id(), app=app, name=str(name), region=region, config=config)
+    placed = _place(str(body.get("region") or state.default_region), state.faults)
+    if isinstance(placed, JSONResponse):
+        return placed
+    machine = Machine(id=wire.machine_id(), app=app, name=str(name), region=placed, config=config)
+    fate = state.faults.fate_of_new_machine()
+    now = time.monotonic()
+    machine.visible_at = now + fate.invisible_seconds
+    machine.preparing_until = now + fate.image_pull_seconds
+    machine.host_unreachable = fate.unreachable
+    if fate.masked_state is not None:
+        machine.masked = (fate.masked_state[0], now + fate.masked_state[1])
     machine.add_event("launch", "created", "user")
     nonce = None
     if body.get("lease_ttl"):
@@ -129,9 +160,25 @@ async def create_machine(request: Request, state: EmulatorState) -> JSONResponse
     answer = machine.view(with_nonce=nonce)  # the answer says `created`; the boot goes on (reference 3.1)
     if not body.get("skip_launch"):
         state.supervisor.boot(machine)
-    if state.faults.take_created_but_408():
-        return error(408, "request timed out")
     return JSONResponse(answer)
+
+
+def _place(requested: str, faults: Faults) -> str | JSONResponse:
+    """The first region of a comma-separated preference list that can take a machine.
+
+    Fly's docs (machines/guides-examples/machine-placement): given "a prioritized list … It tries
+    each in order until it finds one that works" (e.g. `iad,dfw`). Aliases (`us`, `eu`) are not
+    expanded here. When none works, the answer is that of the first region.
+    """
+    regions = [r.strip() for r in requested.split(",") if r.strip()]
+    refusals = []
+    for region in regions:
+        refusal = faults.region_refusal(region)
+        if refusal is None:
+            return region
+        refusals.append((region, refusal))
+    region, refusal = refusals[0]
+    return quota_error(region) if refusal == "quota" else capacity_error(region)
 
 
 async def list_machines(request: Request, state: EmulatorState) -> JSONResponse:
@@ -140,16 +187,24 @@ async def list_machines(request: Request, state: EmulatorState) -> JSONResponse:
     states = {s for s in q.get("state", "").split(",") if s}
     metadata = {k.removeprefix("metadata."): v for k, v in q.multi_items() if k.startswith("metadata.")}
     out = []
+    now = time.monotonic()
+    lag = state.faults.list_lag_seconds
     for machine in state.store.in_app(request.path_params["app"]):
-        if machine.state == "destroyed" and not include_deleted:
+        if not machine.visible(now):
             continue
-        if states and machine.state not in states:
+        view = machine.view(summary=q.get("summary") == "true")
+        lagging = machine.destroyed_at is not None and now - machine.destroyed_at < lag
+        if lagging:  # list has not caught up with the destroy yet
+            view["state"] = machine.state_before_destroy
+        elif machine.state == "destroyed" and not include_deleted:
+            continue
+        if states and view["state"] not in states:
             continue
         if q.get("region") and machine.region != q["region"]:
             continue
         if any(machine.metadata.get(k) != v for k, v in metadata.items()):
             continue
-        out.append(machine.view(summary=q.get("summary") == "true"))
+        out.append(view)
     return JSONResponse(out)
 
 
@@ -172,8 +227,8 @@ async def start_machine(request: Request, state: EmulatorState) -> JSONResponse:
         return conflict
     if machine.state == "destroyed":
         return error(404, "machine not found")
-    if machine.state not in STARTABLE_STATES or machine.boot_pending:
-        return error(412, f"unable to start machine from current state: '{machine.state}'")  # code unverified
+    if machine.preparing(time.monotonic()) or machine.state not in STARTABLE_STATES or machine.boot_pending:
+        return precondition_error(machine.state)
     previous = machine.state
     machine.restart_count = 0
     state.supervisor.boot(machine)
@@ -188,6 +243,8 @@ async def stop_machine(request: Request, state: EmulatorState) -> JSONResponse:
         return conflict
     if machine.state in ("destroyed", "destroying"):
         return error(404, "machine not found")
+    if machine.preparing(time.monotonic()):  # "412 on start/stop" while the image is prepared (issue 10)
+        return precondition_error(machine.state)
     if machine.state in ("stopped", "stopping", "suspended"):
         return JSONResponse({"ok": True})
     body = await _json_body(request)
@@ -218,10 +275,15 @@ async def wait_machine(request: Request, state: EmulatorState) -> JSONResponse:
         return error(400, f"invalid state: {', '.join(sorted(wanted - _WAITABLE))}")
     if "settled" in wanted:
         wanted |= _SETTLED
-    deadline = time.monotonic() + wire.clamp_wait_timeout(q.get("timeout"))
+    timeout = wire.wait_timeout(q.get("timeout"))
+    if timeout is None:
+        # The API enforces [1s, 1m0s] and answers invalid_argument (OpenRouterLabs/spawn#1619);
+        # fly-go clamps before sending (flaps_machines_wait.go, WithWaitTimeout).
+        return error(400, "invalid_argument: wait timeout must be between 1s and 1m0s")
+    deadline = time.monotonic() + timeout
     app, machine_id = request.path_params["app"], request.path_params["machine_id"]
     while True:
-        machine = state.store.get(app, machine_id)
+        machine = state.store.visible(app, machine_id)
         if machine is None:
             return error(404, "machine not found")
         if machine.state in wanted:
@@ -312,8 +374,11 @@ async def emu_exit(request: Request, state: EmulatorState) -> JSONResponse:
 
 
 async def emu_faults(request: Request, state: EmulatorState) -> JSONResponse:
-    """Test hook: inject faults over HTTP (see Faults.update)."""
-    state.faults.update(await _json_body(request))
+    """Test hook: inject faults over HTTP (see Faults.update; `rate_limits` switches the limiter)."""
+    spec = await _json_body(request)
+    state.faults.update(spec)
+    if "rate_limits" in spec:
+        state.limiter.enabled = bool(spec["rate_limits"])
     return JSONResponse({"ok": True})
 
 
@@ -329,6 +394,7 @@ def create_app(
     token: str,
     apps: frozenset[str] | None = None,
     default_region: str = "iad",
+    limiter: RateLimiter | None = None,
 ) -> ASGIApp:
     """The emulator ASGI app. Machine processes are killed when its lifespan ends."""
     routes = [
@@ -355,8 +421,15 @@ def create_app(
     app = Starlette(routes=routes, lifespan=lifespan)
     app.router.redirect_slashes = False  # an unknown path is a 404, as on the real API
     app.state.emulator = EmulatorState(
-        store=store, supervisor=supervisor, faults=faults, token=token, apps=apps, default_region=default_region
+        store=store,
+        supervisor=supervisor,
+        faults=faults,
+        limiter=limiter or RateLimiter(),
+        token=token,
+        apps=apps,
+        default_region=default_region,
     )
+    silence_dropped_connections()
 
     async def not_found(request: Request, exc: Exception) -> JSONResponse:
         return error(404, "not found")

@@ -26,7 +26,8 @@ import uvicorn
 from .app import create_app
 from .faults import Faults
 from .machines import Store
-from .recorder import RecordedRequest, Recorder
+from .ratelimit import RateLimiter
+from .recorder import ActionRate, RecordedRequest, Recorder
 from .supervisor import REPO_ROOT, Supervisor
 
 DESTROYED_RETENTION_SECONDS = 48 * 3600  # "queryable up to 48 hours after they are destroyed" (reference 3.2)
@@ -39,9 +40,14 @@ class Emulator:
     url: str
     token: str
     faults: Faults
+    limiter: RateLimiter  # off until `limiter.enabled = True`: then 429s beyond Fly's per-action limits
     log_dir: Path
     _store: Store
     _recorder: Recorder
+
+    def rate_report(self, since: float = 0.0) -> dict[str, ActionRate]:
+        """Calls per action since `since` (time.monotonic()), and how many Fly's limits would refuse."""
+        return self._recorder.rate_report(since)
 
     @property
     def requests(self) -> list[RecordedRequest]:
@@ -59,6 +65,10 @@ class Emulator:
 
     def machine(self, machine_id: str) -> dict[str, Any] | None:
         return next((m for m in self.machines if m["id"] == machine_id), None)
+
+    def not_destroyed(self) -> list[dict[str, Any]]:
+        """Machines that still exist (any state but `destroyed`)."""
+        return [m for m in self.machines if m["state"] != "destroyed"]
 
     def wait_until(self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float = 30.0) -> None:
         """Block until `predicate(machines)` holds. Raises TimeoutError after `timeout` seconds."""
@@ -106,6 +116,7 @@ def running_emulator(
         store = Store(destroyed_retention_seconds=destroyed_retention_seconds)
         faults = Faults()
         recorder = Recorder()
+        limiter = RateLimiter()
         supervisor = Supervisor(
             store=store, faults=faults, base_env=base_env or {}, workdir=workdir, pythonpath=pythonpath, log_dir=logs
         )
@@ -117,6 +128,7 @@ def running_emulator(
             token=token,
             apps=frozenset(apps) if apps is not None else None,
             default_region=default_region,
+            limiter=limiter,
         )
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -136,6 +148,7 @@ def running_emulator(
                 url=f"http://127.0.0.1:{port}",
                 token=token,
                 faults=faults,
+                limiter=limiter,
                 log_dir=logs,
                 _store=store,
                 _recorder=recorder,

@@ -60,6 +60,12 @@ class Machine:
     restart_count: int = 0
     lease: Lease | None = None
     destroyed_at: float | None = None  # time.monotonic() when destroyed
+    # Fly on a bad day (see faults.py), all in time.monotonic() seconds.
+    visible_at: float = 0.0  # before this, the API answers 404 for it and list leaves it out
+    preparing_until: float = 0.0  # image pull: rests in `created`, start/stop answer 412
+    masked: tuple[str, float] | None = None  # (state shown instead of the real one, until)
+    host_unreachable: bool = False
+    state_before_destroy: str = "created"  # what a lagging list still shows
     # Runtime bookkeeping (never serialised).
     process: asyncio.subprocess.Process | None = None
     boot_pending: bool = False
@@ -92,12 +98,27 @@ class Machine:
     def lease_active(self) -> Lease | None:
         return self.lease if self.lease is not None and self.lease.active() else None
 
+    def visible(self, now: float) -> bool:
+        return now >= self.visible_at
+
+    def preparing(self, now: float) -> bool:
+        return self.state == "created" and now < self.preparing_until
+
+    def shown_state(self, now: float) -> str:
+        if self.masked is not None and now < self.masked[1] and self.state not in ("destroying", "destroyed"):
+            return self.masked[0]
+        return self.state
+
     def view(self, *, summary: bool = False, with_nonce: str | None = None) -> dict[str, Any]:
-        """The `Machine` JSON object (reference 4.1); `summary` omits config, events, checks, nonce."""
+        """The `Machine` JSON object (reference 4.1); `summary` omits config, events, checks, nonce.
+
+        On an unreachable host the config "can't be fully retrieved": fly-go's `Machine` then
+        carries `incomplete_config` instead of `config` (machine_types.go, `GetConfig`).
+        """
         out: dict[str, Any] = {
             "id": self.id,
             "name": self.name,
-            "state": self.state,
+            "state": self.shown_state(time.monotonic()),
             "region": self.region,
             "instance_id": self.instance_id,
             "version": self.instance_id,
@@ -105,14 +126,17 @@ class Machine:
             "image_ref": wire.image_ref(str(self.config.get("image", ""))),
             "created_at": self.created_at,
             "updated_at": self.updated_at,
-            "host_status": "ok",
+            "host_status": "unreachable" if self.host_unreachable else "ok",
         }
         if summary:
             return out
         config = copy.deepcopy(self.config)
         config.setdefault("init", {})  # real responses normalise the echoed config
         config.setdefault("dns", {})
-        out["config"] = config
+        if self.host_unreachable:
+            out["incomplete_config"] = {k: config[k] for k in ("image", "metadata") if k in config}
+        else:
+            out["config"] = config
         out["events"] = copy.deepcopy(self.events)
         out["checks"] = []
         if with_nonce is not None:
@@ -162,6 +186,11 @@ class Store:
         if destroyed_at is not None and time.monotonic() - destroyed_at > self.destroyed_retention_seconds:
             return None
         return machine
+
+    def visible(self, app: str, machine_id: str) -> Machine | None:
+        """The machine as the API sees it: None also while it is still invisible after create."""
+        machine = self.get(app, machine_id)
+        return machine if machine is not None and machine.visible(time.monotonic()) else None
 
     def in_app(self, app: str) -> list[Machine]:
         return [m for m in self._machines.values() if m.app == app and self.get(app, m.id) is not None]

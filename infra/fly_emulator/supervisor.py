@@ -94,25 +94,47 @@ class Supervisor:
         return env
 
     def boot(self, machine: Machine) -> None:
-        """`created`/`stopped` → `starting` now, → `started` once the process runs."""
+        """`created`/`stopped` → `starting` now (after the image pull: `created` until then) →
+        `started` once the process runs."""
         with self._store.mutate():
             machine.boot_pending = True
-            machine.state = "starting"
+            if not machine.preparing(time.monotonic()):
+                machine.state = "starting"
         self._spawn_task(self._boot(machine))
 
     async def _boot(self, machine: Machine) -> None:
+        pull_left = machine.preparing_until - time.monotonic()
+        if machine.state == "created" and pull_left > 0:
+            await asyncio.sleep(pull_left)  # the image is still being prepared
+            if machine.state != "created":  # destroyed meanwhile
+                return
         with self._store.mutate():
             machine.state = "starting"
             machine.stop_requested = machine.destroy_requested = False
             machine.forced_exit = None
         if self._faults.boot_delay_seconds > 0:
             await asyncio.sleep(self._faults.boot_delay_seconds)
+        if machine.state != "starting":  # stopped or destroyed while booting
+            return
+        failure = self._faults.take_launch_failure()
+        if failure is not None:
+            await self._fail_launch(machine, failure)
+            return
         if machine.never_boots or self._faults.take_never_boot():
             machine.never_boots = True  # stays `starting` until stopped or destroyed
             return
-        if machine.state != "starting":  # stopped or destroyed while booting
-            return
         await self._run(machine)
+
+    async def _fail_launch(self, machine: Machine, state: str) -> None:
+        """`failed` stays (it "may be recoverable"); `launch_failed` "will transition to destroyed"."""
+        with self._store.mutate():
+            machine.boot_pending = False
+            machine.state = state
+            machine.add_event("launch", state, "flyd")  # event shape unverified
+        if state == "launch_failed":
+            await asyncio.sleep(self._faults.launch_failed_seconds)
+            if machine.state == "launch_failed":
+                self.destroy(machine)
 
     async def _run(self, machine: Machine) -> None:
         log_path = self.log_dir / f"{machine.id}.log"
@@ -138,12 +160,13 @@ class Supervisor:
             machine.boot_pending = False
             machine.state = "started"
             machine.add_event("start", "started", "flyd")
-        if self._faults.take_oom():
-            self._spawn_task(self._oom_kill(machine, process))
+        oom_after = self._faults.take_oom()
+        if oom_after is not None:
+            self._spawn_task(self._oom_kill(machine, process, oom_after))
         self._spawn_task(self._watch(machine, process))
 
-    async def _oom_kill(self, machine: Machine, process: asyncio.subprocess.Process) -> None:
-        await asyncio.sleep(self._faults.oom_after_seconds)
+    async def _oom_kill(self, machine: Machine, process: asyncio.subprocess.Process, after: float) -> None:
+        await asyncio.sleep(after)
         if process.returncode is None:
             machine.forced_exit = (137, True)
             self._signal(process, signal.SIGKILL)
@@ -236,10 +259,13 @@ class Supervisor:
         if process is not None and kill:
             with self._store.mutate():
                 machine.destroy_requested = True
+                machine.state_before_destroy = machine.state
                 machine.state = "destroying"
             self._signal(process, signal.SIGKILL)  # the watcher records the exit, then destroys
             return
         with self._store.mutate():
+            if not machine.destroy_requested:  # a killed machine went through `stopped` on its way
+                machine.state_before_destroy = machine.state
             machine.state = "destroyed"
             machine.boot_pending = False
             machine.destroyed_at = time.monotonic()

@@ -74,12 +74,19 @@ def parse_duration_seconds(value: Any, *, number_unit_seconds: float) -> float |
     return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
 
 
-def clamp_wait_timeout(raw: str | None) -> float:
-    """The wait timeout in seconds: default 60, clamped to [1, 60] like fly-go's proxy threshold."""
-    seconds = parse_duration_seconds(raw, number_unit_seconds=1.0) if raw else None
-    if seconds is None:
+def wait_timeout(raw: str | None) -> float | None:
+    """The wait timeout in seconds: 60 when absent, None when outside [1, 60] s or malformed.
+
+    The API rejects out-of-range timeouts with invalid_argument (OpenRouterLabs/spawn#1619: "The
+    Fly Machines API enforces a `[1s, 1m0s]` range"); fly-go clamps to that range before sending
+    (flaps_machines_wait.go). Numbers are seconds, as fly-go sends them.
+    """
+    if raw is None or raw == "":
         return WAIT_TIMEOUT_MAX_SECONDS
-    return min(max(seconds, WAIT_TIMEOUT_MIN_SECONDS), WAIT_TIMEOUT_MAX_SECONDS)
+    seconds = parse_duration_seconds(raw, number_unit_seconds=1.0)
+    if seconds is None or not WAIT_TIMEOUT_MIN_SECONDS <= seconds <= WAIT_TIMEOUT_MAX_SECONDS:
+        return None
+    return seconds
 
 
 def image_ref(image: str) -> dict[str, Any]:

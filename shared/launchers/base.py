@@ -38,6 +38,9 @@ class MachineStatus:
     state: MachineState
     exit_code: int | None = None
     oom_killed: bool = False
+    # The launcher left it behind (failed, stuck booting, stopped but not removed) long enough
+    # that it should be destroyed: `stop` does that.
+    leftover: bool = False
 
 
 class Launcher(Protocol):

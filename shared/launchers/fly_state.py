@@ -3,6 +3,9 @@
 Per the reference (4.2, 4.3): events come newest first, an `exit` event carries
 `request.exit_event.{exit_code, oom_killed}` (fly-go prefers `request.MonitorEvent.exit_event`
 when present), and destroyed machines stay readable for a while with their events.
+
+A state we do not know (Fly adds states; issue 10 met `pending`) is read as `launching`, i.e.
+"not known to be over": only a state that says so, or an exit event, ends a machine.
 """
 
 from __future__ import annotations
@@ -14,10 +17,10 @@ from typing import Any, Final
 from .base import MachineState, MachineStatus
 from .fly_config import META_QUEUE
 
-_LAUNCHING: Final = frozenset({"creating", "created", "starting"})
 _RUNNING: Final = frozenset({"started", "stopping", "restarting", "suspending", "updating", "replacing"})
-_FAILED: Final = frozenset({"failed", "launch_failed"})
-# Everything else (stopped, suspended, destroying, destroyed, replaced, migrated) is over.
+FAILED_STATES: Final = frozenset({"failed", "launch_failed"})
+OVER_STATES: Final = frozenset({"stopped", "suspended", "destroying", "destroyed", "replaced", "migrated"})
+# Everything else (creating, created, starting, and states we do not know) is still launching.
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -45,24 +48,28 @@ def latest_exit(machine: Mapping[str, Any]) -> ExitInfo | None:
 
 
 def machine_metadata(machine: Mapping[str, Any]) -> dict[str, str]:
-    """`config.metadata` of a machine (empty when absent, e.g. a summary listing)."""
-    config = machine.get("config") or {}
+    """`config.metadata` of a machine (empty when absent, e.g. a summary listing).
+
+    On an unreachable host Fly sends `incomplete_config` instead of `config` (fly-go
+    `Machine.GetConfig`), which still names whose machine it is.
+    """
+    config = machine.get("config") or machine.get("incomplete_config") or {}
     metadata = config.get("metadata") or {}
     return {str(k): str(v) for k, v in metadata.items()}
 
 
 def launcher_state(fly_state: str, exit_info: ExitInfo | None) -> MachineState:
     """Our four states from Fly's: a machine that ended without ever running is `failed`."""
-    if fly_state in _LAUNCHING:
-        return "launching"
     if fly_state in _RUNNING:
         return "running"
-    if fly_state in _FAILED or exit_info is None:
+    if fly_state in FAILED_STATES:
         return "failed"
-    return "exited"
+    if fly_state not in OVER_STATES:
+        return "launching"
+    return "exited" if exit_info is not None else "failed"
 
 
-def machine_status(machine: Mapping[str, Any]) -> MachineStatus:
+def machine_status(machine: Mapping[str, Any], *, leftover: bool = False) -> MachineStatus:
     """A MachineStatus from a Machines API `Machine` object."""
     exit_info = latest_exit(machine)
     state = launcher_state(str(machine.get("state", "")), exit_info)
@@ -73,4 +80,5 @@ def machine_status(machine: Mapping[str, Any]) -> MachineStatus:
         state=state,
         exit_code=exit_info.exit_code if over and exit_info else None,
         oom_killed=bool(over and exit_info and exit_info.oom_killed),
+        leftover=leftover,
     )

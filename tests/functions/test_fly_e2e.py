@@ -6,12 +6,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from functions.registry import seed_queues
-from infra.fly_emulator import running_emulator
+from infra.fly_emulator import Chaos, running_emulator
 from infra.fly_emulator.harness import Emulator
+from shared import telemetry
 from tests.conftest import make_settings
-from tests.support.live import LiveApp, live_app
+from tests.support.live import LiveApp, live_app, wait_until
 from tests.support.receivers import http_receiver
 
 TOKEN = "fly-test-token"
@@ -125,3 +127,73 @@ def test_cancelled_running_jobs_machine_is_stopped_through_the_api(database_url,
         assert emulator.requests_to("POST", f"/machines/{running['machineId']}/stop")
         emulator.wait_for_state(running["machineId"], "stopped", "destroyed", timeout=30)
         assert app.wait_for_job(job["id"], {"cancelled"})["completedAt"] is None
+
+
+@contextmanager
+def leadership_changes() -> Iterator[list[telemetry.Event]]:
+    """Every `plugin:start` of a leader and every dispatcher `plugin:error` while the block runs."""
+    seen: list[telemetry.Event] = []
+
+    def keep(event: telemetry.Event) -> None:
+        if (event.name == "plugin:start" and event.get("role") == "leader") or (
+            event.name == "plugin:error" and event.get("plugin") == "dispatcher"
+        ):
+            seen.append(event)
+
+    unsubscribe = telemetry.subscribe(keep)
+    try:
+        yield seen
+    finally:
+        unsubscribe()
+
+
+def _health(app: LiveApp) -> dict:
+    with app.client() as client:
+        body: dict = client.get("/health").json()
+    return body
+
+
+def test_the_dispatcher_keeps_leadership_through_fly_errors_and_a_revoked_token(database_url, s3):
+    with leadership_changes() as changes, fly_system(database_url, s3) as (app, emulator):
+        wait_until("a leader", lambda: _health(app)["dispatcher"] == "leader")
+        first = _post(app, "default", {"function": "echo", "args": {"n": 1}})
+        app.wait_for_job(first["id"], {"completed"}, timeout=60)
+        wait_until("the first machine to go", lambda: not emulator.not_destroyed())
+
+        emulator.faults.fail_auth(401)  # the token was revoked
+        blocked = _post(app, "default", {"function": "echo", "args": {"n": 2}})
+        alerts: list = wait_until("the token alert in /health", lambda: _health(app).get("alerts") or [])
+        assert alerts[0]["kind"] == "auth" and alerts[0]["status"] == 401
+        assert _health(app)["dispatcher"] == "leader"
+        with app.client() as client:
+            assert 'launcher_alerts{kind="auth"} 1.0' in client.get("/metrics").text
+        assert app.sql("SELECT state FROM jobs WHERE id = %s", (blocked["id"],)) == [("available",)]
+
+        emulator.faults.fail_auth(None)  # the token was replaced
+        app.wait_for_job(blocked["id"], {"completed"}, timeout=60)
+        wait_until("the alert to clear", lambda: "alerts" not in _health(app))
+
+        emulator.faults.set_chaos(Chaos(seed=3, call_5xx=0.3, call_reset=0.1))  # Fly has a bad minute
+        stormy = [_post(app, "default", {"function": "echo", "args": {"n": n}}) for n in range(3, 6)]
+        for job in stormy:
+            assert app.wait_for_job(job["id"], {"completed", "discarded"}, timeout=90)["state"] == "completed"
+        emulator.faults.set_chaos(None)
+        assert emulator.faults.injected["5xx"] + emulator.faults.injected["reset"] > 0
+        assert _health(app)["dispatcher"] == "leader"
+    assert [e.name for e in changes] == ["plugin:start"]  # led once, never lost it
+
+
+def test_jobs_run_once_when_new_machines_are_invisible_for_a_while(database_url, s3, tmp_path: Path):
+    with fly_system(database_url, s3) as (app, emulator):
+        emulator.faults.invisible_seconds = 4.0  # every new machine: 404 and missing from list
+        jobs = [
+            _post(app, "default", {"function": "record_run", "args": {"marker_dir": str(tmp_path), "seconds": 3}})
+            for _ in range(3)
+        ]
+        for job in jobs:
+            done = app.wait_for_job(job["id"], {"completed", "discarded"}, timeout=90)
+            assert (done["state"], done["attempt"]) == ("completed", 1)
+        runs = sorted(p.name.split("-")[0] for p in tmp_path.iterdir())
+        assert runs == sorted(str(job["id"]) for job in jobs)  # each ran exactly once
+        gets = emulator.requests_to("GET")
+        assert any(r.status == 404 and r.action == "get" for r in gets)  # the reconciler did meet the 404s

@@ -21,7 +21,7 @@ import pytest
 
 from infra.fly_emulator import Emulator, running_emulator
 from infra.fly_emulator.supervisor import REPO_ROOT
-from infra.fly_emulator.wire import clamp_wait_timeout, image_ref, parse_duration_seconds
+from infra.fly_emulator.wire import image_ref, parse_duration_seconds, wait_timeout
 from infra.local.postgres import free_port
 
 TOKEN = "fm2_emulator-test-token"
@@ -40,6 +40,7 @@ def emu() -> Iterator[Emulator]:
 @pytest.fixture
 def api(emu: Emulator) -> Iterator[httpx.Client]:
     emu.faults.clear()
+    emu.limiter.reset()
     with httpx.Client(base_url=emu.url, headers={"Authorization": f"FlyV1 {TOKEN}"}, timeout=90) as client:
         yield client
 
@@ -263,10 +264,11 @@ def test_destroyed_machines_are_forgotten_after_retention(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize(
-    ("raw", "seconds"), [(None, 60.0), ("0", 1.0), ("600", 60.0), ("2s", 2.0), ("1m", 60.0), ("junk", 60.0)]
+    ("raw", "seconds"),
+    [(None, 60.0), ("1", 1.0), ("60", 60.0), ("2s", 2.0), ("1m", 60.0), ("0", None), ("600", None), ("junk", None)],
 )
-def test_wait_timeout_is_clamped_to_one_to_sixty_seconds(raw: str | None, seconds: float) -> None:
-    assert clamp_wait_timeout(raw) == seconds
+def test_wait_timeout_outside_one_to_sixty_seconds_is_invalid(raw: str | None, seconds: float | None) -> None:
+    assert wait_timeout(raw) == seconds
 
 
 def test_durations_and_image_refs_parse_like_the_wire() -> None:

@@ -45,6 +45,8 @@ def test_no_exit_event_means_no_exit_info() -> None:
         ("destroyed", False, "failed"),
         ("failed", False, "failed"),
         ("launch_failed", False, "failed"),
+        ("pending", False, "launching"),  # a state we do not know is not a death certificate
+        ("some-new-state", True, "launching"),
     ],
 )
 def test_fly_states_map_onto_launcher_states(fly_state: str, has_exited: bool, ours: str) -> None:
