@@ -26,6 +26,7 @@ from typing import Any
 
 import psycopg
 
+from functions.registry import machine_program
 from shared.settings import Settings
 
 from .harness import PYTHON, QUERIES, BenchConfig, BenchEnv, Row, Spread, percentile, sql_rows, verdict
@@ -46,7 +47,7 @@ async def cold_samples(settings: Settings, samples: int, stamp_file: Path) -> tu
     from shared.launchers.local import LocalLauncher
 
     pool = await open_pool(settings.database_url, max_size=5)
-    launcher = LocalLauncher(settings)
+    launcher = LocalLauncher(program=machine_program(), settings=settings)
     dispatcher = Dispatcher(settings, pool, launcher)
     stop = asyncio.Event()
     task = asyncio.create_task(dispatcher.run(stop))

@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from functions.registry import machine_program
 from shared.settings import Settings
 
 from .harness import QUERIES, TENANT, BenchConfig, BenchEnv, Row, checkpoint, sql_rows, verdict
@@ -36,7 +37,7 @@ async def drain(settings: Settings, count: int, timeout: float) -> dict[str, Any
     from shared.launchers.local import LocalLauncher
 
     pool = await open_pool(settings.database_url, max_size=5)
-    launcher = LocalLauncher(settings)
+    launcher = LocalLauncher(program=machine_program(), settings=settings)
     dispatcher = Dispatcher(settings, pool, launcher)
     stop = asyncio.Event()
     started = time.monotonic()

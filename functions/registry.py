@@ -16,9 +16,11 @@ from types import ModuleType
 
 from shared.db.migrate import ensure_queues
 from shared.functions import FunctionSpec, Registry
+from shared.launchers.base import MachineProgram
 from shared.settings import Settings
 
 HANDLERS_PACKAGE = "functions.handlers"
+MACHINE_MODULE = "functions.machine"  # `python -m functions.machine`: what every function machine runs
 _NOT_FUNCTIONS = frozenset({"base"})  # the handler contract, not a function
 
 
@@ -58,3 +60,10 @@ def seed_queues(database_url: str, settings: Settings, registry: Registry | None
     """Create the queue row of every function that has none, at its configured limit."""
     registry = registry or load_registry()
     ensure_queues(database_url, {queue: spec.limit_for(settings) for queue, spec in registry.items()})
+
+
+def machine_program(registry: Registry | None = None) -> MachineProgram:
+    """What the launchers start: the machine module, the light functions a local fork server
+    imports ahead, and each queue's machine size on Fly."""
+    registry = registry or load_registry()
+    return MachineProgram(module=MACHINE_MODULE, preload=registry.preload_modules(), guests=registry.guest)

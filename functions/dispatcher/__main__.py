@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 
+from functions.registry import machine_program
 from shared.db.pool import open_pool
 from shared.launchers import make_launcher
 from shared.logging import configure_logging
@@ -21,7 +22,7 @@ async def main() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     pool = await open_pool(settings.database_url, max_size=5)
-    launcher = make_launcher(settings)
+    launcher = make_launcher(settings, machine_program())
     try:
         await Dispatcher(settings, pool, launcher).run(stop)
     finally:

@@ -26,7 +26,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from functions.handlers.default import load_function_modules
-from functions.registry import load_registry, seed_queues
+from functions.registry import load_registry, machine_program, seed_queues
 from shared.configuration import check_configuration
 from shared.db.pool import open_pool
 from shared.errors import MethodNotAllowed, NotFound, ProblemError
@@ -194,7 +194,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             from functions.dispatcher.leader import Dispatcher
             from shared.launchers import make_launcher
 
-            launcher = make_launcher(settings)
+            launcher = make_launcher(settings, machine_program())
             app.state.dispatcher = Dispatcher(settings, app.state.pool, launcher)
             tasks.append(asyncio.create_task(app.state.dispatcher.run(stop), name="dispatcher"))
         try:

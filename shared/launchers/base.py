@@ -7,13 +7,31 @@ As in FLAME, a machine owns its lifecycle (it exits when idle or after MACHINE_M
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from shared.functions import SMALL_GUEST, Guest
+
 MachineState = Literal["launching", "running", "exited", "failed"]
 
-# The command every function machine runs; its queue comes from JOB_QUEUE.
-MACHINE_COMMAND: tuple[str, ...] = ("python", "-m", "functions.machine")
+
+def _small(queue: str) -> Guest:
+    return SMALL_GUEST
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MachineProgram:
+    """What every function machine runs, handed to the launchers by whoever builds them (the
+    functions package knows its entry point and its functions; `shared/` does not)."""
+
+    module: str  # started as `python -m <module>`; its queue comes from JOB_QUEUE
+    preload: tuple[str, ...] = ()  # what the local fork server imports ahead of every machine
+    guests: Callable[[str], Guest] = _small  # the size of a queue's machines on Fly
+
+    @property
+    def command(self) -> tuple[str, ...]:
+        return ("python", "-m", self.module)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,7 +1,7 @@
 """The `fly` launcher: one Fly Machine per launch, in FLY_WORKER_APP, from WORKER_IMAGE.
 
 Machines are ephemeral (`auto_destroy` with restart policy `no`, reference 5.2): the machine runs
-`python -m functions.machine`, exits when idle or done, and Fly removes it. Its env carries only
+the machine program (`python -m <module>`), exits when idle or done, and Fly removes it. Its env carries only
 the launch contract (JOB_QUEUE, JOB_ID, MACHINE_*); database, storage and SMTP settings reach it
 from the worker app's secrets. Metadata marks the machine as ours and names its queue, job and
 launch, so `list_machines` can reconcile after a dispatcher restart and a 408 on create can be
@@ -28,7 +28,7 @@ import httpx
 from shared.errors import LauncherRejected
 from shared.settings import Settings
 
-from .base import MachineRef, MachineSpec, MachineStatus
+from .base import MachineProgram, MachineRef, MachineSpec, MachineStatus
 from .fly_api import DEFAULT_RETRY, MachinesAPI, RetryPolicy
 from .fly_config import (
     META_QUEUE,
@@ -63,15 +63,23 @@ class FlyLauncher:
     kind = "fly"
 
     def __init__(
-        self, settings: Settings, *, http: httpx.AsyncClient | None = None, retry: RetryPolicy = DEFAULT_RETRY
+        self,
+        settings: Settings,
+        *,
+        program: MachineProgram,
+        http: httpx.AsyncClient | None = None,
+        retry: RetryPolicy = DEFAULT_RETRY,
     ) -> None:
-        """Raises LauncherRejected when FLY_API_TOKEN, FLY_WORKER_APP or WORKER_IMAGE is unset."""
+        """Machines run `program` (its command, and its guest size per queue).
+
+        Raises LauncherRejected when FLY_API_TOKEN, FLY_WORKER_APP or WORKER_IMAGE is unset."""
         token, app = settings.fly_api_token, settings.fly_worker_app
         if token is None or not token.get_secret_value():
             raise LauncherRejected("FLY_API_TOKEN is required for the fly launcher")
         if not app or not settings.worker_image:
             raise LauncherRejected("FLY_WORKER_APP and WORKER_IMAGE are required for the fly launcher")
         self._settings = settings
+        self._program = program
         self._owns_http = http is None
         self._http = http or build_http_client()
         self._api = MachinesAPI(
@@ -92,7 +100,7 @@ class FlyLauncher:
             on_fetched=self._sighted,
         )
         self._pool = (
-            WarmPool(api=self._api, settings=settings, size=settings.warm_pool_size)
+            WarmPool(api=self._api, settings=settings, size=settings.warm_pool_size, program=program)
             if settings.warm_pool_size > 0
             else None
         )
@@ -116,6 +124,7 @@ class FlyLauncher:
         launch_id = uuid.uuid4().hex
         body = create_body(
             settings=self._settings,
+            program=self._program,
             queue=spec.queue,
             env=env,
             metadata=function_metadata(queue=spec.queue, job_id=spec.job_id, launch_id=launch_id),

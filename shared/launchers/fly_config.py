@@ -10,38 +10,15 @@ import hashlib
 import json
 import typing
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Any, Final, Literal
+from dataclasses import asdict
+from typing import Any, Final
 
 from pydantic import SecretStr
 
+from shared.functions import Guest
 from shared.settings import Settings
 
-from .base import MACHINE_COMMAND
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Guest:
-    """A Fly guest size (`fly.MachineGuest`). Shared memory must be a multiple of 256 MB."""
-
-    cpu_kind: Literal["shared", "performance"]
-    cpus: int
-    memory_mb: int
-
-
-_SMALL = Guest(cpu_kind="shared", cpus=1, memory_mb=512)
-
-# The one place that sizes function machines. Light I/O-bound functions get one shared CPU;
-# Pillow, WeasyPrint and large exports get more CPU and memory (shared sizes allow up to
-# 2 GB per CPU, reference section 5.1).
-GUEST_SIZES: Final[Mapping[str, Guest]] = {
-    "webhooks": _SMALL,
-    "emails": _SMALL,
-    "default": _SMALL,
-    "images": Guest(cpu_kind="shared", cpus=2, memory_mb=2048),
-    "documents": Guest(cpu_kind="shared", cpus=2, memory_mb=2048),
-    "exports": Guest(cpu_kind="shared", cpus=2, memory_mb=1024),
-}
+from .base import MachineProgram
 
 # Seconds between SIGTERM and SIGKILL when a machine is stopped: the machine's grace period to
 # finish or hand back what it holds. Sent as a Go duration string (reference 2.3).
@@ -55,11 +32,6 @@ META_JOB_ID: Final = "cp_job_id"
 META_LAUNCH_ID: Final = "cp_launch_id"  # unique per launch: finds a "silent success" after a 408
 META_POOL: Final = "cp_pool"  # "warm" on warm-pool machines
 META_POOL_CONFIG: Final = "cp_pool_config"  # fingerprint of the config a pool machine was made with
-
-
-def guest_for(queue: str) -> Guest:
-    """The guest size of `queue`'s machines (unknown queues run at the `default` size)."""
-    return GUEST_SIZES.get(queue, GUEST_SIZES["default"])
 
 
 def _secret_env_names() -> frozenset[str]:
@@ -89,24 +61,23 @@ def function_metadata(*, queue: str, job_id: int | None, launch_id: str) -> dict
     return metadata
 
 
-def pool_fingerprint(*, image: str, queue: str, env: Mapping[str, str]) -> str:
+def pool_fingerprint(*, image: str, guest: Guest, env: Mapping[str, str]) -> str:
     """A short digest of what a warm-pool machine was built from; a change retires the pool."""
-    material = json.dumps(
-        {"image": image, "guest": asdict(guest_for(queue)), "env": dict(sorted(env.items()))}, sort_keys=True
-    )
+    material = json.dumps({"image": image, "guest": asdict(guest), "env": dict(sorted(env.items()))}, sort_keys=True)
     return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
 def create_body(
     *,
     settings: Settings,
+    program: MachineProgram,
     queue: str,
     env: Mapping[str, str],
     metadata: Mapping[str, str],
     skip_launch: bool = False,
     auto_destroy: bool = True,
 ) -> dict[str, Any]:
-    """The `POST /v1/apps/{app}/machines` body for one function machine of `queue`.
+    """The `POST /v1/apps/{app}/machines` body for one function machine of `queue` running `program`.
 
     Mirrors flyctl's release-command machine and FLAME (reference 5.4): `init.cmd`, restart
     policy `no` with `auto_destroy` (which only works with policy `no`), no services, and
@@ -116,9 +87,9 @@ def create_body(
         raise ValueError("WORKER_IMAGE is required for the fly launcher")
     config: dict[str, Any] = {
         "image": settings.worker_image,
-        "init": {"cmd": list(MACHINE_COMMAND)},
+        "init": {"cmd": list(program.command)},
         "env": dict(env),
-        "guest": asdict(guest_for(queue)),
+        "guest": asdict(program.guests(queue)),
         "auto_destroy": auto_destroy,
         "restart": {"policy": "no"},
         "stop_config": {"signal": "SIGTERM", "timeout": f"{STOP_TIMEOUT_SECONDS}s"},

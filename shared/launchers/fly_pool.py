@@ -33,7 +33,7 @@ from typing import Any
 from shared.errors import LauncherError
 from shared.settings import Settings
 
-from .base import MachineRef
+from .base import MachineProgram, MachineRef
 from .fly_api import MachinesAPI
 from .fly_config import (
     META_LAUNCH_ID,
@@ -63,9 +63,10 @@ def is_idle_pool_machine(machine: Mapping[str, Any]) -> bool:
 class WarmPool:
     """Keeps `size` idle machines per queue and hands one out per launch."""
 
-    def __init__(self, *, api: MachinesAPI, settings: Settings, size: int) -> None:
+    def __init__(self, *, api: MachinesAPI, settings: Settings, size: int, program: MachineProgram) -> None:
         self._api = api
         self._settings = settings
+        self._program = program
         self._regions: list[str | None] = list(settings.fly_placement) or [None]
         self._size = size
         self._filling: dict[str, asyncio.Task[None]] = {}
@@ -89,7 +90,8 @@ class WarmPool:
         Raises LauncherUnavailable or LauncherRejected when Fly cannot be asked.
         """
         pool_env = self.pool_env(env)
-        fingerprint = pool_fingerprint(image=self._settings.worker_image or "", queue=queue, env=pool_env)
+        image = self._settings.worker_image or ""
+        fingerprint = pool_fingerprint(image=image, guest=self._program.guests(queue), env=pool_env)
         machines = [
             m
             for m in listing
@@ -133,7 +135,8 @@ class WarmPool:
             for machine in stale:
                 await self._api.destroy(str(machine["id"]), force=False)
                 logger.info("fly pool machine retired", extra={"machine_id": machine["id"], "queue": queue})
-            fingerprint = pool_fingerprint(image=self._settings.worker_image or "", queue=queue, env=env)
+            image = self._settings.worker_image or ""
+            fingerprint = pool_fingerprint(image=image, guest=self._program.guests(queue), env=env)
             for _ in range(max(missing, 0)):
                 launch_id = uuid.uuid4().hex
                 metadata = {
@@ -145,6 +148,7 @@ class WarmPool:
                 }
                 body = create_body(
                     settings=self._settings,
+                    program=self._program,
                     queue=queue,
                     env=env,
                     metadata=metadata,

@@ -21,9 +21,9 @@ The loop is single-threaded and blocking (selectors), with no event loop, so for
 When the launcher goes away (EOF on the socket, or this process is re-parented) or on SIGTERM,
 the server sends SIGTERM to its live machines, reaps them (SIGKILL after GRACE seconds), exits.
 
-A child returns out of `serve()` and `main()` and runs `functions.machine.main()` at the top, so
+A child returns out of `serve()` and `main()` and runs the machine module's `main()` at the top, so
 it ends through the normal interpreter exit (`sys.exit`: non-daemon threads joined, atexit run,
-streams flushed, an uncaught exception printed with exit code 1), as `python -m functions.machine`.
+streams flushed, an uncaught exception printed with exit code 1), as `python -m <machine module>`.
 """
 
 from __future__ import annotations
@@ -43,21 +43,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
-# What every machine imports before its first job. Webhooks and emails are light (httpx, jinja2)
-# and common, so they are shared too; images, documents and exports are not (Pillow, WeasyPrint,
-# openpyxl would cost every machine memory and this process start time).
-PRELOAD: Final = (
-    "asyncio",
-    "psycopg",
-    "psycopg_pool",
-    "pydantic",
-    "pydantic_settings",
-    "shared.settings",
-    "functions.machine",
-    "functions.handlers.default",
-    "functions.handlers.webhooks",
-    "functions.handlers.emails",
-)
+# What every machine imports before its first job, besides the machine's own module and the
+# light functions the launcher names (MachineProgram.preload). Heavy ones (Pillow, WeasyPrint,
+# openpyxl) are never preloaded: they would cost every machine memory and this process start time.
+PRELOAD: Final = ("asyncio", "psycopg", "psycopg_pool", "pydantic", "pydantic_settings", "shared.settings")
 HEAVY_MODULES: Final = ("PIL", "weasyprint", "openpyxl", "pyvips")
 
 MAX_MESSAGE_BYTES: Final = 4 * 1024 * 1024
@@ -79,9 +68,9 @@ class _Child:
     pid: int
 
 
-def preload() -> None:
+def preload(modules: Iterable[str]) -> None:
     """Import what every machine needs (none of these start a thread; main() checks)."""
-    for name in PRELOAD:
+    for name in (*PRELOAD, *modules):
         importlib.import_module(name)
 
 
@@ -125,7 +114,7 @@ class _Server:
         self.selector = selectors.DefaultSelector()
         self.children: dict[int, _Child] = {}  # pidfd -> child
         self.launcher_gone = False
-        # The handlers a plain `python -m functions.machine` starts with, restored in each child.
+        # The handlers a plain `python -m <machine module>` starts with, restored in each child.
         self.initial_handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
@@ -282,13 +271,15 @@ class _Server:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 3:
-        print("usage: python -m shared.launchers.forkserver FD GRACE_SECONDS", file=sys.stderr)
+    if len(argv) < 4:
+        usage = "usage: python -m shared.launchers.forkserver FD GRACE_SECONDS MACHINE_MODULE [PRELOAD ...]"
+        print(usage, file=sys.stderr)
         return EXIT_BAD_USAGE
     sock = socket.socket(fileno=int(argv[1]))
     sock.set_inheritable(False)
     grace_seconds = float(argv[2])
-    preload()
+    machine_module = argv[3]
+    preload([machine_module, *argv[4:]])
     heavy = [name for name in HEAVY_MODULES if name in sys.modules]
     if heavy or threading.active_count() != 1:
         threads = threading.active_count()
@@ -301,17 +292,16 @@ def main(argv: list[str]) -> int:
     launch = _Server(sock, grace_seconds).serve()
     if launch is None:
         return 0
-    return run_machine(launch)
+    return run_machine(launch, machine_module)
 
 
-def run_machine(launch: ChildLaunch) -> int:
-    """In the forked child: become the machine; the return value is its exit code."""
+def run_machine(launch: ChildLaunch, machine_module: str) -> int:
+    """In the forked child: become the machine (`machine_module.main()`); returns its exit code."""
     os.environ.clear()  # putenv/unsetenv too, so libpq and other C code see the machine's env
     os.environ.update(launch.env)
-    from functions import machine
-
-    sys.argv = [machine.__file__ or "functions/machine.py"]  # as `python -m functions.machine` has it
-    return machine.main()
+    machine = importlib.import_module(machine_module)
+    sys.argv = [machine.__file__ or machine_module]  # as `python -m <machine_module>` has it
+    return int(machine.main())
 
 
 if __name__ == "__main__":

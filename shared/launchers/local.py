@@ -4,7 +4,7 @@ Machines are forked from a fork server (`shared/launchers/forkserver.py`) that h
 started Python and imported the engine, which takes most of a cold start away; each is still a
 fresh process of its own (own pid, env, event loop, connections). The server starts on the first
 launch. When it cannot (no pidfd support, LOCAL_LAUNCHER_FORK=0, it failed or died), machines
-run as before: `python -m functions.machine` in a subprocess.
+run as before: `python -m <machine module>` in a subprocess.
 
 Either way `detail["pid"]` is the machine's pid, `stop` sends it SIGTERM (SIGKILL after the
 grace period) and a death by signal reads as 128 + the signal (kill -9 -> 137). A forked machine
@@ -33,7 +33,7 @@ from typing import IO, Any, Final
 
 from shared.settings import Settings
 
-from .base import MACHINE_COMMAND, MachineRef, MachineSpec, MachineStatus
+from .base import MachineProgram, MachineRef, MachineSpec, MachineStatus
 from .forkserver import pidfd_signal, recv_message, send_message
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -90,7 +90,7 @@ class _Started:
 class ForkServer:
     """The launcher's side of one fork server process and its control socket."""
 
-    def __init__(self, env: dict[str, str], *, stop_grace_seconds: float) -> None:
+    def __init__(self, env: dict[str, str], *, program: MachineProgram, stop_grace_seconds: float) -> None:
         self.sock, server_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self.process = subprocess.Popen(
@@ -100,6 +100,8 @@ class ForkServer:
                     "shared.launchers.forkserver",
                     str(server_end.fileno()),
                     str(stop_grace_seconds),
+                    program.module,
+                    *program.preload,
                 ],
                 cwd=REPO_ROOT,
                 env=env,
@@ -296,9 +298,12 @@ class LocalLauncher:
 
     kind = "local"
 
-    def __init__(self, settings: Settings, *, stop_grace_seconds: float = 5.0, fork: bool | None = None) -> None:
-        """`fork`: use the fork server (default: the LOCAL_LAUNCHER_FORK setting)."""
+    def __init__(
+        self, settings: Settings, *, program: MachineProgram, stop_grace_seconds: float = 5.0, fork: bool | None = None
+    ) -> None:
+        """Machines run `program`. `fork`: use the fork server (default: the LOCAL_LAUNCHER_FORK setting)."""
         self.settings = settings
+        self.program = program
         self.stop_grace_seconds = stop_grace_seconds
         if fork is None:
             fork = settings.local_launcher_fork
@@ -349,7 +354,7 @@ class LocalLauncher:
             output = open(log_path, "ab")
             self._logs[machine_id] = output
         process = subprocess.Popen(
-            [sys.executable, *MACHINE_COMMAND[1:]],
+            [sys.executable, *self.program.command[1:]],
             cwd=REPO_ROOT,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -368,6 +373,7 @@ class LocalLauncher:
             try:
                 self._server = ForkServer(
                     _python_env({**os.environ, **self.settings.machine_env()}),
+                    program=self.program,
                     stop_grace_seconds=self.stop_grace_seconds,
                 )
             except OSError as exc:

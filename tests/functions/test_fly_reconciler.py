@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from functions.dispatcher.reconciler import Reconciler
+from functions.registry import machine_program
 from infra.fly_emulator import Emulator
 from shared.db import job_store
 from shared.db.pool import Pool, open_pool
@@ -45,6 +46,7 @@ async def fly(emu: Emulator) -> AsyncIterator[FlyLauncher]:
     launcher = FlyLauncher(
         fly_settings(emu, fly_gone_confirm_seconds=0.5, fly_leftover_seconds=0.5, machine_boot_grace_seconds=2.0),
         retry=FAST,
+        program=machine_program(),
     )
     try:
         yield launcher

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from shared.launchers.base import MACHINE_COMMAND
+from functions.registry import machine_program
 from shared.launchers.fly_config import STOP_TIMEOUT_SECONDS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -146,7 +146,7 @@ def test_dockerfile_runs_as_a_non_root_user_the_machine_command() -> None:
     users = [args for word, args in instructions() if word == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0")
     cmd = [args for word, args in instructions() if word == "CMD"][-1]
-    assert tuple(__import__("json").loads(cmd)) == MACHINE_COMMAND  # exec form: signals reach Python
+    assert tuple(__import__("json").loads(cmd)) == machine_program().command  # exec form: signals reach Python
 
 
 def test_dockerignore_lets_in_exactly_what_the_dockerfile_copies() -> None:

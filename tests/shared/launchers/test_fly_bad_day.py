@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from functions.registry import machine_program
 from infra.fly_emulator import Emulator
 from shared import telemetry
 from shared.errors import LauncherRejected, LauncherUnavailable
@@ -50,7 +51,7 @@ async def launchers(emu: Emulator) -> AsyncIterator[list[FlyLauncher]]:
 
 
 def launcher_for(made: list[FlyLauncher], emu: Emulator, **overrides: Any) -> FlyLauncher:
-    fly = FlyLauncher(fly_settings(emu, **overrides), retry=FAST)
+    fly = FlyLauncher(fly_settings(emu, **overrides), retry=FAST, program=machine_program())
     made.append(fly)
     return fly
 

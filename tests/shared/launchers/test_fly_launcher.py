@@ -12,13 +12,13 @@ from typing import Any
 import httpx
 import pytest
 
+from functions.registry import load_registry, machine_program
 from infra.fly_emulator import Emulator, running_emulator
 from infra.local.postgres import free_port
 from shared.errors import LauncherRejected, LauncherUnavailable
 from shared.launchers import make_launcher
-from shared.launchers.base import MACHINE_COMMAND
 from shared.launchers.fly import FlyLauncher
-from shared.launchers.fly_config import GUEST_SIZES, META_LAUNCH_ID, META_POOL, STOP_TIMEOUT_SECONDS
+from shared.launchers.fly_config import META_LAUNCH_ID, META_POOL, STOP_TIMEOUT_SECONDS
 
 from .fly_support import (
     FAST,
@@ -44,7 +44,7 @@ def emu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
 @pytest.fixture
 async def launcher(emu: Emulator) -> AsyncIterator[FlyLauncher]:
     emu.faults.clear()
-    fly = FlyLauncher(fly_settings(emu), retry=FAST)
+    fly = FlyLauncher(fly_settings(emu), retry=FAST, program=machine_program())
     try:
         yield fly
     finally:
@@ -60,12 +60,12 @@ async def test_create_request_carries_the_machine_contract(emu: Emulator, launch
     assert body["region"] == "iad"
     assert "skip_launch" not in body
     assert config["image"] == IMAGE
-    assert config["init"] == {"cmd": list(MACHINE_COMMAND)}
+    assert config["init"] == {"cmd": list(machine_program().command)}
     assert config["env"] == spec(queue, FAKE_MACHINE="exit:0").env
     assert config["guest"] == {
-        "cpu_kind": GUEST_SIZES[queue].cpu_kind,
-        "cpus": GUEST_SIZES[queue].cpus,
-        "memory_mb": GUEST_SIZES[queue].memory_mb,
+        "cpu_kind": load_registry().guest(queue).cpu_kind,
+        "cpus": load_registry().guest(queue).cpus,
+        "memory_mb": load_registry().guest(queue).memory_mb,
     }
     assert config["auto_destroy"] is True
     assert config["restart"] == {"policy": "no"}
@@ -81,8 +81,8 @@ async def test_create_request_carries_the_machine_contract(emu: Emulator, launch
 async def test_heavy_queues_get_more_cpu_and_memory_than_light_ones() -> None:
     for heavy in ("images", "documents", "exports"):
         for light in ("webhooks", "emails", "default"):
-            assert GUEST_SIZES[heavy].cpus > GUEST_SIZES[light].cpus
-            assert GUEST_SIZES[heavy].memory_mb > GUEST_SIZES[light].memory_mb
+            assert load_registry().guest(heavy).cpus > load_registry().guest(light).cpus
+            assert load_registry().guest(heavy).memory_mb > load_registry().guest(light).memory_mb
 
 
 async def test_secrets_stay_out_of_the_config_and_come_from_worker_secrets(
@@ -109,7 +109,7 @@ async def test_secrets_stay_out_of_the_config_and_come_from_worker_secrets(
 
 async def test_plain_tokens_use_the_bearer_scheme(emu: Emulator) -> None:
     with running_emulator(token="plain-token") as plain:
-        fly = FlyLauncher(fly_settings(plain, fly_api_token="plain-token"), retry=FAST)
+        fly = FlyLauncher(fly_settings(plain, fly_api_token="plain-token"), retry=FAST, program=machine_program())
         try:
             await fly.list_machines()
         finally:
@@ -163,7 +163,7 @@ async def test_408_on_every_try_looks_up_before_each_retry_then_gives_up(emu: Em
 
 
 async def test_wrong_token_is_rejected(emu: Emulator) -> None:
-    fly = FlyLauncher(fly_settings(emu, fly_api_token="fm2_wrong"), retry=FAST)
+    fly = FlyLauncher(fly_settings(emu, fly_api_token="fm2_wrong"), retry=FAST, program=machine_program())
     try:
         with pytest.raises(LauncherRejected, match="401"):
             await fly.launch(spec())
@@ -172,7 +172,7 @@ async def test_wrong_token_is_rejected(emu: Emulator) -> None:
 
 
 async def test_unknown_worker_app_is_rejected(emu: Emulator) -> None:
-    fly = FlyLauncher(fly_settings(emu, fly_worker_app="no-such-app"), retry=FAST)
+    fly = FlyLauncher(fly_settings(emu, fly_worker_app="no-such-app"), retry=FAST, program=machine_program())
     try:
         with pytest.raises(LauncherRejected, match="404"):
             await fly.launch(spec())
@@ -181,7 +181,9 @@ async def test_unknown_worker_app_is_rejected(emu: Emulator) -> None:
 
 
 async def test_unreachable_api_is_unavailable(emu: Emulator) -> None:
-    fly = FlyLauncher(fly_settings(emu, fly_api_hostname=f"http://127.0.0.1:{free_port()}"), retry=FAST)
+    fly = FlyLauncher(
+        fly_settings(emu, fly_api_hostname=f"http://127.0.0.1:{free_port()}"), retry=FAST, program=machine_program()
+    )
     try:
         with pytest.raises(LauncherUnavailable, match="cannot reach"):
             await fly.launch(spec())
@@ -263,7 +265,7 @@ async def test_list_machines_reconciles_our_machines_only(emu: Emulator, launche
 
 
 async def test_make_launcher_builds_the_fly_launcher(emu: Emulator) -> None:
-    fly = make_launcher(fly_settings(emu))
+    fly = make_launcher(fly_settings(emu), machine_program())
     try:
         assert isinstance(fly, FlyLauncher) and fly.kind == "fly"
         assert "token" not in repr(fly).lower()
@@ -273,9 +275,9 @@ async def test_make_launcher_builds_the_fly_launcher(emu: Emulator) -> None:
 
 async def test_missing_fly_settings_are_rejected(emu: Emulator) -> None:
     with pytest.raises(LauncherRejected, match="FLY_API_TOKEN"):
-        FlyLauncher(fly_settings(emu, launcher="local", fly_api_token=None))
+        FlyLauncher(fly_settings(emu, launcher="local", fly_api_token=None), program=machine_program())
     with pytest.raises(LauncherRejected, match="WORKER_IMAGE"):
-        FlyLauncher(fly_settings(emu, launcher="local", worker_image=None))
+        FlyLauncher(fly_settings(emu, launcher="local", worker_image=None), program=machine_program())
 
 
 async def test_warm_pool_starts_stopped_machines_instead_of_creating(emu: Emulator) -> None:
@@ -292,7 +294,7 @@ async def test_warm_pool_starts_stopped_machines_instead_of_creating(emu: Emulat
             and (state is None or m["state"] == state)
         ]
 
-    fly = FlyLauncher(fly_settings(emu, warm_pool_size=1), retry=FAST)
+    fly = FlyLauncher(fly_settings(emu, warm_pool_size=1), retry=FAST, program=machine_program())
     try:
         # No idle machine yet: this launch creates one on demand and fills the pool meanwhile.
         first = await fly.launch(spec(queue, FAKE_MACHINE="exit:0"))
@@ -321,7 +323,9 @@ async def test_warm_pool_starts_stopped_machines_instead_of_creating(emu: Emulat
 
         # A new image retires the idle pool machine and builds a fresh one.
         await fly.aclose()
-        fly = FlyLauncher(fly_settings(emu, warm_pool_size=1, worker_image=IMAGE + "-2"), retry=FAST)
+        fly = FlyLauncher(
+            fly_settings(emu, warm_pool_size=1, worker_image=IMAGE + "-2"), retry=FAST, program=machine_program()
+        )
         await fly.launch(spec(queue, FAKE_MACHINE="exit:0"))
         await wait_state(emu, pooled["id"], "destroyed")
         await asyncio.to_thread(emu.wait_until, lambda _: len(pool_machines("created")) == 1)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from functions.registry import machine_program
 from shared.launchers.base import MachineRef, MachineSpec, MachineStatus
 from shared.launchers.local import REPO_ROOT, LocalLauncher, fork_server_supported
 from shared.settings import Settings
@@ -110,7 +111,11 @@ def log_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def launcher(settings: Settings, log_dir: Path) -> AsyncIterator[LocalLauncher]:
-    launcher = LocalLauncher(settings.model_copy(update={"local_machine_log_dir": str(log_dir)}), fork=True)
+    launcher = LocalLauncher(
+        program=machine_program(),
+        settings=settings.model_copy(update={"local_machine_log_dir": str(log_dir)}),
+        fork=True,
+    )
     try:
         yield launcher
     finally:
@@ -168,7 +173,10 @@ async def test_bad_configuration_exits_2_with_its_output_in_the_machine_log(
 
 async def test_stop_escalates_to_sigkill_after_the_grace_period(settings: Settings, log_dir: Path) -> None:
     launcher = LocalLauncher(
-        settings.model_copy(update={"local_machine_log_dir": str(log_dir)}), stop_grace_seconds=0.5, fork=True
+        program=machine_program(),
+        settings=settings.model_copy(update={"local_machine_log_dir": str(log_dir)}),
+        stop_grace_seconds=0.5,
+        fork=True,
     )
     try:
         ref = await launcher.launch(_spec())
@@ -216,7 +224,11 @@ async def test_a_machine_holds_no_descriptor_of_the_fork_server(launcher: LocalL
 
 
 async def test_aclose_leaves_no_process_behind(settings: Settings, log_dir: Path) -> None:
-    launcher = LocalLauncher(settings.model_copy(update={"local_machine_log_dir": str(log_dir)}), fork=True)
+    launcher = LocalLauncher(
+        program=machine_program(),
+        settings=settings.model_copy(update={"local_machine_log_dir": str(log_dir)}),
+        fork=True,
+    )
     refs = [await launcher.launch(_spec()) for _ in range(3)]
     server = launcher.fork_server_pid
     assert server is not None
@@ -232,13 +244,14 @@ async def test_aclose_leaves_no_process_behind(settings: Settings, log_dir: Path
 _LAUNCHER_SCRIPT = textwrap.dedent(
     """
     import asyncio, json
+    from functions.registry import machine_program
     from shared.launchers.base import MachineSpec
     from shared.launchers.local import LocalLauncher
     from shared.settings import load_settings
 
     async def main():
         settings = load_settings()
-        launcher = LocalLauncher(settings, fork=True)
+        launcher = LocalLauncher(program=machine_program(), settings=settings, fork=True)
         env = {"JOB_QUEUE": "default", "MACHINE_IDLE_SECONDS": "60", "MACHINE_MAX_JOBS": "1"}
         refs = [await launcher.launch(MachineSpec(queue="default", job_id=None, env=env)) for _ in range(2)]
         print(json.dumps({"server": launcher.fork_server_pid, "machines": [r.detail["pid"] for r in refs]}), flush=True)
@@ -299,7 +312,8 @@ async def test_machines_start_as_subprocesses_once_the_fork_server_died(launcher
 
 async def test_fork_server_is_off_with_the_setting(settings: Settings, log_dir: Path) -> None:
     launcher = LocalLauncher(
-        settings.model_copy(update={"local_machine_log_dir": str(log_dir), "local_launcher_fork": False})
+        program=machine_program(),
+        settings=settings.model_copy(update={"local_machine_log_dir": str(log_dir), "local_launcher_fork": False}),
     )
     try:
         ref = await launcher.launch(_spec(queue="no-such-queue"))
@@ -313,8 +327,10 @@ async def test_fork_server_is_off_with_the_setting(settings: Settings, log_dir: 
 def test_preloading_imports_no_heavy_library_and_starts_no_thread() -> None:
     code = (
         "import sys, threading\n"
+        "from functions.registry import machine_program\n"
         "from shared.launchers.forkserver import HEAVY_MODULES, preload\n"
-        "preload()\n"
+        "program = machine_program()\n"
+        "preload([program.module, *program.preload])\n"
         "print([m for m in HEAVY_MODULES if m in sys.modules], threading.active_count())\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
