@@ -20,7 +20,7 @@ async def main() -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    pool = await open_pool(settings.database_url, max_size=5)
+    pool = await open_pool(settings.database_url, max_size=8)  # five duty loops, control messages
     launcher = make_launcher(settings)
     try:
         await Dispatcher(settings, pool, launcher).run(stop)

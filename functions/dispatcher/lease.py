@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow, dict_row
 
@@ -56,6 +57,7 @@ def new_holder_id() -> str:
 def keepalive_params(ttl_seconds: float) -> dict[str, Any]:
     """libpq connection parameters: detect a dead peer within about one lease period."""
     return {
+        "connect_timeout": max(2, int(ttl_seconds)),
         "keepalives": 1,
         "keepalives_idle": KEEPALIVE_IDLE_SECONDS,
         "keepalives_interval": KEEPALIVE_INTERVAL_SECONDS,
@@ -71,16 +73,20 @@ async def connect_leader(database_url: str, ttl_seconds: float) -> AsyncConnecti
     )
     # Server side too, so Postgres frees this session soon after our host vanishes. Set after
     # connecting (not as startup `options`, which some poolers refuse); no-ops on Unix sockets.
-    await conn.execute(
-        "SELECT set_config('tcp_keepalives_idle', %s, false), set_config('tcp_keepalives_interval', %s, false),"
-        " set_config('tcp_keepalives_count', %s, false), set_config('tcp_user_timeout', %s, false)",
-        (
-            str(KEEPALIVE_IDLE_SECONDS),
-            str(KEEPALIVE_INTERVAL_SECONDS),
-            str(KEEPALIVE_COUNT),
-            str(int(ttl_seconds * 1000)),
-        ),
-    )
+    try:
+        await conn.execute(
+            "SELECT set_config('tcp_keepalives_idle', %s, false), set_config('tcp_keepalives_interval', %s, false),"
+            " set_config('tcp_keepalives_count', %s, false), set_config('tcp_user_timeout', %s, false)",
+            (
+                str(KEEPALIVE_IDLE_SECONDS),
+                str(KEEPALIVE_INTERVAL_SECONDS),
+                str(KEEPALIVE_COUNT),
+                str(int(ttl_seconds * 1000)),
+            ),
+        )
+    except psycopg.errors.UndefinedObject:
+        # tcp_user_timeout is Postgres 12+; the lease does not depend on any of these.
+        logger.warning("could not set server-side keepalives on the dispatcher connection", exc_info=True)
     return conn
 
 

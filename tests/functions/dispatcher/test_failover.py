@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from functions.dispatcher.lease import connect_leader
 from tests.support.live import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -151,3 +152,15 @@ def test_a_frozen_leader_is_replaced_within_30_s_and_steps_down_when_it_thaws(da
     assert max(_acts(first, first_term)) < second_since
     assert min(_acts(second, second_term)) >= second_since
     assert {line.get("term") for line in first.events("duty ran")} == {first_term}
+
+
+async def test_the_leader_connection_keeps_alive_on_both_ends(database_url):
+    """Keepalives do not decide leadership (the lease does), but free a vanished peer's session."""
+    async with await connect_leader(database_url, 10) as conn:
+        cur = await conn.execute(
+            "SELECT current_setting('tcp_keepalives_idle') AS idle, current_setting('tcp_keepalives_count') AS count,"
+            " current_setting('tcp_user_timeout') AS user_timeout"
+        )
+        assert await cur.fetchone() == {"idle": "5", "count": "3", "user_timeout": "10000"}
+        client = conn.info.get_parameters()
+        assert client["keepalives"] == "1" and client["tcp_user_timeout"] == "10000"
