@@ -2,8 +2,9 @@
 
 A failing duty logs (`plugin:error` with the duty's name), is counted in the database
 (`dispatcher_duty_errors_total{duty}` on /metrics, whichever process scrapes), and retries after
-an exponential backoff (1 s, 2 s, 4 s ... up to DISPATCHER_DUTY_BACKOFF_MAX_SECONDS), reset by
-its next success. It never ends the leadership: only losing the lease does (leader.py).
+an exponential backoff (1 s, 2 s, 4 s ... up to DISPATCHER_DUTY_BACKOFF_MAX_SECONDS, never sooner
+than its usual interval), reset by its next success. It never ends the leadership: only losing
+the lease does (leader.py).
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ class Duty:
     interval: float
     wake: asyncio.Event | None = None
     failures: int = 0  # in a row, since the last success
-    runs: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)  # clear while inside `run`
 
     def __post_init__(self) -> None:
@@ -58,7 +58,7 @@ class Duty:
         while True:
             if may_act():
                 # The decision to act, stamped with the wall clock: the record of acting as leader.
-                logger.debug("duty ran", extra={"duty": self.name, "term": term, "checkedAt": time.time()})
+                logger.debug("duty run", extra={"duty": self.name, "term": term, "checkedAt": time.time()})
                 delay = self.interval
                 self.idle.clear()
                 try:
@@ -67,15 +67,15 @@ class Duty:
                     raise
                 except Exception as exc:
                     self.failures += 1
-                    delay = backoff_delay(self.failures, base=BACKOFF_BASE_SECONDS, cap=backoff_cap)
+                    # Never sooner than its usual interval: backing off only ever spaces runs out.
+                    delay = max(self.interval, backoff_delay(self.failures, base=BACKOFF_BASE_SECONDS, cap=backoff_cap))
                     await on_error(self, exc, delay)
                 else:
                     self.failures = 0
                 finally:
                     self.idle.set()
-                self.runs += 1
             else:
-                delay = min(self.interval, 0.5) if self.interval > 0 else 0.5  # wait for the lease to be renewed
+                delay = min(self.interval, 0.5)  # until the lease is renewed (or leadership ends)
             await self._sleep(delay)
 
     async def _sleep(self, seconds: float) -> None:

@@ -114,7 +114,7 @@ def start_dispatcher(database_url: str, tmp_path: Path) -> Iterator[Any]:
 
 def _acts(dispatcher: DispatcherProcess, term: int) -> list[float]:
     """When (wall clock) `dispatcher` decided to run a duty as the leader of `term`."""
-    return [line["checkedAt"] for line in dispatcher.events("duty ran") if line.get("term") == term]
+    return [line["checkedAt"] for line in dispatcher.events("duty run") if line.get("term") == term]
 
 
 def _stood_down(dispatcher: DispatcherProcess, term: int) -> bool:
@@ -151,7 +151,7 @@ def test_a_frozen_leader_is_replaced_within_30_s_and_steps_down_when_it_thaws(da
     # term began, and the new leader only acted within its own term. Never both at once.
     assert max(_acts(first, first_term)) < second_since
     assert min(_acts(second, second_term)) >= second_since
-    assert {line.get("term") for line in first.events("duty ran")} == {first_term}
+    assert {line.get("term") for line in first.events("duty run")} == {first_term}
 
 
 async def test_the_leader_connection_keeps_alive_on_both_ends(database_url):
