@@ -229,11 +229,13 @@ SELECT q.name, q."limit", q.paused,
        (SELECT min(j.id) FROM jobs j WHERE j.queue = q.name AND j.state = 'available'
                                        AND j.scheduled_at <= now()) AS first_due_id,
        (SELECT count(*) FROM jobs j WHERE j.queue = q.name AND j.state = 'executing') AS executing,
-       -- Only machines that can still take work count: booting within the grace period, or
+       -- Only machines that can still take work count: booting within the grace period (the
+       -- reconciler may already call it running: its process or VM is up before its code), or
        -- heartbeating. A stalled (SIGSTOPped, partitioned) machine must not hide demand.
        (SELECT count(*) FROM machines m
          WHERE m.queue = q.name
-           AND ((m.state = 'launching' AND m.launched_at > now() - make_interval(secs => %(boot_grace_seconds)s))
+           AND ((m.state IN ('launching', 'running')
+                 AND m.launched_at > now() - make_interval(secs => %(boot_grace_seconds)s))
              OR (m.state = 'running' AND m.last_seen_at > now() - make_interval(secs => %(seen_within_seconds)s))))
            AS live_machines
   FROM queues q
