@@ -2,8 +2,8 @@
 
 A queue whose machines keep failing at boot (they end non-zero within the boot grace without
 finishing a job, or stay launching past it) is relaunched ever more slowly: after n such
-failures in a row its next launch waits MACHINE_BOOT_BACKOFF_SECONDS * 2^(n-1), up to
-MACHINE_BOOT_BACKOFF_MAX_SECONDS, one machine at a time. The count comes from the machines table
+failures in a row its next launch waits MACHINE_BOOT_BACKOFF_SECONDS * 2^(n-1) after the
+previous one, up to MACHINE_BOOT_BACKOFF_MAX_SECONDS, one machine at a time. The count comes from the machines table
 (the queue_boot_failures query), so it survives a change of leader; a machine of the queue that
 boots (finishes a job, exits 0 or outlives the boot grace) resets it.
 """
@@ -58,7 +58,7 @@ def machines_to_launch(demand: Demand, *, concurrency: int) -> int:
 class BootFailures:
     queue: str
     failures: int  # machines that failed at boot since the queue's last machine that booted
-    seconds_since_last: float  # since the newest of them was launched
+    seconds_since_last: float  # since the queue's newest launch after its last booted machine
 
 
 async def boot_failures(conn: Conn, queues: Sequence[str], *, boot_grace_seconds: float) -> list[BootFailures]:

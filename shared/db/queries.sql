@@ -312,11 +312,19 @@ ON CONFLICT (duty) DO UPDATE
 
 -- name: queue_boot_failures
 -- per queue: machines that failed at boot since the newest machine of the queue that booted, and
--- how long ago the newest of them was launched. Failed at boot: ended non-zero (or failed) within
--- the boot grace without finishing a job, or still launching past it. Booted: finished a job,
--- exited 0, or lived past the boot grace. (started_at cannot tell: the reconciler sets it as soon
--- as the launcher reports the process or VM running, before the machine's own code has booted.)
-SELECT q.queue, count(m.id) AS failures,
+-- how long ago the queue's newest machine since then was launched (one still booting included, so
+-- a probe holds the next launch back). Failed at boot: ended non-zero (or failed) within the boot
+-- grace without finishing a job, or still launching past it. Booted: finished a job, exited 0, or
+-- lived past the boot grace. (started_at cannot tell: the reconciler sets it as soon as the
+-- launcher reports the process or VM running, before the machine's own code has booted.)
+SELECT q.queue,
+       count(m.id) FILTER (
+           WHERE m.jobs_run = 0
+             AND ((m.state IN ('exited', 'failed') AND (m.state = 'failed' OR m.exit_code IS DISTINCT FROM 0)
+                   AND m.exited_at <= m.launched_at + make_interval(secs => %(boot_grace_seconds)s))
+                  OR (m.state = 'launching'
+                      AND m.launched_at < now() - make_interval(secs => %(boot_grace_seconds)s)))
+       ) AS failures,
        coalesce(extract(epoch FROM now() - max(m.launched_at)), 0)::float8 AS seconds_since_last
   FROM unnest(%(queues)s::text[]) AS q(queue)
   LEFT JOIN LATERAL (
@@ -329,12 +337,7 @@ SELECT q.queue, count(m.id) AS failures,
          ORDER BY b.launched_at DESC
          LIMIT 1
   ) booted ON true
-  LEFT JOIN machines m
-    ON m.queue = q.queue AND m.jobs_run = 0
-   AND m.launched_at > coalesce(booted.launched_at, '-infinity')
-   AND ((m.state IN ('exited', 'failed') AND (m.state = 'failed' OR m.exit_code IS DISTINCT FROM 0)
-         AND m.exited_at <= m.launched_at + make_interval(secs => %(boot_grace_seconds)s))
-        OR (m.state = 'launching' AND m.launched_at < now() - make_interval(secs => %(boot_grace_seconds)s)))
+  LEFT JOIN machines m ON m.queue = q.queue AND m.launched_at > coalesce(booted.launched_at, '-infinity')
  GROUP BY q.queue
  ORDER BY q.queue;
 
