@@ -78,6 +78,10 @@ class Settings(BaseSettings):
     heartbeat_interval_seconds: float = Field(2.0, gt=0)
     dispatcher_poll_seconds: float = Field(1.0, gt=0)
     dispatcher_maintenance_seconds: float = Field(5.0, gt=0)
+    # A frozen or vanished leader is replaced within about this (the leader renews every third of it).
+    dispatcher_lease_seconds: float = Field(10.0, ge=1, le=300)
+    # A failing duty (stager, lifeline, pruner, reconciler, scaler) retries after 1 s, 2 s, 4 s ... up to this.
+    dispatcher_duty_backoff_max_seconds: float = Field(60.0, gt=0)
     run_dispatcher: bool = True
 
     launcher: Literal["local", "fly"] = "local"
@@ -100,6 +104,9 @@ class Settings(BaseSettings):
     # A launching machine counts as capacity this long; on Fly an image pull alone can take tens
     # of seconds ("low double digit seconds", Fly docs), so LAUNCHER=fly defaults to FLY_BOOT_GRACE.
     machine_boot_grace_seconds: float = Field(30.0, gt=0)
+    # After n machines of a queue in a row failed at boot, its next launch waits base * 2^(n-1), up to the max.
+    machine_boot_backoff_seconds: float = Field(2.0, gt=0)
+    machine_boot_backoff_max_seconds: float = Field(300.0, gt=0)
 
     outbound_allow_private: bool = False
     outbound_allowlist: CommaList = Field(default_factory=list)

@@ -1,4 +1,4 @@
-"""Stager, lifeline and pruner: the periodic duties of the leader, each one query."""
+"""Stager, lifeline and pruner: the periodic duties of the leader, each a query or two."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from shared.db import transitions
 from shared.db.pool import Pool
+from shared.db.sql import QUERIES
 from shared.telemetry import emit
 
 logger = logging.getLogger("functions.dispatcher.maintenance")
@@ -43,14 +44,20 @@ class Lifeline:
 
 @dataclass
 class Pruner:
-    """Delete final jobs older than PRUNER_MAX_AGE."""
+    """Delete final jobs and machines older than PRUNER_MAX_AGE, a bounded batch of each per run."""
 
     pool: Pool
     max_age_seconds: float
+    machine_batch: int = 1000
 
     async def run_once(self) -> int:
+        """Returns how many rows (jobs and machines) were deleted."""
         async with self.pool.connection() as conn:
-            pruned = await transitions.prune(conn, max_age_seconds=self.max_age_seconds)
-        if pruned:
-            logger.info("jobs pruned", extra={"count": pruned})
-        return pruned
+            jobs = await transitions.prune(conn, max_age_seconds=self.max_age_seconds)
+            cur = await conn.execute(
+                QUERIES["prune_machines"], {"max_age_seconds": self.max_age_seconds, "limit": self.machine_batch}
+            )
+            machines = len(await cur.fetchall())
+        if jobs or machines:
+            logger.info("pruned", extra={"jobs": jobs, "machines": machines})
+        return jobs + machines

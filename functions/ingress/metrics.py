@@ -13,8 +13,13 @@ separate short-lived processes nobody scrapes, and because queue state is fleet-
 - job_wait_seconds and job_run_seconds: gauge histograms over the last DURATION_WINDOW_SECONDS
   (wait: due -> attempt started; run: started -> completed or discarded). They describe recent
   jobs, not all jobs ever, so read them directly (histogram_quantile without rate());
-- machine_launches_total{queue,launcher}, machines_live{queue,launcher}, and
-  machine_launch_latency_seconds (launched -> first seen running), a gauge histogram like above.
+- machine_launches_total{queue,launcher} (pruned machines included, migrations/0004),
+  machines_live{queue,launcher}, and machine_launch_latency_seconds (launched -> first seen
+  running), a gauge histogram like above;
+- queue_boot_failures{queue}: machines that failed at boot since the queue's last machine that
+  booted (while above 0 the dispatcher spaces that queue's launches out exponentially);
+- dispatcher_duty_errors_total{duty}: failures of each dispatcher duty. Counted in the database
+  because the dispatcher may run in a process of its own that nobody scrapes.
 
 From the in-process dispatcher's launcher: launcher_alerts{kind}, 1 while an alert lasts.
 
@@ -36,6 +41,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Scope
 
+from functions.dispatcher.scaler import boot_failures
 from shared.db import job_store
 from shared.db.models import QueueStatus
 from shared.db.pool import Pool
@@ -166,7 +172,7 @@ def queue_families(statuses: Sequence[QueueStatus]) -> list[Metric]:
     return families
 
 
-async def database_families(pool: Pool) -> list[Metric]:
+async def database_families(pool: Pool, *, boot_grace_seconds: float = 30.0) -> list[Metric]:
     """Every database-derived family, read in one pooled connection."""
     bounds = list(DURATION_BUCKETS)
     window = {"window_seconds": DURATION_WINDOW_SECONDS, "bounds": bounds}
@@ -176,6 +182,10 @@ async def database_families(pool: Pool) -> list[Metric]:
         durations = await (await conn.execute(QUERIES["metrics_job_durations"], window)).fetchall()
         machines = await (await conn.execute(QUERIES["metrics_machines"])).fetchall()
         boots = await (await conn.execute(QUERIES["metrics_machine_boot"], window)).fetchall()
+        boot_failed = await boot_failures(
+            conn, [status.name for status in statuses], boot_grace_seconds=boot_grace_seconds
+        )
+        duty_errors = await (await conn.execute(QUERIES["metrics_duty_errors"])).fetchall()
     families = queue_families(statuses)
     outcome_family = CounterMetricFamily(
         "job_outcomes", "Jobs that reached a final state (pruned ones included).", labels=["queue", "state"]
@@ -204,6 +214,17 @@ async def database_families(pool: Pool) -> list[Metric]:
             boot_rows,
         )
     )
+    failing = GaugeMetricFamily(
+        "queue_boot_failures",
+        "Machines that failed at boot since the queue's last machine that booted (launches back off).",
+        labels=["queue"],
+    )
+    for boot in boot_failed:
+        failing.add_metric([boot.queue], float(boot.failures))
+    errors = CounterMetricFamily("dispatcher_duty_errors", "Failures of each dispatcher duty.", labels=["duty"])
+    for row in duty_errors:
+        errors.add_metric([row["duty"]], float(row["errors"]))
+    families += [failing, errors]
     return families
 
 
@@ -232,7 +253,7 @@ async def metrics_endpoint(request: Request) -> Response:
     _check_metrics_token(request, settings)
     metrics: AppMetrics = request.app.state.metrics
     snapshot = CollectorRegistry(auto_describe=False)
-    families = await database_families(request.app.state.pool)
+    families = await database_families(request.app.state.pool, boot_grace_seconds=settings.machine_boot_grace_seconds)
     families += alert_families(getattr(request.app.state, "dispatcher", None))
     snapshot.register(_Snapshot(families))
     body = generate_latest(metrics.registry) + generate_latest(snapshot)

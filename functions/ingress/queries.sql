@@ -71,12 +71,17 @@ SELECT queue, kind, width_bucket(seconds, %(bounds)s::float8[]) AS bucket, count
  ORDER BY queue, kind, bucket;
 
 -- name: metrics_machines
--- machines launched per queue and launcher, and how many are live now
-SELECT queue, launcher, count(*) AS launched,
-       count(*) FILTER (WHERE state IN ('launching', 'running')) AS live
-  FROM machines
- GROUP BY queue, launcher
- ORDER BY queue, launcher;
+-- machines launched per queue and launcher (pruned ones included), and how many are live now
+SELECT queue, launcher, sum(launched)::bigint AS launched, sum(live)::bigint AS live FROM (
+    SELECT queue, launcher, count(*) AS launched,
+           count(*) FILTER (WHERE state IN ('launching', 'running')) AS live
+      FROM machines
+     GROUP BY queue, launcher
+    UNION ALL
+    SELECT queue, launcher, count, 0 FROM machine_launches_pruned
+) machines
+GROUP BY queue, launcher
+ORDER BY queue, launcher;
 
 -- name: metrics_machine_boot
 -- recent launch latency (launched -> started), bucketed by `bounds`
@@ -86,3 +91,7 @@ SELECT queue, width_bucket(extract(epoch FROM started_at - launched_at)::float8,
  WHERE launched_at > now() - make_interval(secs => %(window_seconds)s) AND started_at IS NOT NULL
  GROUP BY queue, bucket
  ORDER BY queue, bucket;
+
+-- name: metrics_duty_errors
+-- failures of each dispatcher duty, whichever instance led
+SELECT duty, errors FROM dispatcher_duty_errors ORDER BY duty;

@@ -234,11 +234,13 @@ SELECT q.name, q."limit", q.paused,
        (SELECT min(j.id) FROM jobs j WHERE j.queue = q.name AND j.state = 'available'
                                        AND j.scheduled_at <= now()) AS first_due_id,
        (SELECT count(*) FROM jobs j WHERE j.queue = q.name AND j.state = 'executing') AS executing,
-       -- Only machines that can still take work count: booting within the grace period, or
+       -- Only machines that can still take work count: booting within the grace period (the
+       -- reconciler may already call it running: its process or VM is up before its code), or
        -- heartbeating. A stalled (SIGSTOPped, partitioned) machine must not hide demand.
        (SELECT count(*) FROM machines m
          WHERE m.queue = q.name
-           AND ((m.state = 'launching' AND m.launched_at > now() - make_interval(secs => %(boot_grace_seconds)s))
+           AND ((m.state IN ('launching', 'running')
+                 AND m.launched_at > now() - make_interval(secs => %(boot_grace_seconds)s))
              OR (m.state = 'running' AND m.last_seen_at > now() - make_interval(secs => %(seen_within_seconds)s))))
            AS live_machines
   FROM queues q
@@ -274,6 +276,10 @@ UPDATE machines SET state = %(state)s, exited_at = now(), exit_code = %(exit_cod
  WHERE id = %(id)s AND state IN ('launching', 'running')
 RETURNING id;
 
+-- name: machine_jobs_executing
+-- how many jobs a machine still runs (its machine may be stopped when none)
+SELECT count(*) AS n FROM jobs WHERE state = 'executing' AND attempted_by = %(machine_id)s;
+
 -- name: live_machines
 -- machines not known to have exited
 SELECT * FROM machines WHERE state IN ('launching', 'running') ORDER BY launched_at;
@@ -281,3 +287,77 @@ SELECT * FROM machines WHERE state IN ('launching', 'running') ORDER BY launched
 -- name: recent_machines
 -- newest machines first, for the admin API
 SELECT * FROM machines ORDER BY launched_at DESC LIMIT %(limit)s;
+
+-- dispatcher duties
+
+-- name: lease_acquire
+-- take the dispatcher lease when nobody holds it, it expired, or this holder already had it
+-- (a leader that lost its connection takes its own lease back at once, as a new term)
+INSERT INTO dispatcher_lease (holder, term, acquired_at, renewed_at, expires_at)
+VALUES (%(holder)s, 1, now(), now(), now() + make_interval(secs => %(ttl_seconds)s))
+ON CONFLICT (name) DO UPDATE
+   SET holder = EXCLUDED.holder, term = dispatcher_lease.term + 1, acquired_at = now(), renewed_at = now(),
+       expires_at = EXCLUDED.expires_at
+ WHERE dispatcher_lease.expires_at < now() OR dispatcher_lease.holder = EXCLUDED.holder
+RETURNING term;
+
+-- name: lease_renew
+-- extend the lease of this holder's term; nothing when the term was taken over. An expired term
+-- nobody took over is still this holder's alone, so it may be renewed.
+UPDATE dispatcher_lease SET renewed_at = now(), expires_at = now() + make_interval(secs => %(ttl_seconds)s)
+ WHERE holder = %(holder)s AND term = %(term)s
+RETURNING term;
+
+-- name: lease_resign
+-- give the lease up (clean shutdown): a standby takes over at its next attempt
+DELETE FROM dispatcher_lease WHERE holder = %(holder)s AND term = %(term)s;
+
+-- name: record_duty_error
+-- count one failure of a dispatcher duty (dispatcher_duty_errors_total{duty})
+INSERT INTO dispatcher_duty_errors (duty, errors, last_error, last_error_at)
+VALUES (%(duty)s, 1, %(error)s, now())
+ON CONFLICT (duty) DO UPDATE
+   SET errors = dispatcher_duty_errors.errors + 1, last_error = EXCLUDED.last_error, last_error_at = now();
+
+-- name: queue_boot_failures
+-- per queue: machines that failed at boot since the newest machine of the queue that booted, and
+-- how long ago the queue's newest machine since then was launched (one still booting included, so
+-- a probe holds the next launch back). Failed at boot: ended non-zero (or failed) within the boot
+-- grace without finishing a job, or still launching past it. Booted: finished a job, exited 0, or
+-- lived past the boot grace. (started_at cannot tell: the reconciler sets it as soon as the
+-- launcher reports the process or VM running, before the machine's own code has booted.)
+SELECT q.queue,
+       count(m.id) FILTER (
+           WHERE m.jobs_run = 0
+             AND ((m.state IN ('exited', 'failed') AND (m.state = 'failed' OR m.exit_code IS DISTINCT FROM 0)
+                   AND m.exited_at <= m.launched_at + make_interval(secs => %(boot_grace_seconds)s))
+                  OR (m.state = 'launching'
+                      AND m.launched_at < now() - make_interval(secs => %(boot_grace_seconds)s)))
+       ) AS failures,
+       coalesce(extract(epoch FROM now() - max(m.launched_at)), 0)::float8 AS seconds_since_last
+  FROM unnest(%(queues)s::text[]) AS q(queue)
+  LEFT JOIN LATERAL (
+        SELECT b.launched_at FROM machines b
+         WHERE b.queue = q.queue
+           AND (b.jobs_run > 0 OR (b.state = 'exited' AND b.exit_code = 0)
+                OR (b.state IN ('exited', 'failed')
+                    AND b.exited_at > b.launched_at + make_interval(secs => %(boot_grace_seconds)s))
+                OR (b.state = 'running' AND b.launched_at < now() - make_interval(secs => %(boot_grace_seconds)s)))
+         ORDER BY b.launched_at DESC
+         LIMIT 1
+  ) booted ON true
+  LEFT JOIN machines m ON m.queue = q.queue AND m.launched_at > coalesce(booted.launched_at, '-infinity')
+ GROUP BY q.queue
+ ORDER BY q.queue;
+
+-- name: prune_machines
+-- delete machines that ended more than max_age_seconds ago, unless a job still names them as holder
+WITH old AS (
+    SELECT m.id FROM machines m
+     WHERE m.state IN ('exited', 'failed') AND m.exited_at < now() - make_interval(secs => %(max_age_seconds)s)
+       AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.state = 'executing' AND j.attempted_by = m.id)
+     ORDER BY m.exited_at
+     LIMIT %(limit)s
+)
+DELETE FROM machines USING old WHERE machines.id = old.id
+RETURNING machines.id;
