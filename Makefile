@@ -40,7 +40,7 @@ $(STAMP): pyproject.toml requirements.lock
 	@$(MAKE) --no-print-directory system-deps
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
-	@VIRTUAL_ENV=$(VENV) $(BIN)/uv pip install -q -r requirements.lock
+	@VIRTUAL_ENV=$(VENV) $(BIN)/uv pip install -q --require-hashes -r requirements.lock
 	@VIRTUAL_ENV=$(VENV) $(BIN)/uv pip install -q --no-deps -e .
 	@touch $(STAMP)
 
@@ -76,9 +76,16 @@ bench: install
 token: install
 	@$(BIN)/python -m shared.tokens --tenant $${TENANT:-dev} --scope "$${SCOPE:-jobs:write jobs:read}"
 
-# Regenerate the lock file after changing dependencies in pyproject.toml.
+# Regenerate the lock files after changing dependencies in pyproject.toml. Both list the sha256
+# of every file of every pinned version, and installs check them: `make install` passes
+# --require-hashes (a file that differs, or a package missing from the lock, fails the install;
+# the project itself is installed apart, --no-deps, since an editable install has no hash).
+# requirements.runtime.lock is the runtime part (no dev/bench extras) at the same versions, for
+# Linux, which the image (infra/Dockerfile) installs with pip --require-hashes.
 lock: install
-	$(BIN)/uv pip compile -q pyproject.toml --extra dev --extra bench -o requirements.lock --python-version 3.11
+	$(BIN)/uv pip compile -q --generate-hashes pyproject.toml --extra dev --extra bench -o requirements.lock --python-version 3.11
+	$(BIN)/uv pip compile -q --generate-hashes pyproject.toml -c requirements.lock -o requirements.runtime.lock \
+	  --python-version 3.11 --python-platform linux
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

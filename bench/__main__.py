@@ -32,6 +32,9 @@ METRICS: dict[str, str] = {
     "dispatcher": "bench.dispatcher",
 }
 RESULTS = Path(__file__).with_name("RESULTS.md")
+# The performance spec, as a path from the repository root (it sits beside the repository): the
+# report is committed, and an absolute path would only name the machine the benchmarks ran on.
+SPEC = "../shared/spec/performance.md"
 
 
 def render_table(rows: list[Row]) -> str:
@@ -55,7 +58,7 @@ def render_markdown(
         f"({'quick mode: sizes are tiny, figures mean nothing' if cfg.quick else f'{cfg.runs} runs per metric'}). "
         "Each figure is the median of the runs, with min-max in parentheses; each ratio is computed per run "
         "against the reference measured in that same run, then the median taken. Targets: "
-        "`/work/shared/spec/performance.md`.",
+        f"`{SPEC}` (from the repository root).",
         "",
         render_table(rows),
         f"Targets missed: {', '.join(missed) if missed else 'none'}.",

@@ -1,20 +1,18 @@
 """GET /documentation (Swagger UI) and /documentation/json (the OpenAPI document).
 
-Swagger UI's files come from the swagger_ui_bundle package and are served by this app, so the
-page works without any external network access. Its start-up code is a file too, not an
+Swagger UI's files are vendored in static/swagger-ui/ from the official npm package
+swagger-ui-dist (manifest.json there names the version, the registry's integrity hash and each
+file's sha256; `python -m infra.vendor_swagger_ui` updates them) and are served by this app, so
+the page works without any external network access. Its start-up code is a file too, not an
 inline script, so the Content-Security-Policy can forbid inline scripts.
 """
 
 from __future__ import annotations
 
-import logging
-import re
-from functools import cache
 from pathlib import Path
 from typing import Any, Final
 
 import orjson
-import swagger_ui_bundle
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -22,10 +20,8 @@ from starlette.staticfiles import StaticFiles
 
 from .openapi import build_document
 
-# Swagger UI renders OpenAPI 3.1 from version 5 on; 4.x shows "Unable to render this definition".
-MIN_SWAGGER_UI: Final = (5, 0, 0)
-logger = logging.getLogger("functions.ingress.docs")
-_VERSION_DIR = re.compile(r"^swagger-ui-(\d+)\.(\d+)\.(\d+)$")
+# Shipped inside the package (pyproject package-data), so it is there wherever the code is.
+SWAGGER_UI_DIR: Final = Path(__file__).resolve().parent / "static" / "swagger-ui"
 
 PAGE: Final = """<!doctype html>
 <html lang="en">
@@ -44,12 +40,6 @@ PAGE: Final = """<!doctype html>
 </html>
 """
 
-MISSING_PAGE: Final = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Content Processor API</title></head>
-<body><p>Swagger UI 5 is not installed (swagger-ui-bundle-v2). The OpenAPI document is at
-<a href="documentation/json">documentation/json</a>.</p></body></html>
-"""
-
 # Relative URLs resolve against the page (/documentation), so a path prefix added by a proxy
 # keeps working. validatorUrl null: the default validator badge would call an external service.
 INIT_SCRIPT: Final = """window.addEventListener("load", function () {
@@ -64,26 +54,6 @@ INIT_SCRIPT: Final = """window.addEventListener("load", function () {
   });
 });
 """
-
-
-@cache
-def swagger_ui_dir() -> Path | None:
-    """The newest Swagger UI the `swagger_ui_bundle` package holds; None when it is older than 5.
-
-    Looked up by version rather than through `swagger_ui_bundle.swagger_ui_path`: both
-    swagger-ui-bundle (4.x) and swagger-ui-bundle-v2 (5.x) install that module, and whichever
-    was installed last owns its `__init__.py`, while both keep their own vendor folder.
-    """
-    vendor = Path(swagger_ui_bundle.__file__).parent / "vendor"
-    found: list[tuple[tuple[int, ...], Path]] = []
-    for path in vendor.iterdir():
-        match = _VERSION_DIR.match(path.name)
-        if match and (path / "swagger-ui-bundle.js").is_file():
-            found.append((tuple(int(part) for part in match.groups()), path))
-    if not found or max(found)[0] < MIN_SWAGGER_UI:
-        logger.error("Swagger UI 5 or later is needed for OpenAPI 3.1: install swagger-ui-bundle-v2==5.31.0")
-        return None
-    return max(found)[1]
 
 
 class Documentation:
@@ -101,24 +71,20 @@ class Documentation:
         return Response(self.document(), media_type="application/json")
 
     async def page(self, request: Request) -> Response:
-        if swagger_ui_dir() is None:
-            return HTMLResponse(MISSING_PAGE, status_code=503)
         return HTMLResponse(PAGE)
 
     async def init_script(self, request: Request) -> Response:
         return Response(INIT_SCRIPT, media_type="text/javascript")
 
     def routes(self) -> list[BaseRoute]:
-        routes: list[BaseRoute] = [
+        return [
             Route("/documentation", self.page, methods=["GET"]),
             Route("/documentation/json", self.json, methods=["GET"]),
             # An asset of the page, like the static files: not part of the API document.
             Route("/documentation/swagger-init.js", self.init_script, methods=["GET"], include_in_schema=False),
+            # check_dir: a build that lost the files fails at start-up, not on the first page view.
+            Mount("/documentation/static", StaticFiles(directory=SWAGGER_UI_DIR, check_dir=True), name="swagger-ui"),
         ]
-        static = swagger_ui_dir()
-        if static is not None:
-            routes.append(Mount("/documentation/static", app=StaticFiles(directory=str(static)), name="swagger-ui"))
-        return routes
 
 
 def document_dict() -> dict[str, Any]:

@@ -4,7 +4,9 @@ returns table rows. No figure is checked: timings belong to the benchmark, never
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -50,3 +52,18 @@ def test_results_markdown_has_every_row() -> None:
     assert "| m1 | 1 | 2 | 0.5x | ≥ 1 | MISSED |" in text
     assert "Targets missed: m1." in text
     assert "- CPU: test" in text
+    assert "Targets: `../shared/spec/performance.md` (from the repository root)." in text
+
+
+# An absolute path in the committed report names the machine it ran on, not the repository.
+ABSOLUTE_PATH = re.compile(r"(?<![\w.~])/(?:work|home|root|tmp|Users|opt|srv|var)/")
+
+
+def test_results_markdown_names_no_absolute_path() -> None:
+    from datetime import UTC, datetime
+
+    rows = [Row("m1", "1", "2", "0.5x", "≥ 1", "met", "a note")]
+    text = render_markdown(rows, {"CPU": "test"}, BenchConfig(), {"m1": 1.0}, datetime.now(UTC))
+    assert not ABSOLUTE_PATH.search(text), ABSOLUTE_PATH.findall(text)
+    committed = (Path(__file__).resolve().parents[2] / "bench" / "RESULTS.md").read_text()
+    assert not ABSOLUTE_PATH.search(committed), [line for line in committed.splitlines() if ABSOLUTE_PATH.search(line)]

@@ -130,10 +130,16 @@ def test_dockerfile_is_multi_stage_on_slim_python_311() -> None:
     assert froms == ["${PYTHON_IMAGE} AS build", "${PYTHON_IMAGE} AS runtime"]
 
 
-def test_dockerfile_installs_pinned_runtime_dependencies() -> None:
-    runs = " ".join(args for word, args in instructions() if word == "RUN")
-    assert "-c requirements.lock" in runs
-    assert "['project']['dependencies']" in runs  # runtime deps only; dev/bench extras stay out
+def test_dockerfile_installs_the_runtime_lock_checking_its_hashes() -> None:
+    runs = [args for word, args in instructions() if word == "RUN"]
+    (install,) = [run for run in runs if "pip install" in run]
+    words = shlex.split(install)
+    # Runtime deps only (dev/bench extras stay out), each file checked against the lock's sha256.
+    assert words[words.index("-r") + 1] == "requirements.runtime.lock"
+    assert "--require-hashes" in words
+    assert words[words.index("--only-binary") + 1] == ":all:"  # no sdist's build code runs
+    copies = [args.split() for word, args in instructions() if word == "COPY"]
+    assert ["requirements.runtime.lock", "./"] in copies
 
 
 def test_dockerfile_has_weasyprint_system_libraries() -> None:
