@@ -49,7 +49,8 @@ TARGET_RSS_MB = 200
 # A realistic mix: every state, tags (some starting with formula triggers), failed attempts.
 SEED_SQL = """
 INSERT INTO jobs (queue, worker, state, tenant_id, tags, priority, attempt, max_attempts, errors,
-                  attempted_by, inserted_at, scheduled_at, attempted_at, completed_at, cancelled_at, discarded_at)
+                  attempted_by, claim_token, inserted_at, scheduled_at, attempted_at, completed_at, cancelled_at,
+                  discarded_at)
 SELECT (ARRAY['images', 'documents', 'emails', 'webhooks', 'exports'])[1 + i %% 5],
        (ARRAY['ProcessImage', 'RenderDocument', 'SendEmail', 'DeliverWebhook', 'ExportData'])[1 + i %% 5],
        st, %(tenant)s,
@@ -61,6 +62,7 @@ SELECT (ARRAY['images', 'documents', 'emails', 'webhooks', 'exports'])[1 + i %% 
             'attempt', 1, 'at', t, 'kind', 'error', 'error', '-connection "reset", step ' || i))
             ELSE '[]'::jsonb END,
        CASE WHEN st = 'executing' THEN 'machine-1' END,
+       CASE WHEN st = 'executing' THEN gen_random_uuid() END,
        t, t, CASE WHEN st IN ('available', 'scheduled') THEN NULL ELSE t + interval '1 second' END,
        CASE WHEN st = 'completed' THEN t + interval '2 seconds' END,
        CASE WHEN st = 'cancelled' THEN t + interval '2 seconds' END,

@@ -54,8 +54,9 @@ async def test_old_final_machines_are_pruned_in_batches_and_still_counted(pool: 
     await _machine(pool, "old-holding", ago=2 * DAY, state="exited")
     async with pool.connection() as conn:
         await conn.execute(
-            """INSERT INTO jobs (queue, worker, tenant_id, state, attempt, attempted_by, attempted_at, heartbeat_at)
-               VALUES ('default', 'echo', 't', 'executing', 1, 'old-holding', now(), now())"""
+            """INSERT INTO jobs (queue, worker, tenant_id, state, attempt, attempted_by, attempted_at, heartbeat_at,
+                                 claim_token)
+               VALUES ('default', 'echo', 't', 'executing', 1, 'old-holding', now(), now(), gen_random_uuid())"""
         )
     launches = await _launches(pool)
     assert launches == {("default", "local"): 5.0}
