@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import zipfile
 
 import httpx
 import openpyxl
@@ -223,3 +224,33 @@ def test_export_of_the_tenants_jobs(app: LiveApp, fmt: str):
         assert len([json.loads(line) for line in data.decode().splitlines() if line]) == 3
     else:
         assert len(json.loads(data)) == 3
+
+
+def test_archive_of_an_upload_and_a_jobs_output(app: LiveApp):
+    """The sixth function, added as one module: an upload and an invoice's PDF in one ZIP."""
+    key = _upload(app, "notes.txt", "text/plain", b"remember the milk\n")
+    invoice = _completed(app, _create(app, "documents", {"template": "letter", "data": LETTER}))
+    job = _create(
+        app, "archives", {"entries": [{"key": key}, {"jobId": invoice["id"], "path": "letters"}], "filename": "all.zip"}
+    )
+    done = _completed(app, job)
+    [output] = done["result"]["outputs"]
+    assert output["name"] == "all.zip" and done["result"]["entries"] == 2
+    with zipfile.ZipFile(io.BytesIO(_download(output))) as archive:
+        assert archive.read("notes.txt") == b"remember the milk\n"
+        [pdf_name] = [name for name in archive.namelist() if name.startswith("letters/")]
+        assert archive.read(pdf_name).startswith(b"%PDF-")
+    with app.client("tenant-2") as other:
+        refused = other.post("/jobs/archives", json={"entries": [{"key": key}]})
+    assert refused.status_code == 422
+
+
+LETTER = {
+    "sender": {"name": "Acme Ltd", "address": ["1 Main St"]},
+    "recipient": {"name": "Ada Lovelace", "address": ["12 Analytical Row"]},
+    "date": "2026-12-01",
+    "subject": "Hello",
+    "body": ["One paragraph."],
+    "closing": "Regards",
+    "signature": "Acme",
+}
