@@ -1,7 +1,7 @@
 """Metric 7, documents: a one-page invoice on a warm machine.
 
 Ours: the documents handler's code path without the upload: the job args validated
-(`documents.parse_args`) and `documents.render` (the render thread under its deadline, HTML from
+(`documents.parse_request`) and `documents.render` (the render thread under its deadline, HTML from
 the built-in template, the stylesheet parsed once per machine, a reused font configuration),
 after the handler's own `warm` hook and one untimed render (second render onwards).
 
@@ -52,7 +52,7 @@ async def measure(repeats: int) -> tuple[list[float], list[float], int, int]:
 
     settings = Settings(_env_file=None, environment="test")  # type: ignore[call-arg]
     args = invoice_args()
-    request = documents.parse_args(args)
+    request = documents.parse_request(args)
     html = standalone_html(request)
     warm = getattr(documents, "warm", None)
     if warm is not None:
@@ -60,7 +60,7 @@ async def measure(repeats: int) -> tuple[list[float], list[float], int, int]:
 
     async def ours() -> tuple[float, int]:
         started = time.perf_counter()
-        rendered = await documents.render(documents.parse_args(args), settings, name="bench-document")
+        rendered = await documents.render(documents.parse_request(args), settings, name="bench-document")
         return time.perf_counter() - started, rendered.pages
 
     def reference() -> tuple[float, int]:

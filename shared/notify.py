@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Final
+from typing import Any, Final
+
+from psycopg import sql
 
 JOBS_CHANNEL: Final = "cp_jobs"
 CONTROL_CHANNEL: Final = "cp_control"
@@ -28,3 +30,15 @@ def machines_to_stop(payload: str) -> list[str]:
         return []
     machines = message.get("stopMachines", []) if isinstance(message, dict) else []
     return [m for m in machines if isinstance(m, str)]
+
+
+async def listen(conn: Any, channel: str) -> None:
+    """LISTEN on `channel` (an identifier, not a parameter: quoted here)."""
+    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+
+
+async def notify(conn: Any, channel: str, payload: str) -> None:
+    """NOTIFY `channel` with `payload`, inside the caller's transaction."""
+    from shared.db.sql import QUERIES
+
+    await conn.execute(QUERIES["notify"], {"channel": channel, "payload": payload})

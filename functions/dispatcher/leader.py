@@ -24,7 +24,7 @@ from psycopg.rows import DictRow
 from shared.db.pool import Pool
 from shared.db.sql import QUERIES
 from shared.launchers import Launcher
-from shared.notify import CONTROL_CHANNEL, JOBS_CHANNEL, machines_to_stop
+from shared.notify import CONTROL_CHANNEL, JOBS_CHANNEL, listen, machines_to_stop
 from shared.settings import Settings
 from shared.telemetry import emit
 
@@ -114,8 +114,8 @@ class Dispatcher:
 
     async def _lead(self, conn: AsyncConnection[DictRow], stop: asyncio.Event, term: int) -> str:
         """Run the duties until the lease is lost or `stop` is set; returns why leadership ended."""
-        await conn.execute(f"LISTEN {JOBS_CHANNEL}")
-        await conn.execute(f"LISTEN {CONTROL_CHANNEL}")
+        await listen(conn, JOBS_CHANNEL)
+        await listen(conn, CONTROL_CHANNEL)
         keeper = asyncio.create_task(self._keep(conn), name="dispatcher-lease")
         stopping = asyncio.create_task(stop.wait(), name="dispatcher-stop")
         cap = self.settings.dispatcher_duty_backoff_max_seconds

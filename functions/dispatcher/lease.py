@@ -75,14 +75,13 @@ async def connect_leader(database_url: str, ttl_seconds: float) -> AsyncConnecti
     # connecting (not as startup `options`, which some poolers refuse); no-ops on Unix sockets.
     try:
         await conn.execute(
-            "SELECT set_config('tcp_keepalives_idle', %s, false), set_config('tcp_keepalives_interval', %s, false),"
-            " set_config('tcp_keepalives_count', %s, false), set_config('tcp_user_timeout', %s, false)",
-            (
-                str(KEEPALIVE_IDLE_SECONDS),
-                str(KEEPALIVE_INTERVAL_SECONDS),
-                str(KEEPALIVE_COUNT),
-                str(int(ttl_seconds * 1000)),
-            ),
+            QUERIES["server_keepalives"],
+            {
+                "idle": str(KEEPALIVE_IDLE_SECONDS),
+                "interval": str(KEEPALIVE_INTERVAL_SECONDS),
+                "count": str(KEEPALIVE_COUNT),
+                "user_timeout_ms": str(int(ttl_seconds * 1000)),
+            },
         )
     except psycopg.errors.UndefinedObject:
         # tcp_user_timeout is Postgres 12+; the lease does not depend on any of these.

@@ -22,9 +22,9 @@ import zipfile
 from dataclasses import dataclass
 from typing import IO, Annotated, Any, Final, Self, cast
 
-from pydantic import AfterValidator, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
-from functions.handlers.base import HandlerContext, HandlerResult
+from functions.handlers.base import HandlerContext, HandlerResult, parse_args
 from shared.db import job_store
 from shared.db.models import Job, JobState
 from shared.errors import PermanentJobError
@@ -107,12 +107,7 @@ class _Member:
 async def run(job: Job, ctx: HandlerContext) -> HandlerResult:
     """Build the archive. Raises PermanentJobError: "invalid-args", "forbidden-key",
     "object-not-found", "job-not-found", "job-not-completed", "too-large", "archive-too-large"."""
-    try:
-        request = ArchivesRequest.model_validate(job.args)
-    except ValidationError as exc:
-        raise PermanentJobError(
-            f"invalid archive arguments: {exc.error_count()} error(s)", kind="invalid-args"
-        ) from None
+    request = parse_args(ArchivesRequest, job.args)
     members = await _members(request, job.tenant_id, ctx)
     key = ctx.outputs.key_for(request.filename)
     storage, cancelled = ctx.storage, ctx.cancelled

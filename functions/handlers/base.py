@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from shared.db.models import Job
+from shared.errors import PermanentJobError
 from shared.outputs import OutputWriter, final_result
 from shared.settings import Settings
 
@@ -91,3 +94,25 @@ class HandlerContext:
     def recorded_result(self, result: HandlerResult) -> HandlerResult:
         """`result` as it is recorded: the handler's facts and the outputs this attempt recorded."""
         return final_result(result, self.job_outputs.outputs if self.job_outputs is not None else [])
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def parse_args(model: type[ModelT], args: dict[str, Any], *, kinds: Mapping[str, str] | None = None) -> ModelT:
+    """The job's args as `model`, or PermanentJobError kind "invalid-args" (one shape for every
+    function): "invalid arguments: <path>: <message>; ..." for at most five problems.
+
+    `kinds` maps a top-level field to a more precise kind (e.g. "to" -> "invalid-address").
+    """
+    try:
+        return model.model_validate(args)
+    except ValidationError as exc:
+        errors = exc.errors()
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or '(args)'}: {error['msg']}" for error in errors[:5]
+        )
+        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+        first = str(errors[0]["loc"][0]) if errors and errors[0]["loc"] else ""
+        kind = (kinds or {}).get(first, "invalid-args")
+        raise PermanentJobError(f"invalid arguments: {problems}{more}", kind=kind) from None

@@ -20,7 +20,7 @@ from shared.errors import PermanentJobError
 from shared.functions import FunctionSpec
 from shared.schemas.default import DefaultRequest
 
-from .base import HandlerContext, HandlerResult
+from .base import HandlerContext, HandlerResult, parse_args
 
 FunctionBody = Callable[[Job, HandlerContext], Awaitable[HandlerResult]]
 
@@ -80,7 +80,7 @@ async def echo(job: Job, ctx: HandlerContext) -> HandlerResult:
 
 @register("sleep", SleepArgs)
 async def sleep(job: Job, ctx: HandlerContext) -> HandlerResult:
-    args = SleepArgs.model_validate(job.args)
+    args = parse_args(SleepArgs, job.args)
     # Wake on cancellation rather than sleeping through it.
     try:
         await asyncio.wait_for(ctx.cancelled.wait(), timeout=args.seconds)

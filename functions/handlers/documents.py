@@ -19,9 +19,7 @@ import time
 from functools import partial
 from typing import TYPE_CHECKING, Final
 
-from pydantic import ValidationError
-
-from functions.handlers.base import HandlerContext, HandlerResult
+from functions.handlers.base import HandlerContext, HandlerResult, parse_args
 from functions.handlers.lib.render_thread import RenderTimedOut, run_with_deadline
 from shared.db.models import Job
 from shared.errors import PermanentJobError
@@ -69,15 +67,9 @@ def render_timeout_seconds(settings: Settings) -> float:
     return FUNCTION.timeout_for(settings) * RENDER_SHARE_OF_TIMEOUT
 
 
-def parse_args(args: dict[str, object]) -> DocumentsRequest:
+def parse_request(args: dict[str, object]) -> DocumentsRequest:
     """The job's arguments as a request. Raises PermanentJobError (kind "invalid-args") if they do not validate."""
-    try:
-        return DocumentsRequest.model_validate(args)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc']) or '(body)'}: {error['msg']}" for error in exc.errors()[:5]
-        )
-        raise PermanentJobError(f"invalid document arguments: {problems}", kind="invalid-args") from None
+    return parse_args(DocumentsRequest, dict(args))
 
 
 async def render(request: DocumentsRequest, settings: Settings, *, name: str) -> RenderedDocument:
@@ -103,7 +95,7 @@ async def render(request: DocumentsRequest, settings: Settings, *, name: str) ->
 
 async def run(job: Job, ctx: HandlerContext) -> HandlerResult:
     """Render the job's document and store it as the output `filename` of this attempt."""
-    request = parse_args(job.args)
+    request = parse_request(job.args)
     rendered = await render(request, ctx.settings, name=f"document-{job.id}")
     await asyncio.to_thread(ctx.outputs.put_bytes, request.filename, rendered.pdf, PDF)
     result: HandlerResult = {"pages": rendered.pages}

@@ -20,9 +20,9 @@ from email.utils import parseaddr
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from functions.handlers.base import HandlerContext, HandlerResult
+from functions.handlers.base import HandlerContext, HandlerResult, parse_args
 from functions.handlers.lib.email_message import (
     AttachmentFile,
     OutgoingEmail,
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from shared.storage import TenantStorage
 
 SMTP_RESOURCE: Final = "smtp"
+_ADDRESS_FIELDS: Final = {"to": "invalid-address", "cc": "invalid-address", "bcc": "invalid-address"}
 MAX_ATTACHMENT_BYTES: Final = 10 * 1024 * 1024
 MAX_ATTACHMENTS_TOTAL_BYTES: Final = 15 * 1024 * 1024  # about 20 MiB once base64-encoded
 
@@ -160,13 +161,7 @@ def _unsubscribe_url(source: str, data: dict[str, Any], address: str) -> str:
 
 
 def _validated(model: type[ModelT], args: dict[str, Any]) -> ModelT:
-    try:
-        return model.model_validate(args)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "args"
-        kind = "invalid-address" if first["loc"][:1] in {("to",), ("cc",), ("bcc",)} else "invalid-args"
-        raise PermanentJobError(f"invalid email args at {where}: {first['msg']}", kind=kind) from None
+    return parse_args(model, args, kinds=_ADDRESS_FIELDS)
 
 
 def _mailboxes(values: list[str] | None) -> list[Mailbox]:

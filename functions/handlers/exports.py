@@ -24,16 +24,15 @@ from typing import IO, Final
 
 from psycopg import AsyncConnection, sql
 from psycopg.rows import DictRow, tuple_row
-from pydantic import ValidationError
 
 from shared.datasets import DatasetQuery, QueryShape, copy_csv, copy_json_lines, get_dataset, select_rows
 from shared.db.models import Job
 from shared.db.pool import Pool
-from shared.errors import PermanentJobError
+from shared.db.sql import QUERIES
 from shared.functions import FunctionSpec, Guest
 from shared.schemas.exports import ExportsRequest
 
-from .base import HandlerContext, HandlerResult
+from .base import HandlerContext, HandlerResult, parse_args
 from .lib.export_copy import CopyReader
 from .lib.export_writers import FORMATS, XLSX_MAX_DATA_ROWS, JsonArrayFramer, XlsxFile
 from .lib.multipart_upload import DEFAULT_PART_BYTES, MultipartUpload, run_in_thread
@@ -76,11 +75,7 @@ async def run(job: Job, ctx: HandlerContext) -> HandlerResult:
 
 def parse_request(args: dict[str, object]) -> ExportsRequest:
     """The validated export request stored in a job's args. Raises PermanentJobError when invalid."""
-    try:
-        return ExportsRequest.model_validate(args)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise PermanentJobError(f"invalid export arguments: {problems}", kind="invalid-args") from None
+    return parse_args(ExportsRequest, dict(args))
 
 
 async def export(
@@ -135,7 +130,7 @@ def _stop_if_cancelled(cancelled: asyncio.Event) -> None:
 async def _snapshot(pool: Pool) -> AsyncIterator[AsyncConnection[DictRow]]:
     """A read-only transaction: one consistent snapshot for the whole export."""
     async with pool.connection() as conn, conn.transaction():
-        await conn.execute("SET TRANSACTION READ ONLY")
+        await conn.execute(QUERIES["read_only_snapshot"])
         yield conn
 
 

@@ -15,9 +15,7 @@ import asyncio
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
-from pydantic import ValidationError
-
-from functions.handlers.base import HandlerContext, HandlerResult
+from functions.handlers.base import HandlerContext, HandlerResult, parse_args
 from shared.db.models import Job
 from shared.errors import PermanentJobError, RetryableJobError
 from shared.functions import FunctionSpec, Guest
@@ -139,10 +137,7 @@ def _too_large(max_bytes: int) -> PermanentJobError:
 
 
 def _parse(args: dict[str, Any]) -> ImagesRequest:
-    try:
-        return ImagesRequest.model_validate(args)
-    except ValidationError as exc:
-        raise PermanentJobError(f"invalid arguments: {exc.error_count()} error(s)", kind="invalid-args") from exc
+    return parse_args(ImagesRequest, args)
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:

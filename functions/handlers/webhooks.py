@@ -18,9 +18,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Final
 
-from pydantic import ValidationError
-
-from functions.handlers.base import HandlerContext, HandlerResult
+from functions.handlers.base import HandlerContext, HandlerResult, parse_args
 from shared.db.models import Job
 from shared.errors import PermanentJobError, RetryableJobError
 from shared.functions import FunctionSpec
@@ -60,11 +58,7 @@ async def run(job: Job, ctx: HandlerContext) -> HandlerResult:
     Raises DestinationNotAllowed and PermanentJobError (`http-<status>`, `invalid-args`) to discard,
     RetryableJobError (`http-<status>`, `timeout`, `network`) to retry.
     """
-    try:
-        request = WebhookRequest.model_validate(job.args)
-    except ValidationError as exc:
-        message = f"invalid webhook arguments: {exc.error_count()} error(s)"
-        raise PermanentJobError(message, kind="invalid-args") from exc
+    request = parse_args(WebhookRequest, job.args)
     # Settings may have changed since submit (allowlist, environment): check again before sending.
     check_webhook_destination(request.url, ctx.settings)
 
@@ -102,7 +96,7 @@ async def run(job: Job, ctx: HandlerContext) -> HandlerResult:
     _raise_unless_delivered(response, attempt=job.attempt, latency_ms=latency_ms)
     ctx.logger.info(
         "webhook delivered",
-        extra={"job_id": job.id, "status_code": response.status_code, "latency_ms": latency_ms},
+        extra={"jobId": job.id, "statusCode": response.status_code, "latencyMs": latency_ms},
     )
     return {
         "statusCode": response.status_code,

@@ -12,6 +12,7 @@ from starlette.responses import Response
 from shared.db import job_store, transitions
 from shared.db.pool import Pool
 from shared.errors import NotFound
+from shared.notify import JOBS_CHANNEL, notify
 from shared.schemas.common import CamelModel
 from shared.settings import Settings
 from shared.telemetry import emit
@@ -64,7 +65,7 @@ async def resume_queue(request: Request) -> Response:
     async with _pool(request).connection() as conn:
         if not await job_store.set_queue_paused(conn, request.path_params["name"], paused=False):
             raise NotFound("no such queue")
-        await conn.execute("SELECT pg_notify('cp_jobs', %s)", (request.path_params["name"],))
+        await notify(conn, JOBS_CHANNEL, request.path_params["name"])
     emit("queue:resume", queue=request.path_params["name"])
     return await _queue_or_404(request)
 
@@ -81,7 +82,7 @@ async def scale_queue(request: Request) -> Response:
     async with _pool(request).connection() as conn:
         if not await job_store.set_queue_limit(conn, request.path_params["name"], limit=body.limit):
             raise NotFound("no such queue")
-        await conn.execute("SELECT pg_notify('cp_jobs', %s)", (request.path_params["name"],))
+        await notify(conn, JOBS_CHANNEL, request.path_params["name"])
     logger.info("queue scaled", extra={"queue": request.path_params["name"], "limit": body.limit})
     return await _queue_or_404(request)
 

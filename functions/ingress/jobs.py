@@ -18,7 +18,7 @@ from shared.db.pool import Pool
 from shared.errors import Conflict, NotFound, UniqueKeyHeld, ValidationFailed
 from shared.functions import FunctionSpec, Registry
 from shared.logging import bind_context
-from shared.notify import CONTROL_CHANNEL, stop_machines_message
+from shared.notify import CONTROL_CHANNEL, notify, stop_machines_message
 from shared.schemas.common import CamelModel, JobRequest
 from shared.schemas.default import DefaultRequest
 from shared.settings import Settings
@@ -310,7 +310,7 @@ async def _after_cancel(conn: Conn, cancelled: list[transitions.CancelledJob]) -
     by the database with the cancel itself)."""
     machines = {c.attempted_by for c in cancelled if c.was == "executing" and c.attempted_by}
     if machines:
-        await conn.execute("SELECT pg_notify(%s, %s)", (CONTROL_CHANNEL, stop_machines_message(machines)))
+        await notify(conn, CONTROL_CHANNEL, stop_machines_message(machines))
 
 
 async def retry_job(request: Request) -> Response:

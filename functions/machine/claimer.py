@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from shared.db import transitions
 from shared.db.models import Job
 from shared.db.pool import connect
-from shared.notify import JOBS_CHANNEL
+from shared.notify import JOBS_CHANNEL, listen
 
 from .config import DB_RETRY_MAX_SECONDS
 from .reach import UNREACHABLE
@@ -91,7 +91,7 @@ class ClaimLoop:
             try:
                 conn = await connect(m.settings.session_database_url)
                 async with conn:
-                    await conn.execute(f"LISTEN {JOBS_CHANNEL}")
+                    await listen(conn, JOBS_CHANNEL)
                     async for note in conn.notifies():
                         if note.payload == m.config.queue:
                             m.wake.set()

@@ -361,3 +361,23 @@ WITH old AS (
 )
 DELETE FROM machines USING old WHERE machines.id = old.id
 RETURNING machines.id;
+
+
+-- session settings ------------------------------------------------------------------------------
+
+-- name: notify
+-- send a notification on a channel of shared/notify.py (committed with the caller's transaction)
+SELECT pg_notify(%(channel)s, %(payload)s);
+
+-- name: read_only_snapshot
+-- the current transaction reads one consistent snapshot and writes nothing (exports)
+SET TRANSACTION READ ONLY;
+
+-- name: utc_session_time_zone
+-- timestamps of this transaction render in UTC whatever the database's TimeZone (exports)
+SET LOCAL TimeZone = 'UTC';
+
+-- name: server_keepalives
+-- server-side TCP keepalives and user timeout for this session (the dispatcher's connection)
+SELECT set_config('tcp_keepalives_idle', %(idle)s, false), set_config('tcp_keepalives_interval', %(interval)s, false),
+       set_config('tcp_keepalives_count', %(count)s, false), set_config('tcp_user_timeout', %(user_timeout_ms)s, false);

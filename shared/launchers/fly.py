@@ -119,7 +119,7 @@ class FlyLauncher:
             ref = await self._pool.take(queue=spec.queue, env=env, listing=listing)
             if ref is not None:
                 self._evidence.created(ref.id)
-                logger.info("fly pool machine started", extra={"machine_id": ref.id, "queue": spec.queue})
+                logger.info("fly pool machine started", extra={"machineId": ref.id, "queue": spec.queue})
                 return ref
         launch_id = uuid.uuid4().hex
         body = create_body(
@@ -132,7 +132,7 @@ class FlyLauncher:
         machine = await self._api.create(body, launch_id=launch_id, regions=self._regions)
         machine_id = str(machine["id"])
         self._evidence.created(machine_id)
-        logger.info("fly machine created", extra={"machine_id": machine_id, "queue": spec.queue, "job_id": spec.job_id})
+        logger.info("fly machine created", extra={"machineId": machine_id, "queue": spec.queue, "jobId": spec.job_id})
         return MachineRef(
             id=machine_id,
             detail={
@@ -152,7 +152,7 @@ class FlyLauncher:
         if self._evidence.was_leftover(machine_id):
             await self._api.destroy(machine_id, force=True)
             self._evidence.forget(machine_id)  # a listing taken before the destroy must not flag it again
-            logger.info("fly machine left behind destroyed", extra={"machine_id": machine_id})
+            logger.info("fly machine left behind destroyed", extra={"machineId": machine_id})
             return
         stopped = await self._api.stop(machine_id, signal="SIGTERM", timeout_seconds=STOP_TIMEOUT_SECONDS)
         if stopped:

@@ -218,7 +218,7 @@ class MachinesAPI:
             if ambiguous:
                 found = await self._find_launch(launch_id)
                 if found is not None:
-                    logger.info("fly create had succeeded silently", extra={"machine_id": found.get("id")})
+                    logger.info("fly create had succeeded silently", extra={"machineId": found.get("id")})
                     return found
             region = regions[turn % len(regions)]
             placed = {k: v for k, v in body.items() if k != "region"} | ({"region": region} if region else {})

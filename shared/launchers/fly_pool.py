@@ -134,7 +134,7 @@ class WarmPool:
         try:
             for machine in stale:
                 await self._api.destroy(str(machine["id"]), force=False)
-                logger.info("fly pool machine retired", extra={"machine_id": machine["id"], "queue": queue})
+                logger.info("fly pool machine retired", extra={"machineId": machine["id"], "queue": queue})
             image = self._settings.worker_image or ""
             fingerprint = pool_fingerprint(image=image, guest=self._program.guests(queue), env=env)
             for _ in range(max(missing, 0)):
@@ -157,7 +157,7 @@ class WarmPool:
                 )
                 machine = await self._api.create(body, launch_id=launch_id, regions=self._regions)
                 self._created.setdefault(queue, {})[str(machine["id"])] = time.monotonic()
-                logger.info("fly pool machine created", extra={"machine_id": machine.get("id"), "queue": queue})
+                logger.info("fly pool machine created", extra={"machineId": machine.get("id"), "queue": queue})
         except LauncherError as exc:
             # The pool is an optimisation: launches fall back to creating machines meanwhile.
             logger.warning("fly pool fill failed", extra={"queue": queue, "error": str(exc)})

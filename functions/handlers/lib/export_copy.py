@@ -18,6 +18,8 @@ from typing import Any, Final
 import psycopg
 from psycopg import sql
 
+from shared.db.sql import QUERIES
+
 BLOCK_BYTES: Final = 1024 * 1024
 WAITING_BLOCKS: Final = 4  # blocks read ahead of the consumer
 _POLL_SECONDS: Final = 0.2  # how often a thread held back by the consumer looks for a stop
@@ -95,8 +97,8 @@ class CopyReader:
                 if self._stop.is_set():
                     raise _Stopped
                 with conn.transaction():
-                    conn.execute("SET TRANSACTION READ ONLY")
-                    conn.execute("SET LOCAL TimeZone = 'UTC'")
+                    conn.execute(QUERIES["read_only_snapshot"])
+                    conn.execute(QUERIES["utc_session_time_zone"])
                     with conn.cursor() as cur:
                         self._copy(cur)
                         return cur.rowcount  # from the "COPY n" command tag
