@@ -1,4 +1,4 @@
-"""One in-process event bus: `emit("job:complete", durationMs=12.5)`.
+"""One in-process event bus: `emit(EventName.JOB_COMPLETE, durationMs=12.5)`.
 
 Event names are the old service's (Oban's telemetry names), so dashboards and alerts carry
 over. Code that does something notable emits an event; it does not log it or count it itself.
@@ -20,29 +20,15 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from shared.logging import current_context
+from shared.vocabulary import Event as EventName
 
-JOB_EVENTS: Final = frozenset(
-    {
-        "job:start",
-        "job:complete",
-        "job:error",
-        "job:cancel",
-        "job:snooze",
-        "job:rescue",
-        "job:unique_conflict",
-        # Ours, with no Oban equivalent: a stopping machine gave an unfinished attempt back.
-        "job:handback",
-    }
-)
-QUEUE_EVENTS: Final = frozenset({"queue:start", "queue:stop", "queue:pause", "queue:resume"})
-PLUGIN_EVENTS: Final = frozenset({"plugin:start", "plugin:stop", "plugin:error"})
-EVENTS: Final = JOB_EVENTS | QUEUE_EVENTS | PLUGIN_EVENTS
+EVENTS: Final = frozenset(EventName)
 
 # Log levels of events that deserve attention; every other event is INFO.
 _LEVELS: Final[Mapping[str, int]] = {
-    "job:error": logging.WARNING,
-    "job:rescue": logging.WARNING,
-    "plugin:error": logging.ERROR,
+    EventName.JOB_ERROR: logging.WARNING,
+    EventName.JOB_RESCUE: logging.WARNING,
+    EventName.PLUGIN_ERROR: logging.ERROR,
 }
 
 logger = logging.getLogger("telemetry")

@@ -27,6 +27,7 @@ from shared.launchers import Launcher
 from shared.notify import CONTROL_CHANNEL, JOBS_CHANNEL, listen, machines_to_stop
 from shared.settings import Settings
 from shared.telemetry import emit
+from shared.vocabulary import Event as EventName
 
 from .duties import Duty, DutyErrors
 from .lease import Lease, connect_leader, new_holder_id
@@ -78,7 +79,7 @@ class Dispatcher:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                emit("plugin:error", plugin="dispatcher", error=f"{type(exc).__name__}: {exc}")
+                emit(EventName.PLUGIN_ERROR, plugin="dispatcher", error=f"{type(exc).__name__}: {exc}")
             self.role = "standby"
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
@@ -103,14 +104,14 @@ class Dispatcher:
                 return
             term = self.lease.term
             self.role = "leader"
-            emit("plugin:start", plugin="dispatcher", role="leader", holder=self.holder, term=term)
+            emit(EventName.PLUGIN_START, plugin="dispatcher", role="leader", holder=self.holder, term=term)
             reason = "error"
             try:
                 reason = await self._lead(conn, stop, term)
             finally:
                 self.lease.drop()
                 self.role = "standby"
-                emit("plugin:stop", plugin="dispatcher", holder=self.holder, term=term, reason=reason)
+                emit(EventName.PLUGIN_STOP, plugin="dispatcher", holder=self.holder, term=term, reason=reason)
 
     async def _lead(self, conn: AsyncConnection[DictRow], stop: asyncio.Event, term: int) -> str:
         """Run the duties until the lease is lost or `stop` is set; returns why leadership ended."""

@@ -9,6 +9,7 @@ from shared.db import transitions
 from shared.db.pool import Pool
 from shared.db.sql import QUERIES
 from shared.telemetry import emit
+from shared.vocabulary import Event as EventName
 
 logger = logging.getLogger("functions.dispatcher.maintenance")
 
@@ -38,7 +39,7 @@ class Lifeline:
         async with self.pool.connection() as conn:
             rescued = await transitions.rescue_stale(conn, rescue_after_seconds=self.rescue_after_seconds)
         for job in rescued:
-            emit("job:rescue", jobId=job.id, queue=job.queue, nextState=job.state, machineId=job.attempted_by)
+            emit(EventName.JOB_RESCUE, jobId=job.id, queue=job.queue, nextState=job.state, machineId=job.attempted_by)
         return len(rescued)
 
 

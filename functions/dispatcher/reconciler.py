@@ -20,6 +20,7 @@ from shared.db.pool import Pool
 from shared.errors import LauncherError, LauncherRejected, LauncherUnauthorized
 from shared.launchers import Launcher, MachineStatus
 from shared.telemetry import emit
+from shared.vocabulary import Event as EventName
 
 logger = logging.getLogger("functions.dispatcher.reconciler")
 
@@ -100,5 +101,5 @@ class Reconciler:
         extra = {"operation": operation, "machineId": machine_id, "error": str(exc)}
         logger.warning("reconciler: launcher call failed", extra=extra)
         if kind != "unavailable":
-            emit("plugin:error", plugin="reconciler", operation=operation, error=str(exc))
+            emit(EventName.PLUGIN_ERROR, plugin="reconciler", operation=operation, error=str(exc))
         return kind

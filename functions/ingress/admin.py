@@ -16,6 +16,7 @@ from shared.notify import JOBS_CHANNEL, notify
 from shared.schemas.common import CamelModel
 from shared.settings import Settings
 from shared.telemetry import emit
+from shared.vocabulary import Event as EventName
 
 from .auth import authenticate
 from .http import JSONResponse, parse_model, parse_query, read_json_body
@@ -56,7 +57,7 @@ async def pause_queue(request: Request) -> Response:
     async with _pool(request).connection() as conn:
         if not await job_store.set_queue_paused(conn, request.path_params["name"], paused=True):
             raise NotFound("no such queue")
-    emit("queue:pause", queue=request.path_params["name"])
+    emit(EventName.QUEUE_PAUSE, queue=request.path_params["name"])
     return await _queue_or_404(request)
 
 
@@ -66,7 +67,7 @@ async def resume_queue(request: Request) -> Response:
         if not await job_store.set_queue_paused(conn, request.path_params["name"], paused=False):
             raise NotFound("no such queue")
         await notify(conn, JOBS_CHANNEL, request.path_params["name"])
-    emit("queue:resume", queue=request.path_params["name"])
+    emit(EventName.QUEUE_RESUME, queue=request.path_params["name"])
     return await _queue_or_404(request)
 
 

@@ -24,6 +24,7 @@ from shared.schemas.default import DefaultRequest
 from shared.settings import Settings
 from shared.telemetry import emit
 from shared.unique import unique_key
+from shared.vocabulary import Event as EventName
 
 from . import idempotency
 from .auth import acting_tenant, authenticate, reading_tenant
@@ -115,7 +116,7 @@ async def create_job(request: Request) -> Response:
             inserted = await job_store.insert_job(conn, job)
         bind_context(jobId=inserted.id)  # the request's log lines name the job they created
         if inserted.conflict:
-            emit("job:unique_conflict", jobId=inserted.id, queue=queue, worker=worker)
+            emit(EventName.JOB_UNIQUE_CONFLICT, jobId=inserted.id, queue=queue, worker=worker)
         return (200 if inserted.conflict else 201), job_json(inserted)
 
     return await idempotency.respond(request, pool, tenant_id=tenant_id, body=body, create=insert)

@@ -16,6 +16,7 @@ from types import ModuleType
 from shared.errors import PermanentJobError, RetryableJobError, SnoozeJob
 from shared.storable_json import unstorable_values
 from shared.telemetry import emit
+from shared.vocabulary import Event as EventName
 
 from .held import HeldJob
 from .recorder import Recorder
@@ -41,7 +42,7 @@ class Executor:
 
     async def execute(self, held: HeldJob) -> None:
         job, timeout, recorder = held.job, self.timeout_seconds, self.recorder
-        emit("job:start")
+        emit(EventName.JOB_START)
         started = asyncio.get_running_loop().time()
         try:
             async with asyncio.timeout(timeout):
@@ -90,11 +91,11 @@ class Executor:
             logger.warning("stopped while recording a completion; outcome left to the database")
             return
         if recorded:
-            emit("job:complete", durationMs=run_ms)
+            emit(EventName.JOB_COMPLETE, durationMs=run_ms)
 
     async def _aborted(self, held: HeldJob) -> None:
         if held.lost:
-            emit("job:cancel", reason="no longer held (cancelled or rescued)")
+            emit(EventName.JOB_CANCEL, reason="no longer held (cancelled or rescued)")
             await self.recorder.withdraw(held)
             return
         # Shutting down, timed out elsewhere or self-fenced: give the attempt back if the

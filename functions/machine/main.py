@@ -17,6 +17,7 @@ from shared.db.pool import open_pool
 from shared.logging import bind_context, configure_logging
 from shared.settings import Settings, load_settings
 from shared.telemetry import emit
+from shared.vocabulary import Event as EventName
 
 from .config import CHECKOUT_TIMEOUT_SECONDS, EXIT_CONFIG, EXIT_SELF_FENCED, EXIT_TIMED_OUT, MachineConfig
 from .machine import Machine
@@ -46,11 +47,11 @@ async def main_async(settings: Settings, config: MachineConfig) -> int:
 
     loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     loop.add_signal_handler(signal.SIGINT, on_sigterm)
-    emit("queue:start")
+    emit(EventName.QUEUE_START)
     try:
         code = await machine.run()
     finally:
-        emit("queue:stop", jobsStarted=machine.started_jobs)
+        emit(EventName.QUEUE_STOP, jobsStarted=machine.started_jobs)
         await asyncio.gather(*shutdown_tasks, return_exceptions=True)
         closer = getattr(handler, "close", None)
         if closer is not None:

@@ -21,6 +21,7 @@ from shared.db.models import JobState
 from shared.db.pool import Pool
 from shared.errors import LostJobError
 from shared.telemetry import emit
+from shared.vocabulary import Event as EventName
 
 from .config import HAND_BACK_SECONDS
 from .held import HeldJob
@@ -120,7 +121,7 @@ class Recorder:
             logger.warning("job lost before its failure was recorded")
             return
         if state is not None:
-            emit("job:error", kind=kind, error=message, nextState=state.value)
+            emit(EventName.JOB_ERROR, kind=kind, error=message, nextState=state.value)
 
     async def snooze(self, held: HeldJob, *, seconds: float) -> None:
         """Run the job again in `seconds`, giving the attempt back; the next claim stores anew."""
@@ -142,7 +143,7 @@ class Recorder:
         except _HAND_BACK_FAILED:
             logger.warning("could not hand the job back; the lifeline will rescue it", exc_info=True)
         else:
-            emit("job:handback")
+            emit(EventName.JOB_HANDBACK)
         finally:
             await self.withdraw(held)
 

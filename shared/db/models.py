@@ -4,44 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 from uuid import UUID
 
+from shared.vocabulary import ALLOWED, FINAL_STATES, JobState
+
+__all__ = ["ALLOWED", "FINAL_STATES", "Fence", "Job", "JobState", "MachineRecord", "NewJob", "QueueStatus"]
+
 JSONDict = dict[str, Any]
-
-
-class JobState(StrEnum):
-    SCHEDULED = "scheduled"
-    AVAILABLE = "available"
-    EXECUTING = "executing"
-    RETRYABLE = "retryable"
-    COMPLETED = "completed"
-    DISCARDED = "discarded"
-    CANCELLED = "cancelled"
-
-
-FINAL_STATES = frozenset({JobState.COMPLETED, JobState.DISCARDED, JobState.CANCELLED})
-
-# The arrows of the architecture spec; the database trigger jobs_check_transition holds the same set.
-ALLOWED: frozenset[tuple[JobState, JobState]] = frozenset(
-    {
-        (JobState.SCHEDULED, JobState.AVAILABLE),
-        (JobState.RETRYABLE, JobState.AVAILABLE),
-        (JobState.AVAILABLE, JobState.EXECUTING),
-        (JobState.EXECUTING, JobState.COMPLETED),
-        (JobState.EXECUTING, JobState.RETRYABLE),
-        (JobState.EXECUTING, JobState.DISCARDED),
-        (JobState.EXECUTING, JobState.CANCELLED),
-        (JobState.EXECUTING, JobState.SCHEDULED),
-        (JobState.EXECUTING, JobState.AVAILABLE),
-        (JobState.SCHEDULED, JobState.CANCELLED),
-        (JobState.AVAILABLE, JobState.CANCELLED),
-        (JobState.RETRYABLE, JobState.CANCELLED),
-        (JobState.DISCARDED, JobState.AVAILABLE),
-        (JobState.CANCELLED, JobState.AVAILABLE),
-    }
-)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.telemetry import emit
+from shared.vocabulary import Event as EventName
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class AuthWatch:
         if status in AUTH_STATUSES and not is_quota_answer(status, text):
             if self.alert is None:
                 self.alert = Alert(kind="auth", status=status, operation=operation, error=text, since=time.time())
-                emit("plugin:error", plugin="fly", alert="auth", status=status, operation=operation, error=text)
+                emit(EventName.PLUGIN_ERROR, plugin="fly", alert="auth", status=status, operation=operation, error=text)
             return
         if self.alert is not None and status < 500 and status not in (408, 429):
             logger.info("fly api accepts the token again", extra={"status": status, "operation": operation})

@@ -10,6 +10,7 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from shared.outbound_policy import OutboundUrl
+from shared.vocabulary import IN_FLIGHT_STATES as IN_FLIGHT
 
 _PRINTABLE = re.compile(r"^[\x20-\x7e\u00a0-\uffff]+$")
 _NO_CRLF = re.compile(r"^[^\r\n]*$")
@@ -38,7 +39,7 @@ _DEFAULT_UNIQUE_STATES: list[UniqueState] = ["scheduled", "available", "executin
 # A key must cover every in-flight state (as River requires): a job moving between them (staged,
 # claimed, rescued, snoozed, handed back) then never meets another job's key. The database holds
 # the same rule (CHECK jobs_unique_states_in_flight).
-IN_FLIGHT_STATES: tuple[UniqueState, ...] = ("scheduled", "available", "executing", "retryable")
+IN_FLIGHT_STATES: tuple[str, ...] = tuple(IN_FLIGHT)
 
 
 class UniqueOptions(CamelModel):

@@ -1,0 +1,65 @@
+"""The words the whole service shares: job states, the transitions between them, event names.
+
+The database holds the same states and transitions (CHECK jobs_state_valid and the trigger
+jobs_check_transition in migrations/0001); tests/shared/test_vocabulary.py keeps them in step.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Final
+
+
+class JobState(StrEnum):
+    SCHEDULED = "scheduled"
+    AVAILABLE = "available"
+    EXECUTING = "executing"
+    RETRYABLE = "retryable"
+    COMPLETED = "completed"
+    DISCARDED = "discarded"
+    CANCELLED = "cancelled"
+
+
+FINAL_STATES: Final = frozenset({JobState.COMPLETED, JobState.DISCARDED, JobState.CANCELLED})
+# A unique key must cover all of these (River's rule): moves between them never meet another key.
+IN_FLIGHT_STATES: Final = (JobState.SCHEDULED, JobState.AVAILABLE, JobState.EXECUTING, JobState.RETRYABLE)
+
+# The arrows of the architecture spec.
+ALLOWED: Final[frozenset[tuple[JobState, JobState]]] = frozenset(
+    {
+        (JobState.SCHEDULED, JobState.AVAILABLE),
+        (JobState.RETRYABLE, JobState.AVAILABLE),
+        (JobState.AVAILABLE, JobState.EXECUTING),
+        (JobState.EXECUTING, JobState.COMPLETED),
+        (JobState.EXECUTING, JobState.RETRYABLE),
+        (JobState.EXECUTING, JobState.DISCARDED),
+        (JobState.EXECUTING, JobState.CANCELLED),
+        (JobState.EXECUTING, JobState.SCHEDULED),
+        (JobState.EXECUTING, JobState.AVAILABLE),
+        (JobState.SCHEDULED, JobState.CANCELLED),
+        (JobState.AVAILABLE, JobState.CANCELLED),
+        (JobState.RETRYABLE, JobState.CANCELLED),
+        (JobState.DISCARDED, JobState.AVAILABLE),
+        (JobState.CANCELLED, JobState.AVAILABLE),
+    }
+)
+
+
+class Event(StrEnum):
+    """Telemetry event names: the old service's (Oban's), so dashboards and alerts carry over."""
+
+    JOB_START = "job:start"
+    JOB_COMPLETE = "job:complete"
+    JOB_ERROR = "job:error"
+    JOB_CANCEL = "job:cancel"
+    JOB_SNOOZE = "job:snooze"
+    JOB_RESCUE = "job:rescue"
+    JOB_UNIQUE_CONFLICT = "job:unique_conflict"
+    JOB_HANDBACK = "job:handback"  # ours: a stopping machine gave an unfinished attempt back
+    QUEUE_START = "queue:start"
+    QUEUE_STOP = "queue:stop"
+    QUEUE_PAUSE = "queue:pause"
+    QUEUE_RESUME = "queue:resume"
+    PLUGIN_START = "plugin:start"
+    PLUGIN_STOP = "plugin:stop"
+    PLUGIN_ERROR = "plugin:error"
