@@ -25,7 +25,7 @@ dispatcher leads without interruption (no leadership re-acquired except across a
 restart); each job's errors number its attempts 1..n once each (since its last retry) and its
 attempt agrees with its state; a final job stays final until retried; a completed result never
 changes, names the execution that produced it (same attempt and machine), and its output keys lie
-under `tenants/{tenant}/jobs/{id}/{claim}/`; a job was rescued only after a fault was injected; a
+under `tenants/{tenant}/jobs/{id}/{claim}/`; no machine dies holding a job unless the test killed it; a
 callback job exists once per time a job with a callback became final (whoever made it final), for
 the job's tenant only; meta cannot plant a callbackUrl; uploads are never deleted. At the end of an
 example every fault stops, every due job must reach a final state within QUIESCE_SECONDS, and every
@@ -37,7 +37,9 @@ and the test fails after the example with every broken invariant and the full st
 shrinking: the system is live and not reproducible bit for bit). Later examples are skipped.
 
 Environment: ADVERSARY_DURATION (seconds; 0 = the bounded run), ADVERSARY_EXAMPLES and
-ADVERSARY_STEPS (bounded run size), ADVERSARY_VERBOSE (print every example's steps),
+ADVERSARY_STEPS (bounded run size), ADVERSARY_SEED (hypothesis seed; the soak draws one per run
+and a failure report names it), ADVERSARY_QUIESCE (seconds due jobs get to finish once faults
+stop), ADVERSARY_VERBOSE (print every example's steps),
 ADVERSARY_SKIP (comma-separated rule or invariant names to leave out, e.g. while a fix is
 pending: `unique_subset_pair,output-key-claim-prefix`).
 """
@@ -89,10 +91,10 @@ DURATION = float(os.environ.get("ADVERSARY_DURATION") or 0)
 EXAMPLES = int(os.environ.get("ADVERSARY_EXAMPLES") or 2)
 STEPS = int(os.environ.get("ADVERSARY_STEPS") or (40 if DURATION else 20))
 SEED_VALUE = os.environ.get("ADVERSARY_SEED")
-BOUNDED_SEED = 9  # the bounded run's choices (chosen for a mix of attacks and faults)
+BOUNDED_SEED = 56  # its two examples use every rule (checked with a dry run of the rule choices)
 VERBOSE = bool(os.environ.get("ADVERSARY_VERBOSE"))
 SKIP = frozenset(name.strip() for name in os.environ.get("ADVERSARY_SKIP", "").split(",") if name.strip())
-QUIESCE_SECONDS = 90.0
+QUIESCE_SECONDS = float(os.environ.get("ADVERSARY_QUIESCE") or 150)  # generous: the box may be loaded
 
 pytestmark = pytest.mark.timeout(int(DURATION) + 900 if DURATION else 900)
 
@@ -619,7 +621,7 @@ class Adversary(RuleBasedStateMachine):
             return
         dice = Dice(seed)
         tenant = dice.pick(self.tenants)
-        sections = dice.pick([1, 1, 40])
+        sections = dice.pick([1, 1, 15])  # 15: seconds of rendering, long enough to be hit by a fault
         body: dict[str, Any] = {
             "template": "report",
             "filename": dice.pick(["document.pdf", "r.pdf"]),
@@ -1038,13 +1040,15 @@ class Adversary(RuleBasedStateMachine):
         if isinstance(attempt, int) and attempt > view.get("maxAttempts", 0):
             self.violate("attempt-bound", f"job {job_id} at attempt {attempt} of {view.get('maxAttempts')}")
         for entry in segment:
-            if entry.get("kind") == "rescued":
+            # A holder that died by itself. (A stale heartbeat can also be the box being slow, so
+            # only "machine ... is gone" counts: that is a process exit, not a matter of timing.)
+            if entry.get("kind") == "rescued" and "is gone" in str(entry.get("error")):
                 at = datetime.fromisoformat(str(entry.get("at")))
                 if self.first_fault is None or at < self.first_fault - timedelta(seconds=1):
                     self.violate(
-                        "rescued-without-fault",
+                        "machine-died-without-fault",
                         f"job {job_id} ({tracked.kind}, args {compact(tracked.args, 200)}, "
-                        f"meta {compact(view.get('meta'), 200)}) was rescued with no fault injected: {entry}",
+                        f"meta {compact(view.get('meta'), 200)}) lost its machine with no fault injected: {entry}",
                     )
         # Final states stay final until the test retries the job.
         if tracked.final_seen is not None and state != tracked.final_seen:
@@ -1218,7 +1222,8 @@ class Adversary(RuleBasedStateMachine):
             stuck = self.env.sql(due, (self.tenants,))
             self.violate(
                 "due-jobs-not-final",
-                f"{len(stuck)} due job(s) not final {QUIESCE_SECONDS:g}s after faults stopped: "
+                f"{len(stuck)} due job(s) not final {QUIESCE_SECONDS:g}s after faults stopped "
+                f"(load average {os.getloadavg()[0]:.1f}): "
                 + "; ".join(f"{r[0]} {r[1]}/{r[2]} {r[3]} attempt {r[4]} on {r[5]}" for r in stuck[:8]),
             )
         try:
