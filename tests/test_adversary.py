@@ -21,16 +21,16 @@ SIGCONT later (past the rescue window or not), a Postgres restart, time passing.
 Invariants, after every step: no response is a 5xx (503 only while the database is down); every
 presigned URL in any response names an object of the caller's tenant and never downloads another
 tenant's bytes; a tenant's lists hold only its own jobs and other tenants' ids answer 404; the
-dispatcher leads without interruption (no leadership re-acquired except across a database
-restart); each job's errors number its attempts 1..n once each (since its last retry) and its
-attempt agrees with its state; a final job stays final until retried; a completed result never
-changes, names the execution that produced it (same attempt and machine), and its output keys lie
-under `tenants/{tenant}/jobs/{id}/{claim}/`; no machine dies holding a job unless the test killed it; a
+dispatcher leads without interruption (no leadership re-acquired except across a database restart);
+each job's errors number its attempts 1..n once each (since its last retry) and its attempt agrees
+with its state; a final job stays final until retried; a completed result never changes, names the
+execution that produced it (same attempt and machine), and its output keys lie under
+`tenants/{tenant}/jobs/{id}/{claim}/`; no machine dies holding a job unless the test killed it; a
 callback job exists once per time a job with a callback became final (whoever made it final), for
-the job's tenant only; meta cannot plant a callbackUrl; uploads are never deleted. At the end of an
-example every fault stops, every due job must reach a final state within QUIESCE_SECONDS, and every
-completed output must download (exports only hold the tenant's rows, images come from the tenant's
-upload).
+the job's tenant only; meta cannot plant a callbackUrl; uploads are never deleted; no queue runs
+more machines than its limit allows. At the end of an example every fault stops, every due job must
+reach a final state within QUIESCE_SECONDS, and every completed output must download (exports only
+hold the tenant's rows, images come from the tenant's upload).
 
 A broken invariant does not stop the example: each distinct one is recorded with its first step,
 and the test fails after the example with every broken invariant and the full step sequence (no
@@ -918,6 +918,7 @@ class Adversary(RuleBasedStateMachine):
         machine, pid, queue, busy = picked
         self.fault()
         self.env.stopped[pid] = machine
+        self.env.ever_stopped.add(machine)
         os.kill(pid, signal.SIGSTOP)
         self.note(f"stop_machine: SIGSTOP {machine} ({queue}, pid {pid}, {busy} executing)")
 
@@ -951,6 +952,7 @@ class Adversary(RuleBasedStateMachine):
                 self.violate("recovery-after-restart", "/health did not recover within 60 s of the restart")
         finally:
             self.db_down = False
+            self.env.restarted_at = time.monotonic()
         self.note("restart_database: Postgres stopped (fast) and started again")
 
     @rule(seed=SEED)
@@ -989,8 +991,31 @@ class Adversary(RuleBasedStateMachine):
             self._check_callbacks()
             self._check_outputs(recheck=False)
             self._check_uploads()
+            self._check_fleet()
         except Halt:
             pass
+
+    def _check_fleet(self) -> None:
+        """Live machines per queue stay within its limit (the scaler's own promise: machines x
+        concurrency never exceed it), one more allowed for a machine on its way out. Machines the
+        test froze are left out (a frozen machine is rightly replaced), and so is the minute after
+        a database restart (machines that lost their heartbeat meanwhile are replaced too)."""
+        if time.monotonic() - self.env.restarted_at < 60:
+            return
+        settings_ = self.env.app.settings
+        rows = self.env.sql(
+            "SELECT queue, count(*) FROM machines WHERE state IN ('launching', 'running') "
+            "AND NOT id = ANY(%s) GROUP BY queue",
+            (sorted(self.env.ever_stopped),),
+        )
+        for queue, count in rows:
+            allowed = -(-settings_.queue_limit(queue) // settings_.machine_concurrency)
+            if count > allowed + 1:
+                self.violate(
+                    "machines-over-queue-limit",
+                    f"{count} live machines on queue {queue} (its limit allows {allowed}; load average "
+                    f"{os.getloadavg()[0]:.1f})",
+                )
 
     def _check_leader(self) -> None:
         leading = wait_for(lambda: self.env.health().json().get("dispatcher") == "leader", 60)

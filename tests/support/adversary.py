@@ -41,6 +41,8 @@ class AdversaryEnv:
     storage: Storage
     effects_dir: Path
     stopped: dict[int, str] = field(default_factory=dict)  # pid -> machine id, frozen by the test
+    ever_stopped: set[str] = field(default_factory=set)  # machine ids the test ever froze
+    restarted_at: float = -1e9  # time.monotonic() of the last database restart
 
     @property
     def bucket(self) -> str:
