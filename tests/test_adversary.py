@@ -381,7 +381,7 @@ class Adversary(RuleBasedStateMachine):
                 )
         return data
 
-    # -- initial state -----------------------------------------------------------------------
+    # -- helpers -------------------------------------------------------------------------------
 
     def _leader_epoch(self) -> float:
         return metric_total(self.env.metrics(), "telemetry_events_total", event="plugin:start")
@@ -675,7 +675,7 @@ class Adversary(RuleBasedStateMachine):
         body = {
             "dataset": "jobs",
             "format": dice.pick(["csv", "json", "ndjson", "xlsx"]),
-            "filters": dice.pick([{}, {"queue": "default"}, {"state": "completed"}]),
+            "filters": dice.pick([{}, {"queue": "default"}, {"state": ["completed"]}]),
         }
         self._create(tenant, "exports", body, "export", {201}, "post_export")
 
@@ -822,7 +822,7 @@ class Adversary(RuleBasedStateMachine):
             return
         if response.status_code == 200:
             self._retried(job.id, response.json())
-        elif response.status_code != 409 or not problem(response):
+        elif response.status_code < 500 and (response.status_code != 409 or not problem(response)):
             self.violate("status:retry", f"{tenant} retry {job.id} -> {response.status_code}: {response.text[:300]}")
 
     def _retried(self, job_id: int, view: dict[str, Any]) -> None:
