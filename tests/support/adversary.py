@@ -26,6 +26,7 @@ from PIL import Image, PngImagePlugin
 
 from infra.local.postgres import LocalPostgres
 from infra.local.s3 import LocalS3
+from shared import telemetry
 from shared.db.migrate import migrate, seed_queues
 from shared.storage import Storage
 from tests.conftest import make_settings
@@ -43,6 +44,7 @@ class AdversaryEnv:
     stopped: dict[int, str] = field(default_factory=dict)  # pid -> machine id, frozen by the test
     ever_stopped: set[str] = field(default_factory=set)  # machine ids the test ever froze
     restarted_at: float = -1e9  # time.monotonic() of the last database restart
+    dispatcher_errors: list[str] = field(default_factory=list)  # why the in-process dispatcher lost leadership
 
     @property
     def bucket(self) -> str:
@@ -103,6 +105,12 @@ def adversary_env(tmp_path: Path, s3: LocalS3) -> Iterator[AdversaryEnv]:
         effects.mkdir()
         with live_app(settings) as app:
             env = AdversaryEnv(app=app, pg=pg, storage=storage, effects_dir=effects)
+
+            def on_event(event: telemetry.Event) -> None:
+                if event.name == "plugin:error":
+                    env.dispatcher_errors.append(str(event.get("error"))[:300])
+
+            unsubscribe = telemetry.subscribe(on_event)
             try:
                 with app.admin() as admin:
                     paused = admin.post("/admin/queues/webhooks/pause")
@@ -110,6 +118,7 @@ def adversary_env(tmp_path: Path, s3: LocalS3) -> Iterator[AdversaryEnv]:
                 wait_until("the dispatcher to lead", lambda: env.health().json().get("dispatcher") == "leader")
                 yield env
             finally:
+                unsubscribe()
                 env.resume_all()
     finally:
         pg.destroy()
