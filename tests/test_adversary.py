@@ -600,14 +600,10 @@ class Adversary(RuleBasedStateMachine):
         dice = Dice(seed)
         tenant = dice.pick(self.tenants)
         victim = self._other(dice, tenant)
-        guesses = [
-            f"tenants/{victim}/jobs/{job.id}/document.pdf"
-            for job in self.jobs.values()
-            if job.tenant == victim and job.kind == "document"
-        ]
-        guesses += [f"tenants/{victim}/jobs/{job.id}/jobs.csv" for job in self.jobs.values() if job.tenant == victim][
-            :3
-        ]
+        # Output keys are guessable today: tenants/{t}/jobs/{id}/{default filename}.
+        victim_jobs = [job for job in self.jobs.values() if job.tenant == victim]
+        guesses = [f"tenants/{victim}/jobs/{job.id}/document.pdf" for job in victim_jobs if job.kind == "document"]
+        guesses += [f"tenants/{victim}/jobs/{job.id}/jobs.csv" for job in victim_jobs[:3]]
         keys = [u.key for u in self.uploads if u.tenant == victim] + guesses
         keys += [
             f"tenants/{tenant}/jobs/1/../../{victim}/uploads/x.png",
