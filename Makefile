@@ -8,11 +8,12 @@ UV_VERSION := 0.13.8
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: help install system-deps dev test lint typecheck pytest migrate bench token lock clean soak-fly
+.PHONY: help install system-deps dev test lint typecheck pytest soak soak-fly migrate bench token lock clean
 
 help:
 	@echo "make dev        start Postgres, S3, the API and the dispatcher on embedded defaults"
 	@echo "make test       lint, typecheck and run the whole test suite"
+	@echo "make soak DURATION=600   run the adversarial test (tests/test_adversary.py) for that many seconds"
 	@echo "make lint | typecheck | migrate | bench | token | lock | clean"
 	@echo "make soak-fly DURATION=600   the chaos soak through LAUNCHER=fly, jobs coming for DURATION seconds"
 
@@ -60,6 +61,12 @@ pytest: install
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+# The adversarial stateful test (a bounded run is part of `make test`) run with random seeds for
+# DURATION seconds; a failure prints every broken promise, the steps and the seed to replay them.
+DURATION ?= 600
+soak: install
+	ADVERSARY_DURATION=$(DURATION) $(BIN)/pytest tests/test_adversary.py -q -s -p no:cacheprovider $(PYTEST_ARGS)
 
 migrate: install
 	$(BIN)/python -m shared.db.migrate
