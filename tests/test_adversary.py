@@ -73,7 +73,8 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
-from shared.storage import is_safe_key
+from functions.registry import load_registry
+from shared.keys import is_safe_key
 from tests.support.adversary import (
     RESCUE_AFTER_SECONDS,
     AdversaryEnv,
@@ -1012,7 +1013,8 @@ class Adversary(RuleBasedStateMachine):
         )
         over = set()
         for queue, count in rows:
-            allowed = -(-settings_.queue_limit(queue) // settings_.machine_concurrency)
+            limit = load_registry()[queue].limit_for(settings_) if queue in load_registry() else 0
+            allowed = -(-limit // settings_.machine_concurrency)
             if count <= allowed + 1:
                 continue
             over.add(queue)

@@ -24,10 +24,11 @@ from typing import Any
 import httpx
 from PIL import Image, PngImagePlugin
 
+from functions.registry import seed_queues
 from infra.local.postgres import LocalPostgres
 from infra.local.s3 import LocalS3
 from shared import telemetry
-from shared.db.migrate import migrate, seed_queues
+from shared.db.migrate import migrate
 from shared.storage import Storage
 from tests.conftest import make_settings
 from tests.support.live import LiveApp, live_app, wait_until
