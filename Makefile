@@ -7,6 +7,9 @@ STAMP := $(VENV)/.installed-stamp
 UV_VERSION := 0.13.8
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
+# Test files run on this many workers (each with its own Postgres cluster and S3 server): most of
+# the suite's time is spent waiting on real services and machine processes, not computing.
+PYTEST_WORKERS ?= 4
 
 .PHONY: help install system-deps dev test lint typecheck pytest soak soak-fly migrate bench token lock clean
 
@@ -58,7 +61,7 @@ typecheck: install
 	$(BIN)/mypy functions shared infra tests bench
 
 pytest: install
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 

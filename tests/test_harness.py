@@ -1,12 +1,13 @@
 import psycopg
 
+from functions.registry import load_registry
 from shared.storage import Storage
 
 
 def test_fresh_database_has_schema_and_queues(settings):
     with psycopg.connect(settings.database_url) as conn:
         names = {r[0] for r in conn.execute("SELECT name FROM queues")}
-        assert names == {"images", "documents", "emails", "webhooks", "exports", "default"}
+        assert names == set(load_registry())
         assert conn.execute("SELECT count(*) FROM jobs").fetchone() == (0,)
 
 

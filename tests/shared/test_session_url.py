@@ -68,11 +68,16 @@ def test_every_listen_uses_the_direct_url(database_url, s3, tmp_path) -> None:
         assert response.status_code == 201, response.text
         app.wait_for_job(response.json()["id"], {"completed"})
 
-        # The dispatcher's and the machine's: each LISTEN is the last statement of its connection.
-        def listeners() -> list[tuple]:
-            rows = app.sql("SELECT application_name FROM pg_stat_activity WHERE query LIKE 'LISTEN%'")
-            return rows if len(rows) >= 2 else []
+        # The machine's listener: its LISTEN is the last statement of its connection.
+        def machine_listeners() -> list[tuple]:
+            return app.sql("SELECT application_name FROM pg_stat_activity WHERE query LIKE 'LISTEN%'")
 
-        assert {name for (name,) in wait_until("two listening connections", listeners)} == {"cp_direct"}
+        assert {name for (name,) in wait_until("a listening machine", machine_listeners)} == {"cp_direct"}
+        # The dispatcher leader's: it LISTENs, then renews its lease, on one connection of its own.
+        leader = wait_until(
+            "the leader's renewal",
+            lambda: app.sql("SELECT application_name FROM pg_stat_activity WHERE query LIKE 'UPDATE dispatcher_lease%'"),
+        )
+        assert leader and {name for (name,) in leader} == {"cp_direct"}
         pooled = app.sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'cp_pooled'")
         assert pooled[0][0] > 0  # the pools stay on DATABASE_URL
