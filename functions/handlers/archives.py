@@ -117,6 +117,12 @@ async def run(job: Job, ctx: HandlerContext) -> HandlerResult:
     return {"entries": len(members), "bytes": sizes.stored}
 
 
+async def warm(ctx: HandlerContext) -> None:
+    """Build the storage client before the first job, in a thread: boto3 takes a while to load and
+    would otherwise block the machine's event loop (and its heartbeats) on the first job."""
+    await asyncio.to_thread(lambda: ctx.bucket)
+
+
 async def _members(request: ArchivesRequest, tenant_id: str, ctx: HandlerContext) -> list[_Member]:
     """What goes into the ZIP, each with a unique path (a repeated name gets " (2)", " (3)"...)."""
     wanted: list[tuple[str, str]] = []

@@ -73,6 +73,12 @@ async def run(job: Job, ctx: HandlerContext) -> HandlerResult:
     return await export(parse_request(job.args), tenant_id=job.tenant_id, ctx=ctx)
 
 
+async def warm(ctx: HandlerContext) -> None:
+    """Build the storage client before the first job, in a thread: boto3 takes a while to load and
+    would otherwise block the machine's event loop (and its heartbeats) on the first job."""
+    await asyncio.to_thread(lambda: ctx.bucket)
+
+
 def parse_request(args: dict[str, object]) -> ExportsRequest:
     """The validated export request stored in a job's args. Raises PermanentJobError when invalid."""
     return parse_args(ExportsRequest, dict(args))

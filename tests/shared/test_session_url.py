@@ -76,7 +76,9 @@ def test_every_listen_uses_the_direct_url(database_url, s3, tmp_path) -> None:
         # The dispatcher leader's: it LISTENs, then renews its lease, on one connection of its own.
         leader = wait_until(
             "the leader's renewal",
-            lambda: app.sql("SELECT application_name FROM pg_stat_activity WHERE query LIKE 'UPDATE dispatcher_lease%'"),
+            lambda: app.sql(
+                "SELECT application_name FROM pg_stat_activity WHERE query LIKE 'UPDATE dispatcher_lease%'"
+            ),
         )
         assert leader and {name for (name,) in leader} == {"cp_direct"}
         pooled = app.sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'cp_pooled'")

@@ -1,0 +1,51 @@
+"""Configuration is checked at start, with every problem in one message."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from functions.ingress.app import create_app
+from functions.registry import load_registry
+from shared.configuration import ConfigurationError, configuration_problems
+from tests.conftest import make_settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_every_problem_is_listed_at_once() -> None:
+    settings = make_settings(
+        "postgresql://unused.invalid/none", jwt_secret=None, webhook_signing_secret=None, queue_imagez_limit=3
+    )
+    with pytest.raises(ConfigurationError) as caught:
+        create_app(settings)
+    problems = caught.value.problems
+    assert any("QUEUE_IMAGEZ_LIMIT names no function" in p for p in problems)
+    assert any(p.startswith("JWT_SECRET is not set") for p in problems)
+    assert any(p.startswith("WEBHOOK_SIGNING_SECRET is not set") for p in problems)
+    assert str(caught.value).count("\n  - ") == len(problems) == 3
+
+
+def test_a_short_jwt_secret_and_an_unknown_timeout_are_problems() -> None:
+    settings = make_settings("postgresql://unused.invalid/none", jwt_secret="short", worker_nope_timeout=1000)
+    problems = configuration_problems(settings, load_registry(), role="api")
+    assert any("shorter than 32" in p for p in problems) and any("WORKER_NOPE_TIMEOUT" in p for p in problems)
+    assert configuration_problems(make_settings("postgresql://unused.invalid/none"), load_registry(), role="api") == []
+
+
+def test_a_machine_with_bad_configuration_exits_2_saying_why() -> None:
+    env = {
+        **os.environ,
+        "JOB_QUEUE": "default",
+        "QUEUE_NOPE_LIMIT": "3",
+        "DATABASE_URL": "postgresql://unused.invalid/none",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "functions.machine"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert "QUEUE_NOPE_LIMIT names no function" in done.stdout + done.stderr
