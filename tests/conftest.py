@@ -7,7 +7,7 @@ import os
 import signal
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import psycopg
@@ -17,6 +17,7 @@ from functions.registry import seed_queues
 from infra.local.postgres import LocalPostgres
 from infra.local.s3 import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, LocalS3
 from shared.db.migrate import migrate
+from shared.db.pool import Pool, open_pool
 from shared.settings import Settings
 
 TEMPLATE_DB = "cp_template"
@@ -94,6 +95,16 @@ def make_settings(database_url: str, s3: LocalS3 | None = None, **overrides: obj
         )
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[arg-type, call-arg]
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[Pool]:
+    """A small connection pool on the test's database."""
+    opened = await open_pool(database_url, min_size=1, max_size=4)
+    try:
+        yield opened
+    finally:
+        await opened.close()
 
 
 @pytest.fixture

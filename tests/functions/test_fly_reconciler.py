@@ -17,7 +17,7 @@ from functions.dispatcher.reconciler import Reconciler
 from functions.registry import machine_program
 from infra.fly_emulator import Emulator
 from shared.db import job_store
-from shared.db.pool import Pool, open_pool
+from shared.db.pool import Pool
 from shared.launchers.fly import FlyLauncher
 from tests.shared.launchers.fly_support import FAST, MACHINES, TOKEN, fake_image_emulator, fly_settings, spec
 
@@ -28,15 +28,6 @@ UNKNOWN_ID = "0123456789abcd"
 def emu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
     with fake_image_emulator(tmp_path_factory.mktemp("fake-image")) as emulator:
         yield emulator
-
-
-@pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[Pool]:
-    pool = await open_pool(database_url, min_size=1, max_size=3)
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import os
 import tracemalloc
 import uuid
 import zipfile
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pydantic
@@ -16,22 +15,13 @@ from psycopg.types.json import Jsonb
 
 from functions.handlers import archives
 from functions.handlers.base import HandlerContext
-from shared.db.pool import Pool, open_pool
+from shared.db.pool import Pool
 from shared.errors import PermanentJobError
 from shared.keys import claim_prefix
 from shared.settings import Settings
 from tests.support.jobs import held_job, run_handler, store_bytes, stored_bytes
 
 TENANT = "t-arch"
-
-
-@pytest.fixture
-async def pool(settings: Settings) -> AsyncIterator[Pool]:
-    opened = await open_pool(settings.database_url, min_size=1, max_size=2)
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 @pytest.fixture

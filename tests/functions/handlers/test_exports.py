@@ -34,15 +34,6 @@ NASTY = ["=cmd|' /C calc'!A0", "+1", "-2", "@x", "\tx", "\rx", "\nx"]
 
 
 @pytest.fixture
-async def pool(database_url: str) -> AsyncIterator[Pool]:
-    pool = await open_pool(database_url, min_size=1, max_size=4)
-    try:
-        yield pool
-    finally:
-        await pool.close()
-
-
-@pytest.fixture
 def ctx(settings: Settings, pool: Pool) -> HandlerContext:
     context = HandlerContext(settings=settings, machine_id="m", pool=pool)
     context.bucket.ensure_bucket()

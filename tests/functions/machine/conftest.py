@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
-
-import pytest
 
 from functions.handlers.base import HandlerContext
 from functions.machine.held import HeldJob
 from shared.db import job_store, transitions
 from shared.db.models import Fence, Job, NewJob
-from shared.db.pool import Pool, connect, open_pool
+from shared.db.pool import connect
 from shared.settings import Settings
 
 MACHINE = "m-parts"
-
-
-@pytest.fixture
-async def pool(settings: Settings) -> AsyncIterator[Pool]:
-    opened = await open_pool(settings.database_url, min_size=1, max_size=4, checkout_timeout=2.0)
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 async def claimed_jobs(settings: Settings, count: int = 1, **fields: Any) -> list[Job]:

@@ -21,6 +21,7 @@ from shared.db.models import Job, JobState, NewJob
 from shared.db.pool import connect, open_pool
 from shared.settings import Settings
 from tests.conftest import make_settings
+from tests.functions.machine.conftest import row
 from tests.support.tcp_proxy import TcpProxy, tcp_proxy
 
 
@@ -83,14 +84,6 @@ async def _insert(settings: Settings, count: int = 1) -> list[int]:
         return [job.id for job in await job_store.insert_jobs(conn, jobs)]
 
 
-async def _job(settings: Settings, job_id: int) -> Job:
-    conn = await connect(settings.database_url)
-    async with conn:
-        job = await job_store.get_job(conn, job_id, tenant_id=None)
-    assert job is not None
-    return job
-
-
 async def test_a_failed_claim_is_retried_and_the_held_job_keeps_running(settings, proxy):
     gates = Gates()
     [first] = await _insert(settings)
@@ -107,7 +100,7 @@ async def test_a_failed_claim_is_retried_and_the_held_job_keeps_running(settings
         gates.release(second)
         assert await asyncio.wait_for(running, 60) == EXIT_OK
     for job_id in (first, second):
-        job = await _job(settings, job_id)
+        job = await row(settings, job_id)
         assert (job.state, job.attempt, job.result) == (JobState.COMPLETED, 1, {"done": job_id})
 
 
@@ -126,7 +119,7 @@ async def test_a_machine_cut_off_for_half_the_rescue_window_fences_itself(settin
     assert code == EXIT_SELF_FENCED
     assert gates.cancelled == [job_id] and gates.finished == []
     assert stopped_after < 4, "it fenced itself before the lifeline's window ran out"
-    held = await _job(settings, job_id)
+    held = await row(settings, job_id)
     assert held.state == JobState.EXECUTING and held.result is None  # nothing was published
     proxy.restore()
     conn = await connect(settings.database_url)
