@@ -114,6 +114,7 @@ UNIQUE_SUBSET = "unique-states-without-in-flight-accepted"
 # upsetting hypothesis, whose choice tree must not depend on anything outside it.
 
 TAGS = [" ", "a", "☃", "\u00a0x", "=cmd|' /C calc'!A0", "+1", "-1", "@SUM(1)", "x" * 64, "ä" * 64, "a,b", "'; --", "%s"]
+RESERVED_META_KEYS = {"requestId", "callbackUrl", "snoozed", "callbackFor", "batchId", "uniqueReleased"}
 META_KEYS = ["a", "", "☃", "requestId", "callbackUrl", "snoozed", "callbackFor", "batchId", "a.b"]
 META_VALUES: list[Any] = [
     *(0, -1, 2**63 - 1, -(2**63), 1.5, 1e300, -0.0, True, None, "", "☃", [], {}, [1, [2, [3]]]),
@@ -419,6 +420,10 @@ class Adversary(RuleBasedStateMachine):
         violation: str | None = None,
         **extra: Any,
     ) -> httpx.Response:
+        reserved = RESERVED_META_KEYS & set((body.get("options") or {}).get("meta") or {})
+        if reserved:
+            # The service writes these meta keys itself; a request that sets them is refused whole.
+            expect, violation = {422}, "meta-reserved-key-accepted"
         response = self.call(tenant, "POST", f"/jobs/{queue}", json=body)
         self.note(f"{what}: {tenant} POST /jobs/{queue} {compact(body)} -> {response.status_code}")
         if response.status_code not in expect:

@@ -12,6 +12,7 @@ import base64
 import contextlib
 import os
 import secrets
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -62,6 +63,10 @@ def _start_fly_emulator(stack: contextlib.ExitStack) -> None:
         FLY_API_HOSTNAME=emulator.url, FLY_API_TOKEN=token, FLY_WORKER_APP="cp-worker", WORKER_IMAGE="local/cp-worker"
     )
     print(f"• Fly Machines API emulator (test double) at {emulator.url}, machines run as local processes", flush=True)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def main() -> int:
@@ -118,6 +123,9 @@ def main() -> int:
         (LOCAL / "dev-token").write_text(token + "\n")
         from functions.ingress.app import create_app
 
+        # uvicorn shuts down gracefully on SIGTERM, then raises the signal again; with this handler
+        # that ends in an exception rather than the default action, so the services below stop too.
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
         with emulator:
             uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
         return 0

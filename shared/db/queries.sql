@@ -111,7 +111,10 @@ RETURNING id;
 -- name: snooze_job
 -- executing -> scheduled, giving the attempt back; fenced
 UPDATE jobs SET state = 'scheduled', attempt = attempt - 1, heartbeat_at = NULL,
-                meta = jsonb_set(meta, '{snoozed}', to_jsonb(coalesce((meta->>'snoozed')::int, 0) + 1)),
+                -- A count only the service writes; anything else found there starts again at 1.
+                meta = jsonb_set(meta, '{snoozed}', to_jsonb(CASE WHEN jsonb_typeof(meta->'snoozed') = 'number'
+                                                                   THEN floor((meta->>'snoozed')::numeric)::bigint
+                                                                   ELSE 0 END + 1)),
                 scheduled_at = now() + make_interval(secs => %(seconds)s)
  WHERE id = %(job_id)s AND state = 'executing' AND claim_token = %(claim_token)s
 RETURNING id;

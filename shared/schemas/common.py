@@ -72,6 +72,14 @@ class UniqueOptions(CamelModel):
         return sorted(set(value), key=value.index)
 
 
+# meta keys the service sets itself: requestId (X-Request-ID), callbackUrl (options.callbackUrl,
+# checked), batchId (bulk), snoozed (the snooze count), callbackFor (a callback's job),
+# uniqueReleased (migration 0003).
+RESERVED_META_KEYS: frozenset[str] = frozenset(
+    {"requestId", "callbackUrl", "batchId", "snoozed", "callbackFor", "uniqueReleased"}
+)
+
+
 class JobOptions(CamelModel):
     """Options any job accepts."""
 
@@ -85,12 +93,21 @@ class JobOptions(CamelModel):
     # Checked against the outbound rules at submit time, like every other outbound URL.
     callback_url: Annotated[OutboundUrl, Field(pattern=r"^https://")] | None = None
 
+    @field_validator("meta")
+    @classmethod
+    def _small_and_not_reserved(cls, meta: dict[str, Any]) -> dict[str, Any]:
+        if len(repr(meta)) > 4096:
+            raise ValueError("meta must be a small object (at most 4 KiB)")
+        reserved = sorted(RESERVED_META_KEYS & set(meta))
+        if reserved:
+            # The service writes these itself (a callbackUrl here would skip the https check).
+            raise ValueError(f"meta keys {', '.join(reserved)} are reserved; use the options that set them")
+        return meta
+
     @model_validator(mode="after")
     def _one_schedule(self) -> JobOptions:
         if self.scheduled_at is not None and self.schedule_in is not None:
             raise ValueError("give scheduledAt or scheduleIn, not both")
-        if len(repr(self.meta)) > 4096:
-            raise ValueError("meta must be a small object (at most 4 KiB)")
         return self
 
     def due_at(self, now: datetime) -> datetime | None:

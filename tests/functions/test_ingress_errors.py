@@ -130,3 +130,18 @@ def test_retry_into_a_held_unique_key_is_409_naming_the_holder(app: LiveApp):
     problem = _assert_problem(response, 409)
     assert problem["holdingJobId"] == holder.json()["id"]
     assert app.sql("SELECT state FROM jobs WHERE id = %s", (first["id"],)) == [("cancelled",)]
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [{"callbackUrl": "http://example.com/x"}, {"snoozed": ""}, {"requestId": "forged"}, {"batchId": "b"}],
+    ids=["callbackUrl", "snoozed", "requestId", "batchId"],
+)
+def test_meta_keys_the_service_writes_itself_are_422(app: LiveApp, meta: dict):
+    """A callbackUrl planted through meta skipped the https check of options.callbackUrl; a
+    non-numeric `snoozed` made the snooze write fail and the machine exit."""
+    with app.client() as client:
+        response = client.post("/jobs/default", json={"function": "echo", "args": {}, "options": {"meta": meta}})
+    body = _assert_problem(response, 422)
+    assert [e["path"] for e in body["errors"]] == ["options.meta"]
+    assert app.sql("SELECT count(*) FROM jobs") == [(0,)]

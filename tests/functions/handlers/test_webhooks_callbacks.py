@@ -99,7 +99,10 @@ def test_non_final_states_enqueue_nothing(db, state):
     assert callbacks(db, job_id) == []
 
 
-@pytest.mark.parametrize("meta", [{"requestId": "r-1"}, {"callbackUrl": ""}, {"callbackUrl": 7}])
+@pytest.mark.parametrize(
+    "meta",
+    [{"requestId": "r-1"}, {"callbackUrl": ""}, {"callbackUrl": 7}, {"callbackUrl": "http://example.com/x"}],
+)
 def test_no_usable_callback_url_enqueues_nothing(db, meta):
     job_id = executing_job(db, meta=Jsonb(meta))
     make_final(db, job_id, "completed")
@@ -122,10 +125,11 @@ async def test_callback_args_are_delivered_signed_by_the_webhooks_handler(db, se
     ctx = HandlerContext(settings=machine_settings, machine_id="test-machine")
     try:
         with http_receiver([(200, {}, 0.0)]) as receiver:
-            job_id = executing_job(db, meta=Jsonb({"callbackUrl": f"{receiver.url}/done"}))
+            job_id = executing_job(db)
             make_final(db, job_id, "completed")
             [callback] = callbacks(db, job_id)
-            job = make_job(callback["args"], job_id=124, tenant_id="tenant-1")
+            # Callbacks go to https URLs only; the loopback receiver here speaks plain http.
+            job = make_job({**callback["args"], "url": f"{receiver.url}/done"}, job_id=124, tenant_id="tenant-1")
             result = await webhooks.run(job, ctx.for_job(job))
     finally:
         await ctx.resources[RESOURCE_KEY].aclose()

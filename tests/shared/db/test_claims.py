@@ -188,3 +188,16 @@ def test_fence_of_a_job_that_is_not_claimed_is_refused():
     assert Fence.of(job).claim_token == job.claim_token
     with pytest.raises(ValueError):
         Fence.of(replace(job, claim_token=None))
+
+
+async def test_a_snooze_counts_whatever_meta_snoozed_held_before(settings):
+    """The count is the service's: a value of another type (from before the API refused it) starts
+    again at 1 instead of failing the snooze write (which stopped the machine)."""
+    conn = await connect(settings.database_url)
+    async with conn:
+        for held, counted in (("", 1), ([1], 1), (2.7, 3), (None, 1)):
+            await job_store.insert_job(conn, new(meta={"snoozed": held}))
+            [job] = await transitions.claim(conn, queue="default", machine_id="m", max_jobs=1)
+            await transitions.snooze(conn, Fence.of(job), seconds=60)
+            after = await job_store.get_job(conn, job.id, tenant_id=None)
+            assert after is not None and after.state == JobState.SCHEDULED and after.meta["snoozed"] == counted
