@@ -65,7 +65,9 @@ class JobEventsQuery(CamelModel):
 
 
 class WaitQuery(CamelModel):
-    wait: int = Field(..., ge=0, le=MAX_WAIT_SECONDS)
+    wait: int | None = Field(
+        None, ge=0, le=MAX_WAIT_SECONDS, description="answer once the job is final, or after this many seconds"
+    )
 
 
 def hub_of(request: Request) -> EventHub:
@@ -256,7 +258,7 @@ def wait_seconds(request: Request) -> int | None:
     """The `wait` of GET /jobs/{id}?wait=N (None without one); 422 unless 0..60."""
     if "wait" not in request.query_params:
         return None
-    return parse_query(WaitQuery, {"wait": request.query_params["wait"]}).wait
+    return parse_query(WaitQuery, {"wait": request.query_params["wait"]}).wait or 0
 
 
 async def wait_for_final(hub: EventHub, pool: Pool, job_id: int, tenant: str | None, seconds: int) -> Job | None:
