@@ -155,22 +155,40 @@ class Subscription:
         return self._items()
 
     async def _items(self) -> AsyncIterator[LiveEvent | Reset]:
-        """RESET first if resuming was impossible, then the replay, then live events until the
-        hub drops this subscriber."""
+        for item in await self.backlog():
+            yield item
+        while (batch := await self.next_batch(None)) is not None:
+            for item in batch:
+                yield item
+
+    async def backlog(self) -> list[LiveEvent | Reset]:
+        """What comes before live events: RESET if resuming was impossible, then the replay."""
         subscriber = self.subscriber
-        if self.gap:
-            yield RESET
         replay = self.replay
         if subscriber.filter.tag is not None or any(e.needs_error for e in replay):
             await self.hub.add_details(replay, tags=subscriber.filter.tag is not None)
-        for event in replay:
-            if subscriber.filter.matches(event):
-                yield event
-        while True:
-            item = await subscriber.queue.get()
-            if item is None:
-                return
-            yield item
+        items: list[LiveEvent | Reset] = [RESET] if self.gap else []
+        return items + [event for event in replay if subscriber.filter.matches(event)]
+
+    async def next_batch(self, timeout: float | None, limit: int = 100) -> list[LiveEvent | Reset] | None:
+        """The events waiting (at least one, at most `limit`), [] after `timeout` seconds without
+        any, None once the hub dropped this subscriber. No task per call: this runs once per
+        event and stream."""
+        queue = self.subscriber.queue
+        if queue.empty():
+            try:
+                async with asyncio.timeout(timeout):
+                    first = await queue.get()
+            except TimeoutError:
+                return []
+        else:
+            first = queue.get_nowait()
+        items = [first]
+        while len(items) < limit and not queue.empty():
+            items.append(queue.get_nowait())
+        if None in items:
+            return None  # dropped: its queue was emptied, so None comes alone
+        return items  # type: ignore[return-value]
 
 
 def _discard(index: dict[Any, set[Subscriber]], key: object, subscriber: Subscriber) -> None:

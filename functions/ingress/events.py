@@ -34,7 +34,7 @@ from shared.tokens import Principal
 from shared.vocabulary import FINAL_STATES
 
 from .auth import authenticate, reading_tenant
-from .event_hub import RESET, EventFilter, EventHub, LiveEvent, Reset, Subscriber, Subscription
+from .event_hub import EventFilter, EventHub, LiveEvent, Reset, Subscriber, Subscription
 from .http import parse_query
 
 MAX_WAIT_SECONDS: Final = 60
@@ -141,10 +141,6 @@ class EventStreamResponse(StreamingResponse):
             raise error  # a bug, not a client that went away
 
 
-async def _next(items: AsyncIterator[LiveEvent | Reset]) -> LiveEvent | Reset:
-    return await anext(items)
-
-
 def event_stream(
     subscription: Subscription,
     *,
@@ -153,37 +149,42 @@ def event_stream(
     ends: Callable[[LiveEvent], bool] | None = None,
 ) -> EventStreamResponse:
     """An SSE response for `subscription` (the subscriber is removed whenever the stream ends:
-    the client went away, or the hub dropped it)."""
+    the client went away, or the hub dropped it). Events waiting together go out in one write."""
+
+    def frames_of(items: list[LiveEvent | Reset]) -> tuple[bytes, bool]:
+        out = []
+        for item in items:
+            if isinstance(item, Reset):
+                out.append(RESET_FRAME)
+                continue
+            out.append(item.frame())
+            if ends is not None and ends(item):
+                return b"".join(out), True
+        return b"".join(out), False
 
     async def frames() -> AsyncIterator[bytes]:
-        items = aiter(subscription)
-        next_item: asyncio.Task[LiveEvent | Reset] | None = None
         try:
             # retry: how long a browser's EventSource waits before reconnecting.
             yield b"retry: 2000\n: connected\n\n"
+            chunk, done = frames_of(await subscription.backlog())
+            if chunk:
+                yield chunk
+            if done:
+                return
             if first:
                 yield first
             while True:
-                next_item = next_item or asyncio.create_task(_next(items))
-                done, _ = await asyncio.wait([next_item], timeout=keepalive)
-                if not done:
+                batch = await subscription.next_batch(keepalive)
+                if batch is None:
+                    return  # dropped: the client reconnects and resumes from the buffer
+                if not batch:
                     yield b": keep-alive\n\n"
                     continue
-                try:
-                    item = next_item.result()
-                except StopAsyncIteration:
-                    return  # dropped: the client reconnects and resumes from the buffer
-                next_item = None
-                if item is RESET:
-                    yield RESET_FRAME
-                    continue
-                assert isinstance(item, LiveEvent)
-                yield item.frame()
-                if ends is not None and ends(item):
+                chunk, done = frames_of(batch)
+                yield chunk
+                if done:
                     return
         finally:
-            if next_item is not None:
-                next_item.cancel()
             subscription.hub.unsubscribe(subscription.subscriber)
 
     return EventStreamResponse(frames(), subscription.subscriber)
