@@ -83,6 +83,10 @@ class JobEvent(StrEnum):
     RESCUED = "rescued"  # the lifeline took the job from a machine gone silent (now retryable or discarded)
     HANDED_BACK = "handed_back"  # a stopping machine gave the attempt back
     RETRIED = "retried"  # a discarded or cancelled job made available again by hand
+    # Reserved for job progress (issue 14): sent on `cp_events` in the same shape, with the job's
+    # current state, by whatever records progress; streams pass it through and clients ignore
+    # types they do not know. Nothing sends it yet.
+    PROGRESS = "progress"
 
 
 # Events that carry the error of the attempt that failed.

@@ -104,6 +104,15 @@ class Reset:
 RESET: Final = Reset()
 
 
+class KeepAlive:
+    """Put in a stream's queue when nothing else was for EVENTS_KEEPALIVE_SECONDS (SSE writes a
+    comment line, so proxies keep the connection): one hub task for every stream, rather than a
+    timer around every wait of every stream."""
+
+
+KEEPALIVE: Final = KeepAlive()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EventFilter:
     """Which events a stream wants. None means any; `tenant_id` None is every tenant (admins)."""
@@ -139,9 +148,10 @@ class Subscriber:
     """
 
     filter: EventFilter
-    queue: asyncio.Queue[LiveEvent | Reset | None]
+    queue: asyncio.Queue[LiveEvent | Reset | KeepAlive | None]
     dropped: bool = False
     gone: asyncio.Event = field(default_factory=asyncio.Event)
+    quiet: bool = True  # nothing was offered since the last keep-alive tick
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,9 +167,10 @@ class Subscription:
     async def _items(self) -> AsyncIterator[LiveEvent | Reset]:
         for item in await self.backlog():
             yield item
-        while (batch := await self.next_batch(None)) is not None:
-            for item in batch:
-                yield item
+        while (batch := await self.next_batch()) is not None:
+            for waiting in batch:
+                if not isinstance(waiting, KeepAlive):
+                    yield waiting
 
     async def backlog(self) -> list[LiveEvent | Reset]:
         """What comes before live events: RESET if resuming was impossible, then the replay."""
@@ -170,19 +181,11 @@ class Subscription:
         items: list[LiveEvent | Reset] = [RESET] if self.gap else []
         return items + [event for event in replay if subscriber.filter.matches(event)]
 
-    async def next_batch(self, timeout: float | None, limit: int = 100) -> list[LiveEvent | Reset] | None:
-        """The events waiting (at least one, at most `limit`), [] after `timeout` seconds without
-        any, None once the hub dropped this subscriber. No task per call: this runs once per
-        event and stream."""
+    async def next_batch(self, limit: int = 100) -> list[LiveEvent | Reset | KeepAlive] | None:
+        """The items waiting (at least one, at most `limit`), None once the hub dropped this
+        subscriber. No timer, no task: this runs once per event and stream."""
         queue = self.subscriber.queue
-        if queue.empty():
-            try:
-                async with asyncio.timeout(timeout):
-                    first = await queue.get()
-            except TimeoutError:
-                return []
-        else:
-            first = queue.get_nowait()
+        first = await queue.get() if queue.empty() else queue.get_nowait()
         items = [first]
         while len(items) < limit and not queue.empty():
             items.append(queue.get_nowait())
@@ -301,12 +304,13 @@ class EventHub:
     async def run(self, stop: asyncio.Event) -> None:
         """Listen and publish until `stop` is set (the app's lifespan runs this)."""
         publisher = asyncio.create_task(self._publish_loop(), name="events-publisher")
+        keepalive = asyncio.create_task(self._keepalive_loop(), name="events-keepalive")
         try:
             await self._listen_loop(stop)
         finally:
             publisher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await publisher
+            keepalive.cancel()
+            await asyncio.gather(publisher, keepalive, return_exceptions=True)
             for subscriber in list(self._subscribers):
                 self._end(subscriber)
 
@@ -397,7 +401,16 @@ class EventHub:
             *self._by_tenant.get(None, ()),
         ]
 
+    async def _keepalive_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.events_keepalive_seconds)
+            for subscriber in list(self._subscribers):
+                if subscriber.quiet and subscriber.queue.empty():
+                    subscriber.queue.put_nowait(KEEPALIVE)
+                subscriber.quiet = True
+
     def _offer(self, subscriber: Subscriber, item: LiveEvent | Reset) -> None:
+        subscriber.quiet = False
         if subscriber.dropped:
             return
         if subscriber.queue.qsize() >= self.settings.events_client_buffer:

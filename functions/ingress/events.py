@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any, Final
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Annotated, Any, Final
 
 import orjson
 from pydantic import Field
@@ -29,12 +29,11 @@ from shared.db.models import Job, JobState
 from shared.db.pool import Pool
 from shared.errors import Forbidden, NotFound
 from shared.schemas.common import CamelModel
-from shared.settings import Settings
 from shared.tokens import Principal
 from shared.vocabulary import FINAL_STATES
 
 from .auth import authenticate, reading_tenant
-from .event_hub import EventFilter, EventHub, LiveEvent, Reset, Subscriber, Subscription
+from .event_hub import EventFilter, EventHub, KeepAlive, LiveEvent, Reset, Subscriber, Subscription
 from .http import parse_query
 
 MAX_WAIT_SECONDS: Final = 60
@@ -50,11 +49,11 @@ _ID_PATTERN: Final = r"^[0-9]{1,20}$"
 
 
 class EventsQuery(CamelModel):
-    queue: list[str] | None = Field(None, max_length=20)
+    queue: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(None, max_length=20)
     state: list[JobState] | None = None
-    batch_id: str | None = Field(None, max_length=64)
-    tag: str | None = Field(None, max_length=64)
-    tenant_id: str | None = Field(None, max_length=128, description="admins only: one tenant's events")
+    batch_id: str | None = Field(None, min_length=1, max_length=64)
+    tag: str | None = Field(None, min_length=1, max_length=64)
+    tenant_id: str | None = Field(None, min_length=1, max_length=128, description="admins only: one tenant's events")
     last_event_id: str | None = Field(
         None, pattern=_ID_PATTERN, description="resume after this event (as the Last-Event-ID header)"
     )
@@ -144,18 +143,20 @@ class EventStreamResponse(StreamingResponse):
 def event_stream(
     subscription: Subscription,
     *,
-    keepalive: float,
     first: bytes = b"",
     ends: Callable[[LiveEvent], bool] | None = None,
 ) -> EventStreamResponse:
     """An SSE response for `subscription` (the subscriber is removed whenever the stream ends:
     the client went away, or the hub dropped it). Events waiting together go out in one write."""
 
-    def frames_of(items: list[LiveEvent | Reset]) -> tuple[bytes, bool]:
+    def frames_of(items: Sequence[LiveEvent | Reset | KeepAlive]) -> tuple[bytes, bool]:
         out = []
         for item in items:
             if isinstance(item, Reset):
                 out.append(RESET_FRAME)
+                continue
+            if isinstance(item, KeepAlive):
+                out.append(b": keep-alive\n\n")
                 continue
             out.append(item.frame())
             if ends is not None and ends(item):
@@ -174,12 +175,9 @@ def event_stream(
             if first:
                 yield first
             while True:
-                batch = await subscription.next_batch(keepalive)
+                batch = await subscription.next_batch()
                 if batch is None:
                     return  # dropped: the client reconnects and resumes from the buffer
-                if not batch:
-                    yield b": keep-alive\n\n"
-                    continue
                 chunk, done = frames_of(batch)
                 yield chunk
                 if done:
@@ -220,16 +218,14 @@ async def stream_events(request: Request) -> Response:
     principal = authenticate(request, "jobs:read")
     query = parse_query(EventsQuery, multi_params(request, "queue", "state"))
     event_filter = events_filter(principal, query)
-    settings: Settings = request.app.state.settings
     subscription = hub_of(request).subscribe(event_filter, last_event_id(request, query.last_event_id))
-    return event_stream(subscription, keepalive=settings.events_keepalive_seconds)
+    return event_stream(subscription)
 
 
 async def stream_job_events(request: Request, job_id: int) -> Response:
     """GET /jobs/{id}/events: subscribe first, then read the row, so nothing falls in between."""
     principal = authenticate(request, "jobs:read")
     query = parse_query(JobEventsQuery, dict(request.query_params))
-    settings: Settings = request.app.state.settings
     pool: Pool = request.app.state.pool
     hub, tenant = hub_of(request), reading_tenant(principal)
     subscription = hub.subscribe(
@@ -250,9 +246,7 @@ async def stream_job_events(request: Request, job_id: int) -> Response:
             yield b"retry: 2000\n: connected\n\n" + current_state_frame(job)
 
         return EventStreamResponse(once(), None)
-    return event_stream(
-        subscription, first=current_state_frame(job), ends=is_final, keepalive=settings.events_keepalive_seconds
-    )
+    return event_stream(subscription, first=current_state_frame(job), ends=is_final)
 
 
 def wait_seconds(request: Request) -> int | None:

@@ -29,6 +29,7 @@ class SseStream:
     status: int | None = None
     ended: threading.Event = field(default_factory=threading.Event)
     connected: threading.Event = field(default_factory=threading.Event)
+    comments: list[str] = field(default_factory=list)
     _events: queue.Queue[SseEvent] = field(default_factory=queue.Queue)
     _client: httpx.Client | None = None
 
@@ -51,6 +52,7 @@ class SseStream:
                 data: list[str] = []
                 for line in response.iter_lines():
                     if line.startswith(":"):
+                        self.comments.append(line)
                         if line == ": connected":
                             self.connected.set()
                         continue

@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from shared.notify import EVENTS_CHANNEL, JobEventNote, job_events
+from shared.vocabulary import JobEvent
 
 NOTIFY_LIMIT = 8000
 
@@ -58,7 +59,9 @@ def test_events_name_what_happened(database_url: str, listener: psycopg.Connecti
     def run(sql: str) -> list[str]:
         with psycopg.connect(database_url, autocommit=True) as conn:
             conn.execute(sql)
-        return [e.type for e in received(listener)[0]]
+        types = [e.type for e in received(listener)[0]]
+        assert set(types) <= set(JobEvent), types  # the names the API documents
+        return types
 
     claim = (
         "UPDATE jobs SET state = 'executing', attempt = attempt + 1, attempted_by = 'm',"

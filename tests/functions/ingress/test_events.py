@@ -142,6 +142,7 @@ def test_filters_by_queue_state_batch_and_tag(app: LiveApp) -> None:
         ("state=", 422),
         ("lastEventId=abc", 422),
         ("tag=" + "x" * 65, 422),
+        ("queue=", 422),
         ("tenantId=tenant-b", 403),
     ],
 )
@@ -200,6 +201,11 @@ def test_last_event_id_resumes_without_gaps_and_signals_what_it_cannot(open_app:
         assert [e.data["jobId"] for e in got] == created[1:] + missed
         assert [e.id for e in got[:2]] == [e.id for e in seen[1:]]
         resumed.close()
+        # Another tenant resuming from the same id replays nothing of tenant-a's.
+        other = stream(app, "/events", app.token("tenant-b", "jobs:read"), **{"Last-Event-ID": seen[0].id or ""})
+        marker = create(app, "tenant-b")
+        assert other.next().data["jobId"] == marker
+        other.close()
 
         # An id the window no longer holds (or never held): a reset first, then live events.
         for _ in range(25):
@@ -282,3 +288,12 @@ def test_wait_answers_once_the_job_is_final(app: LiveApp) -> None:
     with app.client("tenant-b", "jobs:read") as client:
         assert_problem(client.get(f"/jobs/{job_id}?wait=5"), 404)
     assert hub(app).subscriber_count == 0
+
+
+def test_idle_streams_get_keep_alive_comments(open_app: OpenApp) -> None:
+    with open_app(events_keepalive_seconds=0.2) as app:
+        sse = stream(app, "/events", app.token("tenant-a", "jobs:read"))
+        wait_until("a keep-alive comment", lambda: ": keep-alive" in sse.comments)
+        marker = create(app, "tenant-a")  # and events still flow
+        assert sse.next().data["jobId"] == marker
+        sse.close()
