@@ -45,7 +45,7 @@ from .metrics import AppMetrics, metrics_endpoint
 logger = logging.getLogger("functions.ingress")
 
 # Headers a browser client may send cross-origin, and the ones it may read back.
-CORS_REQUEST_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"]
+CORS_REQUEST_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID", "Last-Event-ID"]
 CORS_EXPOSED_HEADERS = [
     "X-Request-ID",
     "Retry-After",
