@@ -124,6 +124,8 @@ class Settings(BaseSettings):
     events_replay_size: int = Field(10_000, ge=0, le=1_000_000)
     events_client_buffer: int = Field(1_000, ge=1, le=100_000)
     events_max_subscribers: int = Field(1_000, ge=1, le=100_000)
+    # One tenant's share of those (streams and ?wait requests), so one cannot take every slot.
+    events_max_subscribers_per_tenant: int = Field(250, ge=1, le=100_000)
     events_keepalive_seconds: float = Field(15.0, gt=0, le=300)
 
     # Extra modules that register functions on the `default` queue (imported by API and machines).

@@ -44,7 +44,7 @@ from psycopg import AsyncConnection
 
 from functions.dispatcher.lease import keepalive_params
 from shared.db.pool import Pool
-from shared.errors import ServiceUnavailable
+from shared.errors import RateLimited, ServiceUnavailable
 from shared.notify import EVENTS_CHANNEL, JobEventNote, job_events, listen
 from shared.settings import Settings
 from shared.vocabulary import FAILURE_EVENTS
@@ -216,6 +216,7 @@ class EventHub:
     _inbox: deque[JobEventNote | Reset] = field(default_factory=deque)
     _inbox_ready: asyncio.Event = field(default_factory=asyncio.Event)
     _tag_streams: int = 0
+    _per_tenant: dict[str | None, int] = field(default_factory=dict)  # None: admins watching everyone
     dropped_total: int = 0  # streams dropped for not keeping up (tests, metrics)
 
     # --- subscriptions (called from request handlers; never awaits, so nothing slips in between)
@@ -235,6 +236,13 @@ class EventHub:
         """Register a stream. Raises ServiceUnavailable when EVENTS_MAX_SUBSCRIBERS are open."""
         if len(self._subscribers) >= self.settings.events_max_subscribers:
             raise ServiceUnavailable("too many event streams are open; retry shortly", headers={"Retry-After": "5"})
+        tenant = event_filter.tenant_id
+        if self._per_tenant.get(tenant, 0) >= self.settings.events_max_subscribers_per_tenant:
+            raise RateLimited(
+                "this tenant has too many event streams and waiting requests open; close some or retry shortly",
+                headers={"Retry-After": "5"},
+            )
+        self._per_tenant[tenant] = self._per_tenant.get(tenant, 0) + 1
         subscriber = Subscriber(event_filter, asyncio.Queue(maxsize=self.settings.events_client_buffer + 1))
         self._subscribers.add(subscriber)
         if event_filter.job_id is not None:
@@ -263,6 +271,9 @@ class EventHub:
             return
         self._subscribers.discard(subscriber)
         job_id, tenant = subscriber.filter.job_id, subscriber.filter.tenant_id
+        left = self._per_tenant.pop(tenant, 1) - 1
+        if left:
+            self._per_tenant[tenant] = left
         if job_id is not None:
             _discard(self._by_job, job_id, subscriber)
         else:

@@ -197,7 +197,8 @@ event is among the last `EVENTS_REPLAY_SIZE` (10,000 by default) this API instan
 not, or when the instance may itself have missed events (its database connection dropped), the
 stream sends `event: reset`: read the state afresh (`GET /jobs`). A client that does not keep up
 (`EVENTS_CLIENT_BUFFER` events waiting) is disconnected and should reconnect. Idle streams get a
-comment line every `EVENTS_KEEPALIVE_SECONDS`. 503 when `EVENTS_MAX_SUBSCRIBERS` streams are open.
+comment line every `EVENTS_KEEPALIVE_SECONDS`. 503 when `EVENTS_MAX_SUBSCRIBERS` streams are open,
+429 when the tenant has `EVENTS_MAX_SUBSCRIBERS_PER_TENANT` of them.
 """
 
 _LAST_EVENT_ID: Final = {

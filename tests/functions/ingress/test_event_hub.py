@@ -11,7 +11,7 @@ import pytest
 
 from functions.ingress.event_hub import EventFilter, EventHub, LiveEvent
 from shared.db.pool import Pool
-from shared.errors import ServiceUnavailable
+from shared.errors import RateLimited, ServiceUnavailable
 from shared.settings import Settings
 from tests.conftest import make_settings
 
@@ -66,3 +66,15 @@ async def test_a_subscriber_that_does_not_consume_is_dropped_at_its_bound(databa
             received = [item async for item in events]
         assert received == []
         assert hub.subscriber_count == 0
+
+
+async def test_one_tenant_cannot_take_every_slot(database_url: str, pool: Pool) -> None:
+    settings = make_settings(database_url, events_max_subscribers_per_tenant=2)
+    async with running_hub(settings, pool) as hub:
+        first = hub.subscribe(EventFilter(tenant_id="greedy"))
+        hub.subscribe(EventFilter(tenant_id="greedy", job_id=1))
+        with pytest.raises(RateLimited):
+            hub.subscribe(EventFilter(tenant_id="greedy"))
+        hub.subscribe(EventFilter(tenant_id="modest"))  # another tenant still gets in
+        hub.unsubscribe(first.subscriber)
+        hub.subscribe(EventFilter(tenant_id="greedy"))  # a freed slot is usable again
