@@ -3,18 +3,59 @@
 `cp_jobs`: sent by a statement trigger (migrations/0001) whenever jobs of a queue become available;
 the payload is the queue name. Machines and the dispatcher LISTEN to it.
 `cp_control`: messages to the dispatcher's leader, as JSON (`stop_machines_message`).
+`cp_events`: every job insert and state change, sent by triggers (migrations/0006) as a JSON array
+of small events (`job_events`); each API instance LISTENs on one connection and fans them out.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Final
 
 from psycopg import sql
 
 JOBS_CHANNEL: Final = "cp_jobs"
 CONTROL_CHANNEL: Final = "cp_control"
+EVENTS_CHANNEL: Final = "cp_events"
+
+
+@dataclass(frozen=True, slots=True)
+class JobEventNote:
+    """One event of a `cp_events` payload: what the trigger knew, nothing read from the row."""
+
+    event_id: int
+    type: str
+    job_id: int
+    state: str
+    queue: str
+    tenant_id: str
+    attempt: int
+    batch_id: str | None
+
+
+def job_events(payload: str) -> list[JobEventNote]:
+    """The events of a `cp_events` payload; anything malformed is skipped, never raised."""
+    try:
+        rows = json.loads(payload)
+    except ValueError:
+        return []
+    events = []
+    for row in rows if isinstance(rows, list) else []:
+        if not (isinstance(row, list) and len(row) == 8):
+            continue
+        event_id, kind, job_id, state, queue, tenant, attempt, batch = row
+        if not (
+            isinstance(event_id, int)
+            and isinstance(job_id, int)
+            and isinstance(attempt, int)
+            and all(isinstance(v, str) for v in (kind, state, queue, tenant))
+            and (batch is None or isinstance(batch, str))
+        ):
+            continue
+        events.append(JobEventNote(event_id, kind, job_id, state, queue, tenant, attempt, batch))
+    return events
 
 
 def stop_machines_message(machine_ids: Iterable[str]) -> str:

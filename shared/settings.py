@@ -117,6 +117,17 @@ class Settings(BaseSettings):
     bulk_max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     metrics_token: SecretStr | None = None
 
+    # Live events (GET /events, the dashboard), per API instance: how many recent events a client
+    # reconnecting with Last-Event-ID can resume from, how many events may wait for one client
+    # before it is dropped (it reconnects and resumes), how many clients may stream at once, and
+    # how often an idle stream gets a keep-alive comment.
+    events_replay_size: int = Field(10_000, ge=0, le=1_000_000)
+    events_client_buffer: int = Field(1_000, ge=1, le=100_000)
+    events_max_subscribers: int = Field(1_000, ge=1, le=100_000)
+    # One tenant's share of those (streams and ?wait requests), so one cannot take every slot.
+    events_max_subscribers_per_tenant: int = Field(250, ge=1, le=100_000)
+    events_keepalive_seconds: float = Field(15.0, gt=0, le=300)
+
     # Extra modules that register functions on the `default` queue (imported by API and machines).
     default_function_modules: CommaList = Field(default_factory=list)
 

@@ -63,3 +63,31 @@ class Event(StrEnum):
     PLUGIN_START = "plugin:start"
     PLUGIN_STOP = "plugin:stop"
     PLUGIN_ERROR = "plugin:error"
+
+
+class JobEvent(StrEnum):
+    """What happened to a job, as live event streams name it (GET /events, the dashboard).
+
+    The database names them (the triggers of migrations/0006): a new state alone cannot tell a
+    snooze from a schedule, or a rescue by the lifeline from a failed attempt.
+    """
+
+    INSERTED = "inserted"
+    AVAILABLE = "available"  # a scheduled or retryable job came due
+    EXECUTING = "executing"
+    COMPLETED = "completed"
+    RETRYABLE = "retryable"  # an attempt failed; another follows
+    DISCARDED = "discarded"  # an attempt failed and no other follows
+    CANCELLED = "cancelled"
+    SNOOZED = "snoozed"
+    RESCUED = "rescued"  # the lifeline took the job from a machine gone silent (now retryable or discarded)
+    HANDED_BACK = "handed_back"  # a stopping machine gave the attempt back
+    RETRIED = "retried"  # a discarded or cancelled job made available again by hand
+    # Reserved for job progress (issue 14): sent on `cp_events` in the same shape, with the job's
+    # current state, by whatever records progress; streams pass it through and clients ignore
+    # types they do not know. Nothing sends it yet.
+    PROGRESS = "progress"
+
+
+# Events that carry the error of the attempt that failed.
+FAILURE_EVENTS: Final = frozenset({JobEvent.RETRYABLE, JobEvent.DISCARDED, JobEvent.RESCUED})

@@ -33,10 +33,11 @@ from shared.errors import MethodNotAllowed, NotFound, ProblemError
 from shared.logging import configure_logging
 from shared.settings import Settings, load_settings
 
-from . import admin, idempotency, jobs, uploads
+from . import admin, events, idempotency, jobs, uploads, webhook_secret
 from .access_log import EdgeMiddleware
 from .batch_insert import BatchInserter
 from .docs import Documentation
+from .event_hub import EventHub
 from .http import UnhandledErrorMiddleware, problem_response
 from .limits import RateLimitMiddleware
 from .metrics import AppMetrics, metrics_endpoint
@@ -44,7 +45,7 @@ from .metrics import AppMetrics, metrics_endpoint
 logger = logging.getLogger("functions.ingress")
 
 # Headers a browser client may send cross-origin, and the ones it may read back.
-CORS_REQUEST_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"]
+CORS_REQUEST_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID", "Last-Event-ID"]
 CORS_EXPOSED_HEADERS = [
     "X-Request-ID",
     "Retry-After",
@@ -99,6 +100,9 @@ def routes() -> list[BaseRoute]:
         Route("/jobs/{queue:cp_queue}", jobs.create_job, methods=["POST"]),
         Route("/jobs/{job_id:cp_job_id}", jobs.get_job, methods=["GET"]),
         Route("/jobs/{job_id:cp_job_id}/retry", jobs.retry_job, methods=["POST"]),
+        Route("/jobs/{job_id:cp_job_id}/events", jobs.get_job_events, methods=["GET"]),
+        Route("/events", events.stream_events, methods=["GET"]),
+        Route("/webhooks/secret", webhook_secret.get_webhook_secret, methods=["GET"]),
         Route("/jobs", _jobs_collection, methods=["GET", "DELETE"]),
         Route("/uploads", uploads.create_upload, methods=["POST"]),
         Route("/health", admin.health, methods=["GET"]),
@@ -189,6 +193,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         metrics.start()
         stop = asyncio.Event()
         tasks = [asyncio.create_task(idempotency.run_pruner(app.state.pool, stop), name="idempotency-pruner")]
+        # One LISTEN connection fans job events out to every stream and waiting request.
+        app.state.event_hub = EventHub(settings, app.state.pool)
+        tasks.append(asyncio.create_task(app.state.event_hub.run(stop), name="event-hub"))
         launcher = None
         if settings.run_dispatcher:
             from functions.dispatcher.leader import Dispatcher

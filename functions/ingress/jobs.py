@@ -26,7 +26,7 @@ from shared.telemetry import emit
 from shared.unique import unique_key
 from shared.vocabulary import Event as EventName
 
-from . import idempotency
+from . import events, idempotency
 from .auth import acting_tenant, authenticate, reading_tenant
 from .batch_insert import BatchInserter, refusals_answered
 from .http import JSONResponse, parse_model, parse_query, read_json_body, request_id
@@ -192,11 +192,19 @@ def _job_id(request: Request) -> int:
 
 
 async def get_job(request: Request) -> Response:
-    """GET /jobs/{id}: the job, outputs with fresh presigned URLs; 404 for other tenants' jobs."""
+    """GET /jobs/{id}: the job, outputs with fresh presigned URLs; 404 for other tenants' jobs.
+
+    With `?wait=N` (0..60) it answers once the job is final, or after N seconds as it is then.
+    """
     principal = authenticate(request, "jobs:read")
     _, pool = _state(request)
-    async with pool.connection() as conn:
-        job = await job_store.get_job(conn, _job_id(request), tenant_id=reading_tenant(principal))
+    job_id, tenant = _job_id(request), reading_tenant(principal)
+    wait = events.wait_seconds(request)
+    if wait:
+        job = await events.wait_for_final(events.hub_of(request), pool, job_id, tenant, wait)
+    else:
+        async with pool.connection() as conn:
+            job = await job_store.get_job(conn, job_id, tenant_id=tenant)
     if job is None:
         raise NotFound("no such job")
     result = job.result
@@ -206,6 +214,11 @@ async def get_job(request: Request) -> Response:
         storage = request.app.state.storage().for_tenant(job.tenant_id)
         result = presign_outputs(result, storage=storage, job_id=job.id, claim_token=job.claim_token)
     return JSONResponse(job_json(job, result=result))
+
+
+async def get_job_events(request: Request) -> Response:
+    """GET /jobs/{id}/events: the job's events as Server-Sent Events, until it is final."""
+    return await events.stream_job_events(request, _job_id(request))
 
 
 JOB_ID_MAX = 2**63 - 1  # bigint: a larger id cannot exist, and Postgres would refuse the parameter

@@ -19,7 +19,7 @@ from functions.handlers import default as default_functions
 from functions.registry import load_registry
 from shared.functions import Registry
 
-from . import admin, jobs, responses
+from . import admin, events, jobs, responses, webhook_secret
 
 REF: Final = "#/components/schemas/{model}"
 PROBLEM_TYPE: Final = "application/problem+json"
@@ -88,6 +88,7 @@ class Operation:
     body_required: bool = True
     query: type[BaseModel] | None = None
     path_params: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+    header_params: Mapping[str, dict[str, Any]] = field(default_factory=dict)
     auth: str | None = "bearer"
     idempotent: bool = False
     description: str | None = None
@@ -138,11 +139,16 @@ def _job_operations(registry: Registry) -> list[Operation]:
             method="get",
             path="/jobs/{id}",
             operation_id="get_job",
-            summary="Get a job (outputs with fresh presigned URLs)",
+            summary="Get a job (outputs with fresh presigned URLs); with `wait`, once it is final",
             tag="jobs",
             path_params=job_id,
-            ok={200: (responses.Job, "The job.")},
-            errors=(*_AUTH_ERRORS, 404),
+            query=events.WaitQuery,
+            ok={200: (responses.Job, "The job (with `wait`: once final, or as it is when the wait ends).")},
+            errors=(*_AUTH_ERRORS, 404, 422),
+            description=(
+                "With `wait=N` (0 to 60 seconds) the answer comes as soon as the job is completed, discarded "
+                "or cancelled, or after N seconds with the job as it is then: no need to poll."
+            ),
         ),
         Operation(
             method="get",
@@ -178,6 +184,75 @@ def _job_operations(registry: Registry) -> list[Operation]:
         ),
     ]
     return ops
+
+
+_EVENT_FORMAT: Final = """\
+Server-Sent Events (`text/event-stream`). Each job event is a default (`message`) event with an
+`id:` and JSON `data`: `id`, `type` (`inserted`, `available`, `executing`, `completed`,
+`retryable`, `discarded`, `cancelled`, `snoozed`, `rescued`, `handed_back`, `retried`; more types,
+such as `progress`, may be added: ignore the ones you do not know), `jobId`, `state`, `queue`,
+`tenantId`, `attempt`, `batchId`, and for `retryable`, `discarded` and `rescued` the attempt's
+`error`. Reconnecting with `Last-Event-ID` (or `lastEventId`) resumes without a gap while that
+event is among the last `EVENTS_REPLAY_SIZE` (10,000 by default) this API instance saw; when it is
+not, or when the instance may itself have missed events (its database connection dropped), the
+stream sends `event: reset`: read the state afresh (`GET /jobs`). A client that does not keep up
+(`EVENTS_CLIENT_BUFFER` events waiting) is disconnected and should reconnect. Idle streams get a
+comment line every `EVENTS_KEEPALIVE_SECONDS`. 503 when `EVENTS_MAX_SUBSCRIBERS` streams are open,
+429 when the tenant has `EVENTS_MAX_SUBSCRIBERS_PER_TENANT` of them.
+"""
+
+_LAST_EVENT_ID: Final = {
+    "Last-Event-ID": {
+        "description": "resume after this event id (browsers' EventSource sends it when reconnecting)",
+        "schema": {"type": "string", "pattern": "^[0-9]{1,20}$"},
+    }
+}
+
+
+def _event_operations() -> list[Operation]:
+    stream = ("text/event-stream", "An endless event stream (see the description).")
+    return [
+        Operation(
+            method="get",
+            path="/events",
+            operation_id="stream_events",
+            summary="Live job events of the tenant (admins: every tenant, or `tenantId`), as Server-Sent Events",
+            tag="events",
+            query=events.EventsQuery,
+            header_params=_LAST_EVENT_ID,
+            ok={200: stream},
+            errors=(*_AUTH_ERRORS, 422),
+            description=_EVENT_FORMAT + "\nFilters: `queue` and `state` repeat (or take comma-separated values).",
+        ),
+        Operation(
+            method="get",
+            path="/jobs/{id}/events",
+            operation_id="stream_job_events",
+            summary="One job's events as Server-Sent Events, ending once it is final",
+            tag="events",
+            path_params={"id": {"type": "integer", "minimum": 1, "maximum": 999_999_999_999_999_999}},
+            query=events.JobEventsQuery,
+            header_params=_LAST_EVENT_ID,
+            ok={200: ("text/event-stream", "The job's events, first its current state (`type: current`).")},
+            errors=(*_AUTH_ERRORS, 404, 422),
+            description=_EVENT_FORMAT,
+        ),
+        Operation(
+            method="get",
+            path="/webhooks/secret",
+            operation_id="get_webhook_secret",
+            summary="The tenant's webhook signing secret (Standard Webhooks), to verify deliveries",
+            tag="events",
+            query=webhook_secret.SecretQuery,
+            ok={200: (responses.WebhookSecret, "The secret.")},
+            errors=(*_AUTH_ERRORS, 422),
+            description=(
+                "Needs `jobs:write` (whoever may create webhook jobs can already have anything signed). "
+                "An admin token acts for `tenantId` (required when the token has no tenant). 503 when "
+                "WEBHOOK_SIGNING_SECRET is not configured."
+            ),
+        ),
+    ]
 
 
 def _upload_operations() -> list[Operation]:
@@ -330,6 +405,7 @@ def _operations_operations() -> list[Operation]:
 def operations(registry: Registry) -> list[Operation]:
     return [
         *_job_operations(registry),
+        *_event_operations(),
         *_upload_operations(),
         *_admin_operations(registry),
         *_operations_operations(),
@@ -395,6 +471,7 @@ def _operation(
     ]
     if op.query is not None:
         params += _query_parameters(op.query, refs[(op.query, "validation")], defs)
+    params += [{"name": name, "in": "header", "required": False, **spec} for name, spec in op.header_params.items()]
     if op.idempotent:
         params.append(
             {
@@ -449,6 +526,7 @@ def build_document(*, server_url: str | None = None, registry: Registry | None =
         "info": {"title": "Content Processor", "version": _version(), "description": DESCRIPTION},
         "tags": [
             {"name": "jobs", "description": "Create, read, list, cancel and retry jobs."},
+            {"name": "events", "description": "Live job events (Server-Sent Events) and webhook verification."},
             {"name": "uploads", "description": "Presigned uploads of job inputs."},
             {"name": "admin", "description": "Queues, maintenance and machines (`admin` scope)."},
             {"name": "operations", "description": "Health, metrics and this documentation."},

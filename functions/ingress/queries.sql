@@ -95,3 +95,9 @@ SELECT queue, width_bucket(extract(epoch FROM started_at - launched_at)::float8,
 -- name: metrics_duty_errors
 -- failures of each dispatcher duty, whichever instance led
 SELECT duty, errors FROM dispatcher_duty_errors ORDER BY duty;
+
+-- live events and the dashboard ----------------------------------------------------------------
+
+-- name: event_details
+-- what a job event's notification leaves out: the job's tags and its latest error
+SELECT id, tags, errors -> -1 AS last_error FROM jobs WHERE id = ANY (%(ids)s::bigint[]);

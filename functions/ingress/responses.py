@@ -146,3 +146,11 @@ class Health(CamelModel):
     queues: list[QueueStatus] | None = Field(None, description="present when the database answered")
     reason: str | None = Field(None, description="why the database is unreachable")
     alerts: list[Alert] | None = Field(None, description="what needs a human now (e.g. a rejected FLY_API_TOKEN)")
+
+
+class WebhookSecret(CamelModel):
+    """A tenant's webhook signing secret."""
+
+    tenant_id: str
+    secret: str = Field(..., description="`whsec_` + base64 key, as Standard Webhooks libraries take it")
+    scheme: Literal["standard-webhooks-v1"]

@@ -36,7 +36,9 @@ def api_schema(fuzzed_app: LiveApp) -> schemathesis.BaseSchema:
     return from_url(f"{fuzzed_app.url}/documentation/json")
 
 
-schema = schemathesis.pytest.from_fixture("api_schema")
+# The event streams never end by themselves, so no generated call of them could finish: they are
+# tested by test_events.py, over real HTTP.
+schema = schemathesis.pytest.from_fixture("api_schema").exclude(operation_id=["stream_events", "stream_job_events"])
 
 
 @schema.parametrize()
@@ -45,6 +47,8 @@ def test_the_api_keeps_the_promises_of_its_document(case: schemathesis.Case, fuz
     token = fuzzed_app.token("tenant-1", "admin jobs:read jobs:write")
     for name in [n for n in case.headers or {} if n.lower() in FRAMING_HEADERS]:
         del case.headers[name]  # type: ignore[union-attr]
+    if case.query and str(case.query.get("wait")).isdigit() and int(str(case.query["wait"])) > 1:
+        case.query["wait"] = 1  # a valid wait on a live job lasts that long; what is checked is the answer
     case.call_and_validate(
         headers={"Authorization": f"Bearer {token}"},
         # Cross-field rules (exactly one of sourceUrl/sourceKey, an upload key of the caller's

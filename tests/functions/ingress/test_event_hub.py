@@ -1,0 +1,80 @@
+"""The hub's Python API, as other routes (the dashboard) use it: filters in, an async iterator of
+events out, a bounded queue per subscriber."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from functions.ingress.event_hub import EventFilter, EventHub, LiveEvent
+from shared.db.pool import Pool
+from shared.errors import RateLimited, ServiceUnavailable
+from shared.settings import Settings
+from tests.conftest import make_settings
+
+
+@contextlib.asynccontextmanager
+async def running_hub(settings: Settings, pool: Pool) -> AsyncIterator[EventHub]:
+    hub = EventHub(settings, pool)
+    stop = asyncio.Event()
+    task = asyncio.create_task(hub.run(stop))
+    try:
+        async with asyncio.timeout(30):
+            while not hub.connected:
+                await asyncio.sleep(0.05)
+        yield hub
+    finally:
+        stop.set()
+        await task
+
+
+async def insert(pool: Pool, tenant: str, count: int = 1) -> None:
+    async with pool.connection() as conn:
+        await conn.execute(
+            "INSERT INTO jobs (queue, worker, tenant_id) SELECT 'default', 'echo', %s FROM generate_series(1, %s)",
+            (tenant, count),
+        )
+
+
+async def test_a_subscription_yields_the_events_its_filter_wants(database_url: str, pool: Pool) -> None:
+    async with running_hub(make_settings(database_url), pool) as hub:
+        async with hub.subscription(EventFilter(tenant_id="acme", queues=frozenset({"default"}))) as events:
+            await insert(pool, "someone-else")
+            await insert(pool, "acme")
+            async with asyncio.timeout(30):
+                event = await anext(aiter(events))
+        assert isinstance(event, LiveEvent)
+        assert (event.note.tenant_id, event.note.type, event.json()["queue"]) == ("acme", "inserted", "default")
+        assert hub.subscriber_count == 0  # the block's end unsubscribed it
+
+
+async def test_a_subscriber_that_does_not_consume_is_dropped_at_its_bound(database_url: str, pool: Pool) -> None:
+    settings = make_settings(database_url, events_client_buffer=10, events_max_subscribers=1)
+    async with running_hub(settings, pool) as hub:
+        async with hub.subscription(EventFilter(tenant_id="acme")) as events:
+            with pytest.raises(ServiceUnavailable):
+                hub.subscribe(EventFilter(tenant_id="acme"))  # EVENTS_MAX_SUBSCRIBERS
+            await insert(pool, "acme", 50)
+            async with asyncio.timeout(30):
+                while hub.dropped_total == 0:
+                    await asyncio.sleep(0.05)
+            # What waited for it was let go; its iterator ends instead of growing.
+            assert events.subscriber.queue.qsize() <= 1
+            received = [item async for item in events]
+        assert received == []
+        assert hub.subscriber_count == 0
+
+
+async def test_one_tenant_cannot_take_every_slot(database_url: str, pool: Pool) -> None:
+    settings = make_settings(database_url, events_max_subscribers_per_tenant=2)
+    async with running_hub(settings, pool) as hub:
+        first = hub.subscribe(EventFilter(tenant_id="greedy"))
+        hub.subscribe(EventFilter(tenant_id="greedy", job_id=1))
+        with pytest.raises(RateLimited):
+            hub.subscribe(EventFilter(tenant_id="greedy"))
+        hub.subscribe(EventFilter(tenant_id="modest"))  # another tenant still gets in
+        hub.unsubscribe(first.subscriber)
+        hub.subscribe(EventFilter(tenant_id="greedy"))  # a freed slot is usable again

@@ -1,0 +1,299 @@
+"""Live job events (GET /events, GET /jobs/{id}/events) and GET /jobs/{id}?wait=N, over real HTTP
+against a real uvicorn and Postgres. State changes are made with SQL: the events come from the
+database's triggers, whoever changes a job."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from typing import Any
+
+import psycopg
+import pytest
+
+from functions.ingress.event_hub import EventHub
+from tests.functions.ingress.conftest import OpenApp, assert_problem
+from tests.functions.ingress.sse import SseEvent, SseStream
+from tests.support.live import LiveApp, wait_until
+
+
+def hub(app: LiveApp) -> EventHub:
+    found: EventHub = app.server.config.app.state.event_hub  # type: ignore[union-attr]
+    return found
+
+
+def stream(app: LiveApp, path: str, token: str, **headers: str) -> SseStream:
+    return SseStream(app.url, path, token, headers).start()
+
+
+def create(app: LiveApp, tenant: str, **options: Any) -> int:
+    with app.client(tenant) as client:
+        body: dict[str, Any] = {"function": "echo", "args": {"n": 1}}
+        if options:
+            body["options"] = options
+        response = client.post("/jobs/default", json=body)
+        assert response.status_code == 201, response.text
+        job_id: int = response.json()["id"]
+        return job_id
+
+
+def execute(app: LiveApp, job_id: int) -> None:
+    app.sql(
+        "UPDATE jobs SET state = 'executing', attempt = attempt + 1, attempted_by = 'm-1',"
+        " attempted_at = now(), heartbeat_at = now() WHERE id = %s",
+        (job_id,),
+    )
+
+
+def complete(app: LiveApp, job_id: int) -> None:
+    app.sql("UPDATE jobs SET state = 'completed', completed_at = now() WHERE id = %s", (job_id,))
+
+
+def fail(app: LiveApp, job_id: int, message: str) -> None:
+    app.sql(
+        "UPDATE jobs SET state = 'retryable', scheduled_at = now() + interval '1 hour',"
+        " errors = errors || jsonb_build_array(jsonb_build_object('attempt', attempt, 'kind', 'error',"
+        " 'error', %s::text)) WHERE id = %s",
+        (message, job_id),
+    )
+
+
+def events_until(sse: SseStream, predicate: Any) -> list[SseEvent]:
+    seen = []
+    while True:
+        event = sse.next()
+        seen.append(event)
+        if predicate(event):
+            return seen
+
+
+def test_tenants_see_only_their_own_events_and_admins_see_all(app: LiveApp) -> None:
+    a = stream(app, "/events", app.token("tenant-a", "jobs:read"))
+    b = stream(app, "/events", app.token("tenant-b", "jobs:read"))
+    everyone = stream(app, "/events", app.token(None, "admin"))
+    only_b = stream(app, "/events?tenantId=tenant-b", app.token(None, "admin"))
+    a_jobs = [create(app, "tenant-a") for _ in range(3)]
+    b_jobs = [create(app, "tenant-b") for _ in range(3)]
+    execute(app, a_jobs[0])
+    complete(app, a_jobs[0])
+    last = create(app, "tenant-b")  # the marker every stream of b waits for
+    b_jobs.append(last)
+
+    seen_b = events_until(b, lambda e: e.data["jobId"] == last)
+    seen_only_b = events_until(only_b, lambda e: e.data["jobId"] == last)
+    seen_all = events_until(everyone, lambda e: e.data["jobId"] == last)
+    seen_a = events_until(a, lambda e: e.data.get("type") == "completed")
+    assert {e.data["jobId"] for e in seen_b} == set(b_jobs)
+    assert {e.data["tenantId"] for e in seen_b + seen_only_b} == {"tenant-b"}
+    assert [e.data["jobId"] for e in seen_only_b] == [e.data["jobId"] for e in seen_b]
+    assert {e.data["jobId"] for e in seen_a} == set(a_jobs)
+    assert {e.data["tenantId"] for e in seen_a} == {"tenant-a"}
+    assert [e.data["type"] for e in seen_a] == ["inserted"] * 3 + ["executing", "completed"]
+    assert {e.data["jobId"] for e in seen_all} == set(a_jobs + b_jobs)
+    # Nothing of b's reached a, even later: its next event is its own.
+    marker = create(app, "tenant-a")
+    assert a.next().data["jobId"] == marker
+    for sse in (a, b, everyone, only_b):
+        sse.close()
+
+
+def test_filters_by_queue_state_batch_and_tag(app: LiveApp) -> None:
+    token = app.token("tenant-a", "jobs:read")
+    by_tag = stream(app, "/events?tag=red", token)
+    by_state = stream(app, "/events?state=completed,retryable", token)
+    by_queue = stream(app, "/events?queue=emails", token)
+    plain = create(app, "tenant-a")
+    red = create(app, "tenant-a", tags=["red"])
+    execute(app, plain)
+    fail(app, plain, "the printer is on fire")
+    execute(app, red)
+    complete(app, red)
+    got = events_until(by_tag, lambda e: e.data["type"] == "completed")
+    assert [(e.data["jobId"], e.data["type"]) for e in got] == [
+        (red, "inserted"),
+        (red, "executing"),
+        (red, "completed"),
+    ]
+    got = events_until(by_state, lambda e: e.data["type"] == "completed")
+    assert [(e.data["jobId"], e.data["type"]) for e in got] == [(plain, "retryable"), (red, "completed")]
+    assert got[0].data["error"]["error"] == "the printer is on fire"
+    # No email job was made: the queue stream has seen nothing (its next event is a new one's).
+    with app.client("tenant-a") as client:
+        response = client.post("/jobs/emails", json={"to": "ada@example.com", "subject": "s", "text": "t"})
+        assert response.status_code == 201, response.text
+    event = by_queue.next()
+    assert (event.data["queue"], event.data["jobId"]) == ("emails", response.json()["id"])
+    for sse in (by_tag, by_state, by_queue):
+        sse.close()
+
+    with psycopg.connect(app.settings.database_url, autocommit=True) as conn:
+        conn.execute("UPDATE jobs SET batch_id = 'batch-7' WHERE id = %s", (plain,))
+    by_batch = stream(app, "/events?batchId=batch-7", token)
+    app.sql("UPDATE jobs SET state = 'available' WHERE id = %s", (plain,))  # due again
+    event = by_batch.next()
+    assert (event.data["jobId"], event.data["type"], event.data["batchId"]) == (plain, "available", "batch-7")
+    by_batch.close()
+
+
+@pytest.mark.parametrize(
+    ("query", "status"),
+    [
+        ("state=bogus", 422),
+        ("state=", 422),
+        ("lastEventId=abc", 422),
+        ("tag=" + "x" * 65, 422),
+        ("queue=", 422),
+        ("tenantId=tenant-b", 403),
+    ],
+)
+def test_bad_filters_are_refused(app: LiveApp, query: str, status: int) -> None:
+    with app.client("tenant-a", "jobs:read") as client:
+        assert_problem(client.get(f"/events?{query}"), status)
+    assert hub(app).subscriber_count == 0
+
+
+def test_events_need_a_token_with_jobs_read(app: LiveApp) -> None:
+    with app.client("tenant-a", "jobs:write") as client:
+        assert_problem(client.get("/events"), 403)
+        assert_problem(client.get("/events", headers={"Authorization": ""}), 401)
+
+
+def test_a_job_stream_starts_with_its_state_and_ends_once_final(app: LiveApp) -> None:
+    job_id = create(app, "tenant-a")
+    sse = stream(app, f"/jobs/{job_id}/events", app.token("tenant-a", "jobs:read"))
+    assert sse.next().data | {"type": "x"} == {
+        "type": "x",
+        "jobId": job_id,
+        "state": "available",
+        "queue": "default",
+        "tenantId": "tenant-a",
+        "attempt": 0,
+        "batchId": None,
+    }
+    other = create(app, "tenant-a")
+    execute(app, other)
+    execute(app, job_id)
+    complete(app, job_id)
+    assert [(e.data["type"], e.data["jobId"]) for e in (sse.next(), sse.next())] == [
+        ("executing", job_id),
+        ("completed", job_id),
+    ]
+    assert sse.ended.wait(30)
+    # A final job's stream is its state alone; another tenant's job is 404, as for GET /jobs/{id}.
+    done = stream(app, f"/jobs/{job_id}/events", app.token("tenant-a", "jobs:read"))
+    assert done.next().data["state"] == "completed"
+    assert done.ended.wait(30)
+    with app.client("tenant-b", "jobs:read") as client:
+        assert_problem(client.get(f"/jobs/{job_id}/events"), 404)
+    wait_until("every subscriber gone", lambda: hub(app).subscriber_count == 0)
+
+
+def test_last_event_id_resumes_without_gaps_and_signals_what_it_cannot(open_app: OpenApp) -> None:
+    with open_app(events_replay_size=20) as app:
+        token = app.token("tenant-a", "jobs:read")
+        first = stream(app, "/events", token)
+        created = [create(app, "tenant-a") for _ in range(3)]
+        seen = [first.next() for _ in range(3)]
+        first.close()
+        missed = [create(app, "tenant-a") for _ in range(4)]
+        resumed = stream(app, "/events", token, **{"Last-Event-ID": seen[0].id or ""})
+        got = [resumed.next() for _ in range(6)]
+        assert [e.data["jobId"] for e in got] == created[1:] + missed
+        assert [e.id for e in got[:2]] == [e.id for e in seen[1:]]
+        resumed.close()
+        # Another tenant resuming from the same id replays nothing of tenant-a's.
+        other = stream(app, "/events", app.token("tenant-b", "jobs:read"), **{"Last-Event-ID": seen[0].id or ""})
+        marker = create(app, "tenant-b")
+        assert other.next().data["jobId"] == marker
+        other.close()
+
+        # An id the window no longer holds (or never held): a reset first, then live events.
+        for _ in range(25):
+            create(app, "tenant-a")
+        for last in (seen[2].id, "999999999"):
+            late = stream(app, f"/events?lastEventId={last}", token)
+            assert late.next().event == "reset"
+            marker = create(app, "tenant-a")
+            assert late.next().data["jobId"] == marker
+            late.close()
+
+
+def test_a_reader_that_stops_reading_is_dropped(open_app: OpenApp) -> None:
+    with open_app(events_client_buffer=50) as app:
+        healthy = stream(app, "/events", app.token("tenant-b", "jobs:read"))
+        # A raw client that reads the response head and then nothing, with a tiny receive buffer.
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        host, port = app.url.removeprefix("http://").split(":")
+        sock.connect((host, int(port)))
+        token = app.token("tenant-a", "jobs:read")
+        sock.sendall(f"GET /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
+        assert sock.recv(1024).startswith(b"HTTP/1.1 200")
+        wait_until("both streams subscribed", lambda: hub(app).subscriber_count == 2)
+        # Enough events to fill every socket buffer between the server and the stalled reader.
+        for _ in range(10):
+            app.sql(
+                "INSERT INTO jobs (queue, worker, tenant_id, args)"
+                " SELECT 'default', 'echo', 'tenant-a', '{}' FROM generate_series(1, 5000)"
+            )
+        wait_until("the stalled stream dropped", lambda: hub(app).dropped_total == 1, timeout=120)
+        wait_until("its subscription removed", lambda: hub(app).subscriber_count == 1)
+        # The other stream is untouched and still live.
+        marker = create(app, "tenant-b")
+        assert healthy.next().data["jobId"] == marker
+        healthy.close()
+        # The server ended the stalled stream: reading what was buffered ends at its close.
+        sock.settimeout(30)
+        while sock.recv(65536):
+            pass
+        sock.close()
+
+
+def test_a_lost_listening_connection_is_replaced_and_streams_are_told(app: LiveApp) -> None:
+    sse = stream(app, "/events", app.token("tenant-a", "jobs:read"))
+    before = create(app, "tenant-a")
+    assert sse.next().data["jobId"] == before
+    killed = app.sql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND query ILIKE 'LISTEN%%cp_events%%'"
+    )
+    assert killed == [(True,)]
+    assert sse.next().event == "reset"
+    wait_until("the hub listening again", lambda: hub(app).connected)
+    after = create(app, "tenant-a")
+    assert sse.next().data["jobId"] == after
+    sse.close()
+
+
+def test_wait_answers_once_the_job_is_final(app: LiveApp) -> None:
+    job_id = create(app, "tenant-a")
+    with app.client("tenant-a", "jobs:read") as client:
+        for bad in ("61", "-1", "abc", "1.5"):
+            assert_problem(client.get(f"/jobs/{job_id}?wait={bad}"), 422)
+        # Not final within the wait: the job as it is.
+        assert client.get(f"/jobs/{job_id}?wait=1").json()["state"] == "available"
+
+        def finish() -> None:
+            wait_until("the waiting request subscribed", lambda: hub(app).subscriber_count == 1)
+            execute(app, job_id)
+            complete(app, job_id)
+
+        finisher = threading.Thread(target=finish)
+        finisher.start()
+        response = client.get(f"/jobs/{job_id}?wait=60")
+        finisher.join()
+        assert response.status_code == 200
+        assert response.json()["state"] == "completed"
+        assert response.json() == client.get(f"/jobs/{job_id}").json()
+    with app.client("tenant-b", "jobs:read") as client:
+        assert_problem(client.get(f"/jobs/{job_id}?wait=5"), 404)
+    assert hub(app).subscriber_count == 0
+
+
+def test_idle_streams_get_keep_alive_comments(open_app: OpenApp) -> None:
+    with open_app(events_keepalive_seconds=0.2) as app:
+        sse = stream(app, "/events", app.token("tenant-a", "jobs:read"))
+        wait_until("a keep-alive comment", lambda: ": keep-alive" in sse.comments)
+        marker = create(app, "tenant-a")  # and events still flow
+        assert sse.next().data["jobId"] == marker
+        sse.close()
