@@ -124,6 +124,9 @@ def html(
         headers={
             "Content-Security-Policy": content_security_policy(media_origins),
             "Cache-Control": "no-store",
+            # Our own origin only (the API's default is no-referrer, with which browsers send
+            # `Origin: null` on form posts and the Origin check could not tell us from a stranger).
+            "Referrer-Policy": "same-origin",
             **(headers or {}),
         },
     )

@@ -106,10 +106,14 @@ def login_csrf_ok(request: Request, submitted: str | None) -> bool:
 def same_origin(request: Request) -> bool:
     """False when the browser says the request came from another site (Origin, else Sec-Fetch-Site)."""
     origin = request.headers.get("origin")
-    if origin is not None:
+    fetch_site = request.headers.get("sec-fetch-site")
+    if origin is not None and origin != "null":
         scheme = "https" if came_over_https(request.scope) else "http"
         return origin == f"{scheme}://{request.headers.get('host', '')}"
-    return request.headers.get("sec-fetch-site", "same-origin") in ("same-origin", "none")
+    if origin == "null":
+        # An opaque origin: a browser hiding it (a no-referrer page) or a sandboxed frame anywhere.
+        return fetch_site == "same-origin"
+    return fetch_site in (None, "same-origin", "none")
 
 
 def _set(request: Request, response: Response, name: str, value: str, path: str) -> None:
