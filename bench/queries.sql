@@ -80,3 +80,31 @@ SELECT count(*) AS jobs,
        count(*) FILTER (WHERE runs > 1) AS ran_more_than_once,
        coalesce(sum(runs), 0)::bigint AS executions
   FROM per_job;
+
+-- name: dashboard_fill_jobs
+-- a job history for the dashboard metric: `n` jobs over the last `span_seconds`, oldest first, across
+-- `tenants` tenants and the seven queues; mostly final (as after a week of work), a few percent still to run
+INSERT INTO jobs (queue, worker, tenant_id, args, tags, state, attempt, max_attempts, errors, attempted_by,
+                  attempted_at, heartbeat_at, claim_token, inserted_at, scheduled_at, completed_at, discarded_at,
+                  cancelled_at)
+SELECT q.queue, q.queue || '-worker', 'tenant-' || (g %% %(tenants)s), jsonb_build_object('n', g),
+       ARRAY['tag-' || (g %% 50)], s.state,
+       CASE WHEN s.state IN ('executing', 'completed', 'discarded', 'retryable') THEN 1 ELSE 0 END, 3,
+       CASE WHEN s.state IN ('discarded', 'retryable')
+            THEN '[{"attempt": 1, "kind": "bench", "error": "failed on purpose"}]'::jsonb ELSE '[]'::jsonb END,
+       CASE WHEN s.state IN ('executing', 'completed', 'discarded', 'retryable') THEN 'machine-bench' END,
+       CASE WHEN s.state IN ('executing', 'completed', 'discarded', 'retryable') THEN t.at END,
+       CASE WHEN s.state = 'executing' THEN now() END,
+       gen_random_uuid(), t.at, t.at + CASE WHEN s.state IN ('scheduled', 'retryable') THEN interval '1 day' ELSE interval '0' END,
+       CASE WHEN s.state = 'completed' THEN t.at + interval '1 second' END,
+       CASE WHEN s.state = 'discarded' THEN t.at + interval '1 second' END,
+       CASE WHEN s.state = 'cancelled' THEN t.at + interval '1 second' END
+  FROM generate_series(1, %(n)s) AS g
+ CROSS JOIN LATERAL (SELECT (ARRAY['default', 'images', 'emails', 'webhooks', 'documents', 'exports', 'archives'])
+                            [1 + (g * 7919 %% 7)] AS queue) AS q
+ CROSS JOIN LATERAL (SELECT now() - make_interval(secs => (%(n)s - g)::float8 * %(span_seconds)s / %(n)s) AS at) AS t
+ CROSS JOIN LATERAL (SELECT CASE WHEN r < 0.93 THEN 'completed' WHEN r < 0.95 THEN 'discarded'
+                                 WHEN r < 0.96 THEN 'cancelled' WHEN r < 0.98 THEN 'available'
+                                 WHEN r < 0.99 THEN 'scheduled' WHEN r < 0.995 THEN 'retryable'
+                                 ELSE 'executing' END AS state
+                       FROM (SELECT random() + g * 0 AS r) AS rnd) AS s;
