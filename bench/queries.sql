@@ -101,7 +101,7 @@ SELECT q.queue, q.queue || '-worker', 'tenant-' || (g %% %(tenants)s), jsonb_bui
        CASE WHEN s.state = 'cancelled' THEN t.at + interval '1 second' END
   FROM generate_series(1, %(n)s) AS g
  CROSS JOIN LATERAL (SELECT (ARRAY['default', 'images', 'emails', 'webhooks', 'documents', 'exports', 'archives'])
-                            [1 + (g * 7919 %% 7)] AS queue) AS q
+                            [1 + (g::bigint * 7919 %% 7)] AS queue) AS q
  CROSS JOIN LATERAL (SELECT now() - make_interval(secs => (%(n)s - g)::float8 * %(span_seconds)s / %(n)s) AS at) AS t
  CROSS JOIN LATERAL (SELECT CASE WHEN r < 0.93 THEN 'completed' WHEN r < 0.95 THEN 'discarded'
                                  WHEN r < 0.96 THEN 'cancelled' WHEN r < 0.98 THEN 'available'
