@@ -85,3 +85,41 @@ def seed_job(
         },
     )
     return int(rows[0][0])
+
+
+def seed_completed_with_outputs(app: LiveApp, tenant: str) -> tuple[int, dict[str, str]]:
+    """A completed job whose result names a PNG and a PDF stored under its completing claim, and
+    one object of an earlier claim (which must never get a link). Returns (job id, name -> key)."""
+    import io
+    import uuid
+
+    from PIL import Image
+    from pypdf import PdfWriter
+
+    from shared.keys import claim_prefix
+    from shared.storage import Storage
+
+    storage = Storage(app.settings)
+    storage.ensure_bucket()
+    claim, earlier = uuid.uuid4(), uuid.uuid4()
+    job_id = seed_job(app, tenant, "completed", queue="images", worker="ProcessImage", claim_token=str(claim))
+    png = io.BytesIO()
+    Image.new("RGB", (320, 200), "teal").save(png, "PNG")
+    pdf = io.BytesIO()
+    writer = PdfWriter()
+    writer.add_blank_page(width=595, height=842)
+    writer.write(pdf)
+    keys = {
+        "thumb.png": claim_prefix(tenant, job_id, claim) + "thumb.png",
+        "report.pdf": claim_prefix(tenant, job_id, claim) + "report.pdf",
+        "stale.png": claim_prefix(tenant, job_id, earlier) + "stale.png",
+    }
+    objects = {"thumb.png": (png.getvalue(), "image/png"), "report.pdf": (pdf.getvalue(), "application/pdf")}
+    objects["stale.png"] = objects["thumb.png"]
+    outputs = []
+    for name, key in keys.items():
+        data, content_type = objects[name]
+        storage.for_tenant(tenant).put_bytes(key, data, content_type)
+        outputs.append({"name": name, "key": key, "contentType": content_type, "size": len(data)})
+    app.sql("UPDATE jobs SET result = %s WHERE id = %s", (Jsonb({"outputs": outputs, "width": 320}), job_id))
+    return job_id, keys

@@ -3,13 +3,15 @@ page and action, queue control for admins, output links, and its Content-Securit
 
 from __future__ import annotations
 
+import html
 import re
+import urllib.parse
 
 import httpx
 import pytest
 
 from functions.ingress.app import routes
-from tests.support.dashboard import csrf_of, seed_job, signed_in
+from tests.support.dashboard import csrf_of, seed_completed_with_outputs, seed_job, signed_in
 from tests.support.live import LiveApp
 
 FAILED = [{"attempt": 1, "at": "2026-12-01T10:00:00+00:00", "kind": "bad-input", "error": "this can never work"}]
@@ -246,3 +248,26 @@ def test_absurd_job_ids_are_a_404_page(app: LiveApp, path: str):
     with signed_in(app) as client:
         page = client.get(path)
     assert page.status_code == 404 and page.headers["content-type"].startswith("text/html")
+
+
+def test_the_job_page_links_only_the_completing_claims_outputs_and_previews_them(app: LiveApp):
+    job, keys = seed_completed_with_outputs(app, "tenant-a")
+    with signed_in(app) as client:
+        page = client.get(f"/dashboard/jobs/{job}")
+    assert page.status_code == 200
+    links = dict(re.findall(r'<a href="([^"]+)" download>([^<]+)</a>', page.text))
+    by_name = {name: html.unescape(url) for url, name in links.items()}
+    assert set(by_name) == {"thumb.png", "report.pdf"}  # stale.png is from an earlier claim: no link
+    assert "stale.png" in page.text and "not from the completing attempt" in page.text
+    for name, url in by_name.items():
+        assert keys[name] in urllib.parse.unquote(url)
+        fetched = httpx.get(url, trust_env=False)
+        assert fetched.status_code == 200 and fetched.content[:4] in (b"\x89PNG", b"%PDF")
+    assert re.search(r'<img class="thumb" src="[^"]+thumb\.png', page.text)
+    assert re.search(r'<iframe class="pdf" src="[^"]+report\.pdf', page.text)
+    # The previews load from the storage origin, so the CSP names it for images and frames, only here.
+    origin = "{0.scheme}://{0.netloc}".format(urllib.parse.urlsplit(by_name["thumb.png"]))
+    csp = page.headers["content-security-policy"]
+    assert f"img-src 'self' data: {origin}" in csp and f"frame-src {origin}" in csp
+    with signed_in(app, "tenant-b") as other:
+        assert other.get(f"/dashboard/jobs/{job}").status_code == 404

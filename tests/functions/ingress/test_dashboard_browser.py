@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.dashboard import seed_job
+from tests.support.dashboard import seed_completed_with_outputs, seed_job
 from tests.support.live import LiveApp
 
 from .conftest import OpenApp
@@ -215,3 +215,16 @@ def test_pages_on_a_phone(browser: Any, app: LiveApp):
     page.get_by_role("button", name="Sign in").click()
     assert "invalid token" in page.get_by_role("alert").inner_text()
     shot(page, "sign-in-refused")
+
+
+def test_a_job_with_outputs_shows_a_thumbnail_and_the_pdf(browser: Any, app: LiveApp):
+    job, _ = seed_completed_with_outputs(app, "tenant-a")
+    page = sign_in(browser, app, "tenant-a")
+    page.goto(f"{app.url}/dashboard/jobs/{job}")
+    thumb = page.locator("img.thumb")
+    thumb.scroll_into_view_if_needed()
+    page.wait_for_timeout(500)
+    # Loaded from the storage's presigned URL, which the page's CSP allows for images.
+    assert thumb.evaluate("img => img.complete && img.naturalWidth") == 320
+    assert page.locator("iframe.pdf").count() == 1
+    shot(page, "job-outputs")
