@@ -231,6 +231,8 @@ def test_every_page_has_the_strict_csp_and_no_inline_script_or_style(app: LiveAp
             assert "script-src 'self'" in csp and "style-src 'self'" in csp and "unsafe-inline" not in csp, path
             assert "frame-ancestors 'none'" in csp and "form-action 'self'" in csp
             assert page.headers["cache-control"] == "no-store"
+            assert page.headers["x-frame-options"] == "DENY" and page.headers["x-content-type-options"] == "nosniff"
+            assert page.headers["referrer-policy"] == "same-origin"
             assert not re.search(r"<script(?![^>]*\bsrc=)", page.text), path
             assert " style=" not in page.text and "<style" not in page.text, path
             assert not re.search(r"\son[a-z]+=", page.text), path  # no inline event handlers
@@ -271,3 +273,20 @@ def test_the_job_page_links_only_the_completing_claims_outputs_and_previews_them
     assert f"img-src 'self' data: {origin}" in csp and f"frame-src {origin}" in csp
     with signed_in(app, "tenant-b") as other:
         assert other.get(f"/dashboard/jobs/{job}").status_code == 404
+
+
+def test_the_shared_list_query_filters_by_one_or_several_states(app: LiveApp):
+    # list_jobs writes one state as an equality (for the index order); several stay `= ANY`.
+    ids = {state: seed_job(app, "tenant-a", state) for state in ("available", "scheduled", "discarded", "completed")}
+    with app.client("tenant-a") as client:
+
+        def listed(*states: str) -> set[int]:
+            response = client.get("/jobs", params=[("state", s) for s in states])
+            assert response.status_code == 200, response.text
+            return {job["id"] for job in response.json()["jobs"]}
+
+        assert listed("discarded") == {ids["discarded"]}
+        assert listed("available", "completed") == {ids["available"], ids["completed"]}
+        assert listed("available,scheduled,discarded") == {ids["available"], ids["scheduled"], ids["discarded"]}
+        assert listed() == set(ids.values())
+        assert listed("cancelled") == set()

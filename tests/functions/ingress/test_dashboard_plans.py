@@ -73,10 +73,8 @@ def test_the_jobs_list_is_an_index_scan(big_table: psycopg.Connection[Any], case
     assert on_jobs, nodes
     assert all(n["Node Type"] != "Seq Scan" for n in on_jobs), (case, [n["Node Type"] for n in nodes])
     assert all("Index" in n["Node Type"] or n["Node Type"] == "Bitmap Heap Scan" for n in on_jobs), case
-    # Newest first comes from the index order, not from sorting every matching row. (A state filter
-    # is `state = ANY(...)`, whose index scan does not keep id order in Postgres 15: the planner
-    # sorts the few matching rows of a rare state, or walks the tenant's index for a common one.)
-    if not LISTS[case]["batch_id"] and not LISTS[case]["states"]:
+    # Newest first comes from the index order, not from sorting every matching row.
+    if not LISTS[case]["batch_id"]:
         assert not any(n["Node Type"] == "Sort" for n in nodes), (case, [n["Node Type"] for n in nodes])
 
 
