@@ -290,3 +290,30 @@ def test_the_shared_list_query_filters_by_one_or_several_states(app: LiveApp):
         assert listed("available,scheduled,discarded") == {ids["available"], ids["scheduled"], ids["discarded"]}
         assert listed() == set(ids.values())
         assert listed("cancelled") == set()
+
+
+def test_the_job_page_shows_its_callback_batch_and_attempts(app: LiveApp):
+    job = seed_job(
+        app,
+        "tenant-a",
+        "discarded",
+        errors=FAILED,
+        batch_id="batch-1",
+        meta={"callbackUrl": "https://hooks.example.com/done"},
+    )
+    seed_job(app, "tenant-a", "completed", batch_id="batch-1")
+    callback = seed_job(
+        app,
+        "tenant-a",
+        "retryable",
+        queue="webhooks",
+        worker="DeliverWebhook",
+        meta={"callbackFor": job},
+        errors=[{"attempt": 1, "at": "2026-12-01T10:00:01+00:00", "kind": "http-status", "error": "HTTP 503"}],
+    )
+    with signed_in(app) as client:
+        page = client.get(f"/dashboard/jobs/{job}").text
+    assert "https://hooks.example.com/done" in page
+    assert f'href="/dashboard/jobs/{callback}">Delivery job {callback}</a>' in page and "HTTP 503" in page
+    assert "1 completed, 1 discarded" in page  # the batch, per state
+    assert "machine machine-seeded" in page and "bad-input" in page and "this can never work" in page
