@@ -83,7 +83,8 @@ SELECT count(*) AS jobs,
 
 -- name: dashboard_fill_jobs
 -- a job history for the dashboard metric: `n` jobs over the last `span_seconds`, oldest first, across
--- `tenants` tenants and the seven queues; mostly final (as after a week of work), a few percent still to run
+-- `tenants` tenants and the seven queues; final except among the newest 2 %, where three in four are still
+-- to run (available, scheduled, retryable, executing): a backlog of 1.5 % of the table
 INSERT INTO jobs (queue, worker, tenant_id, args, tags, state, attempt, max_attempts, errors, attempted_by,
                   attempted_at, heartbeat_at, claim_token, inserted_at, scheduled_at, completed_at, discarded_at,
                   cancelled_at)
@@ -103,8 +104,12 @@ SELECT q.queue, q.queue || '-worker', 'tenant-' || (g %% %(tenants)s), jsonb_bui
  CROSS JOIN LATERAL (SELECT (ARRAY['default', 'images', 'emails', 'webhooks', 'documents', 'exports', 'archives'])
                             [1 + (g::bigint * 7919 %% 7)] AS queue) AS q
  CROSS JOIN LATERAL (SELECT now() - make_interval(secs => (%(n)s - g)::float8 * %(span_seconds)s / %(n)s) AS at) AS t
- CROSS JOIN LATERAL (SELECT CASE WHEN r < 0.93 THEN 'completed' WHEN r < 0.95 THEN 'discarded'
-                                 WHEN r < 0.96 THEN 'cancelled' WHEN r < 0.98 THEN 'available'
-                                 WHEN r < 0.99 THEN 'scheduled' WHEN r < 0.995 THEN 'retryable'
-                                 ELSE 'executing' END AS state
+ CROSS JOIN LATERAL (SELECT CASE WHEN g <= %(n)s * 0.98
+                                 THEN CASE WHEN r < 0.95 THEN 'completed' WHEN r < 0.98 THEN 'discarded'
+                                           ELSE 'cancelled' END
+                                 -- the newest 2 %%: what is still queued, running or waiting to retry
+                                 ELSE CASE WHEN r < 0.40 THEN 'available' WHEN r < 0.60 THEN 'scheduled'
+                                           WHEN r < 0.70 THEN 'retryable' WHEN r < 0.75 THEN 'executing'
+                                           WHEN r < 0.95 THEN 'completed' ELSE 'discarded' END
+                            END AS state
                        FROM (SELECT random() + g * 0 AS r) AS rnd) AS s;

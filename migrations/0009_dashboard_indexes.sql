@@ -16,3 +16,6 @@ CREATE INDEX jobs_tenant_final_idx ON jobs (tenant_id, (coalesce(completed_at, d
 -- job page: the callback webhook a job's final state enqueued (0005's trigger sets meta.callbackFor)
 CREATE INDEX jobs_callback_for_idx ON jobs (((meta ->> 'callbackFor')))
     WHERE meta ? 'callbackFor';
+-- Statistics on the time a job became final: the planner ignores the expressions of partial
+-- indexes (jobs_final_idx), so without these it guesses a third of the table for "the last hour".
+CREATE STATISTICS jobs_final_at_stats ON (coalesce(completed_at, discarded_at, cancelled_at)) FROM jobs;

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Final
 
 from shared.db.job_store import Conn
@@ -79,6 +79,15 @@ class Overview:
     at: datetime
 
 
+def outcome_params(tenant: str | None, now: datetime) -> dict[str, Any]:
+    return {
+        "tenant_id": tenant,
+        "now": now,
+        "since": now - timedelta(seconds=WINDOW_SECONDS),
+        "bucket_seconds": BUCKET_SECONDS,
+    }
+
+
 async def load(conn: Conn, tenant: str | None) -> Overview:
     cur = await conn.execute(QUERIES["dashboard_queues"])
     rows = {
@@ -96,8 +105,7 @@ async def load(conn: Conn, tenant: str | None) -> Overview:
             row.oldest_wait_seconds = max((now - r["oldest_due"]).total_seconds(), 0.0)
     completed = [0.0] * BUCKETS
     discarded = [0.0] * BUCKETS
-    params: dict[str, Any] = {"tenant_id": tenant, "window_seconds": WINDOW_SECONDS, "bucket_seconds": BUCKET_SECONDS}
-    cur = await conn.execute(QUERIES["dashboard_recent_outcomes"], params)
+    cur = await conn.execute(QUERIES["dashboard_recent_outcomes"], outcome_params(tenant, now))
     for r in await cur.fetchall():
         index = BUCKETS - 1 - min(max(r["buckets_ago"], 0), BUCKETS - 1)  # oldest bar on the left
         row = rows.get(r["queue"])

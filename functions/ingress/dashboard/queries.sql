@@ -11,14 +11,15 @@ SELECT queue, state, count(*) AS n,
  GROUP BY queue, state;
 
 -- name: dashboard_recent_outcomes
--- final jobs of the last `window_seconds` per queue, state and time bucket of `bucket_seconds`
+-- final jobs since `since` per queue, state and time bucket of `bucket_seconds` before `now` (both
+-- passed as values, not now() - interval, so the planner estimates the range from the statistics)
 SELECT queue, state,
-       floor(extract(epoch FROM now() - coalesce(completed_at, discarded_at, cancelled_at)) / %(bucket_seconds)s)::int
-           AS buckets_ago,
+       floor(extract(epoch FROM %(now)s::timestamptz - coalesce(completed_at, discarded_at, cancelled_at))
+             / %(bucket_seconds)s)::int AS buckets_ago,
        count(*) AS n
   FROM jobs
  WHERE state IN ('completed', 'discarded', 'cancelled')
-   AND coalesce(completed_at, discarded_at, cancelled_at) > now() - make_interval(secs => %(window_seconds)s)
+   AND coalesce(completed_at, discarded_at, cancelled_at) > %(since)s::timestamptz
    AND (%(tenant_id)s::text IS NULL OR tenant_id = %(tenant_id)s)
  GROUP BY queue, state, buckets_ago;
 

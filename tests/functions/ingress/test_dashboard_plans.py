@@ -16,6 +16,7 @@ from bench.dashboard import fill_jobs, list_params, overview_queries
 from shared.db.sql import QUERIES
 
 ROWS = 200_000
+SMALL = 1000  # rows the list may sort instead of reading them in index order
 
 
 def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
@@ -73,9 +74,11 @@ def test_the_jobs_list_is_an_index_scan(big_table: psycopg.Connection[Any], case
     assert on_jobs, nodes
     assert all(n["Node Type"] != "Seq Scan" for n in on_jobs), (case, [n["Node Type"] for n in nodes])
     assert all("Index" in n["Node Type"] or n["Node Type"] == "Bitmap Heap Scan" for n in on_jobs), case
-    # Newest first comes from the index order, not from sorting every matching row.
-    if not LISTS[case]["batch_id"]:
-        assert not any(n["Node Type"] == "Sort" for n in nodes), (case, [n["Node Type"] for n in nodes])
+    # Newest first comes from the index order, not from sorting every matching row; the planner may
+    # sort only a small set (a rare state: a few dozen rows here, fewer than a page).
+    for node in nodes:
+        if node["Node Type"] == "Sort":
+            assert node["Plans"][0]["Plan Rows"] <= SMALL, (case, node["Plans"][0]["Plan Rows"])
 
 
 @pytest.mark.parametrize("tenant", ["tenant-7", None], ids=["tenant", "admin"])
