@@ -36,7 +36,7 @@ _TENANT: Final = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 def safe_next(value: str | None) -> str:
     """Where to go after signing in: a dashboard path only (never another site)."""
-    if value and value.startswith("/dashboard") and not value.startswith("//") and "\\" not in value:
+    if value and value.startswith("/dashboard") and "\\" not in value and value.isprintable() and " " not in value:
         return value
     return "/dashboard"
 

@@ -317,3 +317,14 @@ def test_the_job_page_shows_its_callback_batch_and_attempts(app: LiveApp):
     assert f'href="/dashboard/jobs/{callback}">Delivery job {callback}</a>' in page and "HTTP 503" in page
     assert "1 completed, 1 discarded" in page  # the batch, per state
     assert "machine machine-seeded" in page and "bad-input" in page and "this can never work" in page
+
+
+@pytest.mark.parametrize("target", ["https://evil.example/", "//evil.example/dashboard", "/dashboard\r\nX-Evil: 1"])
+def test_sign_in_only_ever_sends_you_to_a_dashboard_page(app: LiveApp, target: str):
+    with httpx.Client(base_url=app.url, trust_env=False, headers={"Origin": app.url}) as client:
+        form = client.get("/dashboard/login")
+        answer = client.post(
+            "/dashboard/login", data={"csrf": csrf_of(form.text), "token": app.token("tenant-a"), "next": target}
+        )
+    assert answer.status_code == 303 and answer.headers["location"] == "/dashboard"
+    assert "x-evil" not in answer.headers
