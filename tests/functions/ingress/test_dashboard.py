@@ -130,9 +130,11 @@ def test_a_tenant_sees_and_touches_only_its_own_jobs(app: LiveApp):
             assert not set(map(int, re.findall(r'href="/dashboard/jobs/(\d+)"', page.text))) - {mine}, query
         assert client.get(f"/dashboard/jobs/{theirs_failed}").status_code == 404
         overview = client.get("/dashboard")
-        assert overview.status_code == 200
-        # tenant-a has no scheduled job: every "Scheduled" cell on its overview is 0
-        assert "jobs of tenant tenant-a" in overview.text.lower()
+        assert overview.status_code == 200 and "jobs of tenant tenant-a" in overview.text.lower()
+        # tenant-b's scheduled and discarded jobs count nowhere on tenant-a's overview or queues page
+        assert _default_row(overview.text)[:6] == ["0", "0", "0", "0", "0", "1"]
+        queues = client.get("/dashboard/queues").text
+        assert "tenant-b" not in queues and "theirs" not in queues
         csrf = csrf_of(listing.text)
         assert client.post(f"/dashboard/jobs/{theirs_failed}/retry", data={"csrf": csrf}).status_code == 404
         assert client.post(f"/dashboard/jobs/{theirs_waiting}/cancel", data={"csrf": csrf}).status_code == 404
@@ -151,14 +153,23 @@ def test_a_tenant_sees_and_touches_only_its_own_jobs(app: LiveApp):
     assert tenant_signing_secret(app.settings, "tenant-b") not in secret
 
 
+def _default_row(page: str) -> list[str]:
+    """The numbers of the overview's `default` row: available, scheduled, executing, retryable,
+    completed and discarded in the last hour, ..."""
+    row = page.split('href="/dashboard/jobs?queue=default">default</a></th>', 1)[1].split("</tr>", 1)[0]
+    return re.findall(r'<td class="num">(?:<a [^>]+>)?(\d+)', row)
+
+
 def test_an_admin_sees_every_tenant_and_can_filter_by_one(app: LiveApp):
     a = seed_job(app, "tenant-a", "available")
     b = seed_job(app, "tenant-b", "available")
+    b_later = seed_job(app, "tenant-b", "scheduled")
     with signed_in(app, None, "admin jobs:read jobs:write") as admin:
+        assert _default_row(admin.get("/dashboard").text)[:2] == ["2", "1"]
         everyone = admin.get("/dashboard/jobs").text
         assert {a, b} <= set(map(int, re.findall(r'href="/dashboard/jobs/(\d+)"', everyone)))
         only_b = admin.get("/dashboard/jobs?tenant=tenant-b").text
-        assert set(map(int, re.findall(r'href="/dashboard/jobs/(\d+)"', only_b))) == {b}
+        assert set(map(int, re.findall(r'href="/dashboard/jobs/(\d+)"', only_b))) == {b, b_later}
         assert admin.get(f"/dashboard/jobs/{a}").status_code == 200
         assert admin.get("/dashboard/machines").status_code == 200
         bad = admin.get("/dashboard/jobs?tenant=../x")
