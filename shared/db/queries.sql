@@ -190,7 +190,8 @@ UPDATE jobs SET state = CASE WHEN jobs.attempt < jobs.max_attempts THEN 'retryab
                 heartbeat_at = NULL,
                 errors = jobs.errors || jsonb_build_array(jsonb_build_object(
                     'attempt', jobs.attempt, 'at', now(), 'kind', 'rescued',
-                    'error', 'rescued by the lifeline: ' || stale.reason))
+                    'error', 'rescued by the lifeline: ' || stale.reason,
+                    'machine', jobs.attempted_by, 'startedAt', jobs.attempted_at))
   FROM stale WHERE jobs.id = stale.id
 RETURNING jobs.id, jobs.queue, jobs.state, jobs.attempted_by;
 

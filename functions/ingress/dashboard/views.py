@@ -231,29 +231,33 @@ def _parse_time(value: Any) -> datetime | None:
 
 
 def attempts_of(job: Job) -> list[Attempt]:
-    """The attempts as far as the row records them: each failure (attempt, time, kind, error), and
-    the latest attempt's machine and start. Earlier attempts' machines are not kept by the engine."""
-    attempts = [
-        Attempt(
-            number=e.get("attempt"),
-            machine=None,
-            started=None,
-            ended=e.get("at"),
-            duration=None,
-            outcome="failed",
-            kind=e.get("kind"),
-            error=e.get("error"),
+    """The attempts as the row records them: each failure (attempt, time, kind, error, and since
+    error entries carry them, its machine and start), and the latest attempt's machine and start."""
+    attempts = []
+    for e in job.errors:
+        if not isinstance(e, dict):
+            continue
+        started, ended = _parse_time(e.get("startedAt")), _parse_time(e.get("at"))
+        attempts.append(
+            Attempt(
+                number=e.get("attempt"),
+                machine=e.get("machine"),
+                started=started,
+                ended=e.get("at"),
+                duration=(ended - started).total_seconds() if started and ended else None,
+                outcome="failed",
+                kind=e.get("kind"),
+                error=e.get("error"),
+            )
         )
-        for e in job.errors
-        if isinstance(e, dict)
-    ]
     if job.attempt > 0 and job.attempted_at is not None:
         final_at = job.completed_at or job.discarded_at or job.cancelled_at
-        latest = next((a for a in reversed(attempts) if a.number == job.attempt), None)
+        latest = _entry_of_claim(attempts, job.attempt, job.attempted_at)
         if latest is not None:
-            latest.machine, latest.started = job.attempted_by, job.attempted_at
-            ended = _parse_time(latest.ended)
-            latest.duration = (ended - job.attempted_at).total_seconds() if ended else None
+            if latest.started is None:  # an entry written before entries named their machine and start
+                latest.machine, latest.started = job.attempted_by, job.attempted_at
+                ended = _parse_time(latest.ended)
+                latest.duration = (ended - job.attempted_at).total_seconds() if ended else None
         else:
             running = job.state == JobState.EXECUTING
             attempts.append(
@@ -267,6 +271,19 @@ def attempts_of(job: Job) -> list[Attempt]:
                 )
             )
     return attempts
+
+
+def _entry_of_claim(attempts: list[Attempt], number: int, started: datetime) -> Attempt | None:
+    """The failure entry of the attempt that started at `started`, if it failed; not an entry of
+    the same number from before an explicit retry (which starts counting again)."""
+    for attempt in reversed(attempts):
+        if attempt.number != number:
+            continue
+        if isinstance(attempt.started, datetime):
+            return attempt if attempt.started == started else None
+        ended = _parse_time(attempt.ended)
+        return attempt if ended is not None and ended >= started else None
+    return None
 
 
 def _preview(output: dict[str, Any]) -> str | None:

@@ -111,6 +111,12 @@ def test_sign_in_filter_read_a_failed_job_retry_it_and_watch_it_complete(browser
     page.locator("[data-state]", has_text="completed").wait_for(timeout=60_000)
     assert page.evaluate("window.notReloaded") is True
     assert engine.sql("SELECT state FROM jobs WHERE id = %s", (failing,)) == [("completed",)]
+    # The timeline: the failed first run and the completed one after the retry, each with its machine.
+    attempts = page.locator(".timeline li")
+    assert attempts.count() == 2
+    failed, completed = attempts.nth(0).inner_text(), attempts.nth(1).inner_text()
+    assert "failed (first-run)" in failed and "machine local-" in failed and "took" in failed
+    assert "completed" in completed and "machine local-" in completed
     shot(page, "job-completed-after-retry")
 
 
