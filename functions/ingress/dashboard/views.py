@@ -93,11 +93,24 @@ async def login_form(request: Request) -> Response:
     return Response(status_code=303, headers={"Location": safe_next(request.query_params.get("next"))})
 
 
+def _viewed_tenant(request: Request, session: Session) -> str | None:
+    """Whose jobs a page counts: the session's tenant; an admin's choice (?tenant=) or everyone's."""
+    if not session.principal.is_admin:
+        return session.tenant
+    chosen = request.query_params.get("tenant", "").strip()
+    if not chosen:
+        return None
+    if not _TENANT.fullmatch(chosen):
+        raise ValidationFailed("not a tenant id", errors=[{"path": "tenant", "message": "letters, digits, . _ -"}])
+    return chosen
+
+
 async def overview(request: Request, session: Session) -> Response:
+    tenant = _viewed_tenant(request, session)
     async with request.app.state.pool.connection() as conn:
-        data = await overview_data.load(conn, session.tenant)
+        data = await overview_data.load(conn, tenant)
     template = "overview_live.html" if wants_fragment(request) else "overview.html"
-    return html(request, template, session=session, data=data)
+    return html(request, template, session=session, data=data, tenant=tenant)
 
 
 @dataclass

@@ -166,6 +166,8 @@ def test_an_admin_sees_every_tenant_and_can_filter_by_one(app: LiveApp):
     b_later = seed_job(app, "tenant-b", "scheduled")
     with signed_in(app, None, "admin jobs:read jobs:write") as admin:
         assert _default_row(admin.get("/dashboard").text)[:2] == ["2", "1"]
+        assert _default_row(admin.get("/dashboard?tenant=tenant-a").text)[:2] == ["1", "0"]
+        assert admin.get("/dashboard?tenant=a%20b").status_code == 422
         everyone = admin.get("/dashboard/jobs").text
         assert {a, b} <= set(map(int, re.findall(r'href="/dashboard/jobs/(\d+)"', everyone)))
         only_b = admin.get("/dashboard/jobs?tenant=tenant-b").text
