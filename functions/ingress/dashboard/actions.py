@@ -80,10 +80,13 @@ async def read_form(request: Request, *, max_fields: int) -> FormData:
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/x-www-form-urlencoded":
         raise UnsupportedMediaType("send an application/x-www-form-urlencoded form")
     try:
-        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=max_fields, strict_parsing=False)
+        text = body.decode("utf-8")
+        pairs: list[tuple[str, str | UploadFile]] = list(
+            parse_qsl(text, keep_blank_values=True, max_num_fields=max_fields)
+        )
     except (UnicodeDecodeError, ValueError) as exc:
         raise BadRequest("the form could not be read") from exc
-    return FormData(list[tuple[str, "str | UploadFile"]](pairs))
+    return FormData(pairs)
 
 
 def _text(form: FormData, name: str) -> str | None:
