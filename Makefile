@@ -23,7 +23,7 @@ help:
 # System packages, installed with apt-get only when missing: PostgreSQL server binaries (the
 # embedded dev/test database), WeasyPrint's Pango/HarfBuzz (harfbuzz-subset keeps PDF font
 # subsetting fast) and fonts, poppler-utils (PDF previews in tests) and Chromium (the Swagger UI
-# rendering test).
+# rendering test and the dashboard browser tests, driven by playwright; its own browsers are never downloaded).
 system-deps:
 	@missing=""; \
 	if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then missing="$$missing postgresql"; fi; \

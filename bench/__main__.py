@@ -31,6 +31,7 @@ METRICS: dict[str, str] = {
     "exports": "bench.exports",
     "dispatcher": "bench.dispatcher",
     "events": "bench.live_events",
+    "dashboard": "bench.dashboard",
 }
 RESULTS = Path(__file__).with_name("RESULTS.md")
 # The performance spec, as a path from the repository root (it sits beside the repository): the

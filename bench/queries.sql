@@ -80,3 +80,36 @@ SELECT count(*) AS jobs,
        count(*) FILTER (WHERE runs > 1) AS ran_more_than_once,
        coalesce(sum(runs), 0)::bigint AS executions
   FROM per_job;
+
+-- name: dashboard_fill_jobs
+-- a job history for the dashboard metric: `n` jobs over the last `span_seconds`, oldest first, across
+-- `tenants` tenants and the seven queues; final except among the newest 2 %, where three in four are still
+-- to run (available, scheduled, retryable, executing): a backlog of 1.5 % of the table
+INSERT INTO jobs (queue, worker, tenant_id, args, tags, state, attempt, max_attempts, errors, attempted_by,
+                  attempted_at, heartbeat_at, claim_token, inserted_at, scheduled_at, completed_at, discarded_at,
+                  cancelled_at)
+SELECT q.queue, q.queue || '-worker', 'tenant-' || (g %% %(tenants)s), jsonb_build_object('n', g),
+       ARRAY['tag-' || (g %% 50)], s.state,
+       CASE WHEN s.state IN ('executing', 'completed', 'discarded', 'retryable') THEN 1 ELSE 0 END, 3,
+       CASE WHEN s.state IN ('discarded', 'retryable')
+            THEN '[{"attempt": 1, "kind": "bench", "error": "failed on purpose"}]'::jsonb ELSE '[]'::jsonb END,
+       CASE WHEN s.state IN ('executing', 'completed', 'discarded', 'retryable') THEN 'machine-bench' END,
+       CASE WHEN s.state IN ('executing', 'completed', 'discarded', 'retryable') THEN t.at END,
+       CASE WHEN s.state = 'executing' THEN now() END,
+       gen_random_uuid(), t.at, t.at + CASE WHEN s.state IN ('scheduled', 'retryable') THEN interval '1 day' ELSE interval '0' END,
+       CASE WHEN s.state = 'completed' THEN t.at + interval '1 second' END,
+       CASE WHEN s.state = 'discarded' THEN t.at + interval '1 second' END,
+       CASE WHEN s.state = 'cancelled' THEN t.at + interval '1 second' END
+  FROM generate_series(1, %(n)s) AS g
+ CROSS JOIN LATERAL (SELECT (ARRAY['default', 'images', 'emails', 'webhooks', 'documents', 'exports', 'archives'])
+                            [1 + (g::bigint * 7919 %% 7)] AS queue) AS q
+ CROSS JOIN LATERAL (SELECT now() - make_interval(secs => (%(n)s - g)::float8 * %(span_seconds)s / %(n)s) AS at) AS t
+ CROSS JOIN LATERAL (SELECT CASE WHEN g <= %(n)s * 0.98
+                                 THEN CASE WHEN r < 0.95 THEN 'completed' WHEN r < 0.98 THEN 'discarded'
+                                           ELSE 'cancelled' END
+                                 -- the newest 2 %%: what is still queued, running or waiting to retry
+                                 ELSE CASE WHEN r < 0.40 THEN 'available' WHEN r < 0.60 THEN 'scheduled'
+                                           WHEN r < 0.70 THEN 'retryable' WHEN r < 0.75 THEN 'executing'
+                                           WHEN r < 0.95 THEN 'completed' ELSE 'discarded' END
+                            END AS state
+                       FROM (SELECT random() + g * 0 AS r) AS rnd) AS s;

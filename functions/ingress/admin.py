@@ -54,20 +54,13 @@ async def get_queue(request: Request) -> Response:
 async def pause_queue(request: Request) -> Response:
     """Pause fleet-wide: the flag lives in `queues`, which every claim reads."""
     authenticate(request, "admin")
-    async with _pool(request).connection() as conn:
-        if not await job_store.set_queue_paused(conn, request.path_params["name"], paused=True):
-            raise NotFound("no such queue")
-    emit(EventName.QUEUE_PAUSE, queue=request.path_params["name"])
+    await pause(_pool(request), request.path_params["name"])
     return await _queue_or_404(request)
 
 
 async def resume_queue(request: Request) -> Response:
     authenticate(request, "admin")
-    async with _pool(request).connection() as conn:
-        if not await job_store.set_queue_paused(conn, request.path_params["name"], paused=False):
-            raise NotFound("no such queue")
-        await notify(conn, JOBS_CHANNEL, request.path_params["name"])
-    emit(EventName.QUEUE_RESUME, queue=request.path_params["name"])
+    await resume(_pool(request), request.path_params["name"])
     return await _queue_or_404(request)
 
 
@@ -80,12 +73,34 @@ async def scale_queue(request: Request) -> Response:
     authenticate(request, "admin")
     settings: Settings = request.app.state.settings
     body = parse_model(ScaleBody, await read_json_body(request, max_bytes=settings.max_body_bytes))
-    async with _pool(request).connection() as conn:
-        if not await job_store.set_queue_limit(conn, request.path_params["name"], limit=body.limit):
-            raise NotFound("no such queue")
-        await notify(conn, JOBS_CHANNEL, request.path_params["name"])
-    logger.info("queue scaled", extra={"queue": request.path_params["name"], "limit": body.limit})
+    await scale(_pool(request), request.path_params["name"], body.limit)
     return await _queue_or_404(request)
+
+
+# Queue control shared by the API above and the dashboard; each raises NotFound for an unknown queue.
+
+
+async def pause(pool: Pool, name: str) -> None:
+    async with pool.connection() as conn:
+        if not await job_store.set_queue_paused(conn, name, paused=True):
+            raise NotFound("no such queue")
+    emit(EventName.QUEUE_PAUSE, queue=name)
+
+
+async def resume(pool: Pool, name: str) -> None:
+    async with pool.connection() as conn:
+        if not await job_store.set_queue_paused(conn, name, paused=False):
+            raise NotFound("no such queue")
+        await notify(conn, JOBS_CHANNEL, name)
+    emit(EventName.QUEUE_RESUME, queue=name)
+
+
+async def scale(pool: Pool, name: str, limit: int) -> None:
+    async with pool.connection() as conn:
+        if not await job_store.set_queue_limit(conn, name, limit=limit):
+            raise NotFound("no such queue")
+        await notify(conn, JOBS_CHANNEL, name)
+    logger.info("queue scaled", extra={"queue": name, "limit": limit})
 
 
 # Ten years: any longer is "never", and beyond what a Postgres interval holds it would fail.

@@ -33,7 +33,7 @@ from shared.errors import MethodNotAllowed, NotFound, ProblemError
 from shared.logging import configure_logging
 from shared.settings import Settings, load_settings
 
-from . import admin, events, idempotency, jobs, uploads, webhook_secret
+from . import admin, dashboard, events, idempotency, jobs, uploads, webhook_secret
 from .access_log import EdgeMiddleware
 from .batch_insert import BatchInserter
 from .docs import Documentation
@@ -116,6 +116,7 @@ def routes() -> list[BaseRoute]:
         Route("/admin/jobs/rescue", admin.rescue_jobs, methods=["POST"]),
         Route("/admin/machines", admin.list_machines, methods=["GET"]),
         *Documentation().routes(),
+        *dashboard.routes(),  # the web dashboard (HTML; not in the API document)
     ]
 
 

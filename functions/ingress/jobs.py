@@ -13,7 +13,7 @@ from starlette.responses import Response
 from functions.handlers import default as default_functions
 from shared.db import job_store, transitions
 from shared.db.job_store import Conn, JobFilter
-from shared.db.models import JobState, NewJob
+from shared.db.models import Job, JobState, NewJob
 from shared.db.pool import Pool
 from shared.errors import Conflict, NotFound, UniqueKeyHeld, ValidationFailed
 from shared.functions import FunctionSpec, Registry
@@ -313,10 +313,15 @@ async def cancel_jobs(request: Request) -> Response:
         states=[s.value for s in criteria.state] if criteria.state else None,
         batch_id=criteria.batch_id,
     )
+    return JSONResponse({"cancelled": await cancel_matching(pool, job_filter)})
+
+
+async def cancel_matching(pool: Pool, job_filter: JobFilter) -> int:
+    """Cancel the unfinished jobs `job_filter` matches (API and dashboard); how many were cancelled."""
     async with pool.connection() as conn, conn.transaction():
         cancelled = await transitions.cancel(conn, job_filter)
         await _after_cancel(conn, cancelled)
-    return JSONResponse({"cancelled": len(cancelled)})
+    return len(cancelled)
 
 
 async def _after_cancel(conn: Conn, cancelled: list[transitions.CancelledJob]) -> None:
@@ -331,7 +336,15 @@ async def retry_job(request: Request) -> Response:
     """POST /jobs/{id}/retry: a discarded or cancelled job made available again."""
     principal = authenticate(request, "jobs:write")
     _, pool = _state(request)
-    job_id, tenant = _job_id(request), reading_tenant(principal)
+    job = await retry_one(pool, _job_id(request), tenant=reading_tenant(principal))
+    return JSONResponse(job_json(job))
+
+
+async def retry_one(pool: Pool, job_id: int, *, tenant: str | None) -> Job:
+    """Make a discarded or cancelled job available again (API and dashboard).
+
+    NotFound for a missing job or another tenant's; Conflict for any other state or a held unique key.
+    """
     async with pool.connection() as conn:
         try:
             job = await transitions.retry_final(conn, job_id, tenant_id=tenant)
@@ -344,4 +357,4 @@ async def retry_job(request: Request) -> Response:
             if existing is None:
                 raise NotFound("no such job")
             raise Conflict(f"only discarded or cancelled jobs can be retried; this one is {existing.state.value}")
-    return JSONResponse(job_json(job))
+    return job

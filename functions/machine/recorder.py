@@ -107,7 +107,9 @@ class Recorder:
         job, now = held.job, datetime.now(UTC)
         backoff = retry_after if retry_after is not None else float(self.backoff(job.attempt))
         decision = transitions.after_failure(job, permanent=permanent, backoff_seconds=backoff, now=now)
-        error = transitions.error_entry(attempt=job.attempt, at=now, kind=kind, error=message)
+        error = transitions.error_entry(
+            attempt=job.attempt, at=now, kind=kind, error=message, machine=self.machine_id, started_at=job.attempted_at
+        )
 
         async def attempt() -> JobState:
             async with self.pool.connection() as conn, conn.transaction():

@@ -118,6 +118,7 @@ def main() -> int:
         base = f"http://{settings.host}:{settings.port}"
         print(f"\n  Content Processor is running at {base}", flush=True)
         print(f"  API docs: {base}/documentation", flush=True)
+        print(f"  Dashboard: {base}/dashboard (sign in with the token below)", flush=True)
         print("  Development token (tenant 'dev', scopes jobs:write jobs:read admin, 7 days):\n", flush=True)
         print(f"  export TOKEN={token}\n", flush=True)
         (LOCAL / "dev-token").write_text(token + "\n")

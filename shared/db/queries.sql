@@ -62,7 +62,10 @@ SELECT * FROM jobs WHERE id = %(id)s AND (%(tenant_id)s::text IS NULL OR tenant_
 SELECT * FROM jobs
  WHERE (%(tenant_id)s::text IS NULL OR tenant_id = %(tenant_id)s)
    AND (%(queue)s::text IS NULL OR queue = %(queue)s)
-   AND (%(states)s::text[] IS NULL OR state = ANY (%(states)s))
+   -- One state is written as an equality the planner folds to a constant, so an index on
+   -- (.., state, id DESC) yields the newest first; `state = ANY(...)` would need a sort.
+   AND (%(states)s::text[] IS NULL OR cardinality(%(states)s::text[]) = 1 OR state = ANY (%(states)s))
+   AND (%(states)s::text[] IS NULL OR cardinality(%(states)s::text[]) <> 1 OR state = (%(states)s::text[])[1])
    AND (%(worker)s::text IS NULL OR worker = %(worker)s)
    AND (%(batch_id)s::text IS NULL OR batch_id = %(batch_id)s)
    AND (%(tag)s::text IS NULL OR %(tag)s = ANY (tags))
@@ -187,7 +190,8 @@ UPDATE jobs SET state = CASE WHEN jobs.attempt < jobs.max_attempts THEN 'retryab
                 heartbeat_at = NULL,
                 errors = jobs.errors || jsonb_build_array(jsonb_build_object(
                     'attempt', jobs.attempt, 'at', now(), 'kind', 'rescued',
-                    'error', 'rescued by the lifeline: ' || stale.reason))
+                    'error', 'rescued by the lifeline: ' || stale.reason,
+                    'machine', jobs.attempted_by, 'startedAt', jobs.attempted_at))
   FROM stale WHERE jobs.id = stale.id
 RETURNING jobs.id, jobs.queue, jobs.state, jobs.attempted_by;
 

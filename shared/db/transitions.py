@@ -89,9 +89,24 @@ def after_failure(job: Job, *, permanent: bool, backoff_seconds: float, now: dat
     return Retry(at=now + timedelta(seconds=backoff_seconds))
 
 
-def error_entry(*, attempt: int, at: datetime, kind: str, error: str) -> dict[str, Any]:
-    """One entry of `jobs.errors` (errors are capped so one huge message cannot bloat the row)."""
-    return {"attempt": attempt, "at": at.isoformat(), "kind": kind, "error": error[:2000]}
+def error_entry(
+    *,
+    attempt: int,
+    at: datetime,
+    kind: str,
+    error: str,
+    machine: str | None = None,
+    started_at: datetime | None = None,
+) -> dict[str, Any]:
+    """One entry of `jobs.errors` (errors are capped so one huge message cannot bloat the row).
+
+    `machine` and `startedAt` (when known) place the attempt on the dashboard's timeline."""
+    entry: dict[str, Any] = {"attempt": attempt, "at": at.isoformat(), "kind": kind, "error": error[:2000]}
+    if machine is not None:
+        entry["machine"] = machine
+    if started_at is not None:
+        entry["startedAt"] = started_at.isoformat()
+    return entry
 
 
 async def fail(conn: Conn, fence: Fence, *, decision: Retry | Discard, error: dict[str, Any]) -> JobState:

@@ -136,3 +136,13 @@ async def store_output(job: Job, ctx: HandlerContext) -> HandlerResult:
 async def unstorable_result(job: Job, ctx: HandlerContext) -> HandlerResult:
     """Returns a float Postgres would store as a numeric that no reader could load back."""
     return {"big": float(2**64)}
+
+
+@register("fail_once", MarkerArgs)
+async def fail_once(job: Job, ctx: HandlerContext) -> HandlerResult:
+    """The first execution of this job fails for good (kind `first-run`); any later one succeeds."""
+    marker = Path(MarkerArgs.model_validate(job.args).marker_dir) / f"fail-once-{job.id}"
+    if not marker.exists():
+        marker.write_text(ctx.machine_id)
+        raise PermanentJobError("the first run always fails", kind="first-run")
+    return {"succeeded": True, "attempt": job.attempt}

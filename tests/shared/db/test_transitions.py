@@ -119,6 +119,9 @@ async def test_lifeline_rescues_stale_and_orphaned_jobs(settings):
         assert rescued == {a.id: "retryable", b.id: "discarded"}
         job = await job_store.get_job(conn, a.id, tenant_id=None)
         assert job is not None and job.errors[-1]["kind"] == "rescued"
+        # The entry places the lost attempt on a timeline: which machine ran it, from when.
+        assert job.errors[-1]["machine"] == "gone" and job.attempted_at is not None
+        assert datetime.fromisoformat(job.errors[-1]["startedAt"]) == job.attempted_at
 
 
 async def test_cancel_by_criteria_is_tenant_scoped(settings):
