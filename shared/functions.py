@@ -47,6 +47,11 @@ class FunctionSpec:
     # Light functions are pre-imported by the local fork server; heavy ones (Pillow, WeasyPrint,
     # openpyxl) load only on the machines that run them.
     preload: bool = False
+    # What a rate limit keyed by "function" counts per key (PUT /admin/queues/{name}/limits):
+    # "host:<arg>", the host of the URL in args.<arg>, or "domain:<arg>", the domain of the mailbox
+    # in args.<arg>. Derived by the claim in SQL (migration 0007), so jobs the database inserts
+    # itself (callbacks) are keyed like the rest. None: the function has no such key.
+    rate_key: str | None = None
     description: str | None = None  # longer OpenAPI text
     module: str = ""  # set by the registry: the module that declared it (machines import it)
 

@@ -33,7 +33,7 @@ from shared.errors import MethodNotAllowed, NotFound, ProblemError
 from shared.logging import configure_logging
 from shared.settings import Settings, load_settings
 
-from . import admin, idempotency, jobs, uploads
+from . import admin, idempotency, jobs, queue_rules, uploads
 from .access_log import EdgeMiddleware
 from .batch_insert import BatchInserter
 from .docs import Documentation
@@ -108,6 +108,8 @@ def routes() -> list[BaseRoute]:
         Route("/admin/queues/{name:str}/pause", admin.pause_queue, methods=["POST"]),
         Route("/admin/queues/{name:str}/resume", admin.resume_queue, methods=["POST"]),
         Route("/admin/queues/{name:str}/scale", admin.scale_queue, methods=["POST"]),
+        Route("/admin/queues/{name:str}/limits", queue_rules.get_limits, methods=["GET"]),
+        Route("/admin/queues/{name:str}/limits", queue_rules.put_limits, methods=["PUT"]),
         Route("/admin/jobs/prune", admin.prune_jobs, methods=["POST"]),
         Route("/admin/jobs/rescue", admin.rescue_jobs, methods=["POST"]),
         Route("/admin/machines", admin.list_machines, methods=["GET"]),

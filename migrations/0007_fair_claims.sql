@@ -1,0 +1,259 @@
+-- Fair claims between tenants, per-tenant concurrency caps and rate limits per key (issue 13).
+--
+-- Everything is decided by claim_jobs under the queue's row lock, so it holds fleet-wide: the
+-- round-robin position of each tenant, how many jobs each tenant runs, and how many jobs of each
+-- rate key started within the last window. Nothing is counted on insert: every path that makes
+-- a job available (ingress, stager, callbacks, retry, hand-back) is covered without touching it.
+
+-- Per queue: fairness on or off, the default cap per tenant, a rate limit (`rate_limit` starts
+-- per `rate_period_seconds`, per key). The key is the tenant, or derived from the job's args:
+-- 'host:<arg>' (the host of the URL in args.<arg>) or 'domain:<arg>' (the domain of the mailbox).
+-- `fair_vtime` is the round-robin clock: a tenant that comes back after a pause starts from it,
+-- so it neither jumps the line nor cashes in credit for the time it had nothing to run.
+ALTER TABLE queues
+    ADD COLUMN fair boolean NOT NULL DEFAULT true,
+    ADD COLUMN tenant_limit integer CHECK (tenant_limit BETWEEN 0 AND 1000),
+    ADD COLUMN fair_vtime double precision NOT NULL DEFAULT 0,
+    ADD COLUMN rate_limit integer CHECK (rate_limit BETWEEN 1 AND 1000),
+    ADD COLUMN rate_period_seconds double precision CHECK (rate_period_seconds > 0 AND rate_period_seconds <= 86400),
+    ADD COLUMN rate_key text CHECK (rate_key = 'tenant' OR rate_key ~ '^(host|domain):[A-Za-z_][A-Za-z0-9_]{0,63}$'),
+    ADD CONSTRAINT queues_rate_limit_whole CHECK (
+        (rate_limit IS NULL) = (rate_period_seconds IS NULL) AND (rate_limit IS NULL) = (rate_key IS NULL));
+
+-- Per (queue, tenant): overrides set through the admin API (NULL: the queue's default) and the
+-- tenant's round-robin position (`pass` grows by 1/weight per job started).
+CREATE TABLE queue_tenants (
+    queue       text NOT NULL REFERENCES queues (name) ON DELETE CASCADE,
+    tenant_id   text NOT NULL CHECK (length(tenant_id) BETWEEN 1 AND 128),
+    weight      integer CHECK (weight BETWEEN 1 AND 100),
+    max_running integer CHECK (max_running BETWEEN 0 AND 1000),
+    pass        double precision NOT NULL DEFAULT 0,
+    PRIMARY KEY (queue, tenant_id)
+);
+
+-- Per (queue, rate key): the start times within the current window, newest last (at most
+-- `rate_limit` of them). A sliding window rather than a token bucket: no window of the period's
+-- length ever holds more starts than the limit, which is what a provider's limit means.
+CREATE TABLE rate_windows (
+    queue  text NOT NULL REFERENCES queues (name) ON DELETE CASCADE,
+    key    text NOT NULL,
+    starts timestamptz[] NOT NULL,
+    PRIMARY KEY (queue, key)
+);
+
+-- Fair claims: each tenant's due jobs in its own order, and the tenants with due jobs, found one
+-- index probe per tenant (a tenant's backlog is never scanned).
+CREATE INDEX jobs_tenant_claim_idx ON jobs (queue, tenant_id, priority, scheduled_at, id) WHERE state = 'available';
+
+-- The rate key of a job for a queue's key rule; '' when the job does not carry the value (all such
+-- jobs share one window, e.g. emails from the default sender).
+CREATE FUNCTION job_rate_key(p_rule text, p_tenant text, p_args jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT coalesce(CASE
+        WHEN p_rule = 'tenant' THEN p_tenant
+        WHEN p_rule LIKE 'host:%' THEN lower(substring(p_args ->> substr(p_rule, 6)
+                                                       FROM '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(\[[^]]*\]|[^:/?#]*)'))
+        WHEN p_rule LIKE 'domain:%' THEN lower(substring(p_args ->> substr(p_rule, 8) FROM '@([^@<>[:space:]]+)>?[[:space:]]*$'))
+    END, '')
+$$;
+
+-- How many more jobs of `p_key` may start at `p_now` within the queue's rate limit.
+CREATE FUNCTION rate_window_room(p_queue text, p_key text, p_limit integer, p_period double precision,
+                                 p_now timestamptz) RETURNS integer
+LANGUAGE sql STABLE AS $$
+    SELECT p_limit - coalesce((SELECT count(*)::integer FROM rate_windows w, unnest(w.starts) s
+                                WHERE w.queue = p_queue AND w.key = p_key
+                                  AND s > p_now - make_interval(secs => p_period)), 0)
+$$;
+
+-- Claim up to `max_jobs` available jobs of one queue for one machine, honouring the queue's
+-- fleet-wide limit and pause, and (when set) fairness between tenants, their caps and the rate
+-- limit. Claims of one queue are serialised on its `queues` row; this function is plpgsql
+-- (VOLATILE) so the counts below take a fresh snapshot after that lock, which a single SQL
+-- statement could not (its snapshot predates the lock wait).
+--
+-- Fair order: each tenant's jobs by priority, time, id; between tenants, the job with the lowest
+-- virtual start `pass + k / weight` (k-th job of this claim for the tenant) goes first, which is
+-- round-robin across tenants with due jobs (weighted: a tenant of weight 2 gets two turns).
+CREATE OR REPLACE FUNCTION claim_jobs(p_queue text, p_machine text, p_max_jobs integer, p_prefer_id bigint)
+RETURNS SETOF jobs LANGUAGE plpgsql AS $$
+DECLARE
+    v_q queues%ROWTYPE;
+    v_free integer;
+    v_claimed integer;
+    v_now timestamptz;
+    v_ids bigint[];
+    v_vtime double precision;
+    v_lookahead integer;
+    v_capped boolean;
+    v_prefer_tenant text;
+BEGIN
+    -- A claim need not wait for its WAL flush (about one fsync off every pickup). If Postgres
+    -- crashes before the flush, the claim is forgotten and the job is simply available again;
+    -- the machine that thought it held it is fenced out (attempt and holder no longer match).
+    PERFORM set_config('synchronous_commit', 'off', true);
+    SELECT * INTO v_q FROM queues WHERE name = p_queue FOR UPDATE;
+    IF NOT FOUND OR v_q.paused THEN
+        RETURN;
+    END IF;
+    SELECT v_q."limit" - count(*) INTO v_free FROM jobs WHERE queue = p_queue AND state = 'executing';
+    v_free := least(v_free, p_max_jobs);
+    IF v_free <= 0 THEN
+        RETURN;
+    END IF;
+    v_capped := v_q.tenant_limit IS NOT NULL
+        OR EXISTS (SELECT 1 FROM queue_tenants t WHERE t.queue = p_queue AND t.max_running IS NOT NULL);
+
+    IF NOT (v_q.fair OR v_capped OR v_q.rate_limit IS NOT NULL) THEN
+        -- FIFO: priority, time, id across the queue. The job that caused this machine's launch goes
+        -- first when it is still waiting.
+        IF p_prefer_id IS NOT NULL THEN
+            RETURN QUERY
+            UPDATE jobs SET state = 'executing', attempt = jobs.attempt + 1, attempted_by = p_machine,
+                            attempted_at = now(), heartbeat_at = now()
+             WHERE jobs.id = (SELECT j.id FROM jobs j
+                               WHERE j.id = p_prefer_id AND j.queue = p_queue AND j.state = 'available'
+                                 AND j.scheduled_at <= now()
+                               FOR UPDATE SKIP LOCKED)
+            RETURNING jobs.*;
+            GET DIAGNOSTICS v_claimed = ROW_COUNT;
+            v_free := v_free - v_claimed;
+            IF v_free <= 0 THEN
+                RETURN;
+            END IF;
+        END IF;
+        RETURN QUERY
+        WITH picked AS (
+            SELECT j.id FROM jobs j
+             WHERE j.queue = p_queue AND j.state = 'available' AND j.scheduled_at <= now()
+             ORDER BY j.priority, j.scheduled_at, j.id
+             LIMIT v_free
+             FOR UPDATE SKIP LOCKED
+        )
+        UPDATE jobs SET state = 'executing', attempt = jobs.attempt + 1, attempted_by = p_machine,
+                        attempted_at = now(), heartbeat_at = now()
+          FROM picked WHERE jobs.id = picked.id
+        RETURNING jobs.*;
+        RETURN;
+    END IF;
+
+    -- Taken after the lock: start times of one queue's claims only move forward, so the rate
+    -- windows (and attempted_at, which the windows record) agree with every other claim's.
+    v_now := clock_timestamp();
+    -- With a key derived from the job, a tenant's next jobs may be held back by the limit while
+    -- later ones (another host) may go: look a little past them, never through the backlog.
+    v_lookahead := CASE WHEN v_q.rate_key LIKE '%:%' THEN 20 ELSE 0 END;
+    -- The job that caused this machine's launch goes first when it is still waiting and its
+    -- tenant's cap and rate window allow it.
+    IF p_prefer_id IS NOT NULL THEN
+        SELECT j.tenant_id INTO v_prefer_tenant FROM jobs j
+         WHERE j.id = p_prefer_id AND j.queue = p_queue AND j.state = 'available' AND j.scheduled_at <= now();
+    END IF;
+
+    WITH RECURSIVE active(tenant_id) AS (
+        (SELECT j.tenant_id FROM jobs j
+          WHERE j.queue = p_queue AND j.state = 'available' ORDER BY j.tenant_id LIMIT 1)
+        UNION ALL
+        SELECT (SELECT j.tenant_id FROM jobs j
+                 WHERE j.queue = p_queue AND j.state = 'available' AND j.tenant_id > a.tenant_id
+                 ORDER BY j.tenant_id LIMIT 1)
+          FROM active a WHERE a.tenant_id IS NOT NULL
+    ), running AS (
+        SELECT j.tenant_id, count(*)::integer AS n FROM jobs j
+         WHERE j.queue = p_queue AND j.state = 'executing'
+         GROUP BY j.tenant_id
+    ), tenants AS (
+        SELECT a.tenant_id,
+               greatest(coalesce(t.pass, 0), v_q.fair_vtime) AS pass,
+               coalesce(t.weight, 1) AS weight,
+               least(v_free,
+                     coalesce(t.max_running, v_q.tenant_limit, 1000) - coalesce(r.n, 0),
+                     CASE WHEN v_q.rate_key = 'tenant'
+                          THEN rate_window_room(p_queue, a.tenant_id, v_q.rate_limit, v_q.rate_period_seconds, v_now)
+                          ELSE 1000 END)
+                   AS room
+          FROM active a
+          LEFT JOIN queue_tenants t ON t.queue = p_queue AND t.tenant_id = a.tenant_id
+          LEFT JOIN running r ON r.tenant_id = a.tenant_id
+         WHERE a.tenant_id IS NOT NULL
+    ), chosen AS (
+        -- Fair: only the tenants next in turn can be served by this claim. FIFO (caps or a rate
+        -- limit without fairness): every eligible tenant's head competes.
+        SELECT * FROM tenants WHERE room > 0
+         ORDER BY tenant_id IS NOT DISTINCT FROM v_prefer_tenant DESC, pass, tenant_id
+         LIMIT CASE WHEN v_q.fair THEN v_free * (CASE WHEN v_lookahead > 0 THEN 2 ELSE 1 END) END
+    ), heads AS (
+        SELECT c.tenant_id, c.pass, c.weight, c.room, h.id, h.priority, h.scheduled_at,
+               CASE WHEN v_q.rate_key IS NOT NULL THEN job_rate_key(v_q.rate_key, c.tenant_id, h.args) END AS rkey,
+               row_number() OVER (PARTITION BY c.tenant_id
+                                  ORDER BY h.id IS NOT DISTINCT FROM p_prefer_id DESC, h.priority, h.scheduled_at, h.id)
+                   AS rn
+          FROM chosen c
+          CROSS JOIN LATERAL (
+              SELECT j.id, j.priority, j.scheduled_at, j.args FROM jobs j
+               WHERE j.id = p_prefer_id AND c.tenant_id = v_prefer_tenant AND j.state = 'available'
+              UNION ALL
+              (SELECT j.id, j.priority, j.scheduled_at, j.args FROM jobs j
+                WHERE j.queue = p_queue AND j.state = 'available' AND j.tenant_id = c.tenant_id
+                  AND j.scheduled_at <= now() AND j.id IS DISTINCT FROM p_prefer_id
+                ORDER BY j.priority, j.scheduled_at, j.id
+                LIMIT c.room + v_lookahead)
+          ) h
+    ), keyed AS (
+        -- Each key lets through only as many jobs as its window has room for, first come first.
+        SELECT h.*,
+               row_number() OVER (PARTITION BY h.rkey
+                                  ORDER BY h.id IS NOT DISTINCT FROM p_prefer_id DESC,
+                                           CASE WHEN v_q.fair THEN h.pass + (h.rn - 1)::float8 / h.weight END,
+                                           h.priority, h.scheduled_at, h.id) AS key_rn,
+               CASE WHEN h.rkey IS NOT NULL
+                    THEN rate_window_room(p_queue, h.rkey, v_q.rate_limit, v_q.rate_period_seconds, v_now) END
+                   AS key_left
+          FROM heads h
+    ), allowed AS (
+        SELECT k.*, row_number() OVER (PARTITION BY k.tenant_id ORDER BY k.rn) AS trn
+          FROM keyed k
+         WHERE k.rkey IS NULL OR k.key_rn <= k.key_left
+    ), picked AS (
+        SELECT a.id, a.pass FROM allowed a
+         WHERE a.trn <= a.room
+         ORDER BY a.id IS NOT DISTINCT FROM p_prefer_id DESC,
+                  CASE WHEN v_q.fair THEN a.pass + (a.trn - 1)::float8 / a.weight END,
+                  a.priority, a.scheduled_at, a.id
+         LIMIT v_free
+    )
+    SELECT array_agg(p.id), max(p.pass) INTO v_ids, v_vtime FROM picked p;
+
+    IF v_ids IS NULL THEN
+        RETURN;
+    END IF;
+    IF v_q.fair AND v_vtime > v_q.fair_vtime THEN
+        UPDATE queues SET fair_vtime = v_vtime WHERE name = p_queue;
+    END IF;
+
+    RETURN QUERY
+    WITH locked AS (
+        SELECT j.id FROM jobs j WHERE j.id = ANY (v_ids) AND j.state = 'available' FOR UPDATE SKIP LOCKED
+    ), claimed AS (
+        UPDATE jobs SET state = 'executing', attempt = jobs.attempt + 1, attempted_by = p_machine,
+                        attempted_at = v_now, heartbeat_at = v_now
+          FROM locked WHERE jobs.id = locked.id
+        RETURNING jobs.*
+    ), turns AS (
+        INSERT INTO queue_tenants AS t (queue, tenant_id, pass)
+        SELECT p_queue, c.tenant_id, v_q.fair_vtime + count(*) FROM claimed c WHERE v_q.fair GROUP BY c.tenant_id
+        ON CONFLICT (queue, tenant_id) DO UPDATE
+           SET pass = greatest(t.pass, v_q.fair_vtime) + (EXCLUDED.pass - v_q.fair_vtime) / coalesce(t.weight, 1)
+    ), windows AS (
+        INSERT INTO rate_windows AS w (queue, key, starts)
+        SELECT p_queue, job_rate_key(v_q.rate_key, c.tenant_id, c.args), array_agg(v_now)
+          FROM claimed c WHERE v_q.rate_key IS NOT NULL
+         GROUP BY 2
+        ON CONFLICT (queue, key) DO UPDATE
+           SET starts = ARRAY(SELECT s FROM unnest(w.starts || EXCLUDED.starts) s
+                               WHERE s > v_now - make_interval(secs => v_q.rate_period_seconds)
+                               ORDER BY s)
+    )
+    SELECT * FROM claimed;
+END
+$$;
