@@ -30,6 +30,8 @@ METRICS: dict[str, str] = {
     "documents": "bench.documents",
     "exports": "bench.exports",
     "dispatcher": "bench.dispatcher",
+    "fairness": "bench.fairness",
+    "ratelimit": "bench.rate_limit",
 }
 RESULTS = Path(__file__).with_name("RESULTS.md")
 # The performance spec, as a path from the repository root (it sits beside the repository): the

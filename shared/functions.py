@@ -11,6 +11,7 @@ server's pre-imports. Nothing in `shared/` names a function module; it is given 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -28,6 +29,9 @@ class Guest:
     cpus: int
     memory_mb: int
 
+
+# How a function's rate key may be derived (the same rule as queues.rate_key's CHECK, migration 0007).
+RATE_KEY_RULE = re.compile(r"(host|domain):[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 SMALL_GUEST = Guest(cpu_kind="shared", cpus=1, memory_mb=512)
 
@@ -95,4 +99,7 @@ class Registry(Mapping[str, FunctionSpec]):
         ):
             for name in sorted(set(names) - set(self._specs)):
                 problems.append(f"{kind.format(name.upper())} names no function (known: {', '.join(self._specs)})")
+        for queue, spec in self._specs.items():
+            if spec.rate_key is not None and not RATE_KEY_RULE.fullmatch(spec.rate_key):
+                problems.append(f"function {queue!r} declares rate_key {spec.rate_key!r} (host:<arg> or domain:<arg>)")
         return problems

@@ -107,6 +107,11 @@ def tenant_json(stats: TenantStats) -> dict[str, Any]:
     }
 
 
+async def limits(request: Request) -> Response:
+    """GET or PUT /admin/queues/{name}/limits (one route, so a 405 lists both methods in Allow)."""
+    return await (put_limits(request) if request.method == "PUT" else get_limits(request))
+
+
 async def get_limits(request: Request) -> Response:
     authenticate(request, "admin")
     async with _pool(request).connection() as conn:
