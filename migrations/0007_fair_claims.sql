@@ -10,26 +10,31 @@
 -- 'host:<arg>' (the host of the URL in args.<arg>) or 'domain:<arg>' (the domain of the mailbox).
 -- `fair_vtime` is the round-robin clock: a tenant that comes back after a pause starts from it,
 -- so it neither jumps the line nor cashes in credit for the time it had nothing to run.
+-- `tenants_scanned_at`: when a claim last listed the tenants with due jobs (see claim_jobs).
 ALTER TABLE queues
     ADD COLUMN fair boolean NOT NULL DEFAULT true,
     ADD COLUMN tenant_limit integer CHECK (tenant_limit BETWEEN 0 AND 1000),
     ADD COLUMN fair_vtime double precision NOT NULL DEFAULT 0,
+    ADD COLUMN tenants_scanned_at timestamptz,
     ADD COLUMN rate_limit integer CHECK (rate_limit BETWEEN 1 AND 1000),
     ADD COLUMN rate_period_seconds double precision CHECK (rate_period_seconds > 0 AND rate_period_seconds <= 86400),
     ADD COLUMN rate_key text CHECK (rate_key = 'tenant' OR rate_key ~ '^(host|domain):[A-Za-z_][A-Za-z0-9_]{0,63}$'),
     ADD CONSTRAINT queues_rate_limit_whole CHECK (
         (rate_limit IS NULL) = (rate_period_seconds IS NULL) AND (rate_limit IS NULL) = (rate_key IS NULL));
 
--- Per (queue, tenant): overrides set through the admin API (NULL: the queue's default) and the
--- tenant's round-robin position (`pass` grows by 1/weight per job started).
+-- Per (queue, tenant): overrides set through the admin API (NULL: the queue's default), the
+-- tenant's round-robin position (`pass` grows by 1/weight per job started), and whether it had
+-- due jobs when the claim last scanned the queue's tenants (`queues.tenants_scanned_at`).
 CREATE TABLE queue_tenants (
     queue       text NOT NULL REFERENCES queues (name) ON DELETE CASCADE,
     tenant_id   text NOT NULL CHECK (length(tenant_id) BETWEEN 1 AND 128),
     weight      integer CHECK (weight BETWEEN 1 AND 100),
     max_running integer CHECK (max_running BETWEEN 0 AND 1000),
     pass        double precision NOT NULL DEFAULT 0,
+    active      boolean NOT NULL DEFAULT false,  -- had due jobs at the last scan of the queue
     PRIMARY KEY (queue, tenant_id)
 );
+CREATE INDEX queue_tenants_active_idx ON queue_tenants (queue) WHERE active;
 
 -- Per (queue, rate key): the start times within the current window, newest last (at most
 -- `rate_limit` of them). A sliding window rather than a token bucket: no window of the period's
@@ -87,6 +92,8 @@ DECLARE
     v_lookahead integer;
     v_capped boolean;
     v_prefer_tenant text;
+    v_scanned boolean := false;
+    v_round integer;
 BEGIN
     -- A claim need not wait for its WAL flush (about one fsync off every pickup). If Postgres
     -- crashes before the flush, the claim is forgotten and the job is simply available again;
@@ -137,6 +144,9 @@ BEGIN
         RETURN;
     END IF;
 
+    -- The statements below are planned once per connection, not per call: their plan does not
+    -- depend on the parameters, and planning the fair pick costs more than running it.
+    PERFORM set_config('plan_cache_mode', 'force_generic_plan', true);
     -- Taken after the lock: start times of one queue's claims only move forward, so the rate
     -- windows (and attempted_at, which the windows record) agree with every other claim's.
     v_now := clock_timestamp();
@@ -150,79 +160,109 @@ BEGIN
          WHERE j.id = p_prefer_id AND j.queue = p_queue AND j.state = 'available' AND j.scheduled_at <= now();
     END IF;
 
-    WITH RECURSIVE active(tenant_id) AS (
-        (SELECT j.tenant_id FROM jobs j
-          WHERE j.queue = p_queue AND j.state = 'available' ORDER BY j.tenant_id LIMIT 1)
-        UNION ALL
-        SELECT (SELECT j.tenant_id FROM jobs j
-                 WHERE j.queue = p_queue AND j.state = 'available' AND j.tenant_id > a.tenant_id
-                 ORDER BY j.tenant_id LIMIT 1)
-          FROM active a WHERE a.tenant_id IS NOT NULL
-    ), running AS (
-        SELECT j.tenant_id, count(*)::integer AS n FROM jobs j
-         WHERE j.queue = p_queue AND j.state = 'executing'
-         GROUP BY j.tenant_id
-    ), tenants AS (
-        SELECT a.tenant_id,
-               greatest(coalesce(t.pass, 0), v_q.fair_vtime) AS pass,
-               coalesce(t.weight, 1) AS weight,
-               least(v_free,
-                     coalesce(t.max_running, v_q.tenant_limit, 1000) - coalesce(r.n, 0),
-                     CASE WHEN v_q.rate_key = 'tenant'
-                          THEN rate_window_room(p_queue, a.tenant_id, v_q.rate_limit, v_q.rate_period_seconds, v_now)
-                          ELSE 1000 END)
-                   AS room
-          FROM active a
-          LEFT JOIN queue_tenants t ON t.queue = p_queue AND t.tenant_id = a.tenant_id
-          LEFT JOIN running r ON r.tenant_id = a.tenant_id
-         WHERE a.tenant_id IS NOT NULL
-    ), chosen AS (
-        -- Fair: only the tenants next in turn can be served by this claim. FIFO (caps or a rate
-        -- limit without fairness): every eligible tenant's head competes.
-        SELECT * FROM tenants WHERE room > 0
-         ORDER BY tenant_id IS NOT DISTINCT FROM v_prefer_tenant DESC, pass, tenant_id
-         LIMIT CASE WHEN v_q.fair THEN v_free * (CASE WHEN v_lookahead > 0 THEN 2 ELSE 1 END) END
-    ), heads AS (
-        SELECT c.tenant_id, c.pass, c.weight, c.room, h.id, h.priority, h.scheduled_at,
-               CASE WHEN v_q.rate_key IS NOT NULL THEN job_rate_key(v_q.rate_key, c.tenant_id, h.args) END AS rkey,
-               row_number() OVER (PARTITION BY c.tenant_id
-                                  ORDER BY h.id IS NOT DISTINCT FROM p_prefer_id DESC, h.priority, h.scheduled_at, h.id)
-                   AS rn
-          FROM chosen c
-          CROSS JOIN LATERAL (
-              SELECT j.id, j.priority, j.scheduled_at, j.args FROM jobs j
-               WHERE j.id = p_prefer_id AND c.tenant_id = v_prefer_tenant AND j.state = 'available'
-              UNION ALL
-              (SELECT j.id, j.priority, j.scheduled_at, j.args FROM jobs j
-                WHERE j.queue = p_queue AND j.state = 'available' AND j.tenant_id = c.tenant_id
-                  AND j.scheduled_at <= now() AND j.id IS DISTINCT FROM p_prefer_id
-                ORDER BY j.priority, j.scheduled_at, j.id
-                LIMIT c.room + v_lookahead)
-          ) h
-    ), keyed AS (
-        -- Each key lets through only as many jobs as its window has room for, first come first.
-        SELECT h.*,
-               row_number() OVER (PARTITION BY h.rkey
-                                  ORDER BY h.id IS NOT DISTINCT FROM p_prefer_id DESC,
-                                           CASE WHEN v_q.fair THEN h.pass + (h.rn - 1)::float8 / h.weight END,
-                                           h.priority, h.scheduled_at, h.id) AS key_rn,
-               CASE WHEN h.rkey IS NOT NULL
-                    THEN rate_window_room(p_queue, h.rkey, v_q.rate_limit, v_q.rate_period_seconds, v_now) END
-                   AS key_left
-          FROM heads h
-    ), allowed AS (
-        SELECT k.*, row_number() OVER (PARTITION BY k.tenant_id ORDER BY k.rn) AS trn
-          FROM keyed k
-         WHERE k.rkey IS NULL OR k.key_rn <= k.key_left
-    ), picked AS (
-        SELECT a.id, a.pass FROM allowed a
-         WHERE a.trn <= a.room
-         ORDER BY a.id IS NOT DISTINCT FROM p_prefer_id DESC,
-                  CASE WHEN v_q.fair THEN a.pass + (a.trn - 1)::float8 / a.weight END,
-                  a.priority, a.scheduled_at, a.id
-         LIMIT v_free
-    )
-    SELECT array_agg(p.id), max(p.pass) INTO v_ids, v_vtime FROM picked p;
+    -- The tenants with due jobs: listing them takes one index probe per tenant, so a claim lists
+    -- them only every 50 ms, or when the tenants it knew of could not fill it (a new tenant is
+    -- seen within 50 ms however busy the others keep the queue).
+    FOR v_round IN 1..2 LOOP
+        IF NOT v_scanned AND (v_round = 2 OR v_q.tenants_scanned_at IS NULL
+                              OR v_now - v_q.tenants_scanned_at > interval '50 milliseconds') THEN
+            WITH RECURSIVE active(tenant_id) AS (
+                (SELECT j.tenant_id FROM jobs j
+                  WHERE j.queue = p_queue AND j.state = 'available' ORDER BY j.tenant_id LIMIT 1)
+                UNION ALL
+                SELECT (SELECT j.tenant_id FROM jobs j
+                         WHERE j.queue = p_queue AND j.state = 'available' AND j.tenant_id > a.tenant_id
+                         ORDER BY j.tenant_id LIMIT 1)
+                  FROM active a WHERE a.tenant_id IS NOT NULL
+            ), found AS (
+                SELECT a.tenant_id FROM active a WHERE a.tenant_id IS NOT NULL
+            ), gone AS (
+                UPDATE queue_tenants t SET active = false
+                 WHERE t.queue = p_queue AND t.active AND t.tenant_id NOT IN (SELECT f.tenant_id FROM found f)
+            ), came AS (
+                INSERT INTO queue_tenants AS t (queue, tenant_id, pass, active)
+                SELECT p_queue, f.tenant_id, v_q.fair_vtime, true FROM found f
+                 WHERE NOT EXISTS (SELECT 1 FROM queue_tenants x
+                                    WHERE x.queue = p_queue AND x.tenant_id = f.tenant_id AND x.active)
+                ON CONFLICT (queue, tenant_id) DO UPDATE SET active = true
+            )
+            UPDATE queues SET tenants_scanned_at = v_now WHERE name = p_queue;
+            v_scanned := true;
+        ELSIF v_round = 2 THEN
+            EXIT;  -- the known tenants filled the claim, or it just listed them
+        END IF;
+
+        WITH running AS (
+            SELECT j.tenant_id, count(*)::integer AS n FROM jobs j
+             WHERE j.queue = p_queue AND j.state = 'executing'
+             GROUP BY j.tenant_id
+        ), tenants AS (
+            SELECT t.tenant_id,
+                   greatest(t.pass, v_q.fair_vtime) AS pass,
+                   coalesce(t.weight, 1) AS weight,
+                   least(v_free,
+                         coalesce(t.max_running, v_q.tenant_limit, 1000) - coalesce(r.n, 0),
+                         CASE WHEN v_q.rate_key = 'tenant'
+                              THEN rate_window_room(p_queue, t.tenant_id, v_q.rate_limit, v_q.rate_period_seconds, v_now)
+                              ELSE 1000 END)
+                       AS room
+              FROM queue_tenants t
+              LEFT JOIN running r ON r.tenant_id = t.tenant_id
+             WHERE t.queue = p_queue AND t.active
+        ), chosen AS (
+            -- Fair: only the tenants next in turn can be served by this claim. FIFO (caps or a rate
+            -- limit without fairness): every eligible tenant's head competes.
+            -- The i-th tenant in turn gets at most v_free - i + 1 jobs: each tenant before it is
+            -- served first at least once.
+            SELECT o.*, CASE WHEN v_q.fair THEN least(o.room, v_free - o.turn + 1) ELSE o.room END AS fetch
+              FROM (SELECT t.*, row_number() OVER (ORDER BY t.tenant_id IS NOT DISTINCT FROM v_prefer_tenant DESC,
+                                                            t.pass, t.tenant_id)::integer AS turn
+                      FROM tenants t WHERE t.room > 0) o
+             WHERE NOT v_q.fair OR o.turn <= v_free * (CASE WHEN v_lookahead > 0 THEN 2 ELSE 1 END)
+        ), heads AS (
+            SELECT c.tenant_id, c.pass, c.weight, c.room, h.id, h.priority, h.scheduled_at,
+                   CASE WHEN v_q.rate_key IS NOT NULL THEN job_rate_key(v_q.rate_key, c.tenant_id, h.args) END AS rkey,
+                   row_number() OVER (PARTITION BY c.tenant_id
+                                      ORDER BY h.id IS NOT DISTINCT FROM p_prefer_id DESC, h.priority, h.scheduled_at, h.id)
+                       AS rn
+              FROM chosen c
+              CROSS JOIN LATERAL (
+                  SELECT j.id, j.priority, j.scheduled_at, j.args FROM jobs j
+                   WHERE j.id = p_prefer_id AND c.tenant_id = v_prefer_tenant AND j.state = 'available'
+                  UNION ALL
+                  (SELECT j.id, j.priority, j.scheduled_at, j.args FROM jobs j
+                    WHERE j.queue = p_queue AND j.state = 'available' AND j.tenant_id = c.tenant_id
+                      AND j.scheduled_at <= now() AND j.id IS DISTINCT FROM p_prefer_id
+                    ORDER BY j.priority, j.scheduled_at, j.id
+                    LIMIT greatest(c.fetch, 1) + v_lookahead)
+              ) h
+        ), keyed AS (
+            -- Each key lets through only as many jobs as its window has room for, first come first.
+            SELECT h.*,
+                   row_number() OVER (PARTITION BY h.rkey
+                                      ORDER BY h.id IS NOT DISTINCT FROM p_prefer_id DESC,
+                                               CASE WHEN v_q.fair THEN h.pass + (h.rn - 1)::float8 / h.weight END,
+                                               h.priority, h.scheduled_at, h.id) AS key_rn,
+                   CASE WHEN h.rkey IS NOT NULL
+                        THEN rate_window_room(p_queue, h.rkey, v_q.rate_limit, v_q.rate_period_seconds, v_now) END
+                       AS key_left
+              FROM heads h
+        ), allowed AS (
+            SELECT k.*, row_number() OVER (PARTITION BY k.tenant_id ORDER BY k.rn) AS trn
+              FROM keyed k
+             WHERE k.rkey IS NULL OR k.key_rn <= k.key_left
+        ), picked AS (
+            -- vstart: the round-robin time of the job's turn; the last one served is the new clock.
+            SELECT a.id, a.pass + (a.trn - 1)::float8 / a.weight AS vstart FROM allowed a
+             WHERE a.trn <= a.room
+             ORDER BY a.id IS NOT DISTINCT FROM p_prefer_id DESC,
+                      CASE WHEN v_q.fair THEN a.pass + (a.trn - 1)::float8 / a.weight END,
+                      a.priority, a.scheduled_at, a.id
+             LIMIT v_free
+        )
+        SELECT array_agg(p.id), max(p.vstart) INTO v_ids, v_vtime FROM picked p;
+        EXIT WHEN coalesce(cardinality(v_ids), 0) >= v_free;
+    END LOOP;
 
     IF v_ids IS NULL THEN
         RETURN;

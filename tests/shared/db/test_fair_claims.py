@@ -43,11 +43,15 @@ async def claim(settings: Settings, max_jobs: int, queue: str = "default", machi
 
 
 async def claim_one_by_one(settings: Settings, count: int) -> list[str]:
-    """Tenants of `count` claims of one job each (each job completed before the next claim)."""
+    """Tenants of `count` claims of one job each (each job completed before the next claim).
+
+    Each claim lists the tenants with due jobs afresh, as one does 50 ms after the last listing
+    (the listing's cache has a test of its own)."""
     order = []
     conn = await connect(settings.database_url)
     async with conn:
         for _ in range(count):
+            await conn.execute("UPDATE queues SET tenants_scanned_at = NULL")
             [job] = await transitions.claim(conn, queue="default", machine_id="m1", max_jobs=1)
             order.append(job.tenant_id)
             await conn.execute("UPDATE jobs SET state = 'completed', completed_at = now() WHERE id = %s", (job.id,))
@@ -75,6 +79,27 @@ async def test_a_tenant_that_comes_back_takes_turns_without_credit_for_its_pause
     # in a row to make up for them.
     await seed(settings, [new("b") for _ in range(5)])
     assert await claim_one_by_one(settings, 4) == ["b", "a", "b", "a"]
+
+
+async def test_a_new_tenant_is_seen_when_the_tenants_are_listed_again_however_busy_the_queue(settings):
+    await seed(settings, [new("a") for _ in range(30)])
+    assert {job.tenant_id for job in await claim(settings, 2)} == {"a"}
+    # b arrives while a fills every claim: claims use the tenants listed at most 50 ms ago...
+    await seed(settings, [new("b") for _ in range(3)])
+    await sql(settings, "UPDATE queues SET tenants_scanned_at = clock_timestamp() + interval '1 hour'")
+    assert {job.tenant_id for job in await claim(settings, 2)} == {"a"}
+    # ... and list them again after that (here: the last listing is made an hour old).
+    await sql(settings, "UPDATE queues SET tenants_scanned_at = clock_timestamp() - interval '1 hour'")
+    assert sorted(job.tenant_id for job in await claim(settings, 2)) == ["a", "b"]
+
+
+async def test_a_claim_the_listed_tenants_cannot_fill_lists_them_again(settings):
+    await seed(settings, [new("a")])
+    assert [job.tenant_id for job in await claim(settings, 5)] == ["a"]
+    await seed(settings, [new("b")])
+    await sql(settings, "UPDATE queues SET tenants_scanned_at = clock_timestamp() + interval '1 hour'")
+    # a has nothing left and b was not listed: the claim lists the tenants rather than come back empty.
+    assert [job.tenant_id for job in await claim(settings, 5)] == ["b"]
 
 
 async def test_a_tenant_of_weight_two_gets_two_turns_per_round(settings):
