@@ -471,3 +471,21 @@ SELECT w.key, l.n AS starts
  WHERE q.name = %(name)s AND q.rate_limit IS NOT NULL AND l.n > 0
  ORDER BY l.n DESC, w.key
  LIMIT %(limit)s;
+
+-- name: prune_claim_bookkeeping
+-- forget rate windows whose starts all left the window, and tenants with no rules, no due jobs at
+-- the last listing and no turn owed (they rejoin at the queue's round-robin clock either way)
+WITH windows AS (
+    DELETE FROM rate_windows w USING queues q
+     WHERE w.queue = q.name
+       AND (q.rate_limit IS NULL
+            OR w.starts[cardinality(w.starts)] IS NULL
+            OR w.starts[cardinality(w.starts)] < now() - make_interval(secs => q.rate_period_seconds))
+    RETURNING 1
+), tenants AS (
+    DELETE FROM queue_tenants t USING queues q
+     WHERE t.queue = q.name AND NOT t.active AND t.weight IS NULL AND t.max_running IS NULL
+       AND t.pass <= q.fair_vtime
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM windows) + (SELECT count(*) FROM tenants) AS n;

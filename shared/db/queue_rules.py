@@ -122,6 +122,13 @@ async def rate_windows(conn: Conn, name: str, *, limit: int = 20) -> list[tuple[
     return [(row["key"], int(row["starts"])) for row in await cur.fetchall()]
 
 
+async def prune_bookkeeping(conn: Conn) -> int:
+    """Delete expired rate windows and idle tenant rows without rules; returns how many."""
+    cur = await conn.execute(QUERIES["prune_claim_bookkeeping"])
+    row = await cur.fetchone()
+    return int(row["n"]) if row else 0
+
+
 OTHER = "other"  # the label of every tenant beyond the busiest ones
 
 

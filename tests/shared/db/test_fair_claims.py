@@ -207,3 +207,21 @@ async def test_a_key_derived_from_the_job_limits_per_destination_host(settings):
     ]
     keys = dict(await sql(settings, "SELECT key, cardinality(starts) FROM rate_windows ORDER BY key"))
     assert keys == {"fast.example": 2, "slow.example.com": 2}
+
+
+async def test_the_pruner_forgets_quiet_tenants_and_expired_windows_but_not_rules(settings, pool):
+    from functions.dispatcher.maintenance import Pruner
+
+    await limit_rate(settings, limit=5, key="tenant")
+    await sql(settings, "INSERT INTO queue_tenants (queue, tenant_id, weight) VALUES ('default', 'ruled', 2)")
+    await seed(settings, [new("a"), new("b"), new("b")])
+    assert len(await claim(settings, 2)) == 2
+    await sql(settings, "UPDATE jobs SET state = 'completed', completed_at = now() WHERE state = 'executing'")
+    await sql(settings, "UPDATE queues SET tenants_scanned_at = NULL")
+    assert len(await claim(settings, 5)) == 1  # a has nothing left: the listing marks it quiet
+    await Pruner(pool, max_age_seconds=86_400).run_once()
+    assert await sql(settings, "SELECT tenant_id FROM queue_tenants ORDER BY tenant_id") == [("b",), ("ruled",)]
+    assert await sql(settings, "SELECT key FROM rate_windows ORDER BY key") == [("a",), ("b",)]  # still in window
+    await sql(settings, "UPDATE rate_windows SET starts = ARRAY(SELECT s - interval '2 minutes' FROM unnest(starts) s)")
+    await Pruner(pool, max_age_seconds=86_400).run_once()
+    assert await sql(settings, "SELECT key FROM rate_windows") == []
