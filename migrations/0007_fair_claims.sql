@@ -35,6 +35,7 @@ CREATE TABLE queue_tenants (
     PRIMARY KEY (queue, tenant_id)
 );
 CREATE INDEX queue_tenants_active_idx ON queue_tenants (queue) WHERE active;
+CREATE INDEX queue_tenants_capped_idx ON queue_tenants (queue) WHERE max_running IS NOT NULL;
 
 -- Per (queue, rate key): the start times within the current window, newest last (at most
 -- `rate_limit` of them). A sliding window rather than a token bucket: no window of the period's
@@ -71,6 +72,35 @@ LANGUAGE sql STABLE AS $$
                                   AND s > p_now - make_interval(secs => p_period)), 0)
 $$;
 
+-- List the tenants of a queue with due jobs into queue_tenants.active (one index probe per
+-- tenant: a loose scan of jobs_tenant_claim_idx, never a tenant's backlog). Called by claim_jobs
+-- under the queue's row lock.
+CREATE FUNCTION claim_list_tenants(p_queue text, p_vtime double precision, p_now timestamptz)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    WITH RECURSIVE active(tenant_id) AS (
+        (SELECT j.tenant_id FROM jobs j
+          WHERE j.queue = p_queue AND j.state = 'available' ORDER BY j.tenant_id LIMIT 1)
+        UNION ALL
+        SELECT (SELECT j.tenant_id FROM jobs j
+                 WHERE j.queue = p_queue AND j.state = 'available' AND j.tenant_id > a.tenant_id
+                 ORDER BY j.tenant_id LIMIT 1)
+          FROM active a WHERE a.tenant_id IS NOT NULL
+    ), found AS (
+        SELECT a.tenant_id FROM active a WHERE a.tenant_id IS NOT NULL
+    ), gone AS (
+        UPDATE queue_tenants t SET active = false
+         WHERE t.queue = p_queue AND t.active AND t.tenant_id NOT IN (SELECT f.tenant_id FROM found f)
+    ), came AS (
+        INSERT INTO queue_tenants AS t (queue, tenant_id, pass, active)
+        SELECT p_queue, f.tenant_id, p_vtime, true FROM found f
+         WHERE NOT EXISTS (SELECT 1 FROM queue_tenants x
+                            WHERE x.queue = p_queue AND x.tenant_id = f.tenant_id AND x.active)
+        ON CONFLICT (queue, tenant_id) DO UPDATE SET active = true
+    )
+    UPDATE queues SET tenants_scanned_at = p_now WHERE name = p_queue;END
+$$;
+
 -- Claim up to `max_jobs` available jobs of one queue for one machine, honouring the queue's
 -- fleet-wide limit and pause, and (when set) fairness between tenants, their caps and the rate
 -- limit. Claims of one queue are serialised on its `queues` row; this function is plpgsql
@@ -94,6 +124,7 @@ DECLARE
     v_prefer_tenant text;
     v_scanned boolean := false;
     v_round integer;
+    v_plain boolean;
 BEGIN
     -- A claim need not wait for its WAL flush (about one fsync off every pickup). If Postgres
     -- crashes before the flush, the claim is forgotten and the job is simply available again;
@@ -111,7 +142,20 @@ BEGIN
     v_capped := v_q.tenant_limit IS NOT NULL
         OR EXISTS (SELECT 1 FROM queue_tenants t WHERE t.queue = p_queue AND t.max_running IS NOT NULL);
 
-    IF NOT (v_q.fair OR v_capped OR v_q.rate_limit IS NOT NULL) THEN
+    -- Taken after the lock: start times of one queue's claims only move forward, so the rate
+    -- windows (and attempted_at, which the windows record) agree with every other claim's.
+    v_now := clock_timestamp();
+    v_plain := NOT (v_q.fair OR v_capped OR v_q.rate_limit IS NOT NULL);
+    IF v_q.fair AND NOT v_capped AND v_q.rate_limit IS NULL THEN
+        -- Fairness alone, and one tenant with due jobs: FIFO is that tenant's fair order.
+        IF v_q.tenants_scanned_at IS NULL OR v_now - v_q.tenants_scanned_at > interval '50 milliseconds' THEN
+            PERFORM claim_list_tenants(p_queue, v_q.fair_vtime, v_now);
+            v_scanned := true;
+        END IF;
+        v_plain := (SELECT count(*) FROM queue_tenants t WHERE t.queue = p_queue AND t.active) <= 1;
+    END IF;
+
+    IF v_plain THEN
         -- FIFO: priority, time, id across the queue. The job that caused this machine's launch goes
         -- first when it is still waiting.
         IF p_prefer_id IS NOT NULL THEN
@@ -147,9 +191,6 @@ BEGIN
     -- The statements below are planned once per connection, not per call: their plan does not
     -- depend on the parameters, and planning the fair pick costs more than running it.
     PERFORM set_config('plan_cache_mode', 'force_generic_plan', true);
-    -- Taken after the lock: start times of one queue's claims only move forward, so the rate
-    -- windows (and attempted_at, which the windows record) agree with every other claim's.
-    v_now := clock_timestamp();
     -- With a key derived from the job, a tenant's next jobs may be held back by the limit while
     -- later ones (another host) may go: look a little past them, never through the backlog.
     v_lookahead := CASE WHEN v_q.rate_key LIKE '%:%' THEN 20 ELSE 0 END;
@@ -166,27 +207,7 @@ BEGIN
     FOR v_round IN 1..2 LOOP
         IF NOT v_scanned AND (v_round = 2 OR v_q.tenants_scanned_at IS NULL
                               OR v_now - v_q.tenants_scanned_at > interval '50 milliseconds') THEN
-            WITH RECURSIVE active(tenant_id) AS (
-                (SELECT j.tenant_id FROM jobs j
-                  WHERE j.queue = p_queue AND j.state = 'available' ORDER BY j.tenant_id LIMIT 1)
-                UNION ALL
-                SELECT (SELECT j.tenant_id FROM jobs j
-                         WHERE j.queue = p_queue AND j.state = 'available' AND j.tenant_id > a.tenant_id
-                         ORDER BY j.tenant_id LIMIT 1)
-                  FROM active a WHERE a.tenant_id IS NOT NULL
-            ), found AS (
-                SELECT a.tenant_id FROM active a WHERE a.tenant_id IS NOT NULL
-            ), gone AS (
-                UPDATE queue_tenants t SET active = false
-                 WHERE t.queue = p_queue AND t.active AND t.tenant_id NOT IN (SELECT f.tenant_id FROM found f)
-            ), came AS (
-                INSERT INTO queue_tenants AS t (queue, tenant_id, pass, active)
-                SELECT p_queue, f.tenant_id, v_q.fair_vtime, true FROM found f
-                 WHERE NOT EXISTS (SELECT 1 FROM queue_tenants x
-                                    WHERE x.queue = p_queue AND x.tenant_id = f.tenant_id AND x.active)
-                ON CONFLICT (queue, tenant_id) DO UPDATE SET active = true
-            )
-            UPDATE queues SET tenants_scanned_at = v_now WHERE name = p_queue;
+            PERFORM claim_list_tenants(p_queue, v_q.fair_vtime, v_now);
             v_scanned := true;
         ELSIF v_round = 2 THEN
             EXIT;  -- the known tenants filled the claim, or it just listed them

@@ -474,16 +474,19 @@ SELECT w.key, l.n AS starts
 
 -- name: prune_claim_bookkeeping
 -- forget rate windows whose starts all left the window, and tenants with no rules, no due jobs at
--- the last listing and no turn owed (they rejoin at the queue's round-robin clock either way)
-WITH windows AS (
-    DELETE FROM rate_windows w USING queues q
+-- the last listing and no turn owed (they rejoin at the queue's round-robin clock either way).
+-- Only for queues whose row lock it gets at once: claims change these rows under that lock.
+WITH locked AS (
+    SELECT name, rate_limit, rate_period_seconds, fair_vtime FROM queues FOR UPDATE SKIP LOCKED
+), windows AS (
+    DELETE FROM rate_windows w USING locked q
      WHERE w.queue = q.name
        AND (q.rate_limit IS NULL
             OR w.starts[cardinality(w.starts)] IS NULL
             OR w.starts[cardinality(w.starts)] < now() - make_interval(secs => q.rate_period_seconds))
     RETURNING 1
 ), tenants AS (
-    DELETE FROM queue_tenants t USING queues q
+    DELETE FROM queue_tenants t USING locked q
      WHERE t.queue = q.name AND NOT t.active AND t.weight IS NULL AND t.max_running IS NULL
        AND t.pass <= q.fair_vtime
     RETURNING 1
