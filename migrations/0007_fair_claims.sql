@@ -301,10 +301,10 @@ BEGIN
           FROM locked WHERE jobs.id = locked.id
         RETURNING jobs.*
     ), turns AS (
-        INSERT INTO queue_tenants AS t (queue, tenant_id, pass)
-        SELECT p_queue, c.tenant_id, v_q.fair_vtime + count(*) FROM claimed c WHERE v_q.fair GROUP BY c.tenant_id
-        ON CONFLICT (queue, tenant_id) DO UPDATE
-           SET pass = greatest(t.pass, v_q.fair_vtime) + (EXCLUDED.pass - v_q.fair_vtime) / coalesce(t.weight, 1)
+        -- (every claimed job's tenant has its row: the pick read it from queue_tenants)
+        UPDATE queue_tenants t SET pass = greatest(t.pass, v_q.fair_vtime) + n.jobs::float8 / coalesce(t.weight, 1)
+          FROM (SELECT c.tenant_id, count(*) AS jobs FROM claimed c GROUP BY c.tenant_id) n
+         WHERE v_q.fair AND t.queue = p_queue AND t.tenant_id = n.tenant_id
     ), windows AS (
         INSERT INTO rate_windows AS w (queue, key, starts)
         SELECT p_queue, job_rate_key(v_q.rate_key, c.tenant_id, c.args), array_agg(v_now)
