@@ -32,6 +32,8 @@ METRICS: dict[str, str] = {
     "dispatcher": "bench.dispatcher",
     "events": "bench.live_events",
     "dashboard": "bench.dashboard",
+    "fairness": "bench.fairness",
+    "ratelimit": "bench.rate_limit",
 }
 RESULTS = Path(__file__).with_name("RESULTS.md")
 # The performance spec, as a path from the repository root (it sits beside the repository): the

@@ -113,3 +113,27 @@ SELECT q.queue, q.queue || '-worker', 'tenant-' || (g %% %(tenants)s), jsonb_bui
                                            WHEN r < 0.95 THEN 'completed' ELSE 'discarded' END
                             END AS state
                        FROM (SELECT random() + g * 0 AS r) AS rnd) AS s;
+
+-- name: seed_tenant_jobs
+-- `count` available jobs of one queue and function spread round the tenants prefix-0 .. prefix-(tenants-1)
+INSERT INTO jobs (queue, worker, state, tenant_id, args, meta, max_attempts)
+SELECT %(queue)s, %(worker)s, 'available', %(prefix)s || '-' || (n %% %(tenants)s), '{}', '{}', 5
+  FROM generate_series(1, %(count)s) n;
+
+-- name: tenant_waits
+-- insert -> start, in seconds, of one tenant's started jobs, and how many of its jobs there are
+SELECT extract(epoch FROM attempted_at - inserted_at)::float8 AS wait FROM jobs
+ WHERE tenant_id = %(tenant_id)s AND attempted_at IS NOT NULL;
+
+-- name: tenant_completed
+SELECT count(*) FROM jobs WHERE tenant_id = %(tenant_id)s AND state = 'completed';
+
+-- name: set_rate_limit
+-- a rate limit on one queue, keyed by tenant (what PUT /admin/queues/{name}/limits writes)
+UPDATE queues SET rate_limit = %(limit)s, rate_period_seconds = %(period)s, rate_key = 'tenant' WHERE name = %(queue)s;
+
+-- name: start_times
+-- every start of a queue's jobs, in epoch seconds, oldest first
+SELECT extract(epoch FROM attempted_at)::float8 FROM jobs
+ WHERE queue = %(queue)s AND attempted_at IS NOT NULL
+ ORDER BY attempted_at;

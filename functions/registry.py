@@ -59,7 +59,12 @@ def handler_module(spec: FunctionSpec) -> ModuleType:
 def seed_queues(database_url: str, settings: Settings, registry: Registry | None = None) -> None:
     """Create the queue row of every function that has none, at its configured limit."""
     registry = registry or load_registry()
-    ensure_queues(database_url, {queue: spec.limit_for(settings) for queue, spec in registry.items()})
+    ensure_queues(
+        database_url,
+        {queue: spec.limit_for(settings) for queue, spec in registry.items()},
+        fair=settings.claim_fairness,
+        tenant_limit=settings.tenant_concurrency_limit,
+    )
 
 
 def machine_program(registry: Registry | None = None) -> MachineProgram:

@@ -11,6 +11,7 @@ server's pre-imports. Nothing in `shared/` names a function module; it is given 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -28,6 +29,9 @@ class Guest:
     cpus: int
     memory_mb: int
 
+
+# How a function's rate key may be derived (the same rule as queues.rate_key's CHECK, migration 0007).
+RATE_KEY_RULE = re.compile(r"(host|domain):[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 SMALL_GUEST = Guest(cpu_kind="shared", cpus=1, memory_mb=512)
 
@@ -47,6 +51,11 @@ class FunctionSpec:
     # Light functions are pre-imported by the local fork server; heavy ones (Pillow, WeasyPrint,
     # openpyxl) load only on the machines that run them.
     preload: bool = False
+    # What a rate limit keyed by "function" counts per key (PUT /admin/queues/{name}/limits):
+    # "host:<arg>", the host of the URL in args.<arg>, or "domain:<arg>", the domain of the mailbox
+    # in args.<arg>. Derived by the claim in SQL (migration 0007), so jobs the database inserts
+    # itself (callbacks) are keyed like the rest. None: the function has no such key.
+    rate_key: str | None = None
     description: str | None = None  # longer OpenAPI text
     module: str = ""  # set by the registry: the module that declared it (machines import it)
 
@@ -90,4 +99,7 @@ class Registry(Mapping[str, FunctionSpec]):
         ):
             for name in sorted(set(names) - set(self._specs)):
                 problems.append(f"{kind.format(name.upper())} names no function (known: {', '.join(self._specs)})")
+        for queue, spec in self._specs.items():
+            if spec.rate_key is not None and not RATE_KEY_RULE.fullmatch(spec.rate_key):
+                problems.append(f"function {queue!r} declares rate_key {spec.rate_key!r} (host:<arg> or domain:<arg>)")
         return problems

@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     queue_limits: dict[str, Annotated[int, Field(ge=0, le=1000)]] = Field(default_factory=dict)
     worker_timeouts_ms: dict[str, Annotated[int, Field(ge=100)]] = Field(default_factory=dict)
 
+    # Fair claims (issue 13): tenants take turns within a queue (false: priority, then time, across
+    # the queue), and the most jobs one tenant runs at once per queue (unset: no cap but the queue's).
+    # Both seed a queue's row when it is created; afterwards PUT /admin/queues/{name}/limits decides.
+    claim_fairness: bool = True
+    tenant_concurrency_limit: int | None = Field(None, ge=0, le=1000)
+
     lifeline_rescue_after: int = Field(300, ge=1)
     pruner_max_age: int = Field(604_800, ge=1)
     heartbeat_interval_seconds: float = Field(2.0, gt=0)

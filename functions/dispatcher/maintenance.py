@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from shared.db import transitions
+from shared.db import queue_rules, transitions
 from shared.db.pool import Pool
 from shared.db.sql import QUERIES
 from shared.telemetry import emit
@@ -59,6 +59,8 @@ class Pruner:
                 QUERIES["prune_machines"], {"max_age_seconds": self.max_age_seconds, "limit": self.machine_batch}
             )
             machines = len(await cur.fetchall())
+            # Fair-claim bookkeeping of tenants and rate keys that went quiet (not counted: no jobs).
+            await queue_rules.prune_bookkeeping(conn)
         if jobs or machines:
             logger.info("pruned", extra={"jobs": jobs, "machines": machines})
         return jobs + machines

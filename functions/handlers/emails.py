@@ -56,6 +56,7 @@ FUNCTION: Final = FunctionSpec(
     timeout_seconds=30,
     max_attempts=5,
     preload=True,
+    rate_key="domain:from",  # one limit per sender domain (default sender: "")
 )
 
 ModelT = TypeVar("ModelT", bound=BaseModel)

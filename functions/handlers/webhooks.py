@@ -43,6 +43,7 @@ FUNCTION: Final = FunctionSpec(
     timeout_seconds=35,  # above the 30 s maximum receiver timeout
     max_attempts=8,
     preload=True,
+    rate_key="host:url",  # one limit per receiving host
 )
 
 

@@ -18,6 +18,7 @@ from shared.settings import Settings
 from shared.telemetry import emit
 from shared.vocabulary import Event as EventName
 
+from . import queue_rules
 from .auth import authenticate
 from .http import JSONResponse, parse_model, parse_query, read_json_body
 from .presenters import machine_json, queue_json
@@ -47,8 +48,15 @@ async def list_queues(request: Request) -> Response:
 
 
 async def get_queue(request: Request) -> Response:
+    """The queue's status, its claim rules, its busiest tenants and rate keys."""
     authenticate(request, "admin")
-    return await _queue_or_404(request)
+    name = request.path_params["name"]
+    async with _pool(request).connection() as conn:
+        statuses = await job_store.queue_statuses(conn, name)
+    detail = await queue_rules.queue_detail(_pool(request), name)
+    if not statuses or detail is None:
+        raise NotFound(f"no queue {name!r}")
+    return JSONResponse({**queue_json(statuses[0]), **detail})
 
 
 async def pause_queue(request: Request) -> Response:

@@ -33,7 +33,7 @@ from shared.errors import MethodNotAllowed, NotFound, ProblemError
 from shared.logging import configure_logging
 from shared.settings import Settings, load_settings
 
-from . import admin, dashboard, events, idempotency, jobs, uploads, webhook_secret
+from . import admin, dashboard, events, idempotency, jobs, queue_rules, uploads, webhook_secret
 from .access_log import EdgeMiddleware
 from .batch_insert import BatchInserter
 from .docs import Documentation
@@ -112,6 +112,7 @@ def routes() -> list[BaseRoute]:
         Route("/admin/queues/{name:str}/pause", admin.pause_queue, methods=["POST"]),
         Route("/admin/queues/{name:str}/resume", admin.resume_queue, methods=["POST"]),
         Route("/admin/queues/{name:str}/scale", admin.scale_queue, methods=["POST"]),
+        Route("/admin/queues/{name:str}/limits", queue_rules.limits, methods=["GET", "PUT"]),
         Route("/admin/jobs/prune", admin.prune_jobs, methods=["POST"]),
         Route("/admin/jobs/rescue", admin.rescue_jobs, methods=["POST"]),
         Route("/admin/machines", admin.list_machines, methods=["GET"]),

@@ -19,7 +19,10 @@ separate short-lived processes nobody scrapes, and because queue state is fleet-
 - queue_boot_failures{queue}: machines that failed at boot since the queue's last machine that
   booted (while above 0 the dispatcher spaces that queue's launches out exponentially);
 - dispatcher_duty_errors_total{duty}: failures of each dispatcher duty. Counted in the database
-  because the dispatcher may run in a process of its own that nobody scrapes.
+  because the dispatcher may run in a process of its own that nobody scrapes;
+- queue_tenant_available, queue_tenant_running, queue_tenant_waiting and queue_tenant_throttled
+  {queue,tenant}: per tenant, the TOP_TENANTS busiest of each queue and the rest summed as
+  tenant="other", so the label set stays bounded however many tenants there are.
 
 From the in-process dispatcher's launcher: launcher_alerts{kind}, 1 while an alert lasts.
 
@@ -42,7 +45,7 @@ from starlette.responses import Response
 from starlette.types import Scope
 
 from functions.dispatcher.scaler import boot_failures
-from shared.db import job_store
+from shared.db import job_store, queue_rules
 from shared.db.models import QueueStatus
 from shared.db.pool import Pool
 from shared.errors import Unauthorized
@@ -52,6 +55,7 @@ from shared.settings import Settings
 from .sql import QUERIES
 
 DURATION_WINDOW_SECONDS: Final = 300
+TOP_TENANTS: Final = 10  # tenants with their own label per queue; the rest are tenant="other"
 QUEUE_STATE_VALUES: Final[Mapping[str, int]] = {"stopped": 0, "running": 1, "paused": 2}
 _CONVERTER = re.compile(r":\w+}")
 
@@ -172,6 +176,30 @@ def queue_families(statuses: Sequence[QueueStatus]) -> list[Metric]:
     return families
 
 
+def tenant_families(stats: Sequence[queue_rules.TenantStats]) -> list[Metric]:
+    """Per-tenant gauges: each queue's TOP_TENANTS busiest tenants, then `other`."""
+    by_queue: dict[str, list[queue_rules.TenantStats]] = defaultdict(list)
+    for one in stats:  # already busiest first within each queue
+        by_queue[one.queue].append(one)
+    gauges: dict[str, tuple[str, Any]] = {
+        "queue_tenant_available": ("A tenant's due jobs waiting for a claim.", lambda t: t.due),
+        "queue_tenant_running": ("A tenant's jobs executing now.", lambda t: t.running),
+        "queue_tenant_waiting": ("A tenant's scheduled or retryable jobs.", lambda t: t.waiting),
+        "queue_tenant_throttled": (
+            "A tenant's due jobs held back now by its cap or its rate window.",
+            lambda t: t.throttled,
+        ),
+    }
+    families: list[Metric] = []
+    for name, (doc, value) in gauges.items():
+        family = GaugeMetricFamily(name, doc, labels=["queue", "tenant"])
+        for queue in sorted(by_queue):
+            for one in queue_rules.top_tenants(by_queue[queue], TOP_TENANTS):
+                family.add_metric([queue, one.tenant_id], float(value(one)))
+        families.append(family)
+    return families
+
+
 async def database_families(pool: Pool, *, boot_grace_seconds: float = 30.0) -> list[Metric]:
     """Every database-derived family, read in one pooled connection."""
     bounds = list(DURATION_BUCKETS)
@@ -186,7 +214,8 @@ async def database_families(pool: Pool, *, boot_grace_seconds: float = 30.0) -> 
             conn, [status.name for status in statuses], boot_grace_seconds=boot_grace_seconds
         )
         duty_errors = await (await conn.execute(QUERIES["metrics_duty_errors"])).fetchall()
-    families = queue_families(statuses)
+        tenants = await queue_rules.tenant_stats(conn)
+    families = queue_families(statuses) + tenant_families(tenants)
     outcome_family = CounterMetricFamily(
         "job_outcomes", "Jobs that reached a final state (pruned ones included).", labels=["queue", "state"]
     )

@@ -19,7 +19,7 @@ from functions.handlers import default as default_functions
 from functions.registry import load_registry
 from shared.functions import Registry
 
-from . import admin, events, jobs, responses, webhook_secret
+from . import admin, events, jobs, queue_rules, responses, webhook_secret
 
 REF: Final = "#/components/schemas/{model}"
 PROBLEM_TYPE: Final = "application/problem+json"
@@ -290,11 +290,32 @@ def _admin_operations(registry: Registry) -> list[Operation]:
             method="get",
             path="/admin/queues/{name}",
             operation_id="get_queue",
-            summary="Status of one queue",
+            summary="Status of one queue, with its claim rules and its busiest tenants and rate keys",
             tag="admin",
             path_params=queue,
-            ok=status,
+            ok={200: (responses.QueueDetail, "The queue's status and per-tenant figures.")},
             errors=(*admin_errors, 404),
+        ),
+        Operation(
+            method="get",
+            path="/admin/queues/{name}/limits",
+            operation_id="get_queue_limits",
+            summary="A queue's claim rules: fairness, per-tenant caps and weights, rate limit per key",
+            tag="admin",
+            path_params=queue,
+            ok={200: (responses.QueueLimits, "The rules.")},
+            errors=(*admin_errors, 404),
+        ),
+        Operation(
+            method="put",
+            path="/admin/queues/{name}/limits",
+            operation_id="set_queue_limits",
+            summary="Replace a queue's claim rules, fleet-wide and persisted (fields left out take their defaults)",
+            tag="admin",
+            path_params=queue,
+            body=queue_rules.LimitsBody,
+            ok={200: (responses.QueueLimits, "The rules now in force.")},
+            errors=(*admin_errors, *_BODY_ERRORS, 404),
         ),
         Operation(
             method="post",

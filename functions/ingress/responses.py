@@ -104,6 +104,50 @@ class QueueStatusList(RootModel[list[QueueStatus]]):
     """Every queue's status."""
 
 
+class TenantRuleOut(CamelModel):
+    limit: int | None = Field(..., description="this tenant's cap (null: the queue's tenantLimit)")
+    weight: int | None = Field(..., description="turns per round (null: 1)")
+
+
+class RateLimitOut(CamelModel):
+    limit: int = Field(..., ge=1, description="most starts per key within any periodSeconds")
+    period_seconds: float = Field(..., gt=0)
+    key: Literal["tenant", "function"]
+    derived_from: str | None = Field(..., description="with key `function`: `host:<arg>` or `domain:<arg>`")
+
+
+class QueueLimits(CamelModel):
+    """A queue's claim rules, applied fleet-wide by every claim."""
+
+    fair: bool = Field(..., description="tenants take turns; false: priority, then time, across the queue")
+    tenant_limit: int | None = Field(..., description="most jobs one tenant runs at once (null: no cap)")
+    rate_limit: RateLimitOut | None
+    tenants: dict[str, TenantRuleOut] = Field(..., description="tenants with their own cap or weight")
+
+
+class TenantLoad(CamelModel):
+    tenant_id: str = Field(..., description="a tenant, or `other`: every tenant beyond the busiest, summed")
+    available: int = Field(..., ge=0, description="due jobs waiting for a claim")
+    running: int = Field(..., ge=0)
+    waiting: int = Field(..., ge=0, description="scheduled or retryable jobs")
+    throttled: int = Field(..., ge=0, description="due jobs held back now by the tenant's cap or rate window")
+    limit: int | None
+    weight: int = Field(..., ge=1)
+
+
+class RateWindow(CamelModel):
+    key: str = Field(..., description="a tenant, a host or a mail domain")
+    starts: int = Field(..., ge=1, description="starts within the current window")
+
+
+class QueueDetail(QueueStatus):
+    """A queue's status with its claim rules, its busiest tenants and its busiest rate keys."""
+
+    limits: QueueLimits
+    tenants: list[TenantLoad] = Field(..., description="the 20 busiest tenants, then `other`")
+    rate_windows: list[RateWindow] = Field(..., description="the 20 busiest rate keys")
+
+
 class Machine(CamelModel):
     id: str
     queue: str

@@ -19,11 +19,13 @@ if TYPE_CHECKING:
     from .machine import Machine
 
 logger = logging.getLogger("functions.machine")
+_RATE_WAIT_SLACK = 0.002  # seconds after a rate window frees a start, so the claim finds it free
 
 
 class ClaimLoop:
     def __init__(self, machine: Machine) -> None:
         self.machine = machine
+        self._rate_wait: float | None = None  # seconds until a full rate window frees a start
 
     async def run(self) -> None:
         m, cfg = self.machine, self.machine.config
@@ -43,6 +45,11 @@ class ClaimLoop:
                     async with m.pool.connection() as conn:
                         claimed = await transitions.claim(
                             conn, queue=cfg.queue, machine_id=cfg.machine_id, max_jobs=free, prefer_id=prefer
+                        )
+                        # Nothing came: when a rate limit held jobs back, come back as its window
+                        # frees a start rather than a whole poll later.
+                        self._rate_wait = (
+                            None if claimed else await transitions.rate_wait_seconds(conn, queue=cfg.queue)
                         )
                 except UNREACHABLE:
                     # A claim that failed claimed nothing (one statement); the jobs held keep running.
@@ -68,10 +75,12 @@ class ClaimLoop:
 
     def _wait_timeout(self, idle_since: float) -> float:
         m = self.machine
+        # A start the rate limit frees is not announced by NOTIFY (a few ms late beats a second late).
+        soonest = 1.0 if self._rate_wait is None else min(1.0, self._rate_wait + _RATE_WAIT_SLACK)
         if m.held:
-            return max(m.settings.dispatcher_poll_seconds, 1.0)
+            return min(max(m.settings.dispatcher_poll_seconds, 1.0), soonest)
         left = m.config.idle_seconds - (asyncio.get_running_loop().time() - idle_since)
-        return max(0.0, min(left, 1.0))  # poll at least every second: NOTIFY is not relied on
+        return max(0.0, min(left, soonest))  # poll at least every second: NOTIFY is not relied on
 
     async def _wait_for_change(self, *, timeout: float) -> None:
         m = self.machine

@@ -52,11 +52,16 @@ def migrate(database_url: str, *, directory: Path = MIGRATIONS_DIR) -> list[str]
     return applied_now
 
 
-def ensure_queues(database_url: str, limits: Mapping[str, int]) -> None:
-    """Create missing queue rows with these initial limits (runtime changes are kept)."""
+def ensure_queues(
+    database_url: str, limits: Mapping[str, int], *, fair: bool = True, tenant_limit: int | None = None
+) -> None:
+    """Create missing queue rows with these initial limits, fairness and per-tenant cap (runtime
+    changes are kept)."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         for name, limit in limits.items():
-            conn.execute(QUERIES["ensure_queue"], {"name": name, "limit": limit})
+            conn.execute(
+                QUERIES["ensure_queue"], {"name": name, "limit": limit, "fair": fair, "tenant_limit": tenant_limit}
+            )
 
 
 def main() -> int:

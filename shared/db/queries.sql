@@ -77,6 +77,16 @@ SELECT * FROM jobs
 -- available -> executing for up to max_jobs jobs, within the queue's fleet-wide limit
 SELECT * FROM claim_jobs(%(queue)s, %(machine_id)s, %(max_jobs)s, %(prefer_id)s);
 
+-- name: rate_wait_seconds
+-- seconds until the first full rate window of a queue has room again (no row or NULL: none is full)
+SELECT min(extract(epoch FROM l.oldest + make_interval(secs => q.rate_period_seconds) - clock_timestamp()))::float8
+           AS seconds
+  FROM queues q
+  JOIN rate_windows w ON w.queue = q.name
+ CROSS JOIN LATERAL (SELECT min(s) AS oldest, count(*) AS n FROM unnest(w.starts) s
+                      WHERE s > clock_timestamp() - make_interval(secs => q.rate_period_seconds)) l
+ WHERE q.name = %(queue)s AND q.rate_limit IS NOT NULL AND l.n >= q.rate_limit;
+
 -- name: complete_job
 -- executing -> completed, only by the current claim
 UPDATE jobs SET state = 'completed', completed_at = now(), result = %(result)s, heartbeat_at = NULL
@@ -207,8 +217,9 @@ DELETE FROM jobs USING old WHERE jobs.id = old.id
 RETURNING jobs.id;
 
 -- name: ensure_queue
--- create a queue row with its configured limit when missing (runtime changes win)
-INSERT INTO queues (name, "limit") VALUES (%(name)s, %(limit)s) ON CONFLICT (name) DO NOTHING;
+-- create a queue row with its configured limit, fairness and tenant cap when missing (runtime changes win)
+INSERT INTO queues (name, "limit", fair, tenant_limit) VALUES (%(name)s, %(limit)s, %(fair)s, %(tenant_limit)s)
+ON CONFLICT (name) DO NOTHING;
 
 -- name: queue_statuses
 -- per queue: limit, pause, counts per live state, age of the oldest due available job
@@ -236,8 +247,16 @@ UPDATE queues SET "limit" = %(limit)s, updated_at = now() WHERE name = %(name)s 
 -- name: queue_demand
 -- what the scaler needs per queue: due work, executing jobs, live machines
 SELECT q.name, q."limit", q.paused,
-       (SELECT count(*) FROM jobs j WHERE j.queue = q.name AND j.state = 'available'
-                                      AND j.scheduled_at <= now()) AS due,
+       -- Due work a claim could take now: a tenant at its cap adds none, so machines are not
+       -- launched for jobs that must wait for that tenant's running ones.
+       (SELECT coalesce(sum(least(d.n, greatest(0, coalesce(t.max_running, q.tenant_limit, 1000) - coalesce(r.n, 0)))), 0)
+          FROM (SELECT j.tenant_id, count(*) AS n FROM jobs j
+                 WHERE j.queue = q.name AND j.state = 'available' AND j.scheduled_at <= now()
+                 GROUP BY j.tenant_id) d
+          LEFT JOIN queue_tenants t ON t.queue = q.name AND t.tenant_id = d.tenant_id
+          LEFT JOIN (SELECT j.tenant_id, count(*) AS n FROM jobs j
+                      WHERE j.queue = q.name AND j.state = 'executing'
+                      GROUP BY j.tenant_id) r ON r.tenant_id = d.tenant_id)::bigint AS due,
        (SELECT min(j.id) FROM jobs j WHERE j.queue = q.name AND j.state = 'available'
                                        AND j.scheduled_at <= now()) AS first_due_id,
        (SELECT count(*) FROM jobs j WHERE j.queue = q.name AND j.state = 'executing') AS executing,
@@ -388,3 +407,92 @@ SET LOCAL TimeZone = 'UTC';
 -- server-side TCP keepalives and user timeout for this session (the dispatcher's connection)
 SELECT set_config('tcp_keepalives_idle', %(idle)s, false), set_config('tcp_keepalives_interval', %(interval)s, false),
        set_config('tcp_keepalives_count', %(count)s, false), set_config('tcp_user_timeout', %(user_timeout_ms)s, false);
+
+
+-- fair claims, tenant caps and rate limits (issue 13) ---------------------------------------
+
+-- name: queue_limits
+-- a queue's claim rules
+SELECT name, fair, tenant_limit, rate_limit, rate_period_seconds, rate_key FROM queues WHERE name = %(name)s;
+
+-- name: queue_tenant_overrides
+-- the tenants of a queue with their own cap or weight
+SELECT tenant_id, weight, max_running FROM queue_tenants
+ WHERE queue = %(name)s AND (weight IS NOT NULL OR max_running IS NOT NULL)
+ ORDER BY tenant_id;
+
+-- name: set_queue_limits
+-- replace a queue's claim rules, fleet-wide (the claim reads them under the same row lock)
+UPDATE queues SET fair = %(fair)s, tenant_limit = %(tenant_limit)s, rate_limit = %(rate_limit)s,
+                  rate_period_seconds = %(rate_period_seconds)s, rate_key = %(rate_key)s, updated_at = now()
+ WHERE name = %(name)s
+RETURNING name;
+
+-- name: clear_tenant_overrides
+-- forget every tenant's own cap and weight in a queue (their round-robin positions stay)
+UPDATE queue_tenants SET weight = NULL, max_running = NULL
+ WHERE queue = %(name)s AND (weight IS NOT NULL OR max_running IS NOT NULL);
+
+-- name: set_tenant_overrides
+-- give tenants their own cap and weight in a queue
+INSERT INTO queue_tenants (queue, tenant_id, weight, max_running)
+SELECT %(name)s, o.tenant_id, o.weight, o.max_running
+  FROM unnest(%(tenant_ids)s::text[], %(weights)s::int[], %(max_running)s::int[]) AS o(tenant_id, weight, max_running)
+ON CONFLICT (queue, tenant_id) DO UPDATE SET weight = EXCLUDED.weight, max_running = EXCLUDED.max_running;
+
+-- name: queue_tenant_stats
+-- per queue and tenant with live jobs: due, running, waiting (scheduled, retryable) and throttled
+-- (due but held back now by the tenant's cap or its full rate window), busiest first
+WITH counts AS (
+    SELECT j.queue, j.tenant_id,
+           count(*) FILTER (WHERE j.state = 'available' AND j.scheduled_at <= now()) AS due,
+           count(*) FILTER (WHERE j.state = 'executing') AS running,
+           count(*) FILTER (WHERE j.state IN ('scheduled', 'retryable')
+                               OR (j.state = 'available' AND j.scheduled_at > now())) AS waiting
+      FROM jobs j
+     WHERE (%(name)s::text IS NULL OR j.queue = %(name)s)
+       AND j.state IN ('available', 'executing', 'scheduled', 'retryable')
+     GROUP BY j.queue, j.tenant_id
+)
+SELECT c.queue, c.tenant_id, c.due, c.running, c.waiting, t.weight, t.max_running,
+       coalesce(t.max_running, q.tenant_limit) AS cap,
+       CASE WHEN c.running >= coalesce(t.max_running, q.tenant_limit, 2147483647)
+              OR (q.rate_key = 'tenant'
+                  AND rate_window_room(q.name, c.tenant_id, q.rate_limit, q.rate_period_seconds, clock_timestamp()) <= 0)
+            THEN c.due ELSE 0 END AS throttled
+  FROM counts c
+  JOIN queues q ON q.name = c.queue
+  LEFT JOIN queue_tenants t ON t.queue = c.queue AND t.tenant_id = c.tenant_id
+ ORDER BY c.queue, c.due + c.running + c.waiting DESC, c.tenant_id;
+
+-- name: queue_rate_windows
+-- the busiest rate keys of a queue: starts within the current window
+SELECT w.key, l.n AS starts
+  FROM queues q
+  JOIN rate_windows w ON w.queue = q.name
+ CROSS JOIN LATERAL (SELECT count(*) AS n FROM unnest(w.starts) s
+                      WHERE s > clock_timestamp() - make_interval(secs => q.rate_period_seconds)) l
+ WHERE q.name = %(name)s AND q.rate_limit IS NOT NULL AND l.n > 0
+ ORDER BY l.n DESC, w.key
+ LIMIT %(limit)s;
+
+-- name: prune_claim_bookkeeping
+-- forget rate windows whose starts all left the window, and tenants with no rules, no due jobs at
+-- the last listing and no turn owed (they rejoin at the queue's round-robin clock either way).
+-- Only for queues whose row lock it gets at once: claims change these rows under that lock.
+WITH locked AS (
+    SELECT name, rate_limit, rate_period_seconds, fair_vtime FROM queues FOR UPDATE SKIP LOCKED
+), windows AS (
+    DELETE FROM rate_windows w USING locked q
+     WHERE w.queue = q.name
+       AND (q.rate_limit IS NULL
+            OR w.starts[cardinality(w.starts)] IS NULL
+            OR w.starts[cardinality(w.starts)] < now() - make_interval(secs => q.rate_period_seconds))
+    RETURNING 1
+), tenants AS (
+    DELETE FROM queue_tenants t USING locked q
+     WHERE t.queue = q.name AND NOT t.active AND t.weight IS NULL AND t.max_running IS NULL
+       AND t.pass <= q.fair_vtime
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM windows) + (SELECT count(*) FROM tenants) AS n;

@@ -33,6 +33,14 @@ async def claim(conn: Conn, *, queue: str, machine_id: str, max_jobs: int, prefe
     return [Job.from_row(row) for row in await cur.fetchall()]
 
 
+async def rate_wait_seconds(conn: Conn, *, queue: str) -> float | None:
+    """Seconds until a full rate window of `queue` lets another job start; None when none is full
+    (a machine whose claim came back empty polls again then, not a whole idle poll later)."""
+    cur = await conn.execute(QUERIES["rate_wait_seconds"], {"queue": queue}, prepare=True)
+    row = await cur.fetchone()
+    return None if row is None or row["seconds"] is None else max(0.0, float(row["seconds"]))
+
+
 async def _fenced(conn: Conn, query: str, fence: Fence, **params: Any) -> None:
     cur = await conn.execute(
         QUERIES[query], {"job_id": fence.job_id, "claim_token": fence.claim_token, **params}, prepare=True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from functions.ingress.app import create_app
 from functions.registry import load_registry
 from shared.configuration import ConfigurationError, configuration_problems
+from shared.functions import Registry
 from tests.conftest import make_settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,6 +37,15 @@ def test_a_short_jwt_secret_and_an_unknown_timeout_are_problems() -> None:
     problems = configuration_problems(settings, load_registry(), role="api")
     assert any("shorter than 32" in p for p in problems) and any("WORKER_NOPE_TIMEOUT" in p for p in problems)
     assert configuration_problems(make_settings("postgresql://unused.invalid/none"), load_registry(), role="api") == []
+
+
+def test_a_rate_key_the_claim_cannot_derive_is_a_problem() -> None:
+    registry = load_registry()
+    webhooks = replace(registry["webhooks"], rate_key="path:url")
+    problems = Registry({**registry, "webhooks": webhooks}).configuration_problems(
+        make_settings("postgresql://unused.invalid/none")
+    )
+    assert problems == ["function 'webhooks' declares rate_key 'path:url' (host:<arg> or domain:<arg>)"]
 
 
 def test_a_machine_with_bad_configuration_exits_2_saying_why() -> None:

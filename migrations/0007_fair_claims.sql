@@ -1,0 +1,320 @@
+-- Fair claims between tenants, per-tenant concurrency caps and rate limits per key (issue 13).
+--
+-- Everything is decided by claim_jobs under the queue's row lock, so it holds fleet-wide: the
+-- round-robin position of each tenant, how many jobs each tenant runs, and how many jobs of each
+-- rate key started within the last window. Nothing is counted on insert: every path that makes
+-- a job available (ingress, stager, callbacks, retry, hand-back) is covered without touching it.
+
+-- Per queue: fairness on or off, the default cap per tenant, a rate limit (`rate_limit` starts
+-- per `rate_period_seconds`, per key). The key is the tenant, or derived from the job's args:
+-- 'host:<arg>' (the host of the URL in args.<arg>) or 'domain:<arg>' (the domain of the mailbox).
+-- `fair_vtime` is the round-robin clock: a tenant that comes back after a pause starts from it,
+-- so it neither jumps the line nor cashes in credit for the time it had nothing to run.
+-- `tenants_scanned_at`: when a claim last listed the tenants with due jobs (see claim_jobs).
+ALTER TABLE queues
+    ADD COLUMN fair boolean NOT NULL DEFAULT true,
+    ADD COLUMN tenant_limit integer CHECK (tenant_limit BETWEEN 0 AND 1000),
+    ADD COLUMN fair_vtime double precision NOT NULL DEFAULT 0,
+    ADD COLUMN tenants_scanned_at timestamptz,
+    ADD COLUMN rate_limit integer CHECK (rate_limit BETWEEN 1 AND 1000),
+    ADD COLUMN rate_period_seconds double precision CHECK (rate_period_seconds > 0 AND rate_period_seconds <= 86400),
+    ADD COLUMN rate_key text CHECK (rate_key = 'tenant' OR rate_key ~ '^(host|domain):[A-Za-z_][A-Za-z0-9_]{0,63}$'),
+    ADD CONSTRAINT queues_rate_limit_whole CHECK (
+        (rate_limit IS NULL) = (rate_period_seconds IS NULL) AND (rate_limit IS NULL) = (rate_key IS NULL));
+
+-- Per (queue, tenant): overrides set through the admin API (NULL: the queue's default), the
+-- tenant's round-robin position (`pass` grows by 1/weight per job started), and whether it had
+-- due jobs when the claim last scanned the queue's tenants (`queues.tenants_scanned_at`).
+CREATE TABLE queue_tenants (
+    queue       text NOT NULL REFERENCES queues (name) ON DELETE CASCADE,
+    tenant_id   text NOT NULL CHECK (length(tenant_id) BETWEEN 1 AND 128),
+    weight      integer CHECK (weight BETWEEN 1 AND 100),
+    max_running integer CHECK (max_running BETWEEN 0 AND 1000),
+    pass        double precision NOT NULL DEFAULT 0,
+    active      boolean NOT NULL DEFAULT false,  -- had due jobs at the last scan of the queue
+    PRIMARY KEY (queue, tenant_id)
+);
+CREATE INDEX queue_tenants_active_idx ON queue_tenants (queue) WHERE active;
+CREATE INDEX queue_tenants_capped_idx ON queue_tenants (queue) WHERE max_running IS NOT NULL;
+
+-- Per (queue, rate key): the start times within the current window, newest last (at most
+-- `rate_limit` of them). A sliding window rather than a token bucket: no window of the period's
+-- length ever holds more starts than the limit, which is what a provider's limit means.
+CREATE TABLE rate_windows (
+    queue  text NOT NULL REFERENCES queues (name) ON DELETE CASCADE,
+    key    text NOT NULL,
+    starts timestamptz[] NOT NULL,
+    PRIMARY KEY (queue, key)
+);
+
+-- Fair claims: each tenant's due jobs in its own order, and the tenants with due jobs, found one
+-- index probe per tenant (a tenant's backlog is never scanned).
+CREATE INDEX jobs_tenant_claim_idx ON jobs (queue, tenant_id, priority, scheduled_at, id) WHERE state = 'available';
+
+-- The rate key of a job for a queue's key rule; '' when the job does not carry the value (all such
+-- jobs share one window, e.g. emails from the default sender).
+CREATE FUNCTION job_rate_key(p_rule text, p_tenant text, p_args jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT coalesce(CASE
+        WHEN p_rule = 'tenant' THEN p_tenant
+        WHEN p_rule LIKE 'host:%' THEN lower(substring(p_args ->> substr(p_rule, 6)
+                                                       FROM '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(\[[^]]*\]|[^:/?#]*)'))
+        WHEN p_rule LIKE 'domain:%' THEN lower(substring(p_args ->> substr(p_rule, 8) FROM '@([^@<>[:space:]]+)>?[[:space:]]*$'))
+    END, '')
+$$;
+
+-- How many more jobs of `p_key` may start at `p_now` within the queue's rate limit.
+CREATE FUNCTION rate_window_room(p_queue text, p_key text, p_limit integer, p_period double precision,
+                                 p_now timestamptz) RETURNS integer
+LANGUAGE sql STABLE AS $$
+    SELECT p_limit - coalesce((SELECT count(*)::integer FROM rate_windows w, unnest(w.starts) s
+                                WHERE w.queue = p_queue AND w.key = p_key
+                                  AND s > p_now - make_interval(secs => p_period)), 0)
+$$;
+
+-- List the tenants of a queue with due jobs into queue_tenants.active (one index probe per
+-- tenant: a loose scan of jobs_tenant_claim_idx, never a tenant's backlog). Called by claim_jobs
+-- under the queue's row lock.
+CREATE FUNCTION claim_list_tenants(p_queue text, p_vtime double precision, p_now timestamptz)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    WITH RECURSIVE active(tenant_id) AS (
+        (SELECT j.tenant_id FROM jobs j
+          WHERE j.queue = p_queue AND j.state = 'available' ORDER BY j.tenant_id LIMIT 1)
+        UNION ALL
+        SELECT (SELECT j.tenant_id FROM jobs j
+                 WHERE j.queue = p_queue AND j.state = 'available' AND j.tenant_id > a.tenant_id
+                 ORDER BY j.tenant_id LIMIT 1)
+          FROM active a WHERE a.tenant_id IS NOT NULL
+    ), found AS (
+        SELECT a.tenant_id FROM active a WHERE a.tenant_id IS NOT NULL
+    ), gone AS (
+        UPDATE queue_tenants t SET active = false
+         WHERE t.queue = p_queue AND t.active AND t.tenant_id NOT IN (SELECT f.tenant_id FROM found f)
+    ), came AS (
+        INSERT INTO queue_tenants AS t (queue, tenant_id, pass, active)
+        SELECT p_queue, f.tenant_id, p_vtime, true FROM found f
+         WHERE NOT EXISTS (SELECT 1 FROM queue_tenants x
+                            WHERE x.queue = p_queue AND x.tenant_id = f.tenant_id AND x.active)
+        ON CONFLICT (queue, tenant_id) DO UPDATE SET active = true
+    )
+    UPDATE queues SET tenants_scanned_at = p_now WHERE name = p_queue;END
+$$;
+
+-- Claim up to `max_jobs` available jobs of one queue for one machine, honouring the queue's
+-- fleet-wide limit and pause, and (when set) fairness between tenants, their caps and the rate
+-- limit. Claims of one queue are serialised on its `queues` row; this function is plpgsql
+-- (VOLATILE) so the counts below take a fresh snapshot after that lock, which a single SQL
+-- statement could not (its snapshot predates the lock wait).
+--
+-- Fair order: each tenant's jobs by priority, time, id; between tenants, the job with the lowest
+-- virtual start `pass + k / weight` (k-th job of this claim for the tenant) goes first, which is
+-- round-robin across tenants with due jobs (weighted: a tenant of weight 2 gets two turns).
+CREATE OR REPLACE FUNCTION claim_jobs(p_queue text, p_machine text, p_max_jobs integer, p_prefer_id bigint)
+RETURNS SETOF jobs LANGUAGE plpgsql AS $$
+DECLARE
+    v_q queues%ROWTYPE;
+    v_free integer;
+    v_claimed integer;
+    v_now timestamptz;
+    v_ids bigint[];
+    v_vtime double precision;
+    v_lookahead integer;
+    v_capped boolean;
+    v_prefer_tenant text;
+    v_scanned boolean := false;
+    v_round integer;
+    v_plain boolean;
+BEGIN
+    -- A claim need not wait for its WAL flush (about one fsync off every pickup). If Postgres
+    -- crashes before the flush, the claim is forgotten and the job is simply available again;
+    -- the machine that thought it held it is fenced out (attempt and holder no longer match).
+    PERFORM set_config('synchronous_commit', 'off', true);
+    SELECT * INTO v_q FROM queues WHERE name = p_queue FOR UPDATE;
+    IF NOT FOUND OR v_q.paused THEN
+        RETURN;
+    END IF;
+    SELECT v_q."limit" - count(*) INTO v_free FROM jobs WHERE queue = p_queue AND state = 'executing';
+    v_free := least(v_free, p_max_jobs);
+    IF v_free <= 0 THEN
+        RETURN;
+    END IF;
+    v_capped := v_q.tenant_limit IS NOT NULL
+        OR EXISTS (SELECT 1 FROM queue_tenants t WHERE t.queue = p_queue AND t.max_running IS NOT NULL);
+
+    -- Taken after the lock: start times of one queue's claims only move forward, so the rate
+    -- windows (and attempted_at, which the windows record) agree with every other claim's.
+    v_now := clock_timestamp();
+    v_plain := NOT (v_q.fair OR v_capped OR v_q.rate_limit IS NOT NULL);
+    IF v_q.fair AND NOT v_capped AND v_q.rate_limit IS NULL THEN
+        -- Fairness alone, and one tenant with due jobs: FIFO is that tenant's fair order.
+        IF v_q.tenants_scanned_at IS NULL OR v_now - v_q.tenants_scanned_at > interval '50 milliseconds' THEN
+            PERFORM claim_list_tenants(p_queue, v_q.fair_vtime, v_now);
+            v_scanned := true;
+        END IF;
+        v_plain := (SELECT count(*) FROM queue_tenants t WHERE t.queue = p_queue AND t.active) <= 1;
+    END IF;
+
+    IF v_plain THEN
+        -- FIFO: priority, time, id across the queue. The job that caused this machine's launch goes
+        -- first when it is still waiting.
+        IF p_prefer_id IS NOT NULL THEN
+            RETURN QUERY
+            UPDATE jobs SET state = 'executing', attempt = jobs.attempt + 1, attempted_by = p_machine,
+                            attempted_at = now(), heartbeat_at = now()
+             WHERE jobs.id = (SELECT j.id FROM jobs j
+                               WHERE j.id = p_prefer_id AND j.queue = p_queue AND j.state = 'available'
+                                 AND j.scheduled_at <= now()
+                               FOR UPDATE SKIP LOCKED)
+            RETURNING jobs.*;
+            GET DIAGNOSTICS v_claimed = ROW_COUNT;
+            v_free := v_free - v_claimed;
+            IF v_free <= 0 THEN
+                RETURN;
+            END IF;
+        END IF;
+        RETURN QUERY
+        WITH picked AS (
+            SELECT j.id FROM jobs j
+             WHERE j.queue = p_queue AND j.state = 'available' AND j.scheduled_at <= now()
+             ORDER BY j.priority, j.scheduled_at, j.id
+             LIMIT v_free
+             FOR UPDATE SKIP LOCKED
+        )
+        UPDATE jobs SET state = 'executing', attempt = jobs.attempt + 1, attempted_by = p_machine,
+                        attempted_at = now(), heartbeat_at = now()
+          FROM picked WHERE jobs.id = picked.id
+        RETURNING jobs.*;
+        RETURN;
+    END IF;
+
+    -- The statements below are planned once per connection, not per call: their plan does not
+    -- depend on the parameters, and planning the fair pick costs more than running it.
+    PERFORM set_config('plan_cache_mode', 'force_generic_plan', true);
+    -- With a key derived from the job, a tenant's next jobs may be held back by the limit while
+    -- later ones (another host) may go: look a little past them, never through the backlog.
+    v_lookahead := CASE WHEN v_q.rate_key LIKE '%:%' THEN 20 ELSE 0 END;
+    -- The job that caused this machine's launch goes first when it is still waiting and its
+    -- tenant's cap and rate window allow it.
+    IF p_prefer_id IS NOT NULL THEN
+        SELECT j.tenant_id INTO v_prefer_tenant FROM jobs j
+         WHERE j.id = p_prefer_id AND j.queue = p_queue AND j.state = 'available' AND j.scheduled_at <= now();
+    END IF;
+
+    -- The tenants with due jobs: listing them takes one index probe per tenant, so a claim lists
+    -- them only every 50 ms, or when the tenants it knew of could not fill it (a new tenant is
+    -- seen within 50 ms however busy the others keep the queue).
+    FOR v_round IN 1..2 LOOP
+        IF NOT v_scanned AND (v_round = 2 OR v_q.tenants_scanned_at IS NULL
+                              OR v_now - v_q.tenants_scanned_at > interval '50 milliseconds') THEN
+            PERFORM claim_list_tenants(p_queue, v_q.fair_vtime, v_now);
+            v_scanned := true;
+        ELSIF v_round = 2 THEN
+            EXIT;  -- the known tenants filled the claim, or it just listed them
+        END IF;
+
+        WITH running AS (
+            SELECT j.tenant_id, count(*)::integer AS n FROM jobs j
+             WHERE j.queue = p_queue AND j.state = 'executing'
+             GROUP BY j.tenant_id
+        ), tenants AS (
+            SELECT t.tenant_id,
+                   greatest(t.pass, v_q.fair_vtime) AS pass,
+                   coalesce(t.weight, 1) AS weight,
+                   least(v_free,
+                         coalesce(t.max_running, v_q.tenant_limit, 1000) - coalesce(r.n, 0),
+                         CASE WHEN v_q.rate_key = 'tenant'
+                              THEN rate_window_room(p_queue, t.tenant_id, v_q.rate_limit, v_q.rate_period_seconds, v_now)
+                              ELSE 1000 END)
+                       AS room
+              FROM queue_tenants t
+              LEFT JOIN running r ON r.tenant_id = t.tenant_id
+             WHERE t.queue = p_queue AND t.active
+        ), chosen AS (
+            -- Fair: only the tenants next in turn can be served by this claim. FIFO (caps or a rate
+            -- limit without fairness): every eligible tenant's head competes.
+            -- The i-th tenant in turn gets at most v_free - i + 1 jobs: each tenant before it is
+            -- served first at least once.
+            SELECT o.*, CASE WHEN v_q.fair THEN least(o.room, v_free - o.turn + 1) ELSE o.room END AS fetch
+              FROM (SELECT t.*, row_number() OVER (ORDER BY t.tenant_id IS NOT DISTINCT FROM v_prefer_tenant DESC,
+                                                            t.pass, t.tenant_id)::integer AS turn
+                      FROM tenants t WHERE t.room > 0) o
+             WHERE NOT v_q.fair OR o.turn <= v_free * (CASE WHEN v_lookahead > 0 THEN 2 ELSE 1 END)
+        ), heads AS (
+            SELECT c.tenant_id, c.pass, c.weight, c.room, h.id, h.priority, h.scheduled_at,
+                   CASE WHEN v_q.rate_key IS NOT NULL THEN job_rate_key(v_q.rate_key, c.tenant_id, h.args) END AS rkey,
+                   row_number() OVER (PARTITION BY c.tenant_id
+                                      ORDER BY h.id IS NOT DISTINCT FROM p_prefer_id DESC, h.priority, h.scheduled_at, h.id)
+                       AS rn
+              FROM chosen c
+              CROSS JOIN LATERAL (
+                  SELECT j.id, j.priority, j.scheduled_at, j.args FROM jobs j
+                   WHERE j.id = p_prefer_id AND c.tenant_id = v_prefer_tenant AND j.state = 'available'
+                  UNION ALL
+                  (SELECT j.id, j.priority, j.scheduled_at, j.args FROM jobs j
+                    WHERE j.queue = p_queue AND j.state = 'available' AND j.tenant_id = c.tenant_id
+                      AND j.scheduled_at <= now() AND j.id IS DISTINCT FROM p_prefer_id
+                    ORDER BY j.priority, j.scheduled_at, j.id
+                    LIMIT greatest(c.fetch, 1) + v_lookahead)
+              ) h
+        ), keyed AS (
+            -- Each key lets through only as many jobs as its window has room for, first come first.
+            SELECT h.*,
+                   row_number() OVER (PARTITION BY h.rkey
+                                      ORDER BY h.id IS NOT DISTINCT FROM p_prefer_id DESC,
+                                               CASE WHEN v_q.fair THEN h.pass + (h.rn - 1)::float8 / h.weight END,
+                                               h.priority, h.scheduled_at, h.id) AS key_rn,
+                   CASE WHEN h.rkey IS NOT NULL
+                        THEN rate_window_room(p_queue, h.rkey, v_q.rate_limit, v_q.rate_period_seconds, v_now) END
+                       AS key_left
+              FROM heads h
+        ), allowed AS (
+            SELECT k.*, row_number() OVER (PARTITION BY k.tenant_id ORDER BY k.rn) AS trn
+              FROM keyed k
+             WHERE k.rkey IS NULL OR k.key_rn <= k.key_left
+        ), picked AS (
+            -- vstart: the round-robin time of the job's turn; the last one served is the new clock.
+            SELECT a.id, a.pass + (a.trn - 1)::float8 / a.weight AS vstart FROM allowed a
+             WHERE a.trn <= a.room
+             ORDER BY a.id IS NOT DISTINCT FROM p_prefer_id DESC,
+                      CASE WHEN v_q.fair THEN a.pass + (a.trn - 1)::float8 / a.weight END,
+                      a.priority, a.scheduled_at, a.id
+             LIMIT v_free
+        )
+        SELECT array_agg(p.id), max(p.vstart) INTO v_ids, v_vtime FROM picked p;
+        EXIT WHEN coalesce(cardinality(v_ids), 0) >= v_free;
+    END LOOP;
+
+    IF v_ids IS NULL THEN
+        RETURN;
+    END IF;
+    IF v_q.fair AND v_vtime > v_q.fair_vtime THEN
+        UPDATE queues SET fair_vtime = v_vtime WHERE name = p_queue;
+    END IF;
+
+    RETURN QUERY
+    WITH locked AS (
+        SELECT j.id FROM jobs j WHERE j.id = ANY (v_ids) AND j.state = 'available' FOR UPDATE SKIP LOCKED
+    ), claimed AS (
+        UPDATE jobs SET state = 'executing', attempt = jobs.attempt + 1, attempted_by = p_machine,
+                        attempted_at = v_now, heartbeat_at = v_now
+          FROM locked WHERE jobs.id = locked.id
+        RETURNING jobs.*
+    ), turns AS (
+        -- (every claimed job's tenant has its row: the pick read it from queue_tenants)
+        UPDATE queue_tenants t SET pass = greatest(t.pass, v_q.fair_vtime) + n.jobs::float8 / coalesce(t.weight, 1)
+          FROM (SELECT c.tenant_id, count(*) AS jobs FROM claimed c GROUP BY c.tenant_id) n
+         WHERE v_q.fair AND t.queue = p_queue AND t.tenant_id = n.tenant_id
+    ), windows AS (
+        INSERT INTO rate_windows AS w (queue, key, starts)
+        SELECT p_queue, job_rate_key(v_q.rate_key, c.tenant_id, c.args), array_agg(v_now)
+          FROM claimed c WHERE v_q.rate_key IS NOT NULL
+         GROUP BY 2
+        ON CONFLICT (queue, key) DO UPDATE
+           SET starts = ARRAY(SELECT s FROM unnest(w.starts || EXCLUDED.starts) s
+                               WHERE s > v_now - make_interval(secs => v_q.rate_period_seconds)
+                               ORDER BY s)
+    )
+    SELECT * FROM claimed;
+END
+$$;
