@@ -35,6 +35,16 @@ class Problem(BaseModel):
     errors: list[ProblemFieldError] | None = Field(None, description="validation failures, one per field")
 
 
+class Progress(CamelModel):
+    """How far a running job got, as its handler reported it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    done: int = Field(..., ge=0)
+    total: int | None = Field(..., ge=0, description="null while not known")
+    message: str | None = None
+
+
 class Job(CamelModel):
     """A job as the API shows it."""
 
@@ -59,6 +69,8 @@ class Job(CamelModel):
     cancelled_at: datetime | None
     discarded_at: datetime | None
     machine_id: str | None = Field(..., description="the function machine of the latest attempt")
+    progress: Progress | None = Field(..., description="what the handler last reported (written with its heartbeat)")
+    workflow_id: str | None = Field(..., description="the workflow this job is a step of")
     conflict: Literal[True] | None = Field(
         None, description="present (true) when a unique job already existed and was returned instead"
     )

@@ -85,10 +85,12 @@ RETURNING id;
 -- Also answers the rows these claims had already completed: when a commit landed but its reply
 -- was lost (connection dropped), the retry must not mistake its own completion for a lost job.
 WITH done AS (
-    SELECT * FROM unnest(%(job_ids)s::bigint[], %(claim_tokens)s::uuid[], %(results)s::jsonb[])
-        AS d(id, claim_token, result)
+    SELECT * FROM unnest(%(job_ids)s::bigint[], %(claim_tokens)s::uuid[], %(results)s::jsonb[],
+                         %(progress)s::jsonb[])
+        AS d(id, claim_token, result, progress)
 ), completed_now AS (
-    UPDATE jobs SET state = 'completed', completed_at = now(), result = done.result, heartbeat_at = NULL
+    UPDATE jobs SET state = 'completed', completed_at = now(), result = done.result, heartbeat_at = NULL,
+                    progress = coalesce(done.progress, jobs.progress)
       FROM done
      WHERE jobs.id = done.id AND jobs.state = 'executing' AND jobs.claim_token = done.claim_token
     RETURNING jobs.id
@@ -126,9 +128,11 @@ UPDATE jobs SET state = 'available', attempt = attempt - 1, heartbeat_at = NULL,
 RETURNING id;
 
 -- name: heartbeat_jobs
--- executing -> executing: refresh the heartbeat of every job whose claim this machine still holds
-UPDATE jobs SET heartbeat_at = now()
-  FROM unnest(%(job_ids)s::bigint[], %(claim_tokens)s::uuid[]) AS held(id, claim_token)
+-- executing -> executing: refresh the heartbeat of every job whose claim this machine still holds,
+-- with the progress its handler last reported (NULL: nothing new)
+UPDATE jobs SET heartbeat_at = now(), progress = coalesce(held.progress, jobs.progress)
+  FROM unnest(%(job_ids)s::bigint[], %(claim_tokens)s::uuid[], %(progress)s::jsonb[])
+       AS held(id, claim_token, progress)
  WHERE jobs.id = held.id AND jobs.claim_token = held.claim_token AND jobs.state = 'executing'
 RETURNING jobs.id;
 
@@ -152,9 +156,12 @@ RETURNING jobs.id, jobs.queue, target.was, jobs.attempted_by;
 -- name: retry_job
 -- discarded/cancelled -> available, attempts reset (explicit retry)
 UPDATE jobs SET state = 'available', attempt = 0, scheduled_at = now(), discarded_at = NULL,
-                cancelled_at = NULL, attempted_by = NULL, heartbeat_at = NULL, result = NULL, claim_token = NULL
+                cancelled_at = NULL, attempted_by = NULL, heartbeat_at = NULL, result = NULL, claim_token = NULL,
+                progress = NULL
  WHERE id = %(id)s AND (%(tenant_id)s::text IS NULL OR tenant_id = %(tenant_id)s)
    AND state IN ('discarded', 'cancelled')
+   -- a workflow step is retried with its workflow (its dependencies decide where it goes)
+   AND workflow_id IS NULL
 RETURNING *;
 
 -- name: stage_due_jobs
@@ -384,3 +391,21 @@ SET LOCAL TimeZone = 'UTC';
 -- server-side TCP keepalives and user timeout for this session (the dispatcher's connection)
 SELECT set_config('tcp_keepalives_idle', %(idle)s, false), set_config('tcp_keepalives_interval', %(interval)s, false),
        set_config('tcp_keepalives_count', %(count)s, false), set_config('tcp_user_timeout', %(user_timeout_ms)s, false);
+
+
+-- batches, workflows and schedules (migrations/0008) --------------------------------------------
+
+-- name: insert_batch
+-- a batch: its jobs are inserted in the same transaction with its id
+INSERT INTO batches (id, tenant_id, total, callback_url, request_id)
+VALUES (%(id)s, %(tenant_id)s, %(total)s, %(callback_url)s, %(request_id)s);
+
+-- name: get_batch
+-- one batch, optionally only within a tenant
+SELECT * FROM batches WHERE id = %(id)s AND (%(tenant_id)s::text IS NULL OR tenant_id = %(tenant_id)s);
+
+-- name: batch_state_counts
+-- the jobs of a batch per state (rows the pruner deleted are counted in the batch row only)
+SELECT state, count(*) AS n FROM jobs
+ WHERE batch_id = %(id)s AND (%(tenant_id)s::text IS NULL OR tenant_id = %(tenant_id)s)
+ GROUP BY state;
