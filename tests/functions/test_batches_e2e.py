@@ -46,10 +46,10 @@ def _callbacks(app: LiveApp, batch_id: str) -> list[tuple]:
 
 
 def _finished(app: LiveApp, batch_id: str) -> dict:
-    def view() -> dict | None:
+    def view() -> dict:
         with app.client() as client:
-            body = client.get(f"/batches/{batch_id}").json()
-        return body if body["finished"] else None
+            body: dict = client.get(f"/batches/{batch_id}").json()
+        return body if body["finished"] else {}
 
     return wait_until(f"batch {batch_id} finished", view, timeout=120)
 
