@@ -5,8 +5,9 @@
 -- 2. batches: jobs posted together. The counters of final states are kept by the statement that
 --    changes them (a trigger), under the batch row's lock, so "every job is final" is seen by
 --    exactly one transaction, which enqueues the batch's callback; they also outlive the pruner.
--- 3. workflows: a DAG of jobs. A step that waits for others is `scheduled` at 'infinity' (the
---    stager only stages what is due, and the claim only takes `available`), with the number of
+-- 3. workflows: a DAG of jobs. A step that waits for others is `scheduled` at workflow_waiting_at()
+--    (9999-12-31: the stager only stages what is due, the claim only takes `available`, and
+--    unlike 'infinity' every client can read it as a date), with the number of
 --    dependencies still open in workflow_steps.deps_left. Each dependency that ends decrements it
 --    (an UPDATE: concurrent completions serialise on the row and each sees the other's
 --    decrement), and the one that brings it to 0 promotes the step, resolving its references to
@@ -18,6 +19,10 @@
 ALTER TABLE jobs ADD COLUMN progress jsonb;
 ALTER TABLE jobs ADD COLUMN workflow_id uuid;
 CREATE INDEX jobs_workflow_idx ON jobs (workflow_id) WHERE workflow_id IS NOT NULL;
+
+-- The scheduled_at of a workflow step that waits for its dependencies: never due.
+CREATE FUNCTION workflow_waiting_at() RETURNS timestamptz LANGUAGE sql IMMUTABLE AS
+$$ SELECT '9999-12-31 00:00:00+00'::timestamptz $$;
 
 -- A retried workflow step waits again for its dependencies: discarded/cancelled -> scheduled.
 CREATE OR REPLACE FUNCTION jobs_check_transition() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -139,7 +144,7 @@ DECLARE
     v_step workflow_steps;
     v_args jsonb;
 BEGIN
-    SELECT * INTO v_job FROM jobs WHERE id = p_job AND state = 'scheduled' AND scheduled_at = 'infinity' FOR UPDATE;
+    SELECT * INTO v_job FROM jobs WHERE id = p_job AND state = 'scheduled' AND scheduled_at = workflow_waiting_at() FOR UPDATE;
     IF NOT FOUND THEN
         RETURN;
     END IF;
@@ -171,6 +176,9 @@ DECLARE
     v_left integer;
     v_name text;
 BEGIN
+    -- Shared with other finishing steps, exclusive with a retry of the workflow (which recounts
+    -- what every step waits for): a retry sees these completions committed, or they wait for it.
+    PERFORM 1 FROM workflows WHERE id = p_workflow FOR SHARE;
     SELECT name INTO v_name FROM workflow_steps WHERE job_id = p_job;
     FOR v_dependent IN
         SELECT * FROM workflow_steps WHERE workflow_id = p_workflow AND p_job = ANY (depends_on) ORDER BY job_id
@@ -188,7 +196,7 @@ BEGIN
                             errors = errors || jsonb_build_array(jsonb_build_object(
                                 'attempt', attempt, 'at', now(), 'kind', 'dependency-failed',
                                 'error', format('step %s it depends on was %s', coalesce(v_name, p_job::text), p_state)))
-             WHERE id = v_dependent.job_id AND state = 'scheduled' AND scheduled_at = 'infinity';
+             WHERE id = v_dependent.job_id AND state = 'scheduled' AND scheduled_at = workflow_waiting_at();
         END IF;
     END LOOP;
 END
@@ -262,6 +270,40 @@ $$;
 CREATE TRIGGER jobs_batches_and_workflows AFTER UPDATE ON jobs
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION jobs_batches_and_workflows();
+
+-- A retry of a whole workflow: every discarded or cancelled step waits again; what each waiting
+-- step waits for is counted afresh; those with nothing left are promoted. Returns how many steps
+-- were retried.
+CREATE FUNCTION workflow_retry(p_workflow uuid) RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    v_count integer;
+    v_step bigint;
+BEGIN
+    PERFORM 1 FROM workflows WHERE id = p_workflow FOR UPDATE;
+    UPDATE jobs SET state = 'scheduled', scheduled_at = workflow_waiting_at(), attempt = 0, discarded_at = NULL,
+                    cancelled_at = NULL, attempted_by = NULL, heartbeat_at = NULL, result = NULL,
+                    claim_token = NULL, progress = NULL
+     WHERE workflow_id = p_workflow AND state IN ('discarded', 'cancelled');
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    IF v_count = 0 THEN
+        RETURN 0;
+    END IF;
+    UPDATE workflow_steps ws
+       SET deps_left = (SELECT count(*) FROM jobs d WHERE d.id = ANY (ws.depends_on) AND d.state <> 'completed')
+      FROM jobs j
+     WHERE j.id = ws.job_id AND ws.workflow_id = p_workflow
+       AND j.state = 'scheduled' AND j.scheduled_at = workflow_waiting_at();
+    FOR v_step IN
+        SELECT ws.job_id FROM workflow_steps ws JOIN jobs j ON j.id = ws.job_id
+         WHERE ws.workflow_id = p_workflow AND ws.deps_left = 0
+           AND j.state = 'scheduled' AND j.scheduled_at = workflow_waiting_at()
+         ORDER BY ws.job_id
+    LOOP
+        PERFORM workflow_promote(v_step);
+    END LOOP;
+    RETURN v_count;
+END
+$$;
 
 -- schedules -------------------------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ from shared.errors import MethodNotAllowed, NotFound, ProblemError
 from shared.logging import configure_logging
 from shared.settings import Settings, load_settings
 
-from . import admin, batches, idempotency, jobs, uploads
+from . import admin, batches, idempotency, jobs, uploads, workflows
 from .access_log import EdgeMiddleware
 from .batch_insert import BatchInserter
 from .docs import Documentation
@@ -98,6 +98,10 @@ def routes() -> list[BaseRoute]:
         Route("/jobs/emails/bulk", jobs.create_bulk_emails, methods=["POST"]),
         Route("/jobs/batch", batches.create_batch, methods=["POST"]),
         Route("/batches/{batch_id:str}", batches.get_batch, methods=["GET"]),
+        Route("/workflows", workflows.create_workflow, methods=["POST"]),
+        Route("/workflows/{workflow_id:str}", workflows.get_workflow, methods=["GET"]),
+        Route("/workflows/{workflow_id:str}/cancel", workflows.cancel_workflow, methods=["POST"]),
+        Route("/workflows/{workflow_id:str}/retry", workflows.retry_workflow, methods=["POST"]),
         Route("/jobs/{queue:cp_queue}", jobs.create_job, methods=["POST"]),
         Route("/jobs/{job_id:cp_job_id}", jobs.get_job, methods=["GET"]),
         Route("/jobs/{job_id:cp_job_id}/retry", jobs.retry_job, methods=["POST"]),

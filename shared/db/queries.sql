@@ -409,3 +409,44 @@ SELECT * FROM batches WHERE id = %(id)s AND (%(tenant_id)s::text IS NULL OR tena
 SELECT state, count(*) AS n FROM jobs
  WHERE batch_id = %(id)s AND (%(tenant_id)s::text IS NULL OR tenant_id = %(tenant_id)s)
  GROUP BY state;
+
+-- name: insert_workflow
+-- a workflow: its steps' jobs are inserted in the same transaction
+INSERT INTO workflows (id, tenant_id, name) VALUES (%(id)s, %(tenant_id)s, %(name)s);
+
+-- name: insert_workflow_job
+-- one step's job: waiting for its dependencies (scheduled, never due) or, for a first step, as any
+-- job; a unique conflict inserts nothing
+INSERT INTO jobs (queue, worker, state, tenant_id, args, meta, tags, priority, max_attempts,
+                  batch_id, unique_key, unique_states, scheduled_at, workflow_id)
+VALUES (%(queue)s, %(worker)s,
+        CASE WHEN %(waiting)s OR %(scheduled_at)s::timestamptz > now() THEN 'scheduled' ELSE 'available' END,
+        %(tenant_id)s, %(args)s, %(meta)s, %(tags)s, %(priority)s, %(max_attempts)s,
+        %(batch_id)s, %(unique_key)s, %(unique_states)s,
+        CASE WHEN %(waiting)s THEN workflow_waiting_at() ELSE coalesce(%(scheduled_at)s::timestamptz, now()) END,
+        %(workflow_id)s)
+ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state = ANY (unique_states) DO NOTHING
+RETURNING id;
+
+-- name: insert_workflow_step
+-- what a step waits for, and its args with their references to earlier steps' outputs
+INSERT INTO workflow_steps (job_id, workflow_id, name, depends_on, deps_left, run_on_failure, args_template, not_before)
+VALUES (%(job_id)s, %(workflow_id)s, %(name)s, %(depends_on)s, cardinality(%(depends_on)s::bigint[]),
+        %(run_on_failure)s, %(args_template)s, %(not_before)s);
+
+-- name: get_workflow
+-- one workflow, optionally only within a tenant
+SELECT * FROM workflows WHERE id = %(id)s AND (%(tenant_id)s::text IS NULL OR tenant_id = %(tenant_id)s);
+
+-- name: workflow_steps
+-- every step of a workflow with its job (NULL columns once the pruner deleted it), in insert order
+SELECT s.job_id, s.name, s.depends_on, s.deps_left, s.run_on_failure,
+       j.queue, j.worker, j.state, j.attempt, j.max_attempts, j.errors, j.progress,
+       (j.state = 'scheduled' AND j.scheduled_at = workflow_waiting_at()) AS waiting
+  FROM workflow_steps s LEFT JOIN jobs j ON j.id = s.job_id
+ WHERE s.workflow_id = %(id)s
+ ORDER BY s.job_id;
+
+-- name: retry_workflow
+-- every discarded or cancelled step of a workflow tried again, waiting for what it depends on
+SELECT workflow_retry(%(id)s) AS retried;

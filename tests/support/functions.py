@@ -155,3 +155,13 @@ async def report_progress(job: Job, ctx: HandlerContext) -> HandlerResult:
     while not Path(args.release).exists():
         await asyncio.sleep(0.05)
     return {"items": args.total}
+
+
+@register("fail_once", MarkerArgs)
+async def fail_once(job: Job, ctx: HandlerContext) -> HandlerResult:
+    """The first execution of this job fails for good; any later one (after a retry) completes."""
+    marker = Path(MarkerArgs.model_validate(job.args).marker_dir) / f"fail-once-{job.id}"
+    if not marker.exists():
+        marker.write_text(ctx.machine_id)
+        raise PermanentJobError("failing the first time", kind="bad-input")
+    return {"attempt": job.attempt}
