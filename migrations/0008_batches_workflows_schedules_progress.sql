@@ -333,7 +333,7 @@ CREATE INDEX schedules_due_idx ON schedules (next_run_at) WHERE NOT paused;
 CREATE TABLE schedule_runs (
     schedule_id   uuid        NOT NULL REFERENCES schedules (id) ON DELETE CASCADE,
     occurrence_at timestamptz NOT NULL,
-    job_id        bigint      NOT NULL,
+    job_id        bigint,                -- set in the same transaction, right after the claim
     inserted_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (schedule_id, occurrence_at)
 );

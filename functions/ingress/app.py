@@ -33,7 +33,7 @@ from shared.errors import MethodNotAllowed, NotFound, ProblemError
 from shared.logging import configure_logging
 from shared.settings import Settings, load_settings
 
-from . import admin, batches, idempotency, jobs, uploads, workflows
+from . import admin, batches, idempotency, jobs, schedules, uploads, workflows
 from .access_log import EdgeMiddleware
 from .batch_insert import BatchInserter
 from .docs import Documentation
@@ -102,6 +102,10 @@ def routes() -> list[BaseRoute]:
         Route("/workflows/{workflow_id:str}", workflows.get_workflow, methods=["GET"]),
         Route("/workflows/{workflow_id:str}/cancel", workflows.cancel_workflow, methods=["POST"]),
         Route("/workflows/{workflow_id:str}/retry", workflows.retry_workflow, methods=["POST"]),
+        Route("/schedules", schedules.schedules_collection, methods=["GET", "POST"]),
+        Route("/schedules/{schedule_id:str}", schedules.schedule_item, methods=["GET", "DELETE"]),
+        Route("/schedules/{schedule_id:str}/pause", schedules.pause_schedule, methods=["POST"]),
+        Route("/schedules/{schedule_id:str}/resume", schedules.resume_schedule, methods=["POST"]),
         Route("/jobs/{queue:cp_queue}", jobs.create_job, methods=["POST"]),
         Route("/jobs/{job_id:cp_job_id}", jobs.get_job, methods=["GET"]),
         Route("/jobs/{job_id:cp_job_id}/retry", jobs.retry_job, methods=["POST"]),

@@ -450,3 +450,54 @@ SELECT s.job_id, s.name, s.depends_on, s.deps_left, s.run_on_failure,
 -- name: retry_workflow
 -- every discarded or cancelled step of a workflow tried again, waiting for what it depends on
 SELECT workflow_retry(%(id)s) AS retried;
+
+-- name: insert_schedule
+-- a tenant's schedule (its name is unique per tenant)
+INSERT INTO schedules (id, tenant_id, name, cron, time_zone, queue, worker, args, meta, tags, priority,
+                       max_attempts, misfire, next_run_at)
+VALUES (%(id)s, %(tenant_id)s, %(name)s, %(cron)s, %(time_zone)s, %(queue)s, %(worker)s, %(args)s, %(meta)s,
+        %(tags)s, %(priority)s, %(max_attempts)s, %(misfire)s, %(next_run_at)s)
+ON CONFLICT (tenant_id, name) DO NOTHING
+RETURNING *;
+
+-- name: get_schedule
+-- one schedule, optionally only within a tenant
+SELECT * FROM schedules WHERE id = %(id)s AND (%(tenant_id)s::text IS NULL OR tenant_id = %(tenant_id)s);
+
+-- name: list_schedules
+-- a tenant's schedules (everyone's for admin) by name
+SELECT * FROM schedules WHERE (%(tenant_id)s::text IS NULL OR tenant_id = %(tenant_id)s)
+ ORDER BY tenant_id, name
+ LIMIT 500;
+
+-- name: set_schedule_paused
+-- pause, or resume from the next occurrence after now (what came due while paused is not run)
+UPDATE schedules SET paused = %(paused)s, updated_at = now(),
+                     next_run_at = coalesce(%(next_run_at)s, next_run_at)
+ WHERE id = %(id)s AND (%(tenant_id)s::text IS NULL OR tenant_id = %(tenant_id)s)
+RETURNING *;
+
+-- name: delete_schedule
+-- a schedule and its record of occurrences (jobs it inserted stay)
+DELETE FROM schedules WHERE id = %(id)s AND (%(tenant_id)s::text IS NULL OR tenant_id = %(tenant_id)s)
+RETURNING id;
+
+-- name: due_schedules
+-- schedules whose next occurrence came due at `now`, oldest first
+SELECT * FROM schedules WHERE NOT paused AND next_run_at <= %(now)s ORDER BY next_run_at LIMIT %(limit)s;
+
+-- name: advance_schedule
+-- move a schedule past the occurrences handled now; nothing when another leader already did
+UPDATE schedules SET next_run_at = %(next_run_at)s, last_run_at = coalesce(%(fired_at)s, last_run_at)
+ WHERE id = %(id)s AND next_run_at = %(was)s AND NOT paused
+RETURNING id;
+
+-- name: claim_occurrence
+-- one row per (schedule, occurrence): whoever inserts it inserts the occurrence's job
+INSERT INTO schedule_runs (schedule_id, occurrence_at) VALUES (%(id)s, %(occurrence_at)s)
+ON CONFLICT (schedule_id, occurrence_at) DO NOTHING
+RETURNING schedule_id;
+
+-- name: record_occurrence_job
+-- the job an occurrence inserted
+UPDATE schedule_runs SET job_id = %(job_id)s WHERE schedule_id = %(id)s AND occurrence_at = %(occurrence_at)s;
