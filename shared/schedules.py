@@ -27,7 +27,7 @@ class ScheduleError(ValueError):
 def zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a directory such as "Europe"
         raise ScheduleError(f"unknown time zone {name!r} (an IANA name such as Europe/Riga or UTC)") from None
 
 
@@ -42,6 +42,9 @@ def check(cron: str, time_zone: str) -> None:
         raise ScheduleError(f"not a cron expression: {exc}") from None
     except StopIteration:
         raise ScheduleError("this expression never matches") from None
+    except (ValueError, IndexError, OverflowError):
+        # Inputs the library's own checks let through (e.g. odd ranges or steps).
+        raise ScheduleError("not a cron expression") from None
 
 
 def next_after(cron: str, time_zone: str, after: datetime) -> datetime:

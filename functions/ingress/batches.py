@@ -77,7 +77,7 @@ def batch_json(batch: BatchView) -> dict[str, Any]:
 async def get_batch(request: Request) -> Response:
     """GET /batches/{id}: counts per state and progress; 404 for another tenant's batch."""
     principal = authenticate(request, "jobs:read")
-    raw = request.path_params["batch_id"]
+    raw = request.path_params["id"]
     if len(raw) > 64:
         raise NotFound("no such batch")
     async with request.app.state.pool.connection() as conn:

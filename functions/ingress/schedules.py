@@ -97,7 +97,7 @@ async def create_schedule(request: Request) -> Response:
 
 def _schedule_id(request: Request) -> uuid.UUID:
     try:
-        return uuid.UUID(request.path_params["schedule_id"])
+        return uuid.UUID(request.path_params["id"])
     except ValueError:
         raise NotFound("no such schedule") from None
 

@@ -170,7 +170,7 @@ async def create_workflow(request: Request) -> Response:
 
 def _workflow_id(request: Request) -> uuid.UUID:
     try:
-        return uuid.UUID(request.path_params["workflow_id"])
+        return uuid.UUID(request.path_params["id"])
     except ValueError:
         raise NotFound("no such workflow") from None
 
