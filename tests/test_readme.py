@@ -67,7 +67,8 @@ def test_readme_examples_work_as_written(database_url, s3, tmp_path):
             [invoice_mail] = [m.parsed() for m in smtp.messages if m.parsed()["Subject"] == "Invoice INV-1002"]
             [attachment] = list(invoice_mail.iter_attachments())
             assert attachment.get_filename() == "INV-1002.pdf"
-            assert attachment.get_payload(decode=True).startswith(b"%PDF")
+            payload = attachment.get_payload(decode=True)
+            assert isinstance(payload, bytes) and payload.startswith(b"%PDF")
             assert app.sql("SELECT name, paused FROM schedules") == [("nightly-export", False)]
 
 
