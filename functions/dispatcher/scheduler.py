@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import psycopg
+
 from shared import schedules
 from shared.db import job_store, schedule_store
 from shared.db.models import NewJob
@@ -44,9 +46,12 @@ class Scheduler:
         for schedule in due:
             try:
                 inserted += await self._handle(schedule, now)
-            except schedules.ScheduleError:
-                # A stored expression the library no longer reads: logged, the others go on.
-                logger.warning("schedule cannot be evaluated", extra={"scheduleId": str(schedule.id)}, exc_info=True)
+            except psycopg.OperationalError:
+                raise  # the database is away: the duty backs off (duties.py)
+            except (schedules.ScheduleError, psycopg.Error):
+                # One schedule that cannot be evaluated or whose job the database refuses must not
+                # hold up the others (it comes first every time): logged, the others go on.
+                logger.warning("schedule not handled", extra={"scheduleId": str(schedule.id)}, exc_info=True)
         return inserted
 
     async def _handle(self, schedule: Schedule, now: datetime) -> int:

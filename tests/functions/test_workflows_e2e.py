@@ -153,6 +153,32 @@ def test_a_failing_step_cancels_its_dependents_unless_they_run_anyway(app: LiveA
     assert steps["b"]["attempt"] == 0  # never ran
 
 
+def test_a_cancelled_step_keeps_its_options_and_calls_its_callback(app: LiveApp):
+    with app.admin() as admin:  # the callback stays queued where the test reads it
+        assert admin.post("/admin/queues/webhooks/pause").status_code == 200
+    created = _create(
+        app,
+        [
+            {"name": "a", "queue": "default", "function": "permanent_fail", "args": {}},
+            {
+                "name": "b",
+                "queue": "default",
+                "function": "echo",
+                "dependsOn": ["a"],
+                "options": {"priority": 7, "tags": ["wf"], "callbackUrl": "https://callbacks.example.com/b"},
+            },
+        ],
+    )
+    done = _settled(app, created["id"])
+    b = _steps(done)["b"]
+    assert b["state"] == "cancelled"
+    with app.client() as client:
+        job = client.get(f"/jobs/{b['jobId']}").json()
+    assert (job["priority"], job["tags"]) == (7, ["wf"])
+    [(args,)] = app.sql("SELECT args FROM jobs WHERE (meta->>'callbackFor')::bigint = %s", (b["jobId"],))
+    assert args["event"] == "job.cancelled" and args["payload"]["error"]["kind"] == "dependency-failed"
+
+
 def test_retry_runs_the_failed_steps_and_then_their_dependents(app: LiveApp, tmp_path):
     created = _create(
         app,
@@ -302,3 +328,19 @@ def test_concurrent_completions_promote_a_waiting_step_exactly_once(app: LiveApp
     )
     assert (state, waiting) == ("available", False)
     assert app.sql("SELECT deps_left FROM workflow_steps WHERE job_id = %s", (steps["z"]["jobId"],)) == [(0,)]
+
+
+def test_cancelling_the_first_of_a_100_step_chain_cancels_every_step_after_it(app: LiveApp):
+    _pause_default(app)
+    chain: list[dict] = [{"name": "s0", "queue": "default", "function": "echo"}]
+    chain += [
+        {"name": f"s{i}", "queue": "default", "function": "echo", "dependsOn": [f"s{i - 1}"]} for i in range(1, 100)
+    ]
+    created = _create(app, chain)
+    first = _steps(created)["s0"]["jobId"]
+    with app.client() as client:
+        assert client.request("DELETE", "/jobs", params={"ids": first}).json() == {"cancelled": 1}
+        view = client.get(f"/workflows/{created['id']}").json()
+    assert view["state"] == "cancelled" and view["counts"] == {"cancelled": 100}
+    last = _steps(view)["s99"]
+    assert last["lastError"]["kind"] == "dependency-failed" and "s98" in last["lastError"]["error"]
