@@ -151,3 +151,30 @@ def test_another_tenants_batch_is_a_404(app: LiveApp):
         assert other.get(f"/batches/{created['batchId']}").status_code == 404
     with app.client() as client:
         assert client.get("/batches/no-such-batch").status_code == 404
+
+
+def test_concurrent_last_completions_call_back_exactly_once(app: LiveApp):
+    import concurrent.futures
+
+    import psycopg
+
+    with app.admin() as admin:
+        assert admin.post("/admin/queues/default/pause").status_code == 200
+    items = [{"queue": "default", "function": "echo", "args": {"n": i}} for i in range(32)]
+    with app.client() as client:
+        created = client.post("/jobs/batch", json={"jobs": items, "callbackUrl": CALLBACK}).json()
+
+    def complete(job_id: int) -> None:
+        # The machine's two statements (claim, then complete), each job on a connection of its own.
+        with psycopg.connect(app.settings.database_url, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE jobs SET state = 'executing', attempt = 1, attempted_by = 'm', attempted_at = now() "
+                "WHERE id = %s",
+                (job_id,),
+            )
+            conn.execute("UPDATE jobs SET state = 'completed', completed_at = now() WHERE id = %s", (job_id,))
+
+    with concurrent.futures.ThreadPoolExecutor(len(items)) as pool:
+        list(pool.map(complete, created["jobIds"]))
+    [(callback,)] = _callbacks(app, created["batchId"])
+    assert callback["payload"]["counts"] == {"completed": 32, "discarded": 0, "cancelled": 0}
