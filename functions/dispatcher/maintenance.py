@@ -45,7 +45,8 @@ class Lifeline:
 
 @dataclass
 class Pruner:
-    """Delete final jobs and machines older than PRUNER_MAX_AGE, a bounded batch of each per run."""
+    """Delete final jobs and machines older than PRUNER_MAX_AGE, a bounded batch of each per run (and
+    workflows and batches none of whose jobs is left, and old schedule occurrences)."""
 
     pool: Pool
     max_age_seconds: float
@@ -59,6 +60,13 @@ class Pruner:
                 QUERIES["prune_machines"], {"max_age_seconds": self.max_age_seconds, "limit": self.machine_batch}
             )
             machines = len(await cur.fetchall())
+            # Workflows and batches once none of their jobs is left, and old schedule occurrences.
+            cur = await conn.execute(
+                QUERIES["prune_groups"], {"max_age_seconds": self.max_age_seconds, "limit": self.machine_batch}
+            )
+            groups = await cur.fetchone()
         if jobs or machines:
             logger.info("pruned", extra={"jobs": jobs, "machines": machines})
+        if groups and any(groups.values()):
+            logger.info("pruned groups", extra=dict(groups))
         return jobs + machines

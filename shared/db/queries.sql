@@ -501,3 +501,30 @@ RETURNING schedule_id;
 -- name: record_occurrence_job
 -- the job an occurrence inserted
 UPDATE schedule_runs SET job_id = %(job_id)s WHERE schedule_id = %(id)s AND occurrence_at = %(occurrence_at)s;
+
+-- name: prune_groups
+-- delete workflows and batches older than max_age_seconds none of whose jobs is left, and the record
+-- of schedule occurrences older than that (a bounded batch of each)
+WITH old_workflows AS (
+    DELETE FROM workflows WHERE id IN (
+        SELECT w.id FROM workflows w
+         WHERE w.inserted_at < now() - make_interval(secs => %(max_age_seconds)s)
+           AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.workflow_id = w.id)
+         LIMIT %(limit)s)
+    RETURNING 1
+), old_batches AS (
+    DELETE FROM batches WHERE id IN (
+        SELECT b.id FROM batches b
+         WHERE b.inserted_at < now() - make_interval(secs => %(max_age_seconds)s)
+           AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.batch_id = b.id)
+         LIMIT %(limit)s)
+    RETURNING 1
+), old_runs AS (
+    DELETE FROM schedule_runs WHERE (schedule_id, occurrence_at) IN (
+        SELECT schedule_id, occurrence_at FROM schedule_runs
+         WHERE inserted_at < now() - make_interval(secs => %(max_age_seconds)s)
+         LIMIT %(limit)s)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM old_workflows) AS workflows, (SELECT count(*) FROM old_batches) AS batches,
+       (SELECT count(*) FROM old_runs) AS runs;
