@@ -80,6 +80,32 @@ def item_job(
     allow_unique: bool = False,
 ) -> NewJob:
     """The row to insert for one item."""
+    return item_request_and_job(
+        registry,
+        item,
+        path=path,
+        settings=settings,
+        tenant_id=tenant_id,
+        rid=rid,
+        now=now,
+        exclude=exclude,
+        allow_unique=allow_unique,
+    )[1]
+
+
+def item_request_and_job(
+    registry: Registry,
+    item: dict[str, Any],
+    *,
+    path: str,
+    settings: Settings,
+    tenant_id: str,
+    rid: str,
+    now: datetime,
+    exclude: tuple[str, ...] = (),
+    allow_unique: bool = False,
+) -> tuple[JobRequest, NewJob]:
+    """The validated request of one item and the row to insert for it."""
     from .jobs import new_job
 
     req, queue, worker, args = parse_item(
@@ -91,4 +117,5 @@ def item_job(
             errors=[{"path": f"{path}.options.unique", "message": "not supported here"}],
         )
     with refusals_answered(args, req.options.meta):
-        return new_job(req, spec=registry[queue], worker=worker, args=args, tenant_id=tenant_id, rid=rid, now=now)
+        job = new_job(req, spec=registry[queue], worker=worker, args=args, tenant_id=tenant_id, rid=rid, now=now)
+    return req, job

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import secrets
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -25,11 +26,12 @@ from shared.db.workflow_store import NewStep
 from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.functions import Registry
 from shared.schemas.workflows import STEP_FIELDS, STEP_NAME, Reference, WorkflowRequest, cycle, references
+from shared.unique import unique_key
 
 from . import idempotency
 from .auth import acting_tenant, authenticate, reading_tenant
 from .http import JSONResponse, parse_model, read_json_body, request_id
-from .job_items import item_job
+from .job_items import item_request_and_job
 from .jobs import _after_cancel
 from .presenters import rfc3339
 
@@ -76,13 +78,15 @@ def _placeholders(
     model can check everything else), and the placeholders' references."""
     body = {name: value for name, value in step.items() if name not in STEP_FIELDS}
     found: dict[str, Reference] = {}
+    nonce = secrets.token_hex(16)
     for path, ref in list(references(body)):
         where = ".".join(str(part) for part in (f"steps.{index}", *path))
         if isinstance(ref, str):
             raise _invalid(where, ref)
         if ref.step not in deps:
             raise _invalid(where, f"refers to step {ref.step!r}, which this step does not depend on")
-        placeholder = f"tenants/{tenant_id}/workflow-reference/{len(found)}"
+        # Unguessable, so no literal text of the request can be taken for a reference.
+        placeholder = f"tenants/{tenant_id}/workflow-reference/{nonce}-{len(found)}"
         found[placeholder] = ref
         body = _replace_at(body, list(path), placeholder)
     return body, found
@@ -128,7 +132,7 @@ async def create_workflow(request: Request) -> Response:
         name = step["name"]
         deps = dependencies[name]
         checked, found = _placeholders(step, index, deps, tenant_id)
-        job = item_job(
+        step_req, job = item_request_and_job(
             registry,
             checked,
             path=f"steps.{index}",
@@ -142,6 +146,12 @@ async def create_workflow(request: Request) -> Response:
         template = _restore(job.args, found, seen)
         if seen != set(found):
             raise _invalid(f"steps.{index}", "a reference stands where this function does not take a storage key")
+        if step_req.options.unique is not None:
+            # The key of the step as written (references, not the placeholders checked above).
+            key = unique_key(
+                step_req.options.unique, tenant_id=tenant_id, queue=job.queue, worker=job.worker, args=template, now=now
+            )
+            job = dataclasses.replace(job, unique_key=key)
         steps.append(
             NewStep(
                 name=name,

@@ -344,3 +344,26 @@ def test_cancelling_the_first_of_a_100_step_chain_cancels_every_step_after_it(ap
     assert view["state"] == "cancelled" and view["counts"] == {"cancelled": 100}
     last = _steps(view)["s99"]
     assert last["lastError"]["kind"] == "dependency-failed" and "s98" in last["lastError"]["error"]
+
+
+def test_a_unique_step_with_a_reference_is_the_same_step_in_the_next_request(app: LiveApp):
+    _pause_default(app)
+    literal = {"literal": "tenants/tenant-1/workflow-reference/0"}
+    steps = [
+        {"name": "a", "queue": "default", "function": "echo", "args": literal},
+        {
+            "name": "b",
+            "queue": "default",
+            "function": "echo",
+            "dependsOn": ["a"],
+            "args": {"k": {"$fromStep": "a", "output": "out"}},
+            "options": {"unique": {"period": "infinity", "fields": ["worker", "args"], "keys": ["k"]}},
+        },
+    ]
+    first = _create(app, steps)
+    with app.client() as client:
+        again = client.post("/workflows", json={"steps": steps})
+        a = client.get(f"/jobs/{_steps(first)['a']['jobId']}").json()
+    assert again.status_code == 409, again.text
+    # Text that looks like a placeholder is only text.
+    assert a["args"] == literal
