@@ -18,6 +18,8 @@ from shared.settings import Settings
 
 from .batch_insert import refusals_answered
 from .http import parse_model
+from .jobs import _default_args as default_args
+from .jobs import new_job
 
 
 def _prefixed(exc: ProblemError, path: str) -> ProblemError:
@@ -57,9 +59,7 @@ def parse_item(
     try:
         req = parse_model(spec.request, orjson.dumps(body), context={"settings": settings, "tenant_id": tenant_id})
         if isinstance(req, DefaultRequest):
-            from .jobs import _default_args
-
-            worker, args = req.function, _default_args(req)
+            worker, args = req.function, default_args(req)
         else:
             worker, args = spec.worker, req.function_args()
     except ProblemError as exc:
@@ -106,8 +106,6 @@ def item_request_and_job(
     allow_unique: bool = False,
 ) -> tuple[JobRequest, NewJob]:
     """The validated request of one item and the row to insert for it."""
-    from .jobs import new_job
-
     req, queue, worker, args = parse_item(
         registry, item, path=path, settings=settings, tenant_id=tenant_id, exclude=exclude
     )
