@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from shared.schemas.webhooks import WebhookRequest
 from tests.conftest import make_settings
 from tests.support.live import LiveApp, live_app, wait_until
 from tests.support.smtp import running_smtp_server
@@ -73,6 +74,7 @@ def test_a_batch_of_100_calls_back_once_with_the_counts_also_after_failures_and_
     assert {state: batch["counts"][state] for state in expected} == expected
     assert batch["total"] == batch["done"] == 100 and batch["progress"] == 1.0
     [(callback,)] = _callbacks(app, batch_id)
+    assert WebhookRequest.model_validate(callback).function_args() == callback  # what the webhooks handler takes
     assert callback["url"] == CALLBACK and callback["event"] == "batch.finished"
     assert callback["payload"] == {"batchId": batch_id, "tenantId": "tenant-1", "total": 100, "counts": expected}
     # The flaky jobs really failed first and were retried by the engine.
@@ -178,3 +180,39 @@ def test_concurrent_last_completions_call_back_exactly_once(app: LiveApp):
         list(pool.map(complete, created["jobIds"]))
     [(callback,)] = _callbacks(app, created["batchId"])
     assert callback["payload"]["counts"] == {"completed": 32, "discarded": 0, "cancelled": 0}
+
+
+async def test_the_batch_callback_is_delivered_signed_with_the_counts(app: LiveApp):
+    from standardwebhooks import Webhook
+
+    from functions.handlers import webhooks
+    from functions.handlers.base import HandlerContext
+    from shared.outbound import RESOURCE_KEY
+    from shared.webhook_signing import tenant_signing_secret
+    from tests.functions.handlers.test_webhooks import make_job
+    from tests.support.receivers import http_receiver
+
+    with app.client() as client:
+        created = client.post(
+            "/jobs/batch", json={"jobs": [{"queue": "default", "function": "echo"}], "callbackUrl": CALLBACK}
+        ).json()
+    _finished(app, created["batchId"])
+    [(args,)] = _callbacks(app, created["batchId"])
+    machine_settings = make_settings(app.settings.database_url, outbound_allowlist=["127.0.0.1"])
+    ctx = HandlerContext(settings=machine_settings, machine_id="test-machine")
+    try:
+        with http_receiver([(200, {}, 0.0)]) as receiver:
+            # Callbacks go to https URLs only; the loopback receiver here speaks plain http.
+            job = make_job({**args, "url": f"{receiver.url}/batches"}, job_id=1, tenant_id="tenant-1")
+            await webhooks.run(job, ctx.for_job(job))
+    finally:
+        await ctx.resources[RESOURCE_KEY].aclose()
+    [received] = receiver.requests
+    body = Webhook(tenant_signing_secret(machine_settings, "tenant-1")).verify(received.body, received.headers)
+    assert body["type"] == "batch.finished"
+    assert body["data"] == {
+        "batchId": created["batchId"],
+        "tenantId": "tenant-1",
+        "total": 1,
+        "counts": {"completed": 1, "discarded": 0, "cancelled": 0},
+    }
