@@ -35,6 +35,14 @@ def configuration_problems(
         problems.append("JWT_SECRET is shorter than 32 characters (HS256 needs a 256-bit secret)")
     if role in ("api", "machine") and queue in (None, "webhooks") and settings.webhook_signing_secret is None:
         problems.append("WEBHOOK_SIGNING_SECRET is not set: webhooks and callbacks could not be signed")
+    if (
+        role in ("api", "dispatcher")
+        and settings.scheduler_misfire_grace_seconds < settings.dispatcher_maintenance_seconds
+    ):
+        problems.append(
+            "SCHEDULER_MISFIRE_GRACE_SECONDS is shorter than DISPATCHER_MAINTENANCE_SECONDS: schedules with misfire "
+            "'skip' could miss occurrences that were on time"
+        )
     if role == "machine" and queue is not None and queue not in registry:
         problems.append(f"JOB_QUEUE {queue!r} names no function (known: {', '.join(registry)})")
     return problems

@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     # A failing duty (stager, lifeline, pruner, reconciler, scaler) retries after 1 s, 2 s, 4 s ... up to this.
     dispatcher_duty_backoff_max_seconds: float = Field(60.0, gt=0)
     run_dispatcher: bool = True
+    # A schedule occurrence found due later than this (nothing ran: outage, pause of every API
+    # instance) is skipped under misfire "skip"; "runOnce" runs the latest one whatever its delay.
+    scheduler_misfire_grace_seconds: float = Field(60.0, ge=0)
 
     launcher: Literal["local", "fly"] = "local"
     local_machine_log_dir: str | None = None

@@ -41,6 +41,9 @@ ALLOWED: Final[frozenset[tuple[JobState, JobState]]] = frozenset(
         (JobState.RETRYABLE, JobState.CANCELLED),
         (JobState.DISCARDED, JobState.AVAILABLE),
         (JobState.CANCELLED, JobState.AVAILABLE),
+        # A retried workflow step waits for its dependencies again (migrations/0008).
+        (JobState.DISCARDED, JobState.SCHEDULED),
+        (JobState.CANCELLED, JobState.SCHEDULED),
     }
 )
 

@@ -114,8 +114,11 @@ UNIQUE_SUBSET = "unique-states-without-in-flight-accepted"
 # upsetting hypothesis, whose choice tree must not depend on anything outside it.
 
 TAGS = [" ", "a", "☃", "\u00a0x", "=cmd|' /C calc'!A0", "+1", "-1", "@SUM(1)", "x" * 64, "ä" * 64, "a,b", "'; --", "%s"]
-RESERVED_META_KEYS = {"requestId", "callbackUrl", "snoozed", "callbackFor", "batchId", "uniqueReleased"}
-META_KEYS = ["a", "", "☃", "requestId", "callbackUrl", "snoozed", "callbackFor", "batchId", "a.b"]
+RESERVED_META_KEYS = {
+    *("requestId", "callbackUrl", "snoozed", "callbackFor", "batchId", "uniqueReleased"),
+    *("callbackForBatch", "scheduleId", "occurrenceAt"),
+}
+META_KEYS = ["a", "", "☃", "requestId", "callbackUrl", "snoozed", "callbackFor", "batchId", "scheduleId", "a.b"]
 META_VALUES: list[Any] = [
     *(0, -1, 2**63 - 1, -(2**63), 1.5, 1e300, -0.0, True, None, "", "☃", [], {}, [1, [2, [3]]]),
     *({"a": {"b": {"c": None}}}, "x" * 300, "https://evil.example.com/hook", "http://169.254.169.254/latest/"),

@@ -1,10 +1,11 @@
 """The dispatcher: one leader among N instances (a lease row), waking on NOTIFY and a poll.
 
-The leader runs five duties, each in a loop of its own (duties.py): the scaler launches
-machines, the reconciler keeps the machines table in step with the launcher, and the stager,
-lifeline and pruner maintain jobs. A failing duty backs off alone. Leadership ends only when the
-lease does (lease.py): another instance took it over after it expired, or the leader's own
-connection, which renews it and LISTENs, is gone. A standby tries to take the lease every fifth
+The leader runs six duties, each in a loop of its own (duties.py): the scaler launches
+machines, the reconciler keeps the machines table in step with the launcher, the stager,
+lifeline and pruner maintain jobs, and the scheduler inserts due occurrences of schedules. A
+failing duty backs off alone. Leadership ends only when the lease does (lease.py): another
+instance took it over after it expired, or the leader's own connection, which renews it and
+LISTENs, is gone. A standby tries to take the lease every fifth
 of DISPATCHER_LEASE_SECONDS, so a dead or frozen leader is replaced within about one lease period.
 """
 
@@ -14,8 +15,9 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Literal
 
 from psycopg import AsyncConnection, Notify
@@ -34,6 +36,7 @@ from .lease import Lease, connect_leader, new_holder_id
 from .maintenance import Lifeline, Pruner, Stager
 from .reconciler import Reconciler
 from .scaler import Scaler
+from .scheduler import Scheduler, utc_now
 
 logger = logging.getLogger("functions.dispatcher")
 
@@ -50,6 +53,7 @@ class Dispatcher:
     launcher: Launcher
     role: Role = "off"
     holder: str = field(default_factory=new_holder_id)
+    clock: Callable[[], datetime] = utc_now  # what "now" is for the scheduler (tests set it)
     _background: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -59,6 +63,7 @@ class Dispatcher:
         self.stager = Stager(self.pool)
         self.lifeline = Lifeline(self.pool, float(self.settings.lifeline_rescue_after))
         self.pruner = Pruner(self.pool, float(self.settings.pruner_max_age))
+        self.scheduler = Scheduler(self.pool, self.settings.scheduler_misfire_grace_seconds, clock=self.clock)
         self.scaler_wake = asyncio.Event()
         poll, maintenance = self.settings.dispatcher_poll_seconds, self.settings.dispatcher_maintenance_seconds
         self.duties = [
@@ -67,6 +72,7 @@ class Dispatcher:
             Duty("stager", self.stager.run_once, maintenance),
             Duty("lifeline", self.lifeline.run_once, maintenance),
             Duty("pruner", self.pruner.run_once, maintenance),
+            Duty("scheduler", self.scheduler.run_once, maintenance),
         ]
         self.duty_errors = DutyErrors(self.pool)
 

@@ -45,7 +45,8 @@ class Lifeline:
 
 @dataclass
 class Pruner:
-    """Delete final jobs and machines older than PRUNER_MAX_AGE, a bounded batch of each per run."""
+    """Delete final jobs and machines older than PRUNER_MAX_AGE, a bounded batch of each per run (and
+    workflows and batches none of whose jobs is left, and old schedule occurrences)."""
 
     pool: Pool
     max_age_seconds: float
@@ -61,6 +62,13 @@ class Pruner:
             machines = len(await cur.fetchall())
             # Fair-claim bookkeeping of tenants and rate keys that went quiet (not counted: no jobs).
             await queue_rules.prune_bookkeeping(conn)
+            # Workflows and batches once none of their jobs is left, and old schedule occurrences.
+            cur = await conn.execute(
+                QUERIES["prune_groups"], {"max_age_seconds": self.max_age_seconds, "limit": self.machine_batch}
+            )
+            groups = await cur.fetchone()
         if jobs or machines:
             logger.info("pruned", extra={"jobs": jobs, "machines": machines})
+        if groups and any(groups.values()):
+            logger.info("pruned groups", extra=dict(groups))
         return jobs + machines

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from shared.storage import Storage, TenantStorage
 
 HandlerResult = dict[str, Any]
+PROGRESS_MESSAGE_MAX = 200
 RunFunction = Callable[[Job, "HandlerContext"], Awaitable[HandlerResult]]
 
 
@@ -48,6 +49,10 @@ class HandlerContext:
 
     tenant_id: str | None = None  # set on a job's context
     job_outputs: OutputWriter | None = None  # set on a job's context
+    # The last progress report and whether the database has seen it: the machine writes it with
+    # its next heartbeat (and with the completion), never once per report.
+    reported_progress: dict[str, Any] | None = None
+    progress_unsent: bool = False
 
     @property
     def bucket(self) -> Storage:
@@ -72,6 +77,28 @@ class HandlerContext:
         if self.job_outputs is None:
             raise RuntimeError("outputs are per job: use the context made by for_job(job)")
         return self.job_outputs
+
+    def progress(self, done: int, total: int | None = None, message: str | None = None) -> None:
+        """Report how far the job got: `done` of `total` (None: not known yet), and a short
+        message. Cheap to call per item: only the latest report is kept, and the machine writes
+        it with its heartbeat. Callable from worker threads."""
+        if isinstance(done, bool) or not isinstance(done, int) or done < 0:
+            raise ValueError("done must be a non-negative integer")
+        if total is not None and (isinstance(total, bool) or not isinstance(total, int) or total < 0):
+            raise ValueError("total must be a non-negative integer or None")
+        report: dict[str, Any] = {"done": done, "total": total}
+        if message is not None:
+            report["message"] = str(message)[:PROGRESS_MESSAGE_MAX]
+        # One assignment each: a reader in another thread sees the old report or the new one.
+        self.reported_progress = report
+        self.progress_unsent = True
+
+    def unsent_progress(self) -> dict[str, Any] | None:
+        """The report the database has not seen yet (None: nothing new), marked as sent."""
+        if not self.progress_unsent:
+            return None
+        self.progress_unsent = False
+        return self.reported_progress
 
     def for_job(self, job: Job) -> HandlerContext:
         """A context for one claimed job: same resources, its own cancellation event, its tenant's

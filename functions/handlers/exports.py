@@ -34,9 +34,11 @@ from shared.schemas.exports import ExportsRequest
 
 from .base import HandlerContext, HandlerResult, parse_args
 from .lib.export_copy import CopyReader
+from .lib.export_progress import RowCounter
 from .lib.export_writers import FORMATS, XLSX_MAX_DATA_ROWS, JsonArrayFramer, XlsxFile
 from .lib.multipart_upload import DEFAULT_PART_BYTES, MultipartUpload, run_in_thread
 
+ProgressReport = Callable[[int, int | None, str | None], None]  # ctx.progress
 CURSOR_ROWS: Final = 5_000  # rows per FETCH of the XLSX cursor
 FUNCTION: Final = FunctionSpec(
     queue="exports",
@@ -113,17 +115,33 @@ async def export(
         if request.format == "xlsx":
             if ctx.pool is None:
                 raise RuntimeError("an XLSX export reads through the context's pool, and it has none")
-            rows = await _export_xlsx(query, ctx.pool, upload, ctx.cancelled, title=dataset.name, options=options)
+            rows = await _export_xlsx(
+                query, ctx.pool, upload, ctx.cancelled, title=dataset.name, options=options, report=ctx.progress
+            )
         elif request.format == "csv":
-            rows = await _export_copy(copy_csv(query), query, database_url, upload, ctx.cancelled)
+            counter = RowCounter(csv=True, header_rows=1)
+            rows = await _export_copy(
+                copy_csv(query), query, database_url, upload, ctx.cancelled, counter=counter, report=ctx.progress
+            )
         else:
             framer = JsonArrayFramer() if request.format == "json" else None
-            rows = await _export_copy(copy_json_lines(query), query, database_url, upload, ctx.cancelled, framer)
+            counter = RowCounter(csv=False)
+            rows = await _export_copy(
+                copy_json_lines(query),
+                query,
+                database_url,
+                upload,
+                ctx.cancelled,
+                framer,
+                counter=counter,
+                report=ctx.progress,
+            )
         size = await upload.complete()
     except BaseException:
         await upload.abort()
         raise
     ctx.outputs.record(name=name, key=key, content_type=spec.content_type, size=size)
+    ctx.progress(rows, rows, "rows written")
     return {"rows": rows, "bytes": size}
 
 
@@ -147,14 +165,19 @@ async def _export_copy(
     upload: MultipartUpload,
     cancelled: asyncio.Event,
     framer: JsonArrayFramer | None = None,
+    *,
+    counter: RowCounter,
+    report: ProgressReport,
 ) -> int:
-    """Stream a COPY TO STDOUT into `upload`; returns the number of data rows."""
+    """Stream a COPY TO STDOUT into `upload`, reporting the rows written; returns the number of
+    data rows."""
     reframe: Callable[[bytes], bytes] = framer.feed if framer else _same
     # COPY takes no server-side parameters: psycopg binds them client-side as quoted literals.
     async with CopyReader(database_url, statement, query.params) as reader, aclosing(reader.blocks()) as blocks:
         async for block in blocks:
             _stop_if_cancelled(cancelled)
             await upload.write(reframe(block))
+            report(counter.feed(block), None, "rows written")
     if framer is not None:
         await upload.write(framer.close())
     if reader.rows is None:
@@ -174,6 +197,7 @@ async def _export_xlsx(
     *,
     title: str,
     options: ExportOptions,
+    report: ProgressReport,
 ) -> int:
     """Build the workbook on disk from a server-side cursor, then stream the file up; returns rows."""
     with tempfile.TemporaryDirectory(prefix="cp-export-") as directory:
@@ -186,6 +210,7 @@ async def _export_xlsx(
                     while rows := await cur.fetchmany(CURSOR_ROWS):
                         _stop_if_cancelled(cancelled)
                         await run_in_thread(book.write_rows, rows)
+                        report(book.rows, None, "rows written")
             _stop_if_cancelled(cancelled)
             await run_in_thread(book.save)
         except BaseException:

@@ -33,7 +33,19 @@ from shared.errors import MethodNotAllowed, NotFound, ProblemError
 from shared.logging import configure_logging
 from shared.settings import Settings, load_settings
 
-from . import admin, dashboard, events, idempotency, jobs, queue_rules, uploads, webhook_secret
+from . import (
+    admin,
+    batches,
+    dashboard,
+    events,
+    idempotency,
+    jobs,
+    queue_rules,
+    schedules,
+    uploads,
+    webhook_secret,
+    workflows,
+)
 from .access_log import EdgeMiddleware
 from .batch_insert import BatchInserter
 from .docs import Documentation
@@ -97,6 +109,16 @@ async def _jobs_collection(request: Request) -> Response:
 def routes() -> list[BaseRoute]:
     return [
         Route("/jobs/emails/bulk", jobs.create_bulk_emails, methods=["POST"]),
+        Route("/jobs/batch", batches.create_batch, methods=["POST"]),
+        Route("/batches/{id:str}", batches.get_batch, methods=["GET"]),
+        Route("/workflows", workflows.create_workflow, methods=["POST"]),
+        Route("/workflows/{id:str}", workflows.get_workflow, methods=["GET"]),
+        Route("/workflows/{id:str}/cancel", workflows.cancel_workflow, methods=["POST"]),
+        Route("/workflows/{id:str}/retry", workflows.retry_workflow, methods=["POST"]),
+        Route("/schedules", schedules.schedules_collection, methods=["GET", "POST"]),
+        Route("/schedules/{id:str}", schedules.schedule_item, methods=["GET", "DELETE"]),
+        Route("/schedules/{id:str}/pause", schedules.pause_schedule, methods=["POST"]),
+        Route("/schedules/{id:str}/resume", schedules.resume_schedule, methods=["POST"]),
         Route("/jobs/{queue:cp_queue}", jobs.create_job, methods=["POST"]),
         Route("/jobs/{job_id:cp_job_id}", jobs.get_job, methods=["GET"]),
         Route("/jobs/{job_id:cp_job_id}/retry", jobs.retry_job, methods=["POST"]),

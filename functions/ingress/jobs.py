@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from functions.handlers import default as default_functions
-from shared.db import job_store, transitions
+from shared.db import batch_store, job_store, transitions
 from shared.db.job_store import Conn, JobFilter
 from shared.db.models import Job, JobState, NewJob
 from shared.db.pool import Pool
@@ -178,6 +178,14 @@ async def create_bulk_emails(request: Request) -> Response:
     async def insert(conn: Conn) -> tuple[int, Any]:
         with refusals_answered(template.meta, *(job.args for job in jobs)):
             async with conn.transaction():
+                await batch_store.insert_batch(
+                    conn,
+                    batch_id=batch_id,
+                    tenant_id=tenant_id,
+                    total=len(jobs),
+                    callback_url=req.callback_url,
+                    request_id=rid,
+                )
                 ids = await job_store.insert_job_ids(conn, jobs)
         return 201, {"batchId": batch_id, "count": len(ids), "jobIds": ids}
 
@@ -356,5 +364,10 @@ async def retry_one(pool: Pool, job_id: int, *, tenant: str | None) -> Job:
             existing = await job_store.get_job(conn, job_id, tenant_id=tenant)
             if existing is None:
                 raise NotFound("no such job")
+            if existing.workflow_id is not None and existing.state.value in ("discarded", "cancelled"):
+                raise Conflict(
+                    f"this job is a step of workflow {existing.workflow_id}: retry the workflow "
+                    f"(POST /workflows/{existing.workflow_id}/retry), so its dependencies are waited for"
+                )
             raise Conflict(f"only discarded or cancelled jobs can be retried; this one is {existing.state.value}")
     return job

@@ -272,6 +272,144 @@ def _upload_operations() -> list[Operation]:
     ]
 
 
+def _batch_workflow_schedule_operations() -> list[Operation]:
+    from shared.schemas.batches import BatchRequest
+    from shared.schemas.schedules import ScheduleRequest
+    from shared.schemas.workflows import WorkflowRequest
+
+    batch_id = {"id": {"type": "string", "minLength": 1, "maxLength": 64}}
+    uuid_id = {"id": {"type": "string", "format": "uuid"}}
+    schedule = {200: (responses.Schedule, "The schedule.")}
+    return [
+        Operation(
+            method="post",
+            path="/jobs/batch",
+            operation_id="create_batch",
+            summary="Create jobs of any queues together, as one batch (one transaction)",
+            tag="jobs",
+            body=BatchRequest,
+            ok={201: (responses.BulkCreated, "The batch and its jobs.")},
+            errors=(*_AUTH_ERRORS, *_BODY_ERRORS, 409),
+            idempotent=True,
+        ),
+        Operation(
+            method="get",
+            path="/batches/{id}",
+            operation_id="get_batch",
+            summary="A batch: its jobs per state and its progress",
+            tag="jobs",
+            path_params=batch_id,
+            ok={200: (responses.Batch, "The batch.")},
+            errors=(*_AUTH_ERRORS, 404),
+        ),
+        Operation(
+            method="post",
+            path="/workflows",
+            operation_id="create_workflow",
+            summary="Create steps that wait for each other (a DAG), in one transaction",
+            tag="workflows",
+            body=WorkflowRequest,
+            ok={201: (responses.Workflow, "The workflow and its steps.")},
+            errors=(*_AUTH_ERRORS, *_BODY_ERRORS, 409),
+            idempotent=True,
+            description="A step runs once every step it `dependsOn` completed. A dependency that is discarded or "
+            "cancelled cancels it (error kind `dependency-failed`) unless it has `runOnFailure`. In a step's "
+            'args, `{"$fromStep": "<step>", "output": "<name>"}` becomes the storage key of that output of that '
+            "step (one it depends on), taken from the claim that completed it. 422 for a cycle, an unknown or "
+            "repeated name, or a reference to a step it does not depend on; 409 when a step's unique key is held.",
+        ),
+        Operation(
+            method="get",
+            path="/workflows/{id}",
+            operation_id="get_workflow",
+            summary="A workflow and every step's state",
+            tag="workflows",
+            path_params=uuid_id,
+            ok={200: (responses.Workflow, "The workflow.")},
+            errors=(*_AUTH_ERRORS, 404),
+        ),
+        Operation(
+            method="post",
+            path="/workflows/{id}/cancel",
+            operation_id="cancel_workflow",
+            summary="Cancel every unfinished step (running ones stop)",
+            tag="workflows",
+            path_params=uuid_id,
+            ok={200: (responses.Cancelled, "How many steps were cancelled.")},
+            errors=(*_AUTH_ERRORS, 404),
+        ),
+        Operation(
+            method="post",
+            path="/workflows/{id}/retry",
+            operation_id="retry_workflow",
+            summary="Retry every discarded or cancelled step; each waits again for what it depends on",
+            tag="workflows",
+            path_params=uuid_id,
+            ok={200: (responses.WorkflowRetried, "How many steps were retried, and the workflow.")},
+            errors=(*_AUTH_ERRORS, 404, 409),
+        ),
+        Operation(
+            method="post",
+            path="/schedules",
+            operation_id="create_schedule",
+            summary="Insert a job at every occurrence of a cron expression in a time zone",
+            tag="schedules",
+            body=ScheduleRequest,
+            ok={201: (responses.Schedule, "The schedule, with its next occurrence.")},
+            errors=(*_AUTH_ERRORS, *_BODY_ERRORS, 409),
+        ),
+        Operation(
+            method="get",
+            path="/schedules",
+            operation_id="list_schedules",
+            summary="The tenant's schedules, by name",
+            tag="schedules",
+            ok={200: (responses.ScheduleList, "Every schedule of the tenant.")},
+            errors=_AUTH_ERRORS,
+        ),
+        Operation(
+            method="get",
+            path="/schedules/{id}",
+            operation_id="get_schedule",
+            summary="A schedule",
+            tag="schedules",
+            path_params=uuid_id,
+            ok=schedule,
+            errors=(*_AUTH_ERRORS, 404),
+        ),
+        Operation(
+            method="delete",
+            path="/schedules/{id}",
+            operation_id="delete_schedule",
+            summary="Delete a schedule (the jobs it inserted stay)",
+            tag="schedules",
+            path_params=uuid_id,
+            ok={200: (responses.Deleted, "Deleted.")},
+            errors=(*_AUTH_ERRORS, 404),
+        ),
+        Operation(
+            method="post",
+            path="/schedules/{id}/pause",
+            operation_id="pause_schedule",
+            summary="Pause a schedule: no jobs until it is resumed",
+            tag="schedules",
+            path_params=uuid_id,
+            ok=schedule,
+            errors=(*_AUTH_ERRORS, 404),
+        ),
+        Operation(
+            method="post",
+            path="/schedules/{id}/resume",
+            operation_id="resume_schedule",
+            summary="Resume a schedule from its next occurrence (what came due while paused is not run)",
+            tag="schedules",
+            path_params=uuid_id,
+            ok=schedule,
+            errors=(*_AUTH_ERRORS, 404),
+        ),
+    ]
+
+
 def _admin_operations(registry: Registry) -> list[Operation]:
     queue = {"name": {"type": "string", "enum": sorted(registry)}}
     status = {200: (responses.QueueStatus, "The queue's status.")}
@@ -427,6 +565,7 @@ def operations(registry: Registry) -> list[Operation]:
     return [
         *_job_operations(registry),
         *_event_operations(),
+        *_batch_workflow_schedule_operations(),
         *_upload_operations(),
         *_admin_operations(registry),
         *_operations_operations(),
@@ -548,6 +687,8 @@ def build_document(*, server_url: str | None = None, registry: Registry | None =
         "tags": [
             {"name": "jobs", "description": "Create, read, list, cancel and retry jobs."},
             {"name": "events", "description": "Live job events (Server-Sent Events) and webhook verification."},
+            {"name": "workflows", "description": "Steps that wait for each other and pass outputs along."},
+            {"name": "schedules", "description": "Jobs inserted at the occurrences of a cron expression."},
             {"name": "uploads", "description": "Presigned uploads of job inputs."},
             {"name": "admin", "description": "Queues, maintenance and machines (`admin` scope)."},
             {"name": "operations", "description": "Health, metrics and this documentation."},

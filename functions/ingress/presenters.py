@@ -38,6 +38,8 @@ def job_json(job: Job, *, result: dict[str, Any] | None = None) -> dict[str, Any
         "cancelledAt": rfc3339(job.cancelled_at),
         "discardedAt": rfc3339(job.discarded_at),
         "machineId": job.attempted_by,
+        "progress": job.progress,
+        "workflowId": str(job.workflow_id) if job.workflow_id is not None else None,
     }
     if job.conflict:
         body["conflict"] = True

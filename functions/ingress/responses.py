@@ -35,6 +35,16 @@ class Problem(BaseModel):
     errors: list[ProblemFieldError] | None = Field(None, description="validation failures, one per field")
 
 
+class Progress(CamelModel):
+    """How far a running job got, as its handler reported it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    done: int = Field(..., ge=0)
+    total: int | None = Field(..., ge=0, description="null while not known")
+    message: str | None = None
+
+
 class Job(CamelModel):
     """A job as the API shows it."""
 
@@ -59,6 +69,8 @@ class Job(CamelModel):
     cancelled_at: datetime | None
     discarded_at: datetime | None
     machine_id: str | None = Field(..., description="the function machine of the latest attempt")
+    progress: Progress | None = Field(..., description="what the handler last reported (written with its heartbeat)")
+    workflow_id: str | None = Field(..., description="the workflow this job is a step of")
     conflict: Literal[True] | None = Field(
         None, description="present (true) when a unique job already existed and was returned instead"
     )
@@ -198,3 +210,96 @@ class WebhookSecret(CamelModel):
     tenant_id: str
     secret: str = Field(..., description="`whsec_` + base64 key, as Standard Webhooks libraries take it")
     scheme: Literal["standard-webhooks-v1"]
+
+
+class BatchCounts(CamelModel):
+    """Jobs of a batch per state (final states also count jobs the pruner deleted since)."""
+
+    scheduled: int = Field(..., ge=0)
+    available: int = Field(..., ge=0)
+    executing: int = Field(..., ge=0)
+    retryable: int = Field(..., ge=0)
+    completed: int = Field(..., ge=0)
+    discarded: int = Field(..., ge=0)
+    cancelled: int = Field(..., ge=0)
+
+
+class Batch(CamelModel):
+    """Jobs posted together (`POST /jobs/batch`, `POST /jobs/emails/bulk`)."""
+
+    id: str
+    tenant_id: str
+    total: int = Field(..., ge=0)
+    counts: BatchCounts
+    done: int = Field(..., ge=0, description="jobs in a final state")
+    progress: float = Field(..., ge=0, le=1, description="done / total")
+    finished: bool = Field(..., description="every job was final at least once (the callback, if any, was enqueued)")
+    callback_url: str | None
+    callback_job_id: int | None = Field(..., description="the webhooks job delivering `batch.finished`")
+    inserted_at: datetime | None
+    finished_at: datetime | None
+
+
+class WorkflowStep(CamelModel):
+    name: str
+    job_id: int
+    queue: str | None = Field(..., description="null once the pruner deleted the step's job")
+    worker: str | None
+    state: JobStateName | None
+    waiting: bool = Field(..., description="scheduled, waiting for the steps it depends on")
+    depends_on: list[str]
+    run_on_failure: bool
+    attempt: int | None
+    progress: Progress | None
+    last_error: dict[str, Any] | None = Field(
+        ..., description="the last entry of the job's errors (kind `dependency-failed` when a dependency failed)"
+    )
+
+
+class Workflow(CamelModel):
+    id: str
+    tenant_id: str
+    name: str | None
+    state: Literal["running", "completed", "failed", "cancelled"]
+    counts: dict[str, int] = Field(..., description="steps per job state")
+    inserted_at: datetime
+    steps: list[WorkflowStep]
+
+
+class WorkflowRetried(CamelModel):
+    retried: int = Field(..., ge=0, description="steps that were discarded or cancelled and wait or run again")
+    workflow: Workflow
+
+
+class ScheduleJob(CamelModel):
+    """The job a schedule inserts at each occurrence."""
+
+    queue: str
+    worker: str
+    args: dict[str, Any]
+    priority: int
+    max_attempts: int
+    tags: list[str]
+    meta: dict[str, Any]
+
+
+class Schedule(CamelModel):
+    id: str
+    tenant_id: str
+    name: str
+    cron: str
+    time_zone: str
+    misfire: Literal["skip", "runOnce"]
+    paused: bool
+    next_run_at: datetime = Field(..., description="the next occurrence not yet handled")
+    last_run_at: datetime | None = Field(..., description="the last occurrence that inserted a job")
+    job: ScheduleJob
+    inserted_at: datetime
+
+
+class ScheduleList(CamelModel):
+    schedules: list[Schedule]
+
+
+class Deleted(CamelModel):
+    deleted: Literal[True]

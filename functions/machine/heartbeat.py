@@ -41,7 +41,9 @@ class Heartbeat:
 
     async def beat(self) -> None:
         """One heartbeat: held claims still ours are refreshed, lost ones are stopped."""
-        fences = [h.fence for h in self.held.values() if h.publishable and not h.completing]
+        beating = [h for h in self.held.values() if h.publishable and not h.completing]
+        fences = [h.fence for h in beating]
+        progress = [h.ctx.unsent_progress() for h in beating]
         try:
             # Bounded: a pool waiting for a connection that never comes must not hold the
             # heartbeat (and the self-fence check below) hostage.
@@ -49,9 +51,12 @@ class Heartbeat:
                 async with self.pool.connection() as conn:
                     # The machine row's heartbeat tells the scaler this machine can still take work.
                     await job_store.machine_seen(conn, self.machine_id)
-                    still = await transitions.heartbeat(conn, held=fences)
+                    still = await transitions.heartbeat(conn, held=fences, progress=progress)
         except Exception:
             logger.warning("heartbeat failed", exc_info=True)
+            for unsent, report in zip(beating, progress, strict=True):
+                if report is not None and not unsent.ctx.progress_unsent:
+                    unsent.ctx.progress_unsent = True  # not written: the next beat tries again
             if self.held and self.reach.past_deadline():
                 self.on_unreachable()
             return

@@ -82,7 +82,11 @@ class Recorder:
         async def attempt() -> set[int]:
             async with self.pool.connection() as conn, conn.transaction():
                 # A retry after a commit whose reply was lost recognises its own completions.
-                completed, fresh = await transitions.complete_many(conn, done=[(c.held.fence, c.result) for c in batch])
+                completed, fresh = await transitions.complete_many(
+                    conn,
+                    done=[(c.held.fence, c.result) for c in batch],
+                    progress=[c.held.ctx.reported_progress for c in batch],
+                )
                 await job_store.machine_ran_jobs(conn, self.machine_id, count=len(fresh))
             return completed
 

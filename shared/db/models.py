@@ -42,6 +42,8 @@ class Job:
     completed_at: datetime | None
     cancelled_at: datetime | None
     discarded_at: datetime | None
+    progress: JSONDict | None = None  # what the handler last reported (done, total, message)
+    workflow_id: UUID | None = None
     conflict: bool = False  # set on a unique insert that returned an existing job
 
     @classmethod

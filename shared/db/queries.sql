@@ -98,10 +98,12 @@ RETURNING id;
 -- Also answers the rows these claims had already completed: when a commit landed but its reply
 -- was lost (connection dropped), the retry must not mistake its own completion for a lost job.
 WITH done AS (
-    SELECT * FROM unnest(%(job_ids)s::bigint[], %(claim_tokens)s::uuid[], %(results)s::jsonb[])
-        AS d(id, claim_token, result)
+    SELECT * FROM unnest(%(job_ids)s::bigint[], %(claim_tokens)s::uuid[], %(results)s::jsonb[],
+                         %(progress)s::jsonb[])
+        AS d(id, claim_token, result, progress)
 ), completed_now AS (
-    UPDATE jobs SET state = 'completed', completed_at = now(), result = done.result, heartbeat_at = NULL
+    UPDATE jobs SET state = 'completed', completed_at = now(), result = done.result, heartbeat_at = NULL,
+                    progress = coalesce(done.progress, jobs.progress)
       FROM done
      WHERE jobs.id = done.id AND jobs.state = 'executing' AND jobs.claim_token = done.claim_token
     RETURNING jobs.id
@@ -139,9 +141,11 @@ UPDATE jobs SET state = 'available', attempt = attempt - 1, heartbeat_at = NULL,
 RETURNING id;
 
 -- name: heartbeat_jobs
--- executing -> executing: refresh the heartbeat of every job whose claim this machine still holds
-UPDATE jobs SET heartbeat_at = now()
-  FROM unnest(%(job_ids)s::bigint[], %(claim_tokens)s::uuid[]) AS held(id, claim_token)
+-- executing -> executing: refresh the heartbeat of every job whose claim this machine still holds,
+-- with the progress its handler last reported (NULL: nothing new)
+UPDATE jobs SET heartbeat_at = now(), progress = coalesce(held.progress, jobs.progress)
+  FROM unnest(%(job_ids)s::bigint[], %(claim_tokens)s::uuid[], %(progress)s::jsonb[])
+       AS held(id, claim_token, progress)
  WHERE jobs.id = held.id AND jobs.claim_token = held.claim_token AND jobs.state = 'executing'
 RETURNING jobs.id;
 
@@ -165,9 +169,12 @@ RETURNING jobs.id, jobs.queue, target.was, jobs.attempted_by;
 -- name: retry_job
 -- discarded/cancelled -> available, attempts reset (explicit retry)
 UPDATE jobs SET state = 'available', attempt = 0, scheduled_at = now(), discarded_at = NULL,
-                cancelled_at = NULL, attempted_by = NULL, heartbeat_at = NULL, result = NULL, claim_token = NULL
+                cancelled_at = NULL, attempted_by = NULL, heartbeat_at = NULL, result = NULL, claim_token = NULL,
+                progress = NULL
  WHERE id = %(id)s AND (%(tenant_id)s::text IS NULL OR tenant_id = %(tenant_id)s)
    AND state IN ('discarded', 'cancelled')
+   -- a workflow step is retried with its workflow (its dependencies decide where it goes)
+   AND workflow_id IS NULL
 RETURNING *;
 
 -- name: stage_due_jobs
@@ -496,3 +503,140 @@ WITH locked AS (
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM windows) + (SELECT count(*) FROM tenants) AS n;
+
+
+-- batches, workflows and schedules (migrations/0008) --------------------------------------------
+
+-- name: insert_batch
+-- a batch: its jobs are inserted in the same transaction with its id
+INSERT INTO batches (id, tenant_id, total, callback_url, request_id)
+VALUES (%(id)s, %(tenant_id)s, %(total)s, %(callback_url)s, %(request_id)s);
+
+-- name: get_batch
+-- one batch, optionally only within a tenant
+SELECT * FROM batches WHERE id = %(id)s AND (%(tenant_id)s::text IS NULL OR tenant_id = %(tenant_id)s);
+
+-- name: batch_state_counts
+-- the jobs of a batch per state (rows the pruner deleted are counted in the batch row only)
+SELECT state, count(*) AS n FROM jobs
+ WHERE batch_id = %(id)s AND (%(tenant_id)s::text IS NULL OR tenant_id = %(tenant_id)s)
+ GROUP BY state;
+
+-- name: insert_workflow
+-- a workflow: its steps' jobs are inserted in the same transaction
+INSERT INTO workflows (id, tenant_id, name) VALUES (%(id)s, %(tenant_id)s, %(name)s);
+
+-- name: insert_workflow_job
+-- one step's job: waiting for its dependencies (scheduled, never due) or, for a first step, as any
+-- job; a unique conflict inserts nothing
+INSERT INTO jobs (queue, worker, state, tenant_id, args, meta, tags, priority, max_attempts,
+                  batch_id, unique_key, unique_states, scheduled_at, workflow_id)
+VALUES (%(queue)s, %(worker)s,
+        CASE WHEN %(waiting)s OR %(scheduled_at)s::timestamptz > now() THEN 'scheduled' ELSE 'available' END,
+        %(tenant_id)s, %(args)s, %(meta)s, %(tags)s, %(priority)s, %(max_attempts)s,
+        %(batch_id)s, %(unique_key)s, %(unique_states)s,
+        CASE WHEN %(waiting)s THEN workflow_waiting_at() ELSE coalesce(%(scheduled_at)s::timestamptz, now()) END,
+        %(workflow_id)s)
+ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state = ANY (unique_states) DO NOTHING
+RETURNING id;
+
+-- name: insert_workflow_step
+-- what a step waits for, and its args with their references to earlier steps' outputs
+INSERT INTO workflow_steps (job_id, workflow_id, name, depends_on, deps_left, run_on_failure, args_template, not_before)
+VALUES (%(job_id)s, %(workflow_id)s, %(name)s, %(depends_on)s, cardinality(%(depends_on)s::bigint[]),
+        %(run_on_failure)s, %(args_template)s, %(not_before)s);
+
+-- name: get_workflow
+-- one workflow, optionally only within a tenant
+SELECT * FROM workflows WHERE id = %(id)s AND (%(tenant_id)s::text IS NULL OR tenant_id = %(tenant_id)s);
+
+-- name: workflow_steps
+-- every step of a workflow with its job (NULL columns once the pruner deleted it), in insert order
+SELECT s.job_id, s.name, s.depends_on, s.deps_left, s.run_on_failure,
+       j.queue, j.worker, j.state, j.attempt, j.max_attempts, j.errors, j.progress,
+       (j.state = 'scheduled' AND j.scheduled_at = workflow_waiting_at()) AS waiting
+  FROM workflow_steps s LEFT JOIN jobs j ON j.id = s.job_id
+ WHERE s.workflow_id = %(id)s
+ ORDER BY s.job_id;
+
+-- name: retry_workflow
+-- every discarded or cancelled step of a workflow tried again, waiting for what it depends on
+SELECT workflow_retry(%(id)s) AS retried;
+
+-- name: insert_schedule
+-- a tenant's schedule (its name is unique per tenant)
+INSERT INTO schedules (id, tenant_id, name, cron, time_zone, queue, worker, args, meta, tags, priority,
+                       max_attempts, misfire, next_run_at)
+VALUES (%(id)s, %(tenant_id)s, %(name)s, %(cron)s, %(time_zone)s, %(queue)s, %(worker)s, %(args)s, %(meta)s,
+        %(tags)s, %(priority)s, %(max_attempts)s, %(misfire)s, %(next_run_at)s)
+ON CONFLICT (tenant_id, name) DO NOTHING
+RETURNING *;
+
+-- name: get_schedule
+-- one schedule, optionally only within a tenant
+SELECT * FROM schedules WHERE id = %(id)s AND (%(tenant_id)s::text IS NULL OR tenant_id = %(tenant_id)s);
+
+-- name: list_schedules
+-- a tenant's schedules (everyone's for admin) by name
+SELECT * FROM schedules WHERE (%(tenant_id)s::text IS NULL OR tenant_id = %(tenant_id)s)
+ ORDER BY tenant_id, name
+ LIMIT 500;
+
+-- name: set_schedule_paused
+-- pause, or resume from the next occurrence after now (what came due while paused is not run)
+UPDATE schedules SET paused = %(paused)s, updated_at = now(),
+                     next_run_at = coalesce(%(next_run_at)s, next_run_at)
+ WHERE id = %(id)s AND (%(tenant_id)s::text IS NULL OR tenant_id = %(tenant_id)s)
+RETURNING *;
+
+-- name: delete_schedule
+-- a schedule and its record of occurrences (jobs it inserted stay)
+DELETE FROM schedules WHERE id = %(id)s AND (%(tenant_id)s::text IS NULL OR tenant_id = %(tenant_id)s)
+RETURNING id;
+
+-- name: due_schedules
+-- schedules whose next occurrence came due at `now`, oldest first
+SELECT * FROM schedules WHERE NOT paused AND next_run_at <= %(now)s ORDER BY next_run_at LIMIT %(limit)s;
+
+-- name: advance_schedule
+-- move a schedule past the occurrences handled now; nothing when another leader already did
+UPDATE schedules SET next_run_at = %(next_run_at)s, last_run_at = coalesce(%(fired_at)s, last_run_at)
+ WHERE id = %(id)s AND next_run_at = %(was)s AND NOT paused
+RETURNING id;
+
+-- name: claim_occurrence
+-- one row per (schedule, occurrence): whoever inserts it inserts the occurrence's job
+INSERT INTO schedule_runs (schedule_id, occurrence_at) VALUES (%(id)s, %(occurrence_at)s)
+ON CONFLICT (schedule_id, occurrence_at) DO NOTHING
+RETURNING schedule_id;
+
+-- name: record_occurrence_job
+-- the job an occurrence inserted
+UPDATE schedule_runs SET job_id = %(job_id)s WHERE schedule_id = %(id)s AND occurrence_at = %(occurrence_at)s;
+
+-- name: prune_groups
+-- delete workflows and batches older than max_age_seconds none of whose jobs is left, and the record
+-- of schedule occurrences older than that (a bounded batch of each)
+WITH old_workflows AS (
+    DELETE FROM workflows WHERE id IN (
+        SELECT w.id FROM workflows w
+         WHERE w.inserted_at < now() - make_interval(secs => %(max_age_seconds)s)
+           AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.workflow_id = w.id)
+         LIMIT %(limit)s)
+    RETURNING 1
+), old_batches AS (
+    DELETE FROM batches WHERE id IN (
+        SELECT b.id FROM batches b
+         WHERE b.inserted_at < now() - make_interval(secs => %(max_age_seconds)s)
+           AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.batch_id = b.id)
+         LIMIT %(limit)s)
+    RETURNING 1
+), old_runs AS (
+    DELETE FROM schedule_runs WHERE (schedule_id, occurrence_at) IN (
+        SELECT schedule_id, occurrence_at FROM schedule_runs
+         WHERE inserted_at < now() - make_interval(secs => %(max_age_seconds)s)
+         LIMIT %(limit)s)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM old_workflows) AS workflows, (SELECT count(*) FROM old_batches) AS batches,
+       (SELECT count(*) FROM old_runs) AS runs;

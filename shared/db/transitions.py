@@ -54,7 +54,12 @@ async def complete(conn: Conn, fence: Fence, *, result: dict[str, Any]) -> None:
     await _fenced(conn, "complete_job", fence, result=Jsonb(result))
 
 
-async def complete_many(conn: Conn, *, done: list[tuple[Fence, dict[str, Any]]]) -> tuple[set[int], set[int]]:
+async def complete_many(
+    conn: Conn,
+    *,
+    done: list[tuple[Fence, dict[str, Any]]],
+    progress: list[dict[str, Any] | None] | None = None,
+) -> tuple[set[int], set[int]]:
     """executing -> completed for many held jobs at once.
 
     Returns (completed, fresh): every id whose claim is now completed (the rest were cancelled or
@@ -67,6 +72,8 @@ async def complete_many(conn: Conn, *, done: list[tuple[Fence, dict[str, Any]]])
             "job_ids": [fence.job_id for fence, _ in done],
             "claim_tokens": [fence.claim_token for fence, _ in done],
             "results": [Jsonb(result) for _, result in done],
+            # The handler's last progress report, when it made one (kept otherwise).
+            "progress": [Jsonb(p) if p is not None else None for p in (progress or [None] * len(done))],
         },
         prepare=True,
     )
@@ -137,13 +144,18 @@ async def hand_back(conn: Conn, fence: Fence) -> None:
     await _fenced(conn, "hand_back_job", fence)
 
 
-async def heartbeat(conn: Conn, *, held: list[Fence]) -> set[int]:
-    """Refresh the heartbeats of the held claims; returns the ids still held."""
+async def heartbeat(conn: Conn, *, held: list[Fence], progress: list[dict[str, Any] | None] | None = None) -> set[int]:
+    """Refresh the heartbeats of the held claims (and write the progress their handlers reported
+    since the last beat, None for none); returns the ids still held."""
     if not held:
         return set()
     cur = await conn.execute(
         QUERIES["heartbeat_jobs"],
-        {"job_ids": [f.job_id for f in held], "claim_tokens": [f.claim_token for f in held]},
+        {
+            "job_ids": [f.job_id for f in held],
+            "claim_tokens": [f.claim_token for f in held],
+            "progress": [Jsonb(p) if p is not None else None for p in (progress or [None] * len(held))],
+        },
         prepare=True,
     )
     return {row["id"] for row in await cur.fetchall()}

@@ -74,9 +74,20 @@ class UniqueOptions(CamelModel):
 
 # meta keys the service sets itself: requestId (X-Request-ID), callbackUrl (options.callbackUrl,
 # checked), batchId (bulk), snoozed (the snooze count), callbackFor (a callback's job),
-# uniqueReleased (migration 0003).
+# uniqueReleased (migration 0003), callbackForBatch (a batch's callback), scheduleId and
+# occurrenceAt (a schedule's job).
 RESERVED_META_KEYS: frozenset[str] = frozenset(
-    {"requestId", "callbackUrl", "batchId", "snoozed", "callbackFor", "uniqueReleased"}
+    {
+        "requestId",
+        "callbackUrl",
+        "batchId",
+        "snoozed",
+        "callbackFor",
+        "uniqueReleased",
+        "callbackForBatch",
+        "scheduleId",
+        "occurrenceAt",
+    }
 )
 
 

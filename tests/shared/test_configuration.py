@@ -48,6 +48,16 @@ def test_a_rate_key_the_claim_cannot_derive_is_a_problem() -> None:
     assert problems == ["function 'webhooks' declares rate_key 'path:url' (host:<arg> or domain:<arg>)"]
 
 
+def test_a_misfire_grace_shorter_than_the_scheduler_interval_is_a_problem() -> None:
+    settings = make_settings(
+        "postgresql://unused.invalid/none", scheduler_misfire_grace_seconds=1, dispatcher_maintenance_seconds=5
+    )
+    for role in ("api", "dispatcher"):
+        problems = configuration_problems(settings, load_registry(), role=role)  # type: ignore[arg-type]
+        assert [p for p in problems if p.startswith("SCHEDULER_MISFIRE_GRACE_SECONDS")], role
+    assert configuration_problems(settings, load_registry(), role="machine", queue="default") == []
+
+
 def test_a_machine_with_bad_configuration_exits_2_saying_why() -> None:
     env = {
         **os.environ,

@@ -138,6 +138,25 @@ async def unstorable_result(job: Job, ctx: HandlerContext) -> HandlerResult:
     return {"big": float(2**64)}
 
 
+class ProgressArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    total: int
+    release: str  # a file: the job finishes once it exists
+
+
+@register("report_progress", ProgressArgs)
+async def report_progress(job: Job, ctx: HandlerContext) -> HandlerResult:
+    """Reports progress once per item (`total` reports in a row), then waits for `release`."""
+    import asyncio
+
+    args = ProgressArgs.model_validate(job.args)
+    for done in range(1, args.total + 1):
+        ctx.progress(done, args.total, f"item {done}")
+    while not Path(args.release).exists():
+        await asyncio.sleep(0.05)
+    return {"items": args.total}
+
+
 @register("fail_once", MarkerArgs)
 async def fail_once(job: Job, ctx: HandlerContext) -> HandlerResult:
     """The first execution of this job fails for good (kind `first-run`); any later one succeeds."""

@@ -68,3 +68,23 @@ async def test_old_final_machines_are_pruned_in_batches_and_still_counted(pool: 
     await pruner.run_once()
     assert await _machine_ids(pool) == {"recent-exited", "old-running", "old-holding"}
     assert await _launches(pool) == launches
+
+
+async def test_old_workflows_and_batches_go_once_their_jobs_are_gone(pool: Pool):
+    async with pool.connection() as conn:
+        await conn.execute(
+            """INSERT INTO workflows (id, tenant_id, inserted_at) VALUES
+                   ('00000000-0000-0000-0000-000000000001', 't', now() - interval '3 days'),
+                   ('00000000-0000-0000-0000-000000000002', 't', now() - interval '3 days'),
+                   ('00000000-0000-0000-0000-000000000003', 't', now());
+               INSERT INTO batches (id, tenant_id, total, inserted_at) VALUES
+                   ('old-empty', 't', 1, now() - interval '3 days'), ('old-live', 't', 1, now() - interval '3 days'),
+                   ('recent', 't', 1, now());
+               INSERT INTO jobs (queue, worker, tenant_id, workflow_id, batch_id)
+               VALUES ('default', 'echo', 't', '00000000-0000-0000-0000-000000000002', 'old-live');"""
+        )
+    await Pruner(pool, max_age_seconds=DAY).run_once()
+    async with pool.connection() as conn:
+        workflows = {str(r["id"])[-1] for r in await (await conn.execute("SELECT id FROM workflows")).fetchall()}
+        batches = {r["id"] for r in await (await conn.execute("SELECT id FROM batches")).fetchall()}
+    assert workflows == {"2", "3"} and batches == {"old-live", "recent"}
