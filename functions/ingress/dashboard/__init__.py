@@ -12,7 +12,7 @@ from typing import Final
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from . import actions, views
+from . import actions, live, views
 
 STATIC_DIR: Final = Path(__file__).resolve().parents[1] / "static" / "dashboard"
 
@@ -38,5 +38,6 @@ def routes() -> list[BaseRoute]:
         post("/dashboard/queues/{name}/{what}", actions.admin_action(actions.queue_action)),
         get("/dashboard/machines", views.page(views.machines_page)),
         get("/dashboard/webhook-secret", views.page(views.webhook_secret_page)),
+        get("/dashboard/events", live.events),
         Mount("/dashboard/static", StaticFiles(directory=STATIC_DIR, check_dir=True), name="dashboard-static"),
     ]

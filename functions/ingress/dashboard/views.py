@@ -93,7 +93,7 @@ async def login_form(request: Request) -> Response:
     return Response(status_code=303, headers={"Location": safe_next(request.query_params.get("next"))})
 
 
-def _viewed_tenant(request: Request, session: Session) -> str | None:
+def viewed_tenant(request: Request, session: Session) -> str | None:
     """Whose jobs a page counts: the session's tenant; an admin's choice (?tenant=) or everyone's."""
     if not session.principal.is_admin:
         return session.tenant
@@ -106,7 +106,7 @@ def _viewed_tenant(request: Request, session: Session) -> str | None:
 
 
 async def overview(request: Request, session: Session) -> Response:
-    tenant = _viewed_tenant(request, session)
+    tenant = viewed_tenant(request, session)
     async with request.app.state.pool.connection() as conn:
         data = await overview_data.load(conn, tenant)
     template = "overview_live.html" if wants_fragment(request) else "overview.html"

@@ -341,3 +341,23 @@ def test_sign_in_only_ever_sends_you_to_a_dashboard_page(app: LiveApp, target: s
         )
     assert answer.status_code == 303 and answer.headers["location"] == "/dashboard"
     assert "x-evil" not in answer.headers
+
+
+def test_the_live_event_stream_needs_a_session_and_carries_only_the_tenants_own_jobs(app: LiveApp):
+    from tests.functions.ingress.sse import SseStream
+
+    with httpx.Client(base_url=app.url, trust_env=False) as anonymous:
+        assert anonymous.get("/dashboard/events").status_code == 401
+    with signed_in(app, "tenant-a") as client:
+        cookie = f"cp_dashboard={client.cookies['cp_dashboard']}"
+        # A tenant's ?tenant= names nobody else: it still gets only its own jobs' events.
+        events = SseStream(app.url, "/dashboard/events?tenant=tenant-b", "unused", {"Cookie": cookie}).start()
+        try:
+            assert events.status == 200, getattr(events, "body", None)
+            theirs = seed_job(app, "tenant-b", "available")
+            ours = seed_job(app, "tenant-a", "available")
+            event = events.next()
+            assert event.data["jobId"] == ours and event.data["tenantId"] == "tenant-a", event
+            assert all(e.data.get("jobId") != theirs for e in events.drain())
+        finally:
+            events.close()

@@ -1,11 +1,15 @@
 // Progressive enhancement for the dashboard; every page works without this file.
-// - Live parts of a page ([data-live]) are re-fetched every 2 s while the tab is visible and
-//   replaced when they changed (the server renders them: ask with X-Dashboard-Fragment: 1).
-//   `refresh` is the one place to switch to EventSource (GET /events) later.
+// - Live parts of a page ([data-live]) are re-fetched when a job event arrives on
+//   /dashboard/events (an EventSource, cookie-authenticated), at most every 250 ms, and replaced
+//   when they changed (the server renders them: ask with X-Dashboard-Fragment: 1). Machines and
+//   clocks change without job events, so they are also re-fetched every 10 s; while the event
+//   stream is down, every 2 s.
 // - "Select all" checkbox for the jobs list.
 (function () {
   "use strict";
-  var INTERVAL_MS = 2000;
+  var POLL_MS = 2000;         // without the event stream
+  var CONNECTED_POLL_MS = 10000;  // with it: only what changes without job events
+  var EVENT_DELAY_MS = 250;     // events arriving together cause one refresh
 
   function selectedIds(region) {
     var ids = {};
@@ -47,15 +51,31 @@
     var regions = Array.prototype.slice.call(document.querySelectorAll("[data-live]"));
     enhance(document);
     regions.forEach(function (region) { region.dataset.rendered = ""; });
-    var busy = false;
+    var busy = false, again = false, pending = null, connected = false, last = 0;
     function tick() {
-      if (busy || document.visibilityState !== "visible") { return; }
+      if (document.visibilityState !== "visible") { return; }
+      if (busy) { again = true; return; }  // an event during a refresh: one more after it
       busy = true;
-      Promise.all(regions.map(refresh)).then(function () { busy = false; }, function () { busy = false; });
+      last = Date.now();
+      function done() { busy = false; if (again) { again = false; soon(); } }
+      Promise.all(regions.map(refresh)).then(done, done);
+    }
+    function soon() {
+      if (pending === null) { pending = window.setTimeout(function () { pending = null; tick(); }, EVENT_DELAY_MS); }
     }
     if (regions.length) {
-      window.setInterval(tick, INTERVAL_MS);
+      window.setInterval(function () {
+        if (!connected || Date.now() - last >= CONNECTED_POLL_MS) { tick(); }
+      }, POLL_MS);
       document.addEventListener("visibilitychange", tick);
+      if (window.EventSource) {
+        var tenant = new URLSearchParams(window.location.search).get("tenant");
+        var stream = new EventSource("/dashboard/events" + (tenant ? "?tenant=" + encodeURIComponent(tenant) : ""));
+        stream.onopen = function () { connected = true; };
+        stream.onerror = function () { connected = false; };  // it reconnects by itself
+        stream.onmessage = soon;
+        stream.addEventListener("reset", soon);
+      }
     }
   }
 
