@@ -52,7 +52,7 @@ from .docs import Documentation
 from .event_hub import EventHub
 from .http import UnhandledErrorMiddleware, problem_response
 from .limits import RateLimitMiddleware
-from .metrics import AppMetrics, metrics_endpoint
+from .metrics import AppMetrics, EventHubCollector, metrics_endpoint
 
 logger = logging.getLogger("functions.ingress")
 
@@ -219,6 +219,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         tasks = [asyncio.create_task(idempotency.run_pruner(app.state.pool, stop), name="idempotency-pruner")]
         # One LISTEN connection fans job events out to every stream and waiting request.
         app.state.event_hub = EventHub(settings, app.state.pool)
+        metrics.registry.register(EventHubCollector(app.state.event_hub))
         tasks.append(asyncio.create_task(app.state.event_hub.run(stop), name="event-hub"))
         launcher = None
         if settings.run_dispatcher:

@@ -218,6 +218,7 @@ class EventHub:
     _tag_streams: int = 0
     _per_tenant: dict[str | None, int] = field(default_factory=dict)  # None: admins watching everyone
     dropped_total: int = 0  # streams dropped for not keeping up (tests, metrics)
+    received_total: int = 0  # job events received (metrics)
 
     # --- subscriptions (called from request handlers; never awaits, so nothing slips in between)
 
@@ -399,6 +400,7 @@ class EventHub:
                 for subscriber in list(self._subscribers):
                     self._offer(subscriber, RESET)
                 continue
+            self.received_total += 1
             self._remember(item)
             for subscriber in self._interested(item.note):
                 if subscriber.filter.matches(item):

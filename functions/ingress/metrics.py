@@ -52,6 +52,7 @@ from shared.errors import Unauthorized
 from shared.metrics import DURATION_BUCKETS, EventMetrics
 from shared.settings import Settings
 
+from .event_hub import EventHub
 from .sql import QUERIES
 
 DURATION_WINDOW_SECONDS: Final = 300
@@ -112,6 +113,28 @@ def route_template(scope: Scope) -> str:
     if template is None:
         template = _TEMPLATES[path] = _CONVERTER.sub("}", path) or "/"
     return template
+
+
+class EventHubCollector(Collector):
+    """The live-event hub of this API process: open streams, events seen, streams dropped."""
+
+    def __init__(self, hub: EventHub) -> None:
+        self.hub = hub
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "event_streams",
+            "Event streams and ?wait requests open on this API process.",
+            value=self.hub.subscriber_count,
+        )
+        yield CounterMetricFamily(
+            "job_events_received", "Job events this API process received from Postgres.", value=self.hub.received_total
+        )
+        yield CounterMetricFamily(
+            "event_streams_dropped",
+            "Event streams dropped because their client did not keep up (it reconnects and resumes).",
+            value=self.hub.dropped_total,
+        )
 
 
 class _Snapshot(Collector):

@@ -14,6 +14,7 @@ import pytest
 from functions.ingress.event_hub import EventHub
 from tests.functions.ingress.conftest import OpenApp, assert_problem
 from tests.functions.ingress.sse import SseEvent, SseStream
+from tests.functions.ingress.test_metrics import scrape, value
 from tests.support.live import LiveApp, wait_until
 
 
@@ -238,6 +239,9 @@ def test_a_reader_that_stops_reading_is_dropped(open_app: OpenApp) -> None:
             )
         wait_until("the stalled stream dropped", lambda: hub(app).dropped_total == 1, timeout=120)
         wait_until("its subscription removed", lambda: hub(app).subscriber_count == 1)
+        samples = scrape(app)  # what an operator sees of it
+        assert value(samples, "event_streams_dropped_total") == 1 and value(samples, "event_streams") == 1
+        assert (value(samples, "job_events_received_total") or 0) >= 50_000
         # The other stream is untouched and still live.
         marker = create(app, "tenant-b")
         assert healthy.next().data["jobId"] == marker
