@@ -332,6 +332,17 @@ def test_the_job_page_shows_its_callback_batch_and_attempts(app: LiveApp):
     assert "machine machine-seeded" in page and "bad-input" in page and "this can never work" in page
 
 
+def test_the_job_page_shows_the_handlers_last_progress_report(app: LiveApp):
+    job = seed_job(app, "tenant-a", "executing")
+    app.sql(
+        "UPDATE jobs SET progress = %s WHERE id = %s",
+        ('{"done": 40, "total": 100, "message": "rows <written>"}', job),
+    )
+    with signed_in(app) as client:
+        page = client.get(f"/dashboard/jobs/{job}").text
+    assert "40 of 100 · rows &lt;written&gt;" in page  # escaped, like everything a handler wrote
+
+
 @pytest.mark.parametrize("target", ["https://evil.example/", "//evil.example/dashboard", "/dashboard\r\nX-Evil: 1"])
 def test_sign_in_only_ever_sends_you_to_a_dashboard_page(app: LiveApp, target: str):
     with httpx.Client(base_url=app.url, trust_env=False, headers={"Origin": app.url}) as client:
