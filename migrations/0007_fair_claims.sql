@@ -152,7 +152,7 @@ BEGIN
             PERFORM claim_list_tenants(p_queue, v_q.fair_vtime, v_now);
             v_scanned := true;
         END IF;
-        v_plain := (SELECT count(*) FROM queue_tenants t WHERE t.queue = p_queue AND t.active) <= 1;
+        v_plain := NOT EXISTS (SELECT FROM queue_tenants t WHERE t.queue = p_queue AND t.active OFFSET 1);  -- <= 1
     END IF;
 
     IF v_plain THEN
