@@ -121,7 +121,7 @@ async def test_priority_orders_a_tenants_own_jobs_but_not_its_turn(settings):
 
 async def fair_claim_sequence(settings: Settings, *, cap: int | None) -> list[list[tuple[str, int]]]:
     """(tenant, n) of each claim of a fixed scenario: uneven backlogs, weights, priorities, a tenant
-    joining late, claims of 1 to 7 jobs and some completions in between."""
+    joining late, tenants running dry, claims of 1 to 7 jobs and some completions in between."""
     await sql(settings, "DELETE FROM jobs")
     await sql(settings, "DELETE FROM queue_tenants")
     await sql(settings, 'UPDATE queues SET "limit" = 1000, fair_vtime = 0, tenant_limit = %s', (cap,))
@@ -138,7 +138,11 @@ async def fair_claim_sequence(settings: Settings, *, cap: int | None) -> list[li
             await seed(settings, [new("f", args={"n": n}) for n in range(6)])
         if step % 3 == 2:
             await sql(settings, "UPDATE jobs SET state = 'completed', completed_at = now() WHERE state = 'executing'")
-        await sql(settings, "UPDATE queues SET tenants_scanned_at = NULL")
+        # Every other claim lists the tenants first; the others start from the last listing
+        # (tenants that ran dry still listed, the late one not yet) and list them only when the
+        # listed tenants cannot fill them.
+        listed = "NULL" if step % 2 == 0 else "clock_timestamp() + interval '1 hour'"
+        await sql(settings, f"UPDATE queues SET tenants_scanned_at = {listed}")
         claimed = await claim(settings, size)
         claims.append(sorted((job.tenant_id, job.args["n"]) for job in claimed))
     return claims
