@@ -152,7 +152,7 @@ BEGIN
             PERFORM claim_list_tenants(p_queue, v_q.fair_vtime, v_now);
             v_scanned := true;
         END IF;
-        v_plain := (SELECT count(*) FROM queue_tenants t WHERE t.queue = p_queue AND t.active) <= 1;
+        v_plain := NOT EXISTS (SELECT FROM queue_tenants t WHERE t.queue = p_queue AND t.active OFFSET 1);  -- <= 1
     END IF;
 
     IF v_plain THEN
@@ -191,6 +191,74 @@ BEGIN
     -- The statements below are planned once per connection, not per call: their plan does not
     -- depend on the parameters, and planning the fair pick costs more than running it.
     PERFORM set_config('plan_cache_mode', 'force_generic_plan', true);
+
+    IF v_q.fair AND NOT v_capped AND v_q.rate_limit IS NULL AND p_prefer_id IS NULL THEN
+        -- Fairness alone (the common case): the same order as the general pick below, in one
+        -- statement that reads only the tenants next in turn and writes each served tenant once.
+        -- The listed tenants could not fill the claim: list them again (unless this claim just
+        -- did) and fill the rest from the new list, as a second claim would.
+        LOOP
+            RETURN QUERY
+            WITH chosen AS (
+                -- The i-th tenant in turn gets at most v_free - i + 1 jobs: each tenant before it
+                -- is served first at least once. With v_free tenants in turn, no job starting
+                -- after the last one's first job can be served (the v_free first jobs go before
+                -- it), so a tenant fetches only the jobs whose turn comes by then: one each when
+                -- the tenants are level, as in a round.
+                SELECT o.tenant_id, o.pass, o.weight,
+                       least(v_free - (row_number() OVER w)::integer + 1,
+                             CASE WHEN count(*) OVER w_all >= v_free
+                                  THEN floor((max(o.pass) OVER w_all - o.pass) * o.weight + 1e-9)::integer + 1
+                                  ELSE v_free END) AS fetch
+                  FROM (SELECT t.tenant_id, greatest(t.pass, v_q.fair_vtime) AS pass, coalesce(t.weight, 1) AS weight
+                          FROM queue_tenants t
+                         WHERE t.queue = p_queue AND t.active
+                         ORDER BY greatest(t.pass, v_q.fair_vtime), t.tenant_id
+                         LIMIT v_free) o
+                WINDOW w AS (ORDER BY o.pass, o.tenant_id), w_all AS ()
+            ), picked AS (
+                -- vstart: the round-robin time of the job's turn (the k-th job of a tenant in this
+                -- claim starts at pass + (k - 1) / weight); the last one served is the new clock.
+                SELECT c.tenant_id, h.id, c.pass + (h.rn - 1)::float8 / c.weight AS vstart
+                  FROM chosen c
+                 CROSS JOIN LATERAL (
+                     SELECT j.id, j.priority, j.scheduled_at,
+                            row_number() OVER (ORDER BY j.priority, j.scheduled_at, j.id) AS rn
+                       FROM jobs j
+                      WHERE j.queue = p_queue AND j.state = 'available' AND j.tenant_id = c.tenant_id
+                        AND j.scheduled_at <= now()
+                      ORDER BY j.priority, j.scheduled_at, j.id
+                      LIMIT c.fetch) h
+                 ORDER BY vstart, h.priority, h.scheduled_at, h.id
+                 LIMIT v_free
+            ), locked AS (
+                SELECT j.id, p.tenant_id FROM jobs j JOIN picked p ON p.id = j.id
+                 WHERE j.state = 'available'
+                   FOR UPDATE OF j SKIP LOCKED
+            ), claimed AS (
+                UPDATE jobs SET state = 'executing', attempt = jobs.attempt + 1, attempted_by = p_machine,
+                                attempted_at = v_now, heartbeat_at = v_now
+                  FROM locked WHERE jobs.id = locked.id
+                RETURNING jobs.*
+            ), turns AS (
+                UPDATE queue_tenants t SET pass = greatest(t.pass, v_q.fair_vtime) + n.jobs::float8 / coalesce(t.weight, 1)
+                  FROM (SELECT l.tenant_id, count(*) AS jobs FROM locked l GROUP BY l.tenant_id) n
+                 WHERE t.queue = p_queue AND t.tenant_id = n.tenant_id
+            ), clock AS (
+                UPDATE queues q SET fair_vtime = m.vtime
+                  FROM (SELECT max(p.vstart) AS vtime FROM picked p) m
+                 WHERE q.name = p_queue AND m.vtime > v_q.fair_vtime
+            )
+            SELECT * FROM claimed;
+            GET DIAGNOSTICS v_claimed = ROW_COUNT;
+            v_free := v_free - v_claimed;
+            EXIT WHEN v_free <= 0 OR v_scanned;
+            SELECT q.fair_vtime INTO v_q.fair_vtime FROM queues q WHERE q.name = p_queue;
+            PERFORM claim_list_tenants(p_queue, v_q.fair_vtime, v_now);
+            v_scanned := true;
+        END LOOP;
+        RETURN;
+    END IF;
     -- With a key derived from the job, a tenant's next jobs may be held back by the limit while
     -- later ones (another host) may go: look a little past them, never through the backlog.
     v_lookahead := CASE WHEN v_q.rate_key LIKE '%:%' THEN 20 ELSE 0 END;

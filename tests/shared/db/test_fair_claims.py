@@ -119,6 +119,48 @@ async def test_priority_orders_a_tenants_own_jobs_but_not_its_turn(settings):
     assert c_job[0] == urgent_first[1].id  # c's priority-1 job went before its priority-9 one
 
 
+async def fair_claim_sequence(settings: Settings, *, cap: int | None) -> list[list[tuple[str, int]]]:
+    """(tenant, n) of each claim of a fixed scenario: uneven backlogs, weights, priorities, a tenant
+    joining late, tenants running dry, claims of 1 to 7 jobs and some completions in between."""
+    await sql(settings, "DELETE FROM jobs")
+    await sql(settings, "DELETE FROM queue_tenants")
+    await sql(settings, 'UPDATE queues SET "limit" = 1000, fair_vtime = 0, tenant_limit = %s', (cap,))
+    weights = "('default', 'b', 3), ('default', 'e', 2)"
+    await sql(settings, f"INSERT INTO queue_tenants (queue, tenant_id, weight) VALUES {weights}")
+    backlog = {"a": 25, "b": 12, "c": 3, "d": 1, "e": 9}
+    await seed(
+        settings,
+        [new(t, args={"n": n}, priority=(n * 7) % 3) for t, count in backlog.items() for n in range(count)],
+    )
+    claims: list[list[tuple[str, int]]] = []
+    for step, size in enumerate([1, 3, 7, 2, 5, 1, 6, 4, 7, 3, 2, 7, 5, 7]):
+        if step == 4:
+            await seed(settings, [new("f", args={"n": n}) for n in range(6)])
+        if step % 3 == 2:
+            await sql(settings, "UPDATE jobs SET state = 'completed', completed_at = now() WHERE state = 'executing'")
+        # Every other claim lists the tenants first; the others start from the last listing
+        # (tenants that ran dry still listed, the late one not yet) and list them only when the
+        # listed tenants cannot fill them.
+        listed = "NULL" if step % 2 == 0 else "clock_timestamp() + interval '1 hour'"
+        await sql(settings, f"UPDATE queues SET tenants_scanned_at = {listed}")
+        claimed = await claim(settings, size)
+        claims.append(sorted((job.tenant_id, job.args["n"]) for job in claimed))
+    return claims
+
+
+async def test_the_fair_claim_without_caps_picks_as_the_general_claim_does(settings):
+    # Fairness alone takes a shorter path (one statement, only the tenants next in turn, only the
+    # jobs whose turn can come). A cap that never binds sends the same claims down the general
+    # path: both must claim the same jobs, claim after claim.
+    short = await fair_claim_sequence(settings, cap=None)
+    general = await fair_claim_sequence(settings, cap=1000)
+    assert short == general, (short, general)
+    # Every job claimed once (56 jobs, claims of 60 in all), and claims of several jobs among them.
+    flat = [job for c in short for job in c]
+    assert len(flat) == len(set(flat)) == 56, short
+    assert max(len({tenant for tenant, _ in c}) for c in short) >= 4, short
+
+
 async def test_with_fairness_off_claims_are_fifo_across_the_queue(settings):
     await sql(settings, "UPDATE queues SET fair = false WHERE name = 'default'")
     await seed(settings, [new("a") for _ in range(5)])
