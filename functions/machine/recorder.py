@@ -80,14 +80,15 @@ class Recorder:
 
     async def _complete_batch(self, batch: list[_Completion]) -> set[int] | None:
         async def attempt() -> set[int]:
-            async with self.pool.connection() as conn, conn.transaction():
-                # A retry after a commit whose reply was lost recognises its own completions.
-                completed, fresh = await transitions.complete_many(
+            # One statement, one round trip (no BEGIN/COMMIT of their own). A retry after a commit
+            # whose reply was lost recognises its own completions.
+            async with self.pool.connection() as conn:
+                completed, _ = await transitions.complete_many(
                     conn,
                     done=[(c.held.fence, c.result) for c in batch],
                     progress=[c.held.ctx.reported_progress for c in batch],
+                    machine_id=self.machine_id,
                 )
-                await job_store.machine_ran_jobs(conn, self.machine_id, count=len(fresh))
             return completed
 
         return await self.reach.retrying("record completions", attempt, give_up=lambda: False)

@@ -107,6 +107,9 @@ WITH done AS (
       FROM done
      WHERE jobs.id = done.id AND jobs.state = 'executing' AND jobs.claim_token = done.claim_token
     RETURNING jobs.id
+), counted AS (
+    -- the machine's count of jobs run, in the same statement (one round trip, no transaction)
+    UPDATE machines SET jobs_run = jobs_run + (SELECT count(*) FROM completed_now) WHERE id = %(machine_id)s
 )
 SELECT id, true AS fresh FROM completed_now
 UNION ALL

@@ -59,8 +59,10 @@ async def complete_many(
     *,
     done: list[tuple[Fence, dict[str, Any]]],
     progress: list[dict[str, Any] | None] | None = None,
+    machine_id: str | None = None,
 ) -> tuple[set[int], set[int]]:
-    """executing -> completed for many held jobs at once.
+    """executing -> completed for many held jobs at once, in one statement (which also adds the
+    jobs it completed to `machine_id`'s count of jobs run).
 
     Returns (completed, fresh): every id whose claim is now completed (the rest were cancelled or
     rescued meanwhile and must publish nothing), and those completed by this very statement (an
@@ -74,6 +76,7 @@ async def complete_many(
             "results": [Jsonb(result) for _, result in done],
             # The handler's last progress report, when it made one (kept otherwise).
             "progress": [Jsonb(p) if p is not None else None for p in (progress or [None] * len(done))],
+            "machine_id": machine_id,
         },
         prepare=True,
     )

@@ -1,0 +1,46 @@
+"""JSON log lines: one object per line with the context, for any value a caller may log."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import uuid
+from datetime import UTC, datetime
+
+from shared.logging import json_handler, log_context
+
+
+def _lines(stream: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_every_line_is_json_with_its_context_whatever_it_carries() -> None:
+    stream = io.StringIO()
+    log = logging.getLogger("test.log_lines")
+    log.handlers[:] = [json_handler(stream, service="test")]
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    job_key = uuid.uuid4()
+    with log_context(jobId=7, queue="default", requestId=None):
+        log.info("job:complete", extra={"durationMs": 1.5, "claim": job_key})
+        log.info("odd values", extra={"huge": 2**70, "at": datetime(2026, 12, 3, tzinfo=UTC), "obj": object()})
+        try:
+            raise ZeroDivisionError("no")
+        except ZeroDivisionError:
+            log.exception("failed %s", "badly")
+    first, odd, failed = _lines(stream)
+    assert first == {
+        "time": first["time"],
+        "level": "INFO",
+        "logger": "test.log_lines",
+        "message": "job:complete",
+        "service": "test",
+        "durationMs": 1.5,
+        "claim": str(job_key),
+        "jobId": 7,
+        "queue": "default",
+    }
+    assert odd["huge"] == 2**70 and str(odd["at"]).startswith("2026-12-03") and "object" in str(odd["obj"])
+    assert failed["message"] == "failed badly" and failed["level"] == "ERROR"
+    assert "ZeroDivisionError: no" in str(failed["exc_info"]) and failed["jobId"] == 7
