@@ -29,6 +29,7 @@ METRICS: dict[str, str] = {
     "images": "bench.images",
     "documents": "bench.documents",
     "exports": "bench.exports",
+    "claimers": "bench.claimers",
     "dispatcher": "bench.dispatcher",
     "events": "bench.live_events",
     "dashboard": "bench.dashboard",
