@@ -31,6 +31,7 @@ METRICS: dict[str, str] = {
     "exports": "bench.exports",
     "claimers": "bench.claimers",
     "dispatcher": "bench.dispatcher",
+    "e2e": "bench.e2e",
     "events": "bench.live_events",
     "dashboard": "bench.dashboard",
     "fairness": "bench.fairness",
