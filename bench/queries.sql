@@ -137,3 +137,10 @@ UPDATE queues SET rate_limit = %(limit)s, rate_period_seconds = %(period)s, rate
 SELECT extract(epoch FROM attempted_at)::float8 FROM jobs
  WHERE queue = %(queue)s AND attempted_at IS NOT NULL
  ORDER BY attempted_at;
+
+-- name: seed_webhook_jobs
+-- `count` available webhook jobs, each with `"seq": i` (0-based) in its payload, inserted server-side
+INSERT INTO jobs (queue, worker, state, tenant_id, args, meta, max_attempts)
+SELECT 'webhooks', %(worker)s, 'available', %(tenant_id)s,
+       jsonb_set(%(args)s::jsonb, '{payload,seq}', to_jsonb(g - 1)), '{}', %(max_attempts)s
+  FROM generate_series(1, %(count)s) AS g;
