@@ -38,6 +38,10 @@ def bind_context(**values: Any) -> None:
     _context.set({**_context.get(), **{k: v for k, v in values.items() if v is not None}})
 
 
+# Characters some line readers take for a line break (JavaScript, str.splitlines): escaped, so
+# a value a tenant chose cannot start what looks like another log line. orjson escapes the rest.
+_LINE_BREAKS = {c: f"\\u{c:04x}" for c in (*range(0x80, 0xA0), 0x2028, 0x2029)}
+
 # A record's own attributes; anything else on it came from `extra` or the log context.
 _RECORD_ATTRIBUTES = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
@@ -71,9 +75,10 @@ class JsonLineFormatter(logging.Formatter):
         if record.stack_info:
             line["stack_info"] = self.formatStack(record.stack_info)
         try:
-            return orjson.dumps(line, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+            text = orjson.dumps(line, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
         except TypeError:  # what orjson refuses outright (an int beyond 64 bits): the slow way
-            return json.dumps(line, default=str)
+            return json.dumps(line, default=str)  # ASCII only
+        return text if text.isascii() else text.translate(_LINE_BREAKS)
 
 
 class _ContextFilter(logging.Filter):

@@ -136,6 +136,9 @@ class Settings(BaseSettings):
     # One tenant's share of those (streams and ?wait requests), so one cannot take every slot.
     events_max_subscribers_per_tenant: int = Field(250, ge=1, le=100_000)
     events_keepalive_seconds: float = Field(15.0, gt=0, le=300)
+    # An event stream ends after this long (the client reconnects and resumes): its credentials
+    # are checked again, so a signed-out session or a revoked token stops receiving events.
+    events_max_stream_seconds: float = Field(900.0, ge=1, le=86_400)
 
     # Extra modules that register functions on the `default` queue (imported by API and machines).
     default_function_modules: CommaList = Field(default_factory=list)

@@ -219,7 +219,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         tasks = [asyncio.create_task(idempotency.run_pruner(app.state.pool, stop), name="idempotency-pruner")]
         # One LISTEN connection fans job events out to every stream and waiting request.
         app.state.event_hub = EventHub(settings, app.state.pool)
-        metrics.registry.register(EventHubCollector(app.state.event_hub))
+        hub_metrics = EventHubCollector(app.state.event_hub)
+        metrics.registry.register(hub_metrics)
         tasks.append(asyncio.create_task(app.state.event_hub.run(stop), name="event-hub"))
         launcher = None
         if settings.run_dispatcher:
@@ -242,6 +243,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             if launcher is not None:
                 await launcher.aclose()
             metrics.close()
+            metrics.registry.unregister(hub_metrics)  # a second start of this app registers its own
             await app.state.pool.close()
             logger.info("ingress stopped")
 

@@ -243,6 +243,16 @@ class EventHub:
                 "this tenant has too many event streams and waiting requests open; close some or retry shortly",
                 headers={"Retry-After": "5"},
             )
+        # Parsed before anything is registered: a subscription must never be left behind by a
+        # request that fails. Only ASCII digits ("²".isdigit() holds, and int() refuses it).
+        resume_after: int | None = None
+        if (
+            last_event_id is not None
+            and len(last_event_id) <= 20
+            and last_event_id.isascii()
+            and last_event_id.isdigit()
+        ):
+            resume_after = int(last_event_id)
         self._per_tenant[tenant] = self._per_tenant.get(tenant, 0) + 1
         subscriber = Subscriber(event_filter, asyncio.Queue(maxsize=self.settings.events_client_buffer + 1))
         self._subscribers.add(subscriber)
@@ -255,8 +265,7 @@ class EventHub:
         replay: list[LiveEvent] = []
         gap = False
         if last_event_id is not None:
-            valid = last_event_id.isdigit() and len(last_event_id) <= 20
-            position = self._position.get(int(last_event_id)) if valid else None
+            position = self._position.get(resume_after) if resume_after is not None else None
             if position is None:
                 gap = True
             else:

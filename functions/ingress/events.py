@@ -163,7 +163,11 @@ def event_stream(
                 return b"".join(out), True
         return b"".join(out), False
 
+    lifetime = subscription.hub.settings.events_max_stream_seconds
+    loop = asyncio.get_running_loop()
+
     async def frames() -> AsyncIterator[bytes]:
+        ends_at = loop.time() + lifetime
         try:
             # retry: how long a browser's EventSource waits before reconnecting.
             yield b"retry: 2000\n: connected\n\n"
@@ -175,7 +179,11 @@ def event_stream(
             if first:
                 yield first
             while True:
-                batch = await subscription.next_batch()
+                try:
+                    async with asyncio.timeout_at(ends_at):
+                        batch = await subscription.next_batch()
+                except TimeoutError:
+                    return  # long enough: the client reconnects (its credentials checked again) and resumes
                 if batch is None:
                     return  # dropped: the client reconnects and resumes from the buffer
                 chunk, done = frames_of(batch)

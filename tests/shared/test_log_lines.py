@@ -44,3 +44,16 @@ def test_every_line_is_json_with_its_context_whatever_it_carries() -> None:
     assert odd["huge"] == 2**70 and str(odd["at"]).startswith("2026-12-03") and "object" in str(odd["obj"])
     assert failed["message"] == "failed badly" and failed["level"] == "ERROR"
     assert "ZeroDivisionError: no" in str(failed["exc_info"]) and failed["jobId"] == 7
+
+
+def test_a_value_cannot_break_a_line_for_any_line_reader() -> None:
+    stream = io.StringIO()
+    log = logging.getLogger("test.log_lines.breaks")
+    log.handlers[:] = [json_handler(stream, service="test")]
+    log.propagate = False
+    sneaky = 'ok\n\r\u2028\u2029\u0085{"level": "ERROR", "message": "forged"} ä ☃'
+    log.warning("handler raised", extra={"error": sneaky})
+    text = stream.getvalue()
+    assert len(text.splitlines()) == 1  # str.splitlines breaks on U+2028, U+2029 and U+0085 too
+    (line,) = [json.loads(row) for row in text.splitlines()]
+    assert line["error"] == sneaky and line["message"] == "handler raised"

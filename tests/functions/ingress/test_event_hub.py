@@ -78,3 +78,18 @@ async def test_one_tenant_cannot_take_every_slot(database_url: str, pool: Pool) 
         hub.subscribe(EventFilter(tenant_id="modest"))  # another tenant still gets in
         hub.unsubscribe(first.subscriber)
         hub.subscribe(EventFilter(tenant_id="greedy"))  # a freed slot is usable again
+
+
+@pytest.mark.parametrize("last_event_id", ["²", "١٢", "12x", "9" * 21, "", "-1"])
+async def test_an_unusable_last_event_id_resets_and_leaves_nothing_behind(
+    database_url: str, pool: Pool, last_event_id: str
+) -> None:
+    # "²" and "١٢" are digits to str.isdigit() but not to int(): such an id once failed the
+    # request after its subscription was registered, leaking one of the tenant's stream slots.
+    settings = make_settings(database_url, events_max_subscribers_per_tenant=1)
+    async with running_hub(settings, pool) as hub:
+        for _ in range(3):
+            subscription = hub.subscribe(EventFilter(tenant_id="acme"), last_event_id)
+            assert subscription.gap and subscription.replay == []
+            hub.unsubscribe(subscription.subscriber)
+        assert hub.subscriber_count == 0

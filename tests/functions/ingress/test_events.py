@@ -301,3 +301,17 @@ def test_idle_streams_get_keep_alive_comments(open_app: OpenApp) -> None:
         marker = create(app, "tenant-a")  # and events still flow
         assert sse.next().data["jobId"] == marker
         sse.close()
+
+
+def test_a_stream_ends_after_its_lifetime_and_the_client_resumes_where_it_was(open_app: OpenApp) -> None:
+    with open_app(events_max_stream_seconds=2) as app:
+        token = app.token("tenant-a", "jobs:read")
+        first = stream(app, "/events", token)
+        created = create(app, "tenant-a")
+        seen = first.next()
+        assert seen.data["jobId"] == created
+        assert first.ended.wait(30), "the stream outlived EVENTS_MAX_STREAM_SECONDS"
+        missed = create(app, "tenant-a")  # between the end and the reconnect
+        again = stream(app, "/events", token, **{"Last-Event-ID": seen.id or ""})
+        assert again.next().data["jobId"] == missed
+        again.close()
