@@ -11,7 +11,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shared.db import batch_store, job_store
+from shared.db import batch_store
 from shared.db.batch_store import BatchView
 from shared.db.job_store import Conn
 from shared.errors import NotFound
@@ -43,16 +43,9 @@ async def create_batch(request: Request) -> Response:
 
     async def insert(conn: Conn) -> tuple[int, Any]:
         with refusals_answered(*(job.args for job in jobs), *(job.meta for job in jobs)):
-            async with conn.transaction():
-                await batch_store.insert_batch(
-                    conn,
-                    batch_id=batch_id,
-                    tenant_id=tenant_id,
-                    total=len(jobs),
-                    callback_url=req.callback_url,
-                    request_id=rid,
-                )
-                ids = await job_store.insert_job_ids(conn, jobs)
+            ids = await batch_store.insert_batch_with_jobs(
+                conn, batch_id=batch_id, tenant_id=tenant_id, jobs=jobs, callback_url=req.callback_url, request_id=rid
+            )
         return 201, {"batchId": batch_id, "count": len(ids), "jobIds": ids}
 
     return await idempotency.respond(request, pool, tenant_id=tenant_id, body=body, create=insert)

@@ -177,16 +177,9 @@ async def create_bulk_emails(request: Request) -> Response:
 
     async def insert(conn: Conn) -> tuple[int, Any]:
         with refusals_answered(template.meta, *(job.args for job in jobs)):
-            async with conn.transaction():
-                await batch_store.insert_batch(
-                    conn,
-                    batch_id=batch_id,
-                    tenant_id=tenant_id,
-                    total=len(jobs),
-                    callback_url=req.callback_url,
-                    request_id=rid,
-                )
-                ids = await job_store.insert_job_ids(conn, jobs)
+            ids = await batch_store.insert_batch_with_jobs(
+                conn, batch_id=batch_id, tenant_id=tenant_id, jobs=jobs, callback_url=req.callback_url, request_id=rid
+            )
         return 201, {"batchId": batch_id, "count": len(ids), "jobIds": ids}
 
     return await idempotency.respond(request, pool, tenant_id=tenant_id, body=body, create=insert)

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from . import job_store
 from .job_store import Conn
-from .models import FINAL_STATES, JobState
+from .models import FINAL_STATES, JobState, NewJob
 from .sql import QUERIES
 
 
@@ -43,6 +44,22 @@ async def insert_batch(
             "request_id": request_id,
         },
     )
+
+
+async def insert_batch_with_jobs(
+    conn: Conn, *, batch_id: str, tenant_id: str, jobs: list[NewJob], callback_url: str | None, request_id: str | None
+) -> list[int]:
+    """The batch row and its jobs in one transaction: all of them, or nothing. The jobs' ids."""
+    async with conn.transaction():
+        await insert_batch(
+            conn,
+            batch_id=batch_id,
+            tenant_id=tenant_id,
+            total=len(jobs),
+            callback_url=callback_url,
+            request_id=request_id,
+        )
+        return await job_store.insert_job_ids(conn, jobs)
 
 
 async def get_batch(conn: Conn, batch_id: str, *, tenant_id: str | None) -> BatchView | None:
