@@ -86,9 +86,8 @@ class JobEvent(StrEnum):
     RESCUED = "rescued"  # the lifeline took the job from a machine gone silent (now retryable or discarded)
     HANDED_BACK = "handed_back"  # a stopping machine gave the attempt back
     RETRIED = "retried"  # a discarded or cancelled job made available again by hand
-    # Reserved for job progress (issue 14): sent on `cp_events` in the same shape, with the job's
-    # current state, by whatever records progress; streams pass it through and clients ignore
-    # types they do not know. Nothing sends it yet.
+    # A running job's reported progress changed (migrations/0010, at most once per heartbeat);
+    # streams add the progress itself, read from the row.
     PROGRESS = "progress"
 
 

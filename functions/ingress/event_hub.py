@@ -47,7 +47,7 @@ from shared.db.pool import Pool
 from shared.errors import RateLimited, ServiceUnavailable
 from shared.notify import EVENTS_CHANNEL, JobEventNote, job_events, listen
 from shared.settings import Settings
-from shared.vocabulary import FAILURE_EVENTS
+from shared.vocabulary import FAILURE_EVENTS, JobEvent
 
 from .sql import QUERIES
 
@@ -68,11 +68,20 @@ class LiveEvent:
     note: JobEventNote
     error: dict[str, Any] | None = None
     tags: tuple[str, ...] | None = None  # None: not read from the row (yet)
+    progress: dict[str, Any] | None = None  # of a `progress` event, read from the row
     _frame: bytes | None = None
 
     @property
     def needs_error(self) -> bool:
         return self.error is None and self.note.type in FAILURE_EVENTS
+
+    @property
+    def needs_progress(self) -> bool:
+        return self.progress is None and self.note.type == JobEvent.PROGRESS
+
+    @property
+    def needs_details(self) -> bool:
+        return self.needs_error or self.needs_progress
 
     def json(self) -> dict[str, Any]:
         note = self.note
@@ -88,6 +97,8 @@ class LiveEvent:
         }
         if note.type in FAILURE_EVENTS:
             body["error"] = self.error
+        elif note.type == JobEvent.PROGRESS:
+            body["progress"] = self.progress  # {"done", "total", "message"}
         return body
 
     def frame(self) -> bytes:
@@ -176,7 +187,7 @@ class Subscription:
         """What comes before live events: RESET if resuming was impossible, then the replay."""
         subscriber = self.subscriber
         replay = self.replay
-        if subscriber.filter.tag is not None or any(e.needs_error for e in replay):
+        if subscriber.filter.tag is not None or any(e.needs_details for e in replay):
             await self.hub.add_details(replay, tags=subscriber.filter.tag is not None)
         items: list[LiveEvent | Reset] = [RESET] if self.gap else []
         return items + [event for event in replay if subscriber.filter.matches(event)]
@@ -300,7 +311,7 @@ class EventHub:
     async def add_details(self, events: list[LiveEvent], *, tags: bool) -> None:
         """Read the error of failure events (and, with `tags`, every event's tags) from the rows,
         one query for all; on any database trouble the events go out without them."""
-        wanted = [e for e in events if e.needs_error or (tags and e.tags is None)]
+        wanted = [e for e in events if e.needs_details or (tags and e.tags is None)]
         if not wanted:
             return
         ids = sorted({e.note.job_id for e in wanted})
@@ -319,6 +330,8 @@ class EventHub:
                 event.tags = tuple(row["tags"])
             if event.needs_error and isinstance(row["last_error"], dict):
                 event.error = row["last_error"]
+            if event.needs_progress and isinstance(row["progress"], dict):
+                event.progress = row["progress"]
 
     # --- the two tasks
 

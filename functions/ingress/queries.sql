@@ -99,5 +99,5 @@ SELECT duty, errors FROM dispatcher_duty_errors ORDER BY duty;
 -- live events and the dashboard ----------------------------------------------------------------
 
 -- name: event_details
--- what a job event's notification leaves out: the job's tags and its latest error
-SELECT id, tags, errors -> -1 AS last_error FROM jobs WHERE id = ANY (%(ids)s::bigint[]);
+-- what a job event's notification leaves out: the job's tags, its latest error and its progress
+SELECT id, tags, errors -> -1 AS last_error, progress FROM jobs WHERE id = ANY (%(ids)s::bigint[]);

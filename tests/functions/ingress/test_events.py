@@ -315,3 +315,29 @@ def test_a_stream_ends_after_its_lifetime_and_the_client_resumes_where_it_was(op
         again = stream(app, "/events", token, **{"Last-Event-ID": seen.id or ""})
         assert again.next().data["jobId"] == missed
         again.close()
+
+
+def test_a_running_jobs_progress_is_an_event_once_per_change(app: LiveApp) -> None:
+    token = app.token("tenant-a", "jobs:read")
+    job_id = create(app, "tenant-a")
+    events = stream(app, f"/jobs/{job_id}/events", token)
+    assert events.next().data["type"] == "current"
+    execute(app, job_id)
+    assert events.next().data["type"] == "executing"
+
+    def heartbeat(progress: str | None) -> None:  # what the machine's heartbeat writes
+        app.sql(
+            "UPDATE jobs SET heartbeat_at = now(), progress = coalesce(%s::jsonb, progress) WHERE id = %s",
+            (progress, job_id),
+        )
+
+    heartbeat('{"done": 40, "total": 100, "message": "rows"}')
+    heartbeat(None)  # nothing new: no event
+    heartbeat('{"done": 40, "total": 100, "message": "rows"}')  # the same report again: no event
+    heartbeat('{"done": 100, "total": 100, "message": "rows"}')
+    complete(app, job_id)
+    got = [events.next() for _ in range(3)]
+    assert [e.data["type"] for e in got] == ["progress", "progress", "completed"]
+    assert [e.data.get("progress", {}).get("done") for e in got[:2]] == [40, 100]
+    assert got[0].data["state"] == "executing" and got[0].data["progress"]["total"] == 100
+    assert events.ended.wait(30)
