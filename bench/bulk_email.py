@@ -24,7 +24,7 @@ from shared.schemas.emails import BulkEmailRequest, expand_bulk
 from .harness import QUERIES, TENANT, BenchConfig, BenchEnv, Row, Spread, app_server, checkpoint, token, verdict
 
 NAME = "bulk"
-TARGET = 0.8
+TARGET = 1.0  # raised (performance.md, "Raised targets"); was 0.8
 
 
 def bulk_body(recipients: int) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any
 from .harness import BenchConfig, BenchEnv, Row, Spread, verdict
 
 NAME = "documents"
-TARGET = 1.1
+TARGET = 0.7  # raised (performance.md, "Raised targets"); was 1.1
 
 
 def invoice_args() -> dict[str, Any]:

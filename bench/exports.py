@@ -20,8 +20,9 @@ from typing import Any
 from .harness import PYTHON, BenchConfig, BenchEnv, Row, Spread, json_line, verdict
 
 NAME = "exports"
-TARGET_RATIO = 0.5
-TARGET_RSS_MB = 200.0
+TARGET_RATIO = 0.7  # raised (performance.md, "Raised targets"); was 0.5
+TARGET_RSS_MB = 150.0  # CSV, raised from 200
+XLSX_RSS_MB = 200.0
 
 
 # Linux folds the RSS high-water mark of the process that spawns a child into the child's
@@ -106,8 +107,8 @@ def run(env: BenchEnv, cfg: BenchConfig) -> list[Row]:
             f"{xlsx['peak_rss_mb']:.0f} MB, {xlsx['rows'] / xlsx['seconds']:,.0f} rows/s",
             "—",
             "—",
-            f"≤ {TARGET_RSS_MB:g} MB",
-            verdict(xlsx["peak_rss_mb"] <= TARGET_RSS_MB),
+            f"≤ {XLSX_RSS_MB:g} MB",
+            verdict(xlsx["peak_rss_mb"] <= XLSX_RSS_MB),
             f"XLSX measured on {xlsx_rows:,} rows, not 1,000,000: openpyxl writes cell by cell "
             f"({xlsx['seconds']:.0f} s here); one run",
         ),

@@ -21,7 +21,7 @@ from functools import cache
 from .harness import BenchConfig, BenchEnv, Row, Spread, verdict
 
 NAME = "images"
-TARGET = 1.1
+TARGET = 0.8  # raised (performance.md, "Raised targets"); was 1.1
 REQUEST = {
     "imageId": "bench-photo",
     "sourceKey": "tenants/bench-tenant/uploads/photo.jpg",

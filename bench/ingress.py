@@ -51,6 +51,7 @@ CONCURRENCY = 16
 P99_TARGET_MS = 50.0
 RATE_LIMIT = 100_000_000
 RAW_CONNECTIONS = 8
+TARGET = 1.2  # raised (performance.md, "Raised targets"); was 1.0
 MOONSHOT_TARGET = 0.5
 
 
@@ -236,8 +237,8 @@ def run(env: BenchEnv, cfg: BenchConfig) -> list[Row]:
             Spread.of(ours_rps).fmt(" jobs/s"),
             Spread.of(ref_rps).fmt(" jobs/s") + " (raw single-row INSERT loop)",
             ratio.fmt("x", 2),
-            "≥ 1.0",
-            verdict(ratio.median >= 1.0 and not problems),
+            f"≥ {TARGET}",
+            verdict(ratio.median >= TARGET and not problems),
             note,
         ),
         Row(
