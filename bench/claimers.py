@@ -5,8 +5,9 @@ Ours: N jobs seeded on the `default` queue (production settings: fair claims on,
 queue limit 1,000 (the most a queue allows). K simulated machines, each an asyncio task on its own
 autocommit dict-row connection (as the machine's pool hands out), spread over BENCH_CLAIMER_PROCS
 processes. Each runs the machine's claim and completion code paths with a no-op handler:
-`transitions.claim` (claim_jobs, up to BATCH jobs) then, in one transaction,
-`transitions.complete_many` + `job_store.machine_ran_jobs` (what the recorder's batcher writes), and
+`transitions.claim` (claim_jobs, up to BATCH jobs) then `transitions.complete_many` with the machine's
+id (what the recorder's batcher writes: one statement that also counts the machine's jobs run,
+then the durability barrier), and
 again, until a claim comes back empty and no job is available. Claim latency is each claim call as
 the claimer sees it. Jobs/s = N / (last completed_at - first attempted_at), from the job rows.
 
@@ -85,7 +86,7 @@ async def _wait_for_go() -> None:
 
 
 async def engine_child(url: str, claimers: int, batch: int, name: str) -> dict[str, Any]:
-    from shared.db import job_store, transitions
+    from shared.db import transitions
     from shared.db.models import Fence
     from shared.db.pool import connect
 
@@ -111,9 +112,9 @@ async def engine_child(url: str, claimers: int, batch: int, name: str) -> dict[s
                     return
                 await asyncio.sleep(0.005)
                 continue
-            async with conn.transaction():
-                _, fresh = await transitions.complete_many(conn, done=[(Fence.of(job), {}) for job in jobs])
-                await job_store.machine_ran_jobs(conn, machine_id, count=len(fresh))
+            _, fresh = await transitions.complete_many(
+                conn, done=[(Fence.of(job), {}) for job in jobs], machine_id=machine_id
+            )
             done += len(fresh)
 
     await _wait_for_go()
@@ -346,7 +347,7 @@ def run(env: BenchEnv, cfg: BenchConfig) -> list[Row]:
             verdict(not falls),
             f"simulated machines: asyncio tasks, one connection each, over {process_count()} processes; each claims "
             f"up to {batch} jobs (claim_jobs via transitions.claim) and completes them in one transaction "
-            f"(complete_many + machine_ran_jobs, as the recorder); queue limit {QUEUE_LIMIT}, fair claims on, "
+            f"(complete_many with the machine's count, as the recorder); queue limit {QUEUE_LIMIT}, fair claims on, "
             "one tenant; "
             f"pgqueuer: as many QueueManagers, batch size {batch}, drain mode; claim p99 = claim_jobs call / pgqueuer "
             "dequeue call as the client sees it" + (f"; FALLS at {', '.join(falls)}" if falls else ""),
