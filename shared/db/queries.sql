@@ -122,9 +122,10 @@ SELECT jobs.id, false AS fresh FROM jobs JOIN done ON jobs.id = done.id AND jobs
  WHERE jobs.state = 'completed';
 
 -- name: durable_barrier
--- a commit that waits for the WAL flush (taking a transaction id makes it write a commit record),
--- and with it for every commit before it: an asynchronous commit is durable once this returns
-SELECT pg_current_xact_id();
+-- a commit that waits for the WAL flush, and with it for every commit before it: an asynchronous
+-- commit is durable once this returns (a transaction must write WAL for its commit to wait:
+-- a transactional message does, and decoders aside, nothing reads it)
+SELECT pg_logical_emit_message(true, 'cp_barrier', '');
 
 -- name: fail_job
 -- executing -> retryable (at retry_at) or discarded, recording the error; fenced
