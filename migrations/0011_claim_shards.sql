@@ -63,7 +63,9 @@ CREATE TRIGGER queues_fence_claims BEFORE UPDATE ON queues
     WHEN (OLD.paused IS DISTINCT FROM NEW.paused OR OLD."limit" IS DISTINCT FROM NEW."limit"
           OR OLD.fair IS DISTINCT FROM NEW.fair OR OLD.tenant_limit IS DISTINCT FROM NEW.tenant_limit
           OR OLD.rate_limit IS DISTINCT FROM NEW.rate_limit OR OLD.rate_key IS DISTINCT FROM NEW.rate_key
-          OR OLD.rate_period_seconds IS DISTINCT FROM NEW.rate_period_seconds)
+          OR OLD.rate_period_seconds IS DISTINCT FROM NEW.rate_period_seconds
+          -- every admin write stamps updated_at (PUT limits with the tenants' caps in its transaction)
+          OR OLD.updated_at IS DISTINCT FROM NEW.updated_at)
     EXECUTE FUNCTION queues_fence_claims();
 
 -- Shard s's share of a queue's limit.
@@ -97,17 +99,22 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- Lock shards of a queue until they have room for `p_want` jobs, and return one shard per job
--- that may start (its length is the claim's room; empty when the queue is paused). Shards other
--- claims hold are skipped; when every shard is held, the claim waits for one, holding none, so no
--- two claims wait on each other. The queue's limit and pause are read once a shard is held: a
--- change of them holds every shard until it commits, so it is either seen or not yet begun.
+-- that may start (its length is the claim's room). Shards other claims hold are skipped; when
+-- every shard is held, the claim waits for one, holding none, so no two claims wait on each other.
+-- The queue's rules are read again once a shard is held (`p_limit` is the caller's earlier read):
+-- a change of them holds every shard until it commits, so it is either seen or not yet begun.
+-- Nothing may start when the queue is now paused, draining while the caller does not hold its
+-- row, or no longer plain (caps or a rate limit) for a caller that took it for plain.
 -- A VOLATILE plpgsql function: each statement takes a snapshot after the locks before it.
-CREATE FUNCTION claim_take_shards(p_queue text, p_want integer, p_queue_locked boolean) RETURNS smallint[]
+CREATE FUNCTION claim_take_shards(p_queue text, p_limit integer, p_want integer, p_queue_locked boolean,
+                                  p_plain boolean) RETURNS smallint[]
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_limit integer;
+    v_limit integer := p_limit;
     v_paused boolean;
     v_drain boolean;
+    v_ruled boolean;
+    v_seen integer := 0;
     v_n integer;
     v_first integer;
     v_shard smallint;
@@ -115,7 +122,6 @@ DECLARE
     v_slots smallint[] := '{}';
     v_room integer;
 BEGIN
-    SELECT q."limit" INTO v_limit FROM queues q WHERE q.name = p_queue;  -- a guess until a shard is held
     v_n := least(v_limit, 8);
     IF v_n IS NULL OR v_n <= 0 OR p_want <= 0 THEN
         RETURN v_slots;
@@ -135,19 +141,25 @@ BEGIN
             EXIT WHEN NOT FOUND;
         END IF;
         IF cardinality(v_tried) = 0 THEN
-            SELECT q."limit", q.paused, q.claim_drain INTO v_limit, v_paused, v_drain FROM queues q WHERE q.name = p_queue;
-            IF v_paused OR v_limit <= 0 OR (v_drain AND NOT p_queue_locked) THEN
+            SELECT q."limit", q.paused, q.claim_drain,
+                   q.tenant_limit IS NOT NULL OR q.rate_limit IS NOT NULL
+                   OR EXISTS (SELECT 1 FROM queue_tenants t WHERE t.queue = p_queue AND t.max_running IS NOT NULL)
+              INTO v_limit, v_paused, v_drain, v_ruled
+              FROM queues q WHERE q.name = p_queue;
+            IF v_paused OR v_limit <= 0 OR (v_drain AND NOT p_queue_locked) OR (v_ruled AND p_plain) THEN
                 RETURN '{}';
             END IF;
             v_n := least(v_limit, 8);
         END IF;
         v_tried := v_tried || v_shard;
+        IF v_shard < v_n THEN
+            v_seen := v_seen + 1;
+        END IF;
         v_room := least(claim_shard_room(p_queue, v_shard, v_limit), p_want - cardinality(v_slots));
         IF v_room > 0 THEN
             v_slots := v_slots || array_fill(v_shard, ARRAY[v_room]);
         END IF;
-        EXIT WHEN cardinality(v_slots) >= p_want
-               OR (SELECT count(*) FROM unnest(v_tried) t WHERE t < v_n) >= v_n;
+        EXIT WHEN cardinality(v_slots) >= p_want OR v_seen >= v_n;
     END LOOP;
     RETURN v_slots;
 END
@@ -229,18 +241,10 @@ BEGIN
             v_scanned := true;
         END IF;
     END IF;
-    v_slots := claim_take_shards(p_queue, v_want, NOT v_plain OR v_q.claim_drain);
+    v_slots := claim_take_shards(p_queue, v_q."limit", v_want, NOT v_plain OR v_q.claim_drain, v_plain);
     v_free := cardinality(v_slots);
     IF v_free <= 0 THEN
         RETURN;
-    END IF;
-    IF v_plain THEN
-        -- The rules may have changed before the shards were held (a change holds every shard):
-        -- a claim that finds it no longer plain leaves the jobs to the next one.
-        SELECT * INTO v_q FROM queues WHERE name = p_queue;
-        IF v_q.tenant_limit IS NOT NULL OR v_q.rate_limit IS NOT NULL THEN
-            RETURN;
-        END IF;
     END IF;
 
     -- Taken after the locks: start times of one queue's rate-limited claims only move forward, so

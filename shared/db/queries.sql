@@ -97,12 +97,7 @@ RETURNING id;
 -- executing -> completed for a batch, each row only by its current claim.
 -- Also answers the rows these claims had already completed: when a commit landed but its reply
 -- was lost (connection dropped), the retry must not mistake its own completion for a lost job.
--- Commits without waiting for its WAL flush: the job events' NOTIFY holds a lock that serialises
--- every notifying commit of the database until it ends, flush included. The caller makes the
--- completion durable with `durable_barrier` before it counts it recorded.
-WITH async_commit AS (
-    SELECT set_config('synchronous_commit', 'off', true)
-), done AS (
+WITH done AS (
     SELECT * FROM unnest(%(job_ids)s::bigint[], %(claim_tokens)s::uuid[], %(results)s::jsonb[],
                          %(progress)s::jsonb[])
         AS d(id, claim_token, result, progress)
@@ -116,16 +111,10 @@ WITH async_commit AS (
     -- the machine's count of jobs run, in the same statement (one round trip, no transaction)
     UPDATE machines SET jobs_run = jobs_run + (SELECT count(*) FROM completed_now) WHERE id = %(machine_id)s
 )
-SELECT id, true AS fresh FROM completed_now, async_commit
+SELECT id, true AS fresh FROM completed_now
 UNION ALL
 SELECT jobs.id, false AS fresh FROM jobs JOIN done ON jobs.id = done.id AND jobs.claim_token = done.claim_token
  WHERE jobs.state = 'completed';
-
--- name: durable_barrier
--- a commit that waits for the WAL flush, and with it for every commit before it: an asynchronous
--- commit is durable once this returns (a transaction must write WAL for its commit to wait:
--- a transactional message does, and decoders aside, nothing reads it)
-SELECT pg_logical_emit_message(true, 'cp_barrier', '');
 
 -- name: fail_job
 -- executing -> retryable (at retry_at) or discarded, recording the error; fenced

@@ -14,7 +14,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
-from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 
 from shared.errors import LostJobError, UniqueKeyHeld
@@ -69,9 +68,6 @@ async def complete_many(
     rescued meanwhile and must publish nothing), and those completed by this very statement (an
     earlier try whose reply was lost may already have completed the others).
     """
-    if conn.info.transaction_status != TransactionStatus.IDLE:
-        # Inside a transaction the barrier would not be a commit of its own.
-        raise RuntimeError("complete_many commits by itself: call it outside a transaction")
     cur = await conn.execute(
         QUERIES["complete_jobs"],
         {
@@ -85,10 +81,6 @@ async def complete_many(
         prepare=True,
     )
     rows = await cur.fetchall()
-    # The statement committed asynchronously (its NOTIFY lock is then held for no flush); the
-    # barrier returns once it is on disk. Should the barrier fail, the caller retries the whole
-    # call, and the statement recognises completions that survived.
-    await conn.execute(QUERIES["durable_barrier"], prepare=True)
     return {row["id"] for row in rows}, {row["id"] for row in rows if row["fresh"]}
 
 

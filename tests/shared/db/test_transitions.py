@@ -228,32 +228,3 @@ async def test_batch_completion_retried_after_a_lost_reply_recognises_its_own_wo
         forged = [(replace(fence, claim_token=uuid.uuid4()), result) for fence, result in done]
         assert await transitions.complete_many(conn, done=forged) == (set(), set())
 
-
-async def test_the_durability_barrier_flushes_an_asynchronous_commit_before_it(settings):
-    conn = await connect(settings.database_url)
-    async with conn:
-        await conn.execute("SET synchronous_commit = on")  # as in production (the test cluster runs it off)
-        await job_store.insert_job(conn, new())
-        async with conn.transaction():
-            await conn.execute("SET LOCAL synchronous_commit = off")
-            await conn.execute("UPDATE jobs SET priority = 1")
-        cur = await conn.execute("SELECT pg_current_wal_insert_lsn()::text AS lsn")
-        row = await cur.fetchone()
-        assert row is not None
-        written = row["lsn"]  # at or past the end of that commit's record
-        await conn.execute(QUERIES["durable_barrier"])
-        cur = await conn.execute("SELECT pg_current_wal_flush_lsn() >= %s::pg_lsn AS flushed", (written,))
-        row = await cur.fetchone()
-        assert row is not None and row["flushed"]
-
-
-async def test_a_batch_completion_commits_by_itself_so_it_refuses_an_open_transaction(settings):
-    conn = await connect(settings.database_url)
-    async with conn:
-        await job_store.insert_jobs(conn, [new() for _ in range(2)])
-        claimed = await transitions.claim(conn, queue="default", machine_id="m", max_jobs=2)
-        async with conn.transaction():
-            with pytest.raises(RuntimeError, match="outside a transaction"):
-                await transitions.complete_many(conn, done=[(Fence.of(j), {}) for j in claimed])
-        completed, _ = await transitions.complete_many(conn, done=[(Fence.of(j), {}) for j in claimed])
-        assert completed == {j.id for j in claimed}
