@@ -1,8 +1,7 @@
-"""Claims of one queue run side by side on the queue's claim shards (migration 0011), and the
-queue's limit and pause still hold exactly, against a real Postgres.
+"""The queue's limit and pause hold exactly under concurrent claims, against a real Postgres.
 
-A claim holds the shards it counted until it commits; these tests keep claims open in
-transactions to show who waits for whom, and lower a limit under running jobs.
+A claim holds what makes its count exact (the queue's row) until it commits; these tests keep a
+claim open in a transaction to show that a pause waits for it, and lower a limit under running jobs.
 """
 
 from __future__ import annotations
@@ -10,7 +9,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import psycopg
 import pytest
 from psycopg.rows import tuple_row
 
@@ -67,7 +65,7 @@ async def test_concurrent_claims_fill_the_limit_exactly_and_never_pass_it(settin
         return got
 
     total = sum(await asyncio.gather(*(claimer(n) for n in range(24))))
-    # One more claim with room for the whole limit sees every shard in turn.
+    # One more claim with room for the whole limit.
     total += len(await claim(settings, limit))
     assert total == limit
     assert await executing(settings) == limit
@@ -77,23 +75,6 @@ async def test_concurrent_claims_fill_the_limit_exactly_and_never_pass_it(settin
     assert await executing(settings) == limit
     [(twice,)] = await sql(settings, "SELECT count(*) FROM jobs WHERE attempt > 1")
     assert twice == 0
-
-
-async def test_a_claim_does_not_wait_for_another_claim_in_flight(settings):
-    await setup(settings, 100, 20)
-    holders = [await connect(settings.database_url) for _ in range(8)]
-    try:
-        for n, conn in enumerate(holders):
-            await conn.execute("BEGIN")
-            # Were claims serialised on the queue's row, the second would wait for the first's commit.
-            await conn.execute("SET LOCAL lock_timeout = '5s'")
-            assert len(await transitions.claim(conn, queue="default", machine_id=f"m{n}", max_jobs=1)) == 1
-        for conn in holders:
-            await conn.execute("COMMIT")
-    finally:
-        for conn in holders:
-            await conn.close()
-    assert await executing(settings) == 8
 
 
 async def _waits_on_a_lock(settings: Settings, pid: int) -> bool:
@@ -127,28 +108,12 @@ async def test_a_pause_waits_for_the_claims_in_flight_and_every_later_claim_sees
 async def test_after_a_limit_is_lowered_nothing_starts_until_the_queue_is_under_it(settings):
     await setup(settings, 8, 40)
     assert len(await claim(settings, 8)) == 8
-    shards = await sql(settings, "SELECT DISTINCT claim_shard FROM jobs WHERE state = 'executing'")
-    assert len(shards) == 8  # a full claim takes room from every shard
     await sql(settings, "UPDATE queues SET \"limit\" = 2 WHERE name = 'default'")
-    # Every job counting against the lower limit's shard 0 finishes: that shard has room again,
-    # but the queue still runs four jobs, twice its limit.
-    await finish(settings, "claim_shard % 2 = 0")
-    assert await executing(settings) == 4
     assert await claim(settings, 5) == []
-    await finish(settings, "id IN (SELECT id FROM jobs WHERE state = 'executing' ORDER BY id LIMIT 2)")
+    await finish(settings, "id IN (SELECT id FROM jobs WHERE state = 'executing' ORDER BY id LIMIT 6)")
+    assert await executing(settings) == 2
     assert await claim(settings, 5) == []
     await finish(settings, "id IN (SELECT id FROM jobs WHERE state = 'executing' ORDER BY id LIMIT 1)")
     assert len(await claim(settings, 5)) == 1
     assert await executing(settings) == 2
     assert await claim(settings, 5) == []
-    # Once no shard is over its share, claims go back to the shards alone.
-    [(drain,)] = await sql(settings, "SELECT claim_drain FROM queues WHERE name = 'default'")
-    assert drain is False
-
-
-async def test_a_queue_created_later_gets_its_shards(settings):
-    await sql(settings, "INSERT INTO queues (name, \"limit\") VALUES ('later', 3)")
-    [(n,)] = await sql(settings, "SELECT count(*) FROM claim_shards WHERE queue = 'later'")
-    assert n == 8
-    with pytest.raises(psycopg.errors.CheckViolation):
-        await sql(settings, "INSERT INTO claim_shards (queue, shard) VALUES ('later', 8)")
