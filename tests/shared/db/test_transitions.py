@@ -227,4 +227,3 @@ async def test_batch_completion_retried_after_a_lost_reply_recognises_its_own_wo
         assert again == ({mine.id}, set())
         forged = [(replace(fence, claim_token=uuid.uuid4()), result) for fence, result in done]
         assert await transitions.complete_many(conn, done=forged) == (set(), set())
-
