@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field
 from starlette.requests import Request
@@ -20,7 +20,7 @@ from shared.vocabulary import Event as EventName
 
 from . import queue_rules
 from .auth import authenticate
-from .http import JSONResponse, parse_model, parse_query, read_json_body
+from .http import INTEGER_TEXT, JSONResponse, parse_model, parse_query, read_json_body, single_params
 from .presenters import machine_json, queue_json
 
 logger = logging.getLogger("functions.ingress.admin")
@@ -114,19 +114,21 @@ async def scale(pool: Pool, name: str, limit: int) -> None:
 # Ten years: any longer is "never", and beyond what a Postgres interval holds it would fail.
 _MAX_SECONDS = 10 * 365 * 24 * 3600
 
+Seconds = Annotated[int, Field(ge=0, le=_MAX_SECONDS), INTEGER_TEXT]
+
 
 class PruneQuery(CamelModel):
-    max_age_seconds: int | None = Field(None, ge=0, le=_MAX_SECONDS)
+    max_age_seconds: Seconds | None = None
 
 
 class RescueQuery(CamelModel):
-    rescue_after_seconds: int | None = Field(None, ge=0, le=_MAX_SECONDS)
+    rescue_after_seconds: Seconds | None = None
 
 
 async def prune_jobs(request: Request) -> Response:
     authenticate(request, "admin")
     settings: Settings = request.app.state.settings
-    query = parse_query(PruneQuery, dict(request.query_params))
+    query = parse_query(PruneQuery, single_params(request))
     max_age = query.max_age_seconds if query.max_age_seconds is not None else settings.pruner_max_age
     total = 0
     async with _pool(request).connection() as conn:
@@ -138,7 +140,7 @@ async def prune_jobs(request: Request) -> Response:
 async def rescue_jobs(request: Request) -> Response:
     authenticate(request, "admin")
     settings: Settings = request.app.state.settings
-    query = parse_query(RescueQuery, dict(request.query_params))
+    query = parse_query(RescueQuery, single_params(request))
     after = query.rescue_after_seconds if query.rescue_after_seconds is not None else settings.lifeline_rescue_after
     async with _pool(request).connection() as conn:
         rescued = await transitions.rescue_stale(conn, rescue_after_seconds=after)

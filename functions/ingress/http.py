@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import orjson
 import psycopg
 from psycopg_pool import PoolTimeout
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, BeforeValidator, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -30,6 +30,7 @@ M = TypeVar("M", bound=BaseModel)
 logger = logging.getLogger("functions.ingress")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_INTEGER_TEXT = re.compile(r"-?[0-9]+")
 
 
 class JSONResponse(Response):
@@ -177,6 +178,37 @@ def parse_query(model: type[M], data: dict[str, Any]) -> M:
         return model.model_validate(data)
     except ValidationError as exc:
         raise ValidationFailed("the query parameters are not valid", errors=validation_errors(exc)) from exc
+
+
+def single_params(request: Request) -> dict[str, str]:
+    """The query parameters, each given at most once (422 naming any repeated one).
+
+    A plain dict of the query would keep a repeated key's last value and drop the others unseen:
+    `?n=abc&n=0` would pass as 0.
+    """
+    params = request.query_params
+    repeated = [name for name in params if len(params.getlist(name)) > 1]
+    if repeated:
+        raise ValidationFailed(
+            "the query parameters are not valid",
+            errors=[{"path": name, "message": "given more than once"} for name in repeated],
+        )
+    return dict(params)
+
+
+def _integer_text(value: object) -> object:
+    # pydantic alone reads `0.0`, ` 0`, `0\n`, `0_0` and a no-break space before digits as 0;
+    # an integer query parameter of the document is its digits (and a sign), nothing else.
+    if isinstance(value, str) and not _INTEGER_TEXT.fullmatch(value):
+        raise ValueError("must be an integer written in digits")
+    return value
+
+
+INTEGER_TEXT = BeforeValidator(_integer_text)
+"""Metadata of an integer query parameter: `Annotated[int, Field(ge=..., le=...), INTEGER_TEXT]`.
+
+Placed after the bounds, which then stay `minimum`/`maximum` in the document (before them,
+pydantic would write them out as `ge`/`le`, which JSON Schema does not know)."""
 
 
 def _texts(value: Any) -> list[str]:

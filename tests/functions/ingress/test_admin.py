@@ -106,3 +106,35 @@ def test_health_reports_database_dispatcher_and_queues(engine: LiveApp, app: Liv
     assert {q["name"] for q in health["queues"]} >= {"default", "images"}
     with app.client() as client:
         assert client.get("/health").json()["dispatcher"] == "off"
+
+
+# Each would mean 0 if pydantic's lax integer parsing or a repeated key's last value were let
+# through; the document allows neither (an integer parameter, given once).
+_NOT_AN_AGE = ["0.0", "%200", "0%20", "0%0A", "%090", "%C2%A00", "0_0", "abc&{name}=0", "0&{name}=1", "0&{name}=0"]
+_REFUSED_BEFORE = ["", "-1", "abc", "1e1", "null"]
+
+
+def test_prune_and_rescue_refuse_query_values_the_document_forbids_and_change_nothing(app: LiveApp):
+    [(executing,)] = app.sql(
+        """INSERT INTO jobs (queue, worker, tenant_id, state, attempt, attempted_by, attempted_at, heartbeat_at,
+                             claim_token)
+           VALUES ('default', 'echo', 't', 'executing', 1, 'm-1', now(), now() - interval '10 seconds',
+                   gen_random_uuid())
+           RETURNING id"""
+    )
+    [(completed,)] = app.sql(
+        """INSERT INTO jobs (queue, worker, tenant_id, state, completed_at)
+           VALUES ('default', 'echo', 't', 'completed', now() - interval '10 seconds') RETURNING id"""
+    )
+    with app.admin() as admin:
+        for path, name in [("/admin/jobs/rescue", "rescueAfterSeconds"), ("/admin/jobs/prune", "maxAgeSeconds")]:
+            for value in [*_NOT_AN_AGE, *_REFUSED_BEFORE]:
+                query = f"{name}={value.format(name=name)}"
+                body = assert_problem(admin.post(f"{path}?{query}"), 422)
+                assert [e["path"] for e in body["errors"]] == [name], (query, body)
+            assert_problem(admin.post(f"{path}?{name}"), 422)  # no value at all
+        states = app.sql("SELECT id, state FROM jobs WHERE id = ANY(%s) ORDER BY id", ([executing, completed],))
+        assert states == [(executing, "executing"), (completed, "completed")]
+        # The same ages written plainly do what they say.
+        assert admin.post("/admin/jobs/rescue?rescueAfterSeconds=0").json() == {"rescued": 1}
+        assert admin.post("/admin/jobs/prune?maxAgeSeconds=0").json() == {"pruned": 1}
