@@ -21,9 +21,9 @@ from enum import StrEnum
 from typing import Any, Final, Literal, get_args
 
 from psycopg import sql
-from pydantic import AwareDatetime, Field, model_validator
+from pydantic import Field, model_validator
 
-from shared.schemas.common import CamelModel, Tag
+from shared.schemas.common import CamelModel, DateTime, Tag
 
 # Characters that make a spreadsheet read a cell as a formula (OWASP CSV injection, ASVS 5.0
 # V1.2.10). NUL is listed for Python writers; Postgres text cannot hold it.
@@ -115,8 +115,8 @@ class JobsFilters(DatasetFilters):
     queue: str | None = Field(None, min_length=1, max_length=64)
     state: list[JobStateName] | None = Field(None, min_length=1, max_length=7)
     worker: str | None = Field(None, min_length=1, max_length=128)
-    from_: AwareDatetime | None = Field(None, alias="from", description="inserted at or after (inclusive)")
-    to: AwareDatetime | None = Field(None, description="inserted before (exclusive)")
+    from_: DateTime | None = Field(None, alias="from", description="inserted at or after (inclusive)")
+    to: DateTime | None = Field(None, description="inserted before (exclusive)")
     tag: Tag | None = Field(None, description="jobs carrying this tag")
 
     @model_validator(mode="after")

@@ -34,7 +34,7 @@ from shared.vocabulary import FINAL_STATES
 
 from .auth import authenticate, reading_tenant
 from .event_hub import EventFilter, EventHub, KeepAlive, LiveEvent, Reset, Subscriber, Subscription
-from .http import parse_query
+from .http import INTEGER_TEXT, parse_query, single_params
 
 MAX_WAIT_SECONDS: Final = 60
 # While waiting, the row is read again at least this often: a missed notification (the hub was
@@ -64,8 +64,8 @@ class JobEventsQuery(CamelModel):
 
 
 class WaitQuery(CamelModel):
-    wait: int | None = Field(
-        None, ge=0, le=MAX_WAIT_SECONDS, description="answer once the job is final, or after this many seconds"
+    wait: Annotated[int, Field(ge=0, le=MAX_WAIT_SECONDS), INTEGER_TEXT] | None = Field(
+        None, description="answer once the job is final, or after this many seconds"
     )
 
 
@@ -85,16 +85,6 @@ def events_filter(principal: Principal, query: EventsQuery) -> EventFilter:
         batch_id=query.batch_id,
         tag=query.tag,
     )
-
-
-def multi_params(request: Request, *names: str) -> dict[str, Any]:
-    """The query parameters, with `names` repeatable (and comma-separated values split; empty
-    values are kept, so `state=` fails validation rather than meaning every state)."""
-    params: dict[str, Any] = dict(request.query_params)
-    for name in names:
-        if name in request.query_params:
-            params[name] = [p for v in request.query_params.getlist(name) for p in v.split(",")]
-    return params
 
 
 def last_event_id(request: Request, from_query: str | None) -> str | None:
@@ -224,7 +214,7 @@ def is_final(event: LiveEvent) -> bool:
 async def stream_events(request: Request) -> Response:
     """GET /events."""
     principal = authenticate(request, "jobs:read")
-    query = parse_query(EventsQuery, multi_params(request, "queue", "state"))
+    query = parse_query(EventsQuery, single_params(request, "queue", "state"))
     event_filter = events_filter(principal, query)
     subscription = hub_of(request).subscribe(event_filter, last_event_id(request, query.last_event_id))
     return event_stream(subscription)
@@ -233,7 +223,7 @@ async def stream_events(request: Request) -> Response:
 async def stream_job_events(request: Request, job_id: int) -> Response:
     """GET /jobs/{id}/events: subscribe first, then read the row, so nothing falls in between."""
     principal = authenticate(request, "jobs:read")
-    query = parse_query(JobEventsQuery, dict(request.query_params))
+    query = parse_query(JobEventsQuery, single_params(request))
     pool: Pool = request.app.state.pool
     hub, tenant = hub_of(request), reading_tenant(principal)
     subscription = hub.subscribe(
@@ -258,10 +248,9 @@ async def stream_job_events(request: Request, job_id: int) -> Response:
 
 
 def wait_seconds(request: Request) -> int | None:
-    """The `wait` of GET /jobs/{id}?wait=N (None without one); 422 unless 0..60."""
-    if "wait" not in request.query_params:
-        return None
-    return parse_query(WaitQuery, {"wait": request.query_params["wait"]}).wait or 0
+    """The `wait` of GET /jobs/{id}?wait=N (None without one); 422 unless 0..60 in digits, given
+    once, and for any other query parameter (the route has no other)."""
+    return parse_query(WaitQuery, single_params(request)).wait
 
 
 async def wait_for_final(hub: EventHub, pool: Pool, job_id: int, tenant: str | None, seconds: int) -> Job | None:

@@ -180,20 +180,26 @@ def parse_query(model: type[M], data: dict[str, Any]) -> M:
         raise ValidationFailed("the query parameters are not valid", errors=validation_errors(exc)) from exc
 
 
-def single_params(request: Request) -> dict[str, str]:
-    """The query parameters, each given at most once (422 naming any repeated one).
+def single_params(request: Request, *repeatable: str) -> dict[str, Any]:
+    """The query parameters, each given at most once (422 naming any repeated one), except those
+    `repeatable`: each of these is a list of every value given, comma-separated ones split.
 
     A plain dict of the query would keep a repeated key's last value and drop the others unseen:
-    `?n=abc&n=0` would pass as 0.
+    `?n=abc&n=0` would pass as 0. Empty values are kept, so `state=` fails validation rather than
+    meaning every state.
     """
     params = request.query_params
-    repeated = [name for name in params if len(params.getlist(name)) > 1]
+    repeated = [name for name in params if name not in repeatable and len(params.getlist(name)) > 1]
     if repeated:
         raise ValidationFailed(
             "the query parameters are not valid",
             errors=[{"path": name, "message": "given more than once"} for name in repeated],
         )
-    return dict(params)
+    single: dict[str, Any] = dict(params)
+    for name in repeatable:
+        if name in params:
+            single[name] = [part for value in params.getlist(name) for part in value.split(",")]
+    return single
 
 
 def _integer_text(value: object) -> object:

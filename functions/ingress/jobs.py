@@ -29,7 +29,7 @@ from shared.vocabulary import Event as EventName
 from . import events, idempotency
 from .auth import acting_tenant, authenticate, reading_tenant
 from .batch_insert import BatchInserter, refusals_answered
-from .http import JSONResponse, parse_model, parse_query, read_json_body, request_id
+from .http import INTEGER_TEXT, JSONResponse, parse_model, parse_query, read_json_body, request_id, single_params
 from .presenters import job_json
 
 
@@ -231,18 +231,15 @@ class ListQuery(CamelModel):
     worker: str | None = Field(None, max_length=128)
     batch_id: str | None = Field(None, max_length=64)
     tag: str | None = Field(None, max_length=64)
-    limit: int = Field(50, ge=1, le=200)
-    cursor: int | None = Field(None, ge=1, le=JOB_ID_MAX)
+    limit: Annotated[int, Field(ge=1, le=200), INTEGER_TEXT] = 50
+    cursor: Annotated[int, Field(ge=1, le=JOB_ID_MAX), INTEGER_TEXT] | None = None
 
 
 async def list_jobs(request: Request) -> Response:
     """GET /jobs: the tenant's jobs, newest first, with a cursor to the next page."""
     principal = authenticate(request, "jobs:read")
     _, pool = _state(request)
-    params: dict[str, Any] = dict(request.query_params)
-    if "state" in request.query_params:
-        params["state"] = _multi(request, "state")
-    query = parse_query(ListQuery, params)
+    query = parse_query(ListQuery, single_params(request, "state"))
     criteria = JobFilter(
         tenant_id=reading_tenant(principal),
         queue=query.queue,
@@ -257,14 +254,6 @@ async def list_jobs(request: Request) -> Response:
     return JSONResponse({"jobs": [job_json(j) for j in jobs], "nextCursor": next_cursor})
 
 
-def _multi(request: Request, name: str) -> list[str]:
-    """A repeatable query parameter, also accepting comma-separated values.
-
-    Empty values are kept (and fail validation): `state=` must not quietly mean "every state".
-    """
-    return [part for value in request.query_params.getlist(name) for part in value.split(",")]
-
-
 def _not_bool(value: object) -> object:
     # JSON `false`/`true` would otherwise pass as the ids 0 and 1.
     if isinstance(value, bool):
@@ -272,7 +261,9 @@ def _not_bool(value: object) -> object:
     return value
 
 
-JobId = Annotated[int, BeforeValidator(_not_bool), Field(ge=1, le=JOB_ID_MAX)]
+# The bounds first, so the document shows them as minimum/maximum (http.INTEGER_TEXT); the
+# digits check matters in the query only (a body's ids are JSON numbers).
+JobId = Annotated[int, Field(ge=1, le=JOB_ID_MAX), BeforeValidator(_not_bool), INTEGER_TEXT]
 
 
 class CancelCriteria(CamelModel):
@@ -287,7 +278,6 @@ async def cancel_jobs(request: Request) -> Response:
     """DELETE /jobs: cancel matching jobs of the tenant; running ones stop within a heartbeat."""
     settings, pool = _state(request)
     principal = authenticate(request, "jobs:write")
-    params: dict[str, Any] = {}
     if request.headers.get("content-length", "0") not in ("", "0") or request.headers.get("transfer-encoding"):
         if request.query_params:
             raise ValidationFailed(
@@ -297,11 +287,7 @@ async def cancel_jobs(request: Request) -> Response:
         body = await read_json_body(request, max_bytes=settings.max_body_bytes)
         criteria = parse_model(CancelCriteria, body)
     else:
-        params = dict(request.query_params)
-        for name in ("ids", "state"):
-            if name in request.query_params:
-                params[name] = _multi(request, name)
-        criteria = parse_query(CancelCriteria, params)
+        criteria = parse_query(CancelCriteria, single_params(request, "ids", "state"))
     if not criteria.model_dump(exclude_none=True):
         raise ValidationFailed(
             "name at least one criterion", errors=[{"path": "", "message": "give ids, queue, worker, state or batchId"}]

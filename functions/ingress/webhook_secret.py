@@ -18,7 +18,7 @@ from shared.settings import Settings
 from shared.webhook_signing import SigningSecretMissing, tenant_signing_secret
 
 from .auth import acting_tenant, authenticate
-from .http import JSONResponse, parse_query
+from .http import JSONResponse, parse_query, single_params
 
 
 class SecretQuery(CamelModel):
@@ -27,7 +27,7 @@ class SecretQuery(CamelModel):
 
 async def get_webhook_secret(request: Request) -> Response:
     principal = authenticate(request, "jobs:write")
-    query = parse_query(SecretQuery, dict(request.query_params))
+    query = parse_query(SecretQuery, single_params(request))
     tenant = acting_tenant(principal, query.tenant_id)
     settings: Settings = request.app.state.settings
     try:

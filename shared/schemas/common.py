@@ -6,7 +6,16 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from shared.outbound_policy import OutboundUrl
@@ -14,6 +23,11 @@ from shared.vocabulary import IN_FLIGHT_STATES as IN_FLIGHT
 
 _PRINTABLE = re.compile(r"^[\x20-\x7e\u00a0-\uffff]+$")
 _NO_CRLF = re.compile(r"^[^\r\n]*$")
+# RFC 3339's date-time (JSON Schema's `date-time`): T and Z in either case, seconds, an offset.
+# The offset is optional here only so that AwareDatetime names what a time without one lacks.
+_RFC_3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})?"
+)
 
 
 class CamelModel(BaseModel):
@@ -29,6 +43,20 @@ def _no_crlf(value: str) -> str:
 
 
 NoCrLf = Annotated[str, AfterValidator(_no_crlf)]
+
+
+def _rfc_3339(value: object) -> object:
+    # pydantic alone reads a Unix time (a number, or digits in a string), a space for the `T`, a
+    # time without seconds, an offset without its colon or a decimal comma as a time.
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not _RFC_3339.fullmatch(value):
+        raise ValueError("must be an RFC 3339 date-time, such as 2025-01-31T12:00:00Z")
+    return value
+
+
+DateTime = Annotated[AwareDatetime, BeforeValidator(_rfc_3339)]
+"""An aware time written as RFC 3339 (what the document's `format: date-time` says), nothing else."""
 Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=_PRINTABLE.pattern)]
 UniqueField = Literal["args", "queue", "worker"]
 _DEFAULT_UNIQUE_FIELDS: list[Literal["args", "queue", "worker"]] = ["args", "queue", "worker"]
@@ -95,7 +123,7 @@ class JobOptions(CamelModel):
     """Options any job accepts."""
 
     priority: int = Field(0, ge=0, le=9)
-    scheduled_at: AwareDatetime | None = None
+    scheduled_at: DateTime | None = None
     schedule_in: int | None = Field(None, ge=0, le=365 * 24 * 3600)
     max_attempts: int | None = Field(None, ge=1, le=100)
     tags: list[Tag] = Field(default_factory=list, max_length=10)

@@ -28,9 +28,11 @@ class ExportsRequest(JobRequest):
     """Export a tenant-scoped dataset to one file: CSV, JSON (an array), NDJSON or XLSX."""
 
     dataset: DatasetName
+    # Left out, `filters` becomes the dataset's own empty filter model (`_default_filters`); given,
+    # it is an object: the document has no null for it. The None default is never seen (hence the
+    # ignore): it is not validated, so only a `null` given in the body reaches `_dataset_filters`.
     filters: Annotated[SerializeAsAny[DatasetFilters], WithJsonSchema(_filters_json_schema())] = Field(
-        None,
-        validate_default=True,  # so an absent `filters` becomes the dataset's own (empty) filter model
+        None,  # type: ignore[assignment]
         description="dataset-specific; for `jobs`: queue, state, worker, from, to, tag",
     )
     columns: list[str] | None = Field(
@@ -48,8 +50,10 @@ class ExportsRequest(JobRequest):
             return DatasetFilters()
         if isinstance(value, dataset.filters_model):
             return value
+        if value is None:
+            raise ValueError("must be an object (leave `filters` out for none)")
         # A ValidationError raised here is reported under `filters.<field>`.
-        return dataset.filters_model.model_validate(value if value is not None else {})
+        return dataset.filters_model.model_validate(value)
 
     @field_validator("columns")
     @classmethod
@@ -71,6 +75,12 @@ class ExportsRequest(JobRequest):
         if value is not None and ".." in value:
             raise ValueError("must not contain '..'")
         return value
+
+    @model_validator(mode="after")
+    def _default_filters(self) -> ExportsRequest:
+        if "filters" not in self.model_fields_set:
+            self.filters = DATASETS[self.dataset].filters_model()
+        return self
 
     @model_validator(mode="after")
     def _default_filename(self) -> ExportsRequest:

@@ -145,3 +145,64 @@ def test_meta_keys_the_service_writes_itself_are_422(app: LiveApp, meta: dict):
     body = _assert_problem(response, 422)
     assert [e["path"] for e in body["errors"]] == ["options.meta"]
     assert app.sql("SELECT count(*) FROM jobs") == [(0,)]
+
+
+# Read as a time by pydantic alone (a Unix time, a space for the `T`, no seconds, an offset without
+# its colon), but not a `date-time` of the document (RFC 3339); and a naive time, refused before.
+_NOT_A_DATE_TIME = [0, 1.5, "0", "1700000000", "2025-01-01 00:00:00Z", "2025-01-01T00:00Z", "2025-01-01T00:00:00+0100"]
+
+
+def test_times_the_document_forbids_are_422_and_write_nothing(app: LiveApp):
+    with app.client() as client:
+        for value in [*_NOT_A_DATE_TIME, "2025-01-01T00:00:00"]:
+            for name in ("from", "to"):
+                response = client.post("/jobs/exports", json={"dataset": "jobs", "filters": {name: value}})
+                body = _assert_problem(response, 422)
+                assert [e["path"] for e in body["errors"]] == [f"filters.{name}"], (name, value, body)
+            options = {"scheduledAt": value}
+            body = _assert_problem(client.post("/jobs/default", json={"function": "echo", "options": options}), 422)
+            assert [e["path"] for e in body["errors"]] == ["options.scheduledAt"], (value, body)
+        # `filters` is an object or left out; the document has no null for it.
+        body = _assert_problem(client.post("/jobs/exports", json={"dataset": "jobs", "filters": None}), 422)
+        assert [e["path"] for e in body["errors"]] == ["filters"]
+        assert app.sql("SELECT count(*) FROM jobs") == [(0,)]
+        # The same times written in RFC 3339 are taken.
+        filters = {"from": "2025-01-01T00:00:00Z", "to": "2025-01-02t00:00:00.5+01:00"}
+        for body in ({"dataset": "jobs", "filters": filters}, {"dataset": "jobs", "filters": {}}, {"dataset": "jobs"}):
+            assert client.post("/jobs/exports", json=body).status_code == 201, body
+        options = {"scheduledAt": "2999-01-01T00:00:00z"}
+        assert client.post("/jobs/default", json={"function": "echo", "options": options}).status_code == 201
+    assert app.sql("SELECT state, count(*) FROM jobs GROUP BY state ORDER BY state") == [
+        ("available", 3),
+        ("scheduled", 1),
+    ]
+
+
+# Each would be read as an integer if pydantic's lax parsing or a repeated key's last value were let
+# through; the document allows neither (an integer parameter given once, in digits).
+_NOT_AN_INTEGER = ["{n}.0", "%20{n}", "{n}%20", "{n}%0A", "%09{n}", "%C2%A0{n}", "{n}_0", "abc&{name}={n}"]
+
+
+def test_list_and_cancel_refuse_query_values_the_document_forbids_and_change_nothing(app: LiveApp):
+    with app.client() as client:
+        job = client.post("/jobs/default", json={"function": "echo", "args": {}}).json()["id"]
+        for name in ("limit", "cursor"):
+            for value in [*_NOT_AN_INTEGER, "{n}&{name}={n}"]:
+                query = f"{name}={value.format(name=name, n=5)}"
+                body = _assert_problem(client.get(f"/jobs?{query}"), 422)
+                assert [e["path"] for e in body["errors"]] == [name], (query, body)
+        for name, value in [("queue", "default"), ("worker", "echo"), ("batchId", "b"), ("tag", "t")]:
+            body = _assert_problem(client.get(f"/jobs?{name}=x&{name}={value}"), 422)
+            assert [e["path"] for e in body["errors"]] == [name], (name, body)
+        # Not given once: cancelling by the last queue named would cancel the job.
+        body = _assert_problem(client.delete("/jobs?queue=nope&queue=default"), 422)
+        assert [e["path"] for e in body["errors"]] == ["queue"], body
+        for value in _NOT_AN_INTEGER:
+            query = f"ids={value.format(name='ids', n=job)}"
+            body = _assert_problem(client.delete(f"/jobs?{query}"), 422)
+            assert [e["path"] for e in body["errors"]] == ["ids.0"], (query, body)
+        assert app.sql("SELECT state FROM jobs WHERE id = %s", (job,)) == [("available",)]
+        # Repeatable parameters stay repeatable, and plain values do what they say.
+        listed = client.get("/jobs?state=completed&state=available&limit=1").json()["jobs"]
+        assert [j["id"] for j in listed] == [job]
+        assert client.delete(f"/jobs?ids={job + 1}&ids={job}&state=available").json() == {"cancelled": 1}

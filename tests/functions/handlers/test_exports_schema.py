@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -75,6 +76,40 @@ def test_bad_bodies_are_refused_at_the_right_path(body: dict[str, Any], path: tu
 
     assert path in found, found
     assert message in found[path]
+
+
+# Times pydantic alone would read (a Unix time, a space for the `T`, no seconds, an offset without
+# its colon, a decimal comma) but the document's `date-time` (RFC 3339) does not allow.
+_NOT_RFC_3339 = [
+    0,
+    1.5,
+    True,
+    "0",
+    "1700000000",
+    "2025-01-01 00:00:00Z",
+    "2025-01-01T00:00Z",
+    "2025-01-01T00:00:00+0100",
+    "2025-01-01T00:00:00,5Z",
+    "2025-01-01T00:00:00Z\n",
+    "2025-01-01",
+]
+
+
+@pytest.mark.parametrize("name", ["from", "to"])
+@pytest.mark.parametrize("value", _NOT_RFC_3339)
+def test_filter_times_must_be_rfc_3339_date_times(name: str, value: Any):
+    assert list(errors({"dataset": "jobs", "filters": {name: value}})) == [("filters", name)]
+
+
+def test_filters_may_be_left_out_but_not_null():
+    assert list(errors({"dataset": "jobs", "filters": None})) == [("filters",)]
+
+    written = {"from": "2025-01-01t00:00:00.5z", "to": "2025-01-02T00:00:00-05:00"}
+    filters = ExportsRequest.model_validate({"dataset": "jobs", "filters": written}).filters
+    assert isinstance(filters, JobsFilters)
+    assert filters.from_ == datetime(2025, 1, 1, 0, 0, 0, 500_000, tzinfo=UTC)
+    assert filters.to == datetime(2025, 1, 2, 5, 0, tzinfo=UTC)
+    assert ExportsRequest.model_validate({"dataset": "jobs", "filters": {}}).filters == JobsFilters()
 
 
 def test_an_unknown_dataset_is_reported_once():

@@ -14,6 +14,7 @@ import pytest
 from starlette.routing import Mount, Route
 
 from functions.ingress.app import routes
+from functions.ingress.openapi import build_document
 from functions.registry import load_registry
 from tests.support.live import LiveApp
 
@@ -86,6 +87,32 @@ def test_every_operation_documents_its_answers_and_errors(app: LiveApp):
     assert document["paths"]["/health"]["get"]["security"] == []
     body = document["paths"]["/jobs/images"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body == {"$ref": "#/components/schemas/ImagesRequest"}
+
+
+def _pydantic_only_keywords(node: object, where: str = "") -> list[str]:
+    """Where a schema holds pydantic's `ge`/`le`/`gt`/`lt`, which JSON Schema does not know."""
+    found = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("ge", "le", "gt", "lt"):
+                found.append(f"{where}/{key}")
+            if key == "properties" and isinstance(value, dict):
+                for name, schema in value.items():  # a property may be named anything
+                    found += _pydantic_only_keywords(schema, f"{where}/properties/{name}")
+            else:
+                found += _pydantic_only_keywords(value, f"{where}/{key}")
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            found += _pydantic_only_keywords(item, f"{where}/{i}")
+    return found
+
+
+def test_bounds_are_written_as_json_schema_keywords():
+    document = build_document()
+
+    assert _pydantic_only_keywords(document) == []
+    [ids] = [p for p in document["paths"]["/jobs"]["delete"]["parameters"] if p["name"] == "ids"]
+    assert ids["schema"]["items"] == {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
 
 
 def test_the_swagger_ui_page_uses_only_its_own_files(app: LiveApp):

@@ -294,6 +294,32 @@ def test_wait_answers_once_the_job_is_final(app: LiveApp) -> None:
     assert hub(app).subscriber_count == 0
 
 
+def test_streams_and_wait_refuse_query_values_the_document_forbids(app: LiveApp) -> None:
+    job_id = create(app, "tenant-a")
+    with app.client("tenant-a", "jobs:read") as client:
+        # Each would be read as a wait of 1 second, or the last of a repeated key taken.
+        for value in ("1.0", "%201", "1%20", "1%0A", "1_0", "abc&wait=1", "1&wait=1"):
+            body = assert_problem(client.get(f"/jobs/{job_id}?wait={value}"), 422)
+            assert [e["path"] for e in body["errors"]] == ["wait"], (value, body)
+        # A parameter the document gives once, given twice: refused, not the last one used.
+        for path, name in [
+            ("/events", "batchId"),
+            ("/events", "tag"),
+            ("/events", "tenantId"),
+            ("/events", "lastEventId"),
+            (f"/jobs/{job_id}/events", "lastEventId"),
+        ]:
+            value = "tenant-a" if name == "tenantId" else "1"
+            with client.stream("GET", f"{path}?{name}={value}&{name}={value}") as response:
+                assert response.status_code == 422, (path, name)
+                response.read()
+            body = assert_problem(response, 422)
+            assert [e["path"] for e in body["errors"]] == [name], (path, name, body)
+        body = assert_problem(client.get(f"/jobs/{job_id}?wait=0&state=x"), 422)  # no such parameter
+        assert [e["path"] for e in body["errors"]] == ["state"], body
+    assert hub(app).subscriber_count == 0
+
+
 def test_idle_streams_get_keep_alive_comments(open_app: OpenApp) -> None:
     with open_app(events_keepalive_seconds=0.2) as app:
         sse = stream(app, "/events", app.token("tenant-a", "jobs:read"))
