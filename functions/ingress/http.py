@@ -149,7 +149,8 @@ def validation_errors(exc: ValidationError) -> list[dict[str, str]]:
 def parse_model(model: type[M], body: bytes, *, context: dict[str, Any] | None = None) -> M:
     """Validate JSON `body` as `model`: 400 for malformed JSON, 422 with paths for bad fields."""
     try:
-        return model.model_validate_json(body, context=context)
+        # Strict: a JSON body's integer is a JSON integer, not `true` or `"3"`, as the document says.
+        return model.model_validate_json(body, context=context, strict=True)
     except ValidationError as exc:
         if any(err["type"] == "json_invalid" for err in exc.errors()):
             raise BadRequest("malformed JSON body") from exc

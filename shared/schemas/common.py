@@ -52,7 +52,12 @@ def _rfc_3339(value: object) -> object:
         return value
     if not isinstance(value, str) or not _RFC_3339.fullmatch(value):
         raise ValueError("must be an RFC 3339 date-time, such as 2025-01-31T12:00:00Z")
-    return value
+    # Parsed here: a strict validation (request bodies) takes a datetime, not its text. A time
+    # without an offset stays naive, and AwareDatetime refuses it with its own message.
+    try:
+        return datetime.fromisoformat(value.upper())
+    except ValueError as exc:  # the pattern passed, the calendar did not (February 30th)
+        raise ValueError("must be an RFC 3339 date-time, such as 2025-01-31T12:00:00Z") from exc
 
 
 DateTime = Annotated[AwareDatetime, BeforeValidator(_rfc_3339)]

@@ -178,6 +178,27 @@ def test_times_the_document_forbids_are_422_and_write_nothing(app: LiveApp):
     ]
 
 
+def test_body_numbers_and_flags_are_json_numbers_and_booleans_not_text_or_the_other_kind(app: LiveApp):
+    # Lax parsing would read `true` as 1, "3" as 3, 2.0 as 2 and "true" as true; the document
+    # says integer or boolean, so each is a 422 naming its field, and nothing is written.
+    bad = [
+        ({"priority": True}, "options.priority"),
+        ({"priority": "3"}, "options.priority"),
+        ({"maxAttempts": "2"}, "options.maxAttempts"),
+        ({"scheduleIn": False}, "options.scheduleIn"),
+        ({"scheduleIn": "60"}, "options.scheduleIn"),
+    ]
+    with app.client() as client:
+        for options, path in bad:
+            response = client.post("/jobs/default", json={"function": "echo", "options": options})
+            body = _assert_problem(response, 422)
+            assert [e["path"] for e in body["errors"]] == [path], (options, body)
+        assert app.sql("SELECT count(*) FROM jobs") == [(0,)]
+        ok = {"priority": 3, "maxAttempts": 2, "scheduleIn": 60}
+        assert client.post("/jobs/default", json={"function": "echo", "options": ok}).status_code == 201
+    assert app.sql("SELECT priority, max_attempts, state FROM jobs") == [(3, 2, "scheduled")]
+
+
 # Each would be read as an integer if pydantic's lax parsing or a repeated key's last value were let
 # through; the document allows neither (an integer parameter given once, in digits).
 _NOT_AN_INTEGER = ["{n}.0", "%20{n}", "{n}%20", "{n}%0A", "%09{n}", "%C2%A0{n}", "{n}_0", "abc&{name}={n}"]
