@@ -146,11 +146,39 @@ def validation_errors(exc: ValidationError) -> list[dict[str, str]]:
     return errors
 
 
+def _whole_numbers_as_integers(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_whole_numbers_as_integers(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _whole_numbers_as_integers(item) for key, item in value.items()}
+    return value
+
+
+def _validate_json(model: type[M], body: bytes, context: dict[str, Any] | None) -> M:
+    # Strict: an integer is a JSON number, not `true` or `"3"`, as the document says. JSON Schema
+    # also counts 3.0 as an integer (Python's json writes timedelta seconds that way), which strict
+    # mode refuses: a body refused for that alone is read again with whole numbers as integers.
+    try:
+        return model.model_validate_json(body, context=context, strict=True)
+    except ValidationError as exc:
+        if not any(
+            err["type"] == "int_type" and isinstance(err["input"], float) and err["input"].is_integer()
+            for err in exc.errors()
+        ):
+            raise
+        try:
+            normalised = orjson.dumps(_whole_numbers_as_integers(orjson.loads(body)))
+        except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+            raise exc from None
+        return model.model_validate_json(normalised, context=context, strict=True)
+
+
 def parse_model(model: type[M], body: bytes, *, context: dict[str, Any] | None = None) -> M:
     """Validate JSON `body` as `model`: 400 for malformed JSON, 422 with paths for bad fields."""
     try:
-        # Strict: a JSON body's integer is a JSON integer, not `true` or `"3"`, as the document says.
-        return model.model_validate_json(body, context=context, strict=True)
+        return _validate_json(model, body, context)
     except ValidationError as exc:
         if any(err["type"] == "json_invalid" for err in exc.errors()):
             raise BadRequest("malformed JSON body") from exc

@@ -194,9 +194,16 @@ def test_body_numbers_and_flags_are_json_numbers_and_booleans_not_text_or_the_ot
             body = _assert_problem(response, 422)
             assert [e["path"] for e in body["errors"]] == [path], (options, body)
         assert app.sql("SELECT count(*) FROM jobs") == [(0,)]
+        bad_fraction = {"priority": 3.5}
+        body = _assert_problem(client.post("/jobs/default", json={"function": "echo", "options": bad_fraction}), 422)
+        assert [e["path"] for e in body["errors"]] == ["options.priority"], body
+        assert app.sql("SELECT count(*) FROM jobs") == [(0,)]
         ok = {"priority": 3, "maxAttempts": 2, "scheduleIn": 60}
         assert client.post("/jobs/default", json={"function": "echo", "options": ok}).status_code == 201
-    assert app.sql("SELECT priority, max_attempts, state FROM jobs") == [(3, 2, "scheduled")]
+        # JSON Schema counts a whole number written 60.0 (as Python's json writes seconds) as an integer.
+        whole = {"priority": 3.0, "maxAttempts": 2.0, "scheduleIn": 60.0, "unique": {"period": 3600.0}}
+        assert client.post("/jobs/default", json={"function": "echo", "options": whole}).status_code == 201
+    assert app.sql("SELECT priority, max_attempts, state FROM jobs") == [(3, 2, "scheduled"), (3, 2, "scheduled")]
 
 
 # Each would be read as an integer if pydantic's lax parsing or a repeated key's last value were let
