@@ -146,33 +146,47 @@ def validation_errors(exc: ValidationError) -> list[dict[str, str]]:
     return errors
 
 
-def _whole_numbers_as_integers(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, list):
-        return [_whole_numbers_as_integers(item) for item in value]
-    if isinstance(value, dict):
-        return {key: _whole_numbers_as_integers(item) for key, item in value.items()}
-    return value
+def _integer_at(document: Any, loc: tuple[int | str, ...]) -> bool:
+    """Replace the whole number written as a float at `loc` (an error's path; a union member's
+    name may trail it) by its integer; False when nothing there is one."""
+    parent: Any = None
+    key: int | str | None = None
+    node = document
+    for part in loc:
+        if isinstance(node, dict) and isinstance(part, str) and part in node:
+            parent, key, node = node, part, node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            parent, key, node = node, part, node[part]
+        else:
+            break
+    if parent is None or not (isinstance(node, float) and node.is_integer()):
+        return False
+    parent[key] = int(node)
+    return True
 
 
 def _validate_json(model: type[M], body: bytes, context: dict[str, Any] | None) -> M:
     # Strict: an integer is a JSON number, not `true` or `"3"`, as the document says. JSON Schema
     # also counts 3.0 as an integer (Python's json writes timedelta seconds that way), which strict
-    # mode refuses: a body refused for that alone is read again with whole numbers as integers.
+    # mode refuses: those values alone, where the model wants an integer, are read again as
+    # integers; every other number (a tenant's own args) stays as written.
     try:
         return model.model_validate_json(body, context=context, strict=True)
     except ValidationError as exc:
-        if not any(
-            err["type"] == "int_type" and isinstance(err["input"], float) and err["input"].is_integer()
+        wanted = [
+            err["loc"]
             for err in exc.errors()
-        ):
+            if err["type"] == "int_type" and isinstance(err["input"], float) and err["input"].is_integer()
+        ]
+        if not wanted:
             raise
         try:
-            normalised = orjson.dumps(_whole_numbers_as_integers(orjson.loads(body)))
-        except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError:
             raise exc from None
-        return model.model_validate_json(normalised, context=context, strict=True)
+        if not any([_integer_at(document, loc) for loc in wanted]):
+            raise
+        return model.model_validate_json(orjson.dumps(document), context=context, strict=True)
 
 
 def parse_model(model: type[M], body: bytes, *, context: dict[str, Any] | None = None) -> M:

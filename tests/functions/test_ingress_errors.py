@@ -211,6 +211,15 @@ def test_body_numbers_and_flags_are_json_numbers_and_booleans_not_text_or_the_ot
 _NOT_AN_INTEGER = ["{n}.0", "%20{n}", "{n}%20", "{n}%0A", "%09{n}", "%C2%A0{n}", "{n}_0", "abc&{name}={n}"]
 
 
+def test_a_whole_number_read_as_an_integer_leaves_the_tenants_own_numbers_as_written(app: LiveApp):
+    # Only the fields the document makes integers are read as integers; a number inside the
+    # tenant's free-form args stays exactly as sent (a receiver may sign or compare it).
+    body = {"function": "echo", "args": {"x": 2.0, "items": [1.0, 2.5]}, "options": {"priority": 3.0}}
+    with app.client() as client:
+        assert client.post("/jobs/default", json=body).status_code == 201
+    assert app.sql("SELECT priority, args->>'x', args->>'items' FROM jobs") == [(3, "2.0", "[1.0, 2.5]")]
+
+
 def test_list_and_cancel_refuse_query_values_the_document_forbids_and_change_nothing(app: LiveApp):
     with app.client() as client:
         job = client.post("/jobs/default", json={"function": "echo", "args": {}}).json()["id"]
