@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -55,9 +55,17 @@ def _rfc_3339(value: object) -> object:
     # Parsed here: a strict validation (request bodies) takes a datetime, not its text. A time
     # without an offset stays naive, and AwareDatetime refuses it with its own message.
     try:
-        return datetime.fromisoformat(value.upper())
+        parsed = datetime.fromisoformat(value.upper())
     except ValueError as exc:  # the pattern passed, the calendar did not (February 30th)
         raise ValueError("must be an RFC 3339 date-time, such as 2025-01-31T12:00:00Z") from exc
+    if parsed.tzinfo is not None:
+        # Stored in UTC: a time whose UTC falls outside years 1-9999 (9999-12-31T23:59:59-01:00)
+        # is one Postgres keeps but nothing here can read back.
+        try:
+            parsed.astimezone(UTC)
+        except OverflowError as exc:
+            raise ValueError("must fall within years 1 to 9999 in UTC") from exc
+    return parsed
 
 
 DateTime = Annotated[AwareDatetime, BeforeValidator(_rfc_3339)]

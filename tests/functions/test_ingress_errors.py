@@ -178,6 +178,24 @@ def test_times_the_document_forbids_are_422_and_write_nothing(app: LiveApp):
     ]
 
 
+def test_times_outside_years_1_to_9999_in_utc_are_422_and_write_nothing(app: LiveApp):
+    # Valid RFC 3339, but in UTC the first is in year 10000 and the second in year 0: Postgres
+    # would store them and nothing could read the row back (every list of the tenant's jobs failed).
+    with app.client() as client:
+        for value in ("9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+01:00"):
+            options = {"scheduledAt": value}
+            body = _assert_problem(client.post("/jobs/default", json={"function": "echo", "options": options}), 422)
+            assert [e["path"] for e in body["errors"]] == ["options.scheduledAt"], (value, body)
+            body = _assert_problem(
+                client.post("/jobs/exports", json={"dataset": "jobs", "filters": {"to": value}}), 422
+            )
+            assert [e["path"] for e in body["errors"]] == ["filters.to"], (value, body)
+        assert app.sql("SELECT count(*) FROM jobs") == [(0,)]
+        edge = {"scheduledAt": "9999-12-31T23:59:59+01:00"}
+        assert client.post("/jobs/default", json={"function": "echo", "options": edge}).status_code == 201
+        assert client.get("/jobs").status_code == 200
+
+
 def test_body_numbers_and_flags_are_json_numbers_and_booleans_not_text_or_the_other_kind(app: LiveApp):
     # Lax parsing would read `true` as 1, "3" as 3, 2.0 as 2 and "true" as true; the document
     # says integer or boolean, so each is a 422 naming its field, and nothing is written.

@@ -227,3 +227,15 @@ async def test_batch_completion_retried_after_a_lost_reply_recognises_its_own_wo
         assert again == ({mine.id}, set())
         forged = [(replace(fence, claim_token=uuid.uuid4()), result) for fence, result in done]
         assert await transitions.complete_many(conn, done=forged) == (set(), set())
+
+
+@pytest.mark.parametrize("at", ["10000-01-01 00:00:00+00", "0001-12-31 23:00:00+00 BC"])
+async def test_a_time_no_reader_can_load_is_refused_by_the_table_whoever_writes_it(settings, at):
+    conn = await connect(settings.database_url)
+    async with conn:
+        [job] = await job_store.insert_jobs(conn, [new()])
+        with pytest.raises(psycopg.errors.CheckViolation):
+            await conn.execute("UPDATE jobs SET scheduled_at = %s::timestamptz WHERE id = %s", (at, job.id))
+        cur = await conn.execute("SELECT count(*) AS n FROM jobs WHERE scheduled_at = %s::timestamptz", (at,))
+        row = await cur.fetchone()
+        assert row is not None and row["n"] == 0
