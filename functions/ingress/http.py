@@ -186,7 +186,11 @@ def _validate_json(model: type[M], body: bytes, context: dict[str, Any] | None) 
             raise exc from None
         if not any([_integer_at(document, loc) for loc in wanted]):
             raise
-        return model.model_validate_json(orjson.dumps(document), context=context, strict=True)
+        try:
+            normalised = orjson.dumps(document)
+        except orjson.JSONEncodeError:  # an integer past 64 bits: the first answer stands
+            raise exc from None
+        return model.model_validate_json(normalised, context=context, strict=True)
 
 
 def parse_model(model: type[M], body: bytes, *, context: dict[str, Any] | None = None) -> M:
