@@ -172,6 +172,9 @@ def test_the_dispatcher_keeps_leadership_through_fly_errors_and_a_revoked_token(
         emulator.faults.fail_auth(None)  # the token was replaced
         app.wait_for_job(blocked["id"], {"completed"}, timeout=60)
         wait_until("the alert to clear", lambda: "alerts" not in _health(app))
+        # A machine still up would take the next jobs without one API call, and the storm would
+        # then test nothing (CI saw 0 faults injected).
+        wait_until("the second machine to go", lambda: not emulator.not_destroyed())
 
         emulator.faults.set_chaos(Chaos(seed=3, call_5xx=0.3, call_reset=0.1))  # Fly has a bad minute
         stormy = [_post(app, "default", {"function": "echo", "args": {"n": n}}) for n in range(3, 6)]
