@@ -75,6 +75,29 @@ def test_the_logger_subscriber_writes_one_json_line_with_the_context():
     assert line["kind"] == "timeout" and line["name_"] == "shadows a LogRecord field"
 
 
+def test_a_jobs_start_is_a_debug_line_and_its_end_an_info_line():
+    stream = io.StringIO()
+    handler = json_handler(stream, service="test")
+    logger = logging.getLogger("telemetry")
+    logger.addHandler(handler)
+    previous = logger.level
+    try:
+        for level in (logging.INFO, logging.DEBUG):
+            logger.setLevel(level)
+            with log_context(jobId=level):
+                telemetry.emit("job:start")
+                telemetry.emit("job:complete", durationMs=1.0)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+    lines = [json.loads(raw) for raw in stream.getvalue().splitlines()]
+    assert [(line["jobId"], line["message"], line["level"]) for line in lines] == [
+        (logging.INFO, "job:complete", "INFO"),
+        (logging.DEBUG, "job:start", "DEBUG"),
+        (logging.DEBUG, "job:complete", "INFO"),
+    ]
+
+
 def test_the_prometheus_subscriber_counts_events_by_name_and_queue():
     registry = CollectorRegistry()
     metrics = EventMetrics(registry)
