@@ -3,8 +3,9 @@
 `cp_jobs`: sent by a statement trigger (migrations/0001) whenever jobs of a queue become available;
 the payload is the queue name. Machines and the dispatcher LISTEN to it.
 `cp_control`: messages to the dispatcher's leader, as JSON (`stop_machines_message`).
-`cp_events`: every job insert and state change, sent by triggers (migrations/0006) as a JSON array
-of small events (`job_events`); each API instance LISTENs on one connection and fans them out.
+`cp_events`: every job insert and state change as a JSON array of small events (`job_events`),
+logged by triggers (migrations/0006, 0012) and sent by `job_events_flush`, which every API
+instance's event hub calls; each instance LISTENs on one connection and fans them out.
 """
 
 from __future__ import annotations

@@ -1,8 +1,12 @@
 """One LISTEN connection per API process, fanned out to every live event stream.
 
-The triggers of migrations/0006 NOTIFY `cp_events` with every job insert and state change,
-committed with it. The hub of each API process:
+The triggers of migrations/0006 (since 0012) append every job insert and state change to the
+`job_event_log` table, committed with it; the hub of each API process:
 
+- moves logged events to `cp_events` every EVENTS_FLUSH_SECONDS (`job_events_flush`: one flush
+  at a time across all processes, each a transaction that deletes what it notifies). A NOTIFY in
+  the writer's transaction would hold a database-wide lock through its commit and line up every
+  claim and completion of the fleet behind it (see migrations/0012);
 - listens on a connection of its own (reconnecting with backoff), and hands each notification's
   events to a publisher task through a bounded inbox, so the connection is always read promptly:
   an unread notification queue in Postgres would end by refusing every NOTIFY, that is every
@@ -59,6 +63,9 @@ _DETAILS_TIMEOUT_SECONDS: Final = 2.0
 _BACKOFF_MAX_SECONDS: Final = 10.0
 # A listening connection whose server vanished is noticed (and replaced) within about this.
 _DEAD_PEER_SECONDS: Final = 30.0
+# How often the hub sends logged events, and how many at most per flush (then it flushes again).
+EVENTS_FLUSH_SECONDS: Final = 0.01
+_FLUSH_MAX: Final = 5_000
 
 
 @dataclass(slots=True, eq=False)
@@ -337,14 +344,17 @@ class EventHub:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Listen and publish until `stop` is set (the app's lifespan runs this)."""
-        publisher = asyncio.create_task(self._publish_loop(), name="events-publisher")
-        keepalive = asyncio.create_task(self._keepalive_loop(), name="events-keepalive")
+        helpers = [
+            asyncio.create_task(self._publish_loop(), name="events-publisher"),
+            asyncio.create_task(self._keepalive_loop(), name="events-keepalive"),
+            asyncio.create_task(self._flush_loop(), name="events-flush"),
+        ]
         try:
             await self._listen_loop(stop)
         finally:
-            publisher.cancel()
-            keepalive.cancel()
-            await asyncio.gather(publisher, keepalive, return_exceptions=True)
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
             for subscriber in list(self._subscribers):
                 self._end(subscriber)
 
@@ -383,6 +393,24 @@ class EventHub:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, _BACKOFF_MAX_SECONDS)
+
+    async def _flush_loop(self) -> None:
+        """Send the logged events on `cp_events`, every EVENTS_FLUSH_SECONDS (at once while a
+        flush comes back full). A failed flush sent nothing and removed nothing: the next one
+        sends those events."""
+        delay = 0.0
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                async with self.pool.connection() as conn:
+                    cur = await conn.execute(QUERIES["flush_job_events"], {"max": _FLUSH_MAX}, prepare=True)
+                    row = await cur.fetchone()
+                sent = int(row["sent"]) if row is not None else 0
+            except Exception:
+                logger.warning("sending logged job events failed; retrying", exc_info=True)
+                delay = min(max(delay * 2, 0.5), _BACKOFF_MAX_SECONDS)
+                continue
+            delay = 0.0 if sent >= _FLUSH_MAX else EVENTS_FLUSH_SECONDS
 
     async def _read(self, conn: AsyncConnection[Any]) -> None:
         async for note in conn.notifies():

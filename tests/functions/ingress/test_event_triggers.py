@@ -1,6 +1,7 @@
-"""The triggers of migrations/0006: every insert and state change is announced on `cp_events`,
-named for what happened, in notifications that stay under Postgres' 8000-byte payload limit
-whatever the rows hold."""
+"""The triggers of migrations/0006 and 0012: every insert and state change is logged, and sent on
+`cp_events` by `job_events_flush` (never by the writer's own transaction), named for what
+happened, in notifications that stay under Postgres' 8000-byte payload limit whatever the rows
+hold, each exactly once."""
 
 from __future__ import annotations
 
@@ -22,10 +23,21 @@ def listener(database_url: str) -> Iterator[psycopg.Connection]:
         yield conn
 
 
-def received(conn: psycopg.Connection) -> tuple[list[JobEventNote], list[int]]:
-    """Every event notified so far, and each notification's payload size in bytes."""
+def flush(conn: psycopg.Connection) -> int:
+    """What an API process's event hub does every few milliseconds."""
+    sent = 0
+    while (batch := conn.execute("SELECT job_events_flush(5000)").fetchone()[0]) > 0:  # type: ignore[index]
+        sent += batch
+    return sent
+
+
+def received(conn: psycopg.Connection, *, flushed: bool = True) -> tuple[list[JobEventNote], list[int]]:
+    """Every event notified so far (after a flush, unless `flushed` is False), and each
+    notification's payload size in bytes."""
+    if flushed:
+        flush(conn)  # a session receives its own notifications
     events, sizes = [], []
-    for note in conn.notifies(timeout=2):
+    for note in conn.notifies(timeout=0.5):
         sizes.append(len(note.payload.encode()))
         events += job_events(note.payload)
     return events, sizes
@@ -85,3 +97,54 @@ def test_events_name_what_happened(database_url: str, listener: psycopg.Connecti
     assert run(claim) == ["executing"]
     failed = """UPDATE jobs SET state = 'discarded', discarded_at = now(), errors = errors || '[{"kind": "error"}]'"""
     assert run(failed) == ["discarded"]
+
+
+def test_writers_notify_nothing_themselves_and_a_flush_sends_each_event_once(
+    database_url: str, listener: psycopg.Connection
+) -> None:
+    # A NOTIFY in a claim or completion would take Postgres' commit-wide notify lock: none may.
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO jobs (queue, worker, tenant_id) VALUES ('default', 'echo', 't')")
+        conn.execute("UPDATE jobs SET state = 'executing', attempt = 1, attempted_by = 'm', attempted_at = now()")
+        conn.execute("UPDATE jobs SET state = 'completed', completed_at = now()")
+    assert received(listener, flushed=False) == ([], [])
+    events, _ = received(listener)
+    assert [e.type for e in events] == ["inserted", "executing", "completed"]
+    assert received(listener) == ([], [])  # sent once: the flush took them from the log
+
+
+def test_an_event_is_sent_once_its_transaction_commits_and_never_if_it_rolls_back(
+    database_url: str, listener: psycopg.Connection
+) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO jobs (queue, worker, tenant_id) VALUES ('default', 'echo', 't')")
+    assert [e.type for e in received(listener)[0]] == ["inserted"]
+    with psycopg.connect(database_url) as open_tx, psycopg.connect(database_url) as doomed:
+        open_tx.execute("UPDATE jobs SET state = 'cancelled', cancelled_at = now()")
+        doomed.execute("INSERT INTO jobs (queue, worker, tenant_id) VALUES ('default', 'echo', 'gone')")
+        assert received(listener) == ([], [])  # not committed yet: nothing sent, nothing lost
+        doomed.rollback()
+        open_tx.commit()
+    assert [e.type for e in received(listener)[0]] == ["cancelled"]
+
+
+def test_one_flush_at_a_time_and_a_jobs_events_keep_their_order(
+    database_url: str, listener: psycopg.Connection
+) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO jobs (queue, worker, tenant_id) SELECT 'default', 'echo', 't' FROM generate_series(1, 3)"
+        )
+        with psycopg.connect(database_url) as other:
+            assert other.execute("SELECT job_events_flush(5000)").fetchone() == (3,)
+            # While that flush is uncommitted, another sends nothing (rather than overtaking it).
+            assert conn.execute("SELECT job_events_flush(5000)").fetchone() == (0,)
+            other.commit()
+        conn.execute("UPDATE jobs SET state = 'executing', attempt = 1, attempted_by = 'm', attempted_at = now()")
+        flush(conn)
+        conn.execute("UPDATE jobs SET state = 'completed', completed_at = now()")
+        flush(conn)
+    events, _ = received(listener)
+    assert len({e.event_id for e in events}) == len(events) == 9
+    for job_id in {e.job_id for e in events}:
+        assert [e.type for e in events if e.job_id == job_id] == ["inserted", "executing", "completed"]
