@@ -5,10 +5,15 @@
 -- flush, so every claiming and completing connection of every machine committed one after
 -- another, one fsync each, and group commit never happened: with 8 concurrent claimers the
 -- engine ran at about 1,500-2,000 jobs/s with those notifications and about 2,400 without them
--- (`make bench` claimers, alternating runs). Now the triggers append each event to
--- `job_event_log` (unlogged: no WAL, no lock), and `job_events_flush` (called every few
--- milliseconds by each API process's event hub, functions/ingress/event_hub.py) moves them to
--- `cp_events` in the very shape 0006 described. Listeners are unchanged.
+-- (`make bench` claimers, alternating runs). Now the state-change and progress triggers append
+-- each event to `job_event_log` (unlogged: no WAL, no lock), and `job_events_flush` (called
+-- every few milliseconds by each API process's event hub, functions/ingress/event_hub.py) moves
+-- them to `cp_events` in the very shape 0006 described. Listeners are unchanged.
+--
+-- Inserts still notify `inserted` at their commit (0006): an insert that makes jobs available
+-- NOTIFYs `cp_jobs` anyway, so it takes that lock regardless, and a client that creates a job
+-- and then opens its event stream must not receive the `inserted` event after the job's current
+-- state. A job's later events are logged after its insert committed, so they are sent after it.
 --
 -- What holds, and why:
 -- - Nothing is sent twice or lost: one transaction deletes events from the log and notifies
@@ -28,18 +33,6 @@ CREATE UNLOGGED TABLE job_event_log (
     id    bigint PRIMARY KEY,  -- the event id, from job_event_seq
     event json NOT NULL        -- [event id, type, job id, state, queue, tenant, attempt, batch id]
 );
-
-CREATE OR REPLACE FUNCTION jobs_event_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO job_event_log (id, event)
-    SELECT e.id, json_build_array(e.id, 'inserted', e.job_id, e.state, e.queue, e.tenant_id, e.attempt,
-                                  left(e.batch_id, 100))
-      FROM (SELECT nextval('job_event_seq') AS id, r.id AS job_id, r.state, r.queue, r.tenant_id, r.attempt,
-                   r.batch_id
-              FROM (SELECT id, state, queue, tenant_id, attempt, batch_id FROM new_rows ORDER BY id) r) e;
-    RETURN NULL;
-END
-$$;
 
 CREATE OR REPLACE FUNCTION jobs_event_changed() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE

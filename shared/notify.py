@@ -4,8 +4,9 @@
 the payload is the queue name. Machines and the dispatcher LISTEN to it.
 `cp_control`: messages to the dispatcher's leader, as JSON (`stop_machines_message`).
 `cp_events`: every job insert and state change as a JSON array of small events (`job_events`),
-logged by triggers (migrations/0006, 0012) and sent by `job_events_flush`, which every API
-instance's event hub calls; each instance LISTENs on one connection and fans them out.
+sent by the insert trigger at commit (migrations/0006), the others logged by triggers (0012) and
+sent by `job_events_flush`, which every API instance's event hub calls; each instance LISTENs on
+one connection and fans them out.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """One LISTEN connection per API process, fanned out to every live event stream.
 
-The triggers of migrations/0006 (since 0012) append every job insert and state change to the
-`job_event_log` table, committed with it; the hub of each API process:
+The insert trigger of migrations/0006 NOTIFYs `cp_events` as jobs are inserted; since 0012 the
+other triggers append every state change (and progress) to the `job_event_log` table, committed
+with it. The hub of each API process:
 
 - moves logged events to `cp_events` every EVENTS_FLUSH_SECONDS (`job_events_flush`: one flush
   at a time across all processes, each a transaction that deletes what it notifies). A NOTIFY in
@@ -63,8 +64,11 @@ _DETAILS_TIMEOUT_SECONDS: Final = 2.0
 _BACKOFF_MAX_SECONDS: Final = 10.0
 # A listening connection whose server vanished is noticed (and replaced) within about this.
 _DEAD_PEER_SECONDS: Final = 30.0
-# How often the hub sends logged events, and how many at most per flush (then it flushes again).
-EVENTS_FLUSH_SECONDS: Final = 0.01
+# How often the hub sends logged events: often while someone here watches (a flush sends to every
+# instance, so one watched instance keeps all of them live), rarely otherwise (it only keeps the
+# resume window filled). At most _FLUSH_MAX events per flush, then it flushes again at once.
+EVENTS_FLUSH_SECONDS: Final = 0.005
+EVENTS_FLUSH_UNWATCHED_SECONDS: Final = 0.1
 _FLUSH_MAX: Final = 5_000
 
 
@@ -233,6 +237,7 @@ class EventHub:
     _by_tenant: dict[str | None, set[Subscriber]] = field(default_factory=dict)
     _inbox: deque[JobEventNote | Reset] = field(default_factory=deque)
     _inbox_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    _watched: asyncio.Event = field(default_factory=asyncio.Event)  # a stream came: flush now
     _tag_streams: int = 0
     _per_tenant: dict[str | None, int] = field(default_factory=dict)  # None: admins watching everyone
     dropped_total: int = 0  # streams dropped for not keeping up (tests, metrics)
@@ -274,6 +279,7 @@ class EventHub:
         self._per_tenant[tenant] = self._per_tenant.get(tenant, 0) + 1
         subscriber = Subscriber(event_filter, asyncio.Queue(maxsize=self.settings.events_client_buffer + 1))
         self._subscribers.add(subscriber)
+        self._watched.set()
         if event_filter.job_id is not None:
             self._by_job.setdefault(event_filter.job_id, set()).add(subscriber)
         else:
@@ -395,12 +401,18 @@ class EventHub:
             delay = min(delay * 2, _BACKOFF_MAX_SECONDS)
 
     async def _flush_loop(self) -> None:
-        """Send the logged events on `cp_events`, every EVENTS_FLUSH_SECONDS (at once while a
-        flush comes back full). A failed flush sent nothing and removed nothing: the next one
-        sends those events."""
+        """Send the logged events on `cp_events`, every EVENTS_FLUSH_SECONDS while this instance
+        has streams (or waiters), EVENTS_FLUSH_UNWATCHED_SECONDS otherwise, and at once while a
+        flush comes back full. A failed flush sent nothing and removed nothing: the next one sends
+        those events."""
         delay = 0.0
         while True:
-            await asyncio.sleep(delay)
+            if delay <= EVENTS_FLUSH_SECONDS:
+                await asyncio.sleep(delay)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._watched.wait(), timeout=delay)
+            self._watched.clear()
             try:
                 async with self.pool.connection() as conn:
                     cur = await conn.execute(QUERIES["flush_job_events"], {"max": _FLUSH_MAX}, prepare=True)
@@ -410,7 +422,10 @@ class EventHub:
                 logger.warning("sending logged job events failed; retrying", exc_info=True)
                 delay = min(max(delay * 2, 0.5), _BACKOFF_MAX_SECONDS)
                 continue
-            delay = 0.0 if sent >= _FLUSH_MAX else EVENTS_FLUSH_SECONDS
+            if sent >= _FLUSH_MAX:
+                delay = 0.0
+            else:
+                delay = EVENTS_FLUSH_SECONDS if self._subscribers else EVENTS_FLUSH_UNWATCHED_SECONDS
 
     async def _read(self, conn: AsyncConnection[Any]) -> None:
         async for note in conn.notifies():

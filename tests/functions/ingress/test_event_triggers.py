@@ -103,13 +103,15 @@ def test_writers_notify_nothing_themselves_and_a_flush_sends_each_event_once(
     database_url: str, listener: psycopg.Connection
 ) -> None:
     # A NOTIFY in a claim or completion would take Postgres' commit-wide notify lock: none may.
+    # (An insert notifies at its commit, as it notifies cp_jobs anyway.)
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("INSERT INTO jobs (queue, worker, tenant_id) VALUES ('default', 'echo', 't')")
+        assert [e.type for e in received(listener, flushed=False)[0]] == ["inserted"]
         conn.execute("UPDATE jobs SET state = 'executing', attempt = 1, attempted_by = 'm', attempted_at = now()")
         conn.execute("UPDATE jobs SET state = 'completed', completed_at = now()")
     assert received(listener, flushed=False) == ([], [])
     events, _ = received(listener)
-    assert [e.type for e in events] == ["inserted", "executing", "completed"]
+    assert [e.type for e in events] == ["executing", "completed"]
     assert received(listener) == ([], [])  # sent once: the flush took them from the log
 
 
@@ -117,15 +119,17 @@ def test_an_event_is_sent_once_its_transaction_commits_and_never_if_it_rolls_bac
     database_url: str, listener: psycopg.Connection
 ) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("INSERT INTO jobs (queue, worker, tenant_id) VALUES ('default', 'echo', 't')")
-    assert [e.type for e in received(listener)[0]] == ["inserted"]
+        conn.execute(
+            "INSERT INTO jobs (queue, worker, tenant_id) SELECT 'default', 'echo', 't' FROM generate_series(1, 2)"
+        )
+    assert [e.type for e in received(listener)[0]] == ["inserted", "inserted"]
     with psycopg.connect(database_url) as open_tx, psycopg.connect(database_url) as doomed:
-        open_tx.execute("UPDATE jobs SET state = 'cancelled', cancelled_at = now()")
-        doomed.execute("INSERT INTO jobs (queue, worker, tenant_id) VALUES ('default', 'echo', 'gone')")
+        open_tx.execute("UPDATE jobs SET state = 'cancelled', cancelled_at = now() WHERE id = 1")
+        doomed.execute("UPDATE jobs SET state = 'cancelled', cancelled_at = now() WHERE id = 2")
         assert received(listener) == ([], [])  # not committed yet: nothing sent, nothing lost
         doomed.rollback()
         open_tx.commit()
-    assert [e.type for e in received(listener)[0]] == ["cancelled"]
+    assert [(e.type, e.job_id) for e in received(listener)[0]] == [("cancelled", 1)]
 
 
 def test_one_flush_at_a_time_and_a_jobs_events_keep_their_order(
@@ -135,16 +139,21 @@ def test_one_flush_at_a_time_and_a_jobs_events_keep_their_order(
         conn.execute(
             "INSERT INTO jobs (queue, worker, tenant_id) SELECT 'default', 'echo', 't' FROM generate_series(1, 3)"
         )
+        conn.execute("UPDATE jobs SET state = 'cancelled', cancelled_at = now()")
         with psycopg.connect(database_url) as other:
             assert other.execute("SELECT job_events_flush(5000)").fetchone() == (3,)
             # While that flush is uncommitted, another sends nothing (rather than overtaking it).
             assert conn.execute("SELECT job_events_flush(5000)").fetchone() == (0,)
             other.commit()
+        conn.execute("UPDATE jobs SET state = 'available', cancelled_at = NULL")
+        flush(conn)
         conn.execute("UPDATE jobs SET state = 'executing', attempt = 1, attempted_by = 'm', attempted_at = now()")
         flush(conn)
         conn.execute("UPDATE jobs SET state = 'completed', completed_at = now()")
         flush(conn)
     events, _ = received(listener)
-    assert len({e.event_id for e in events}) == len(events) == 9
+    assert len({e.event_id for e in events}) == len(events) == 15
     for job_id in {e.job_id for e in events}:
-        assert [e.type for e in events if e.job_id == job_id] == ["inserted", "executing", "completed"]
+        assert [e.type for e in events if e.job_id == job_id] == [
+            "inserted", "cancelled", "retried", "executing", "completed"
+        ]
