@@ -155,5 +155,9 @@ def test_one_flush_at_a_time_and_a_jobs_events_keep_their_order(
     assert len({e.event_id for e in events}) == len(events) == 15
     for job_id in {e.job_id for e in events}:
         assert [e.type for e in events if e.job_id == job_id] == [
-            "inserted", "cancelled", "retried", "executing", "completed"
+            "inserted",
+            "cancelled",
+            "retried",
+            "executing",
+            "completed",
         ]
