@@ -26,8 +26,10 @@
 --   Across jobs, the order is that of flushes, then ids: no longer exactly commit order.
 -- - A crash of Postgres empties the unlogged log; it also drops every listener, which tells its
 --   streams to `reset` (they may have missed events), as before.
--- - Events wait in the log while no API process runs (nobody listens then); the first hub
---   sends them when it starts.
+-- - Hubs flush every few milliseconds; the dispatcher's leader also flushes every second, so
+--   the log stays short while no API process runs (nobody listens then: the events go nowhere).
+-- - Like any queue in a table, flushing slows while a long transaction keeps deleted rows from
+--   being vacuumed (each flush steps over them in the index).
 
 CREATE UNLOGGED TABLE job_event_log (
     id    bigint PRIMARY KEY,  -- the event id, from job_event_seq
@@ -78,7 +80,8 @@ BEGIN
     -- previous flush left it.
     WITH taken AS (
         DELETE FROM job_event_log
-         WHERE id IN (SELECT id FROM job_event_log ORDER BY id LIMIT p_max)
+         -- = ANY (ARRAY(...)), not IN (...): a semi-join plan would scan the whole log once it is large
+         WHERE id = ANY (ARRAY(SELECT id FROM job_event_log ORDER BY id LIMIT p_max))
         RETURNING id, event
     )
     SELECT array_agg(event ORDER BY id) INTO v_events FROM taken;

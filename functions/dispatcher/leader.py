@@ -33,7 +33,7 @@ from shared.vocabulary import Event as EventName
 
 from .duties import Duty, DutyErrors
 from .lease import Lease, connect_leader, new_holder_id
-from .maintenance import Lifeline, Pruner, Stager
+from .maintenance import EventSender, Lifeline, Pruner, Stager
 from .reconciler import Reconciler
 from .scaler import Scaler
 from .scheduler import Scheduler, utc_now
@@ -63,6 +63,7 @@ class Dispatcher:
         self.stager = Stager(self.pool)
         self.lifeline = Lifeline(self.pool, float(self.settings.lifeline_rescue_after))
         self.pruner = Pruner(self.pool, float(self.settings.pruner_max_age))
+        self.event_sender = EventSender(self.pool)
         self.scheduler = Scheduler(self.pool, self.settings.scheduler_misfire_grace_seconds, clock=self.clock)
         self.scaler_wake = asyncio.Event()
         poll, maintenance = self.settings.dispatcher_poll_seconds, self.settings.dispatcher_maintenance_seconds
@@ -73,6 +74,7 @@ class Dispatcher:
             Duty("lifeline", self.lifeline.run_once, maintenance),
             Duty("pruner", self.pruner.run_once, maintenance),
             Duty("scheduler", self.scheduler.run_once, maintenance),
+            Duty("events", self.event_sender.run_once, poll),
         ]
         self.duty_errors = DutyErrors(self.pool)
 

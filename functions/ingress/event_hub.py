@@ -46,9 +46,11 @@ from typing import Any, Final
 import orjson
 import psycopg
 from psycopg import AsyncConnection
+from psycopg.rows import DictRow, dict_row
 
 from functions.dispatcher.lease import keepalive_params
 from shared.db.pool import Pool
+from shared.db.sql import QUERIES as SHARED_QUERIES
 from shared.errors import RateLimited, ServiceUnavailable
 from shared.notify import EVENTS_CHANNEL, JobEventNote, job_events, listen
 from shared.settings import Settings
@@ -70,6 +72,7 @@ _DEAD_PEER_SECONDS: Final = 30.0
 EVENTS_FLUSH_SECONDS: Final = 0.005
 EVENTS_FLUSH_UNWATCHED_SECONDS: Final = 0.1
 _FLUSH_MAX: Final = 5_000
+_FLUSH_BACKOFF_MAX_SECONDS: Final = 1.0
 
 
 @dataclass(slots=True, eq=False)
@@ -405,27 +408,43 @@ class EventHub:
         has streams (or waiters), EVENTS_FLUSH_UNWATCHED_SECONDS otherwise, and at once while a
         flush comes back full. A failed flush sent nothing and removed nothing: the next one sends
         those events."""
+        # A connection of its own: a request pool whose connections are all busy (slow requests,
+        # row locks) must not hold every stream's events back.
+        conn: AsyncConnection[DictRow] | None = None
         delay = 0.0
-        while True:
-            if delay <= EVENTS_FLUSH_SECONDS:
-                await asyncio.sleep(delay)
-            else:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._watched.wait(), timeout=delay)
-            self._watched.clear()
-            try:
-                async with self.pool.connection() as conn:
-                    cur = await conn.execute(QUERIES["flush_job_events"], {"max": _FLUSH_MAX}, prepare=True)
+        try:
+            while True:
+                if delay <= EVENTS_FLUSH_SECONDS:
+                    await asyncio.sleep(delay)
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._watched.wait(), timeout=delay)
+                self._watched.clear()
+                try:
+                    if conn is None or conn.closed:
+                        conn = await AsyncConnection.connect(
+                            self.settings.session_database_url,
+                            autocommit=True,
+                            row_factory=dict_row,
+                            **keepalive_params(_DEAD_PEER_SECONDS),
+                        )
+                    cur = await conn.execute(SHARED_QUERIES["flush_job_events"], {"max": _FLUSH_MAX}, prepare=True)
                     row = await cur.fetchone()
-                sent = int(row["sent"]) if row is not None else 0
-            except Exception:
-                logger.warning("sending logged job events failed; retrying", exc_info=True)
-                delay = min(max(delay * 2, 0.5), _BACKOFF_MAX_SECONDS)
-                continue
-            if sent >= _FLUSH_MAX:
-                delay = 0.0
-            else:
-                delay = EVENTS_FLUSH_SECONDS if self._subscribers else EVENTS_FLUSH_UNWATCHED_SECONDS
+                    sent = int(row["sent"]) if row is not None else 0
+                except (psycopg.Error, OSError):
+                    logger.warning("sending logged job events failed; retrying", exc_info=True)
+                    if conn is not None:
+                        await conn.close()
+                        conn = None
+                    delay = min(max(delay * 2, 0.1), _FLUSH_BACKOFF_MAX_SECONDS)
+                    continue
+                if sent >= _FLUSH_MAX:
+                    delay = 0.0
+                else:
+                    delay = EVENTS_FLUSH_SECONDS if self._subscribers else EVENTS_FLUSH_UNWATCHED_SECONDS
+        finally:
+            if conn is not None:
+                await conn.close()
 
     async def _read(self, conn: AsyncConnection[Any]) -> None:
         async for note in conn.notifies():

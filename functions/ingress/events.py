@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Annotated, Any, Final
 
 import orjson
@@ -134,12 +134,12 @@ def event_stream(
     subscription: Subscription,
     *,
     first: bytes = b"",
-    ends: Callable[[LiveEvent], bool] | None = None,
+    ends: Callable[[LiveEvent], Awaitable[bool]] | None = None,
 ) -> EventStreamResponse:
     """An SSE response for `subscription` (the subscriber is removed whenever the stream ends:
     the client went away, or the hub dropped it). Events waiting together go out in one write."""
 
-    def frames_of(items: Sequence[LiveEvent | Reset | KeepAlive]) -> tuple[bytes, bool]:
+    async def frames_of(items: Sequence[LiveEvent | Reset | KeepAlive]) -> tuple[bytes, bool]:
         out = []
         for item in items:
             if isinstance(item, Reset):
@@ -149,7 +149,7 @@ def event_stream(
                 out.append(b": keep-alive\n\n")
                 continue
             out.append(item.frame())
-            if ends is not None and ends(item):
+            if ends is not None and await ends(item):
                 return b"".join(out), True
         return b"".join(out), False
 
@@ -161,7 +161,7 @@ def event_stream(
         try:
             # retry: how long a browser's EventSource waits before reconnecting.
             yield b"retry: 2000\n: connected\n\n"
-            chunk, done = frames_of(await subscription.backlog())
+            chunk, done = await frames_of(await subscription.backlog())
             if chunk:
                 yield chunk
             if done:
@@ -176,7 +176,7 @@ def event_stream(
                     return  # long enough: the client reconnects (its credentials checked again) and resumes
                 if batch is None:
                     return  # dropped: the client reconnects and resumes from the buffer
-                chunk, done = frames_of(batch)
+                chunk, done = await frames_of(batch)
                 yield chunk
                 if done:
                     return
@@ -207,8 +207,18 @@ def current_state_frame(job: Job) -> bytes:
     return b"data: %s\n\n" % orjson.dumps(body)
 
 
-def is_final(event: LiveEvent) -> bool:
-    return event.note.state in FINAL_STATES
+def ends_when_final(pool: Pool, job_id: int, tenant_id: str | None) -> Callable[[LiveEvent], Awaitable[bool]]:
+    """Whether a job's stream ends after `event`: a final event, and the row agrees. Events reach
+    the hub a few milliseconds after their commit (migrations/0012), so a final event can arrive
+    after the job was already retried: that stream goes on."""
+
+    async def ends(event: LiveEvent) -> bool:
+        if event.note.state not in FINAL_STATES:
+            return False
+        job = await read_job(pool, job_id, tenant_id)
+        return job is None or job.state in FINAL_STATES
+
+    return ends
 
 
 async def stream_events(request: Request) -> Response:
@@ -244,7 +254,7 @@ async def stream_job_events(request: Request, job_id: int) -> Response:
             yield b"retry: 2000\n: connected\n\n" + current_state_frame(job)
 
         return EventStreamResponse(once(), None)
-    return event_stream(subscription, first=current_state_frame(job), ends=is_final)
+    return event_stream(subscription, first=current_state_frame(job), ends=ends_when_final(pool, job_id, tenant))
 
 
 def wait_seconds(request: Request) -> int | None:

@@ -101,7 +101,3 @@ SELECT duty, errors FROM dispatcher_duty_errors ORDER BY duty;
 -- name: event_details
 -- what a job event's notification leaves out: the job's tags, its latest error and its progress
 SELECT id, tags, errors -> -1 AS last_error, progress FROM jobs WHERE id = ANY (%(ids)s::bigint[]);
-
--- name: flush_job_events
--- send up to max logged job events on cp_events (migrations/0012); 0 when none or another flush runs
-SELECT job_events_flush(%(max)s) AS sent;

@@ -643,3 +643,7 @@ WITH old_workflows AS (
 )
 SELECT (SELECT count(*) FROM old_workflows) AS workflows, (SELECT count(*) FROM old_batches) AS batches,
        (SELECT count(*) FROM old_runs) AS runs;
+
+-- name: flush_job_events
+-- send up to max logged job events on cp_events (migrations/0012); 0 when none or another flush runs
+SELECT job_events_flush(%(max)s) AS sent;

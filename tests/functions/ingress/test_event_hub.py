@@ -7,10 +7,11 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import psycopg
 import pytest
 
 from functions.ingress.event_hub import EventFilter, EventHub, LiveEvent
-from shared.db.pool import Pool
+from shared.db.pool import Pool, open_pool
 from shared.errors import RateLimited, ServiceUnavailable
 from shared.settings import Settings
 from tests.conftest import make_settings
@@ -93,3 +94,20 @@ async def test_an_unusable_last_event_id_resets_and_leaves_nothing_behind(
             assert subscription.gap and subscription.replay == []
             hub.unsubscribe(subscription.subscriber)
         assert hub.subscriber_count == 0
+
+
+async def test_events_flow_while_every_connection_of_the_request_pool_is_busy(database_url: str) -> None:
+    # Slow requests or row locks can hold the whole request pool; the hub sends events on a
+    # connection of its own.
+    settings = make_settings(database_url)
+    busy_pool = await open_pool(database_url, min_size=1, max_size=1)
+    async with busy_pool, running_hub(settings, busy_pool) as hub:
+        async with hub.subscription(EventFilter(tenant_id="acme")) as events, busy_pool.connection():
+            async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as writer:
+                await writer.execute("INSERT INTO jobs (queue, worker, tenant_id) VALUES ('default', 'echo', 'acme')")
+                await writer.execute(
+                    "UPDATE jobs SET state = 'executing', attempt = 1, attempted_by = 'm', attempted_at = now()"
+                )
+            async with asyncio.timeout(10):
+                got = [await anext(aiter(events)) for _ in range(2)]
+    assert [e.note.type for e in got if isinstance(e, LiveEvent)] == ["inserted", "executing"]

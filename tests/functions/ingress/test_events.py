@@ -367,3 +367,33 @@ def test_a_running_jobs_progress_is_an_event_once_per_change(app: LiveApp) -> No
     assert [e.data.get("progress", {}).get("done") for e in got[:2]] == [40, 100]
     assert got[0].data["state"] == "executing" and got[0].data["progress"]["total"] == 100
     assert events.ended.wait(30)
+
+
+def test_a_job_stream_does_not_end_on_a_final_event_the_job_has_left(app: LiveApp) -> None:
+    # Events reach the hub a few milliseconds after their commit (migrations/0012): a job
+    # discarded and retried just before its stream opened sends `discarded` after `current`.
+    # Holding the flush's lock stands in for that delay.
+    job_id = create(app, "tenant-a")
+    execute(app, job_id)
+    wait_until("the hub to send what is logged", lambda: app.sql("SELECT count(*) FROM job_event_log") == [(0,)])
+    with psycopg.connect(app.settings.database_url) as flush_held:
+        flush_held.execute("SELECT pg_advisory_xact_lock(7420012)")  # job_events_flush's lock
+        app.sql(
+            "UPDATE jobs SET state = 'discarded', discarded_at = now(), errors = errors ||"
+            """ '[{"kind": "error", "error": "boom"}]' WHERE id = %s""",
+            (job_id,),
+        )
+        with app.client("tenant-a") as client:
+            assert client.post(f"/jobs/{job_id}/retry").status_code == 200
+        events = stream(app, f"/jobs/{job_id}/events", app.token("tenant-a", "jobs:read"))
+        first = events.next().data
+        assert (first["type"], first["state"]) == ("current", "available")
+    # The flush comes: `discarded`, then `retried`; the stream goes on, as the job will run.
+    assert [events.next().data["type"] for _ in range(2)] == ["discarded", "retried"]
+    execute(app, job_id)
+    complete(app, job_id)
+    assert [e.data["type"] for e in events_until(events, lambda e: e.data["type"] == "completed")] == [
+        "executing",
+        "completed",
+    ]
+    assert events.ended.wait(30)
