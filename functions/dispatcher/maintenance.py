@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from shared.db import queue_rules, transitions
+from shared.db import event_log, queue_rules, transitions
 from shared.db.pool import Pool
 from shared.db.sql import QUERIES
 from shared.telemetry import emit
@@ -56,9 +56,7 @@ class EventSender:
         sent = 0
         async with self.pool.connection() as conn:
             for _ in range(self.most_batches):
-                cur = await conn.execute(QUERIES["flush_job_events"], {"max": self.batch}, prepare=True)
-                row = await cur.fetchone()
-                batch = int(row["sent"]) if row is not None else 0
+                batch = await event_log.flush(conn, max_events=self.batch)
                 sent += batch
                 if batch < self.batch:
                     break

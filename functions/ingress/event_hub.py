@@ -49,8 +49,8 @@ from psycopg import AsyncConnection
 from psycopg.rows import DictRow, dict_row
 
 from functions.dispatcher.lease import keepalive_params
+from shared.db import event_log
 from shared.db.pool import Pool
-from shared.db.sql import QUERIES as SHARED_QUERIES
 from shared.errors import RateLimited, ServiceUnavailable
 from shared.notify import EVENTS_CHANNEL, JobEventNote, job_events, listen
 from shared.settings import Settings
@@ -428,9 +428,7 @@ class EventHub:
                             row_factory=dict_row,
                             **keepalive_params(_DEAD_PEER_SECONDS),
                         )
-                    cur = await conn.execute(SHARED_QUERIES["flush_job_events"], {"max": _FLUSH_MAX}, prepare=True)
-                    row = await cur.fetchone()
-                    sent = int(row["sent"]) if row is not None else 0
+                    sent = await event_log.flush(conn, max_events=_FLUSH_MAX)
                 except (psycopg.Error, OSError):
                     logger.warning("sending logged job events failed; retrying", exc_info=True)
                     if conn is not None:
