@@ -429,7 +429,9 @@ class EventHub:
                             **keepalive_params(_DEAD_PEER_SECONDS),
                         )
                     sent = await event_log.flush(conn, max_events=_FLUSH_MAX)
-                except (psycopg.Error, OSError):
+                except Exception:
+                    # Anything, a bug included: a dead flush task would leave live events to the
+                    # leader's once-a-second flush without a word.
                     logger.warning("sending logged job events failed; retrying", exc_info=True)
                     if conn is not None:
                         await conn.close()

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Annotated, Any, Final
 
 import orjson
+import psycopg
 from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -215,7 +216,10 @@ def ends_when_final(pool: Pool, job_id: int, tenant_id: str | None) -> Callable[
     async def ends(event: LiveEvent) -> bool:
         if event.note.state not in FINAL_STATES:
             return False
-        job = await read_job(pool, job_id, tenant_id)
+        try:
+            job = await read_job(pool, job_id, tenant_id)
+        except (psycopg.Error, OSError):  # PoolTimeout and PoolClosed are psycopg errors
+            return True  # unknown: end it; the client reconnects, reads the state and resumes
         return job is None or job.state in FINAL_STATES
 
     return ends

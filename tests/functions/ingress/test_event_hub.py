@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import psycopg
 import pytest
 
 from functions.ingress.event_hub import EventFilter, EventHub, LiveEvent
+from shared.db import event_log
 from shared.db.pool import Pool, open_pool
 from shared.errors import RateLimited, ServiceUnavailable
 from shared.settings import Settings
@@ -110,4 +112,31 @@ async def test_events_flow_while_every_connection_of_the_request_pool_is_busy(da
                 )
             async with asyncio.timeout(10):
                 got = [await anext(aiter(events)) for _ in range(2)]
+    assert [e.note.type for e in got if isinstance(e, LiveEvent)] == ["inserted", "executing"]
+
+
+async def test_a_flush_that_raises_something_unexpected_does_not_stop_the_events(
+    database_url: str, pool: Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only the hub flushes every few milliseconds: if any error ended its flush task, live events
+    # would fall back to the leader's once-a-second flush without a word.
+    real = event_log.flush
+    failures = [RuntimeError("a bug"), ValueError("another")]
+
+    async def flaky(conn: Any, *, max_events: int) -> int:
+        if failures:
+            raise failures.pop()
+        return await real(conn, max_events=max_events)
+
+    monkeypatch.setattr(event_log, "flush", flaky)
+    async with running_hub(make_settings(database_url), pool) as hub:
+        async with hub.subscription(EventFilter(tenant_id="acme")) as events:
+            await insert(pool, "acme")
+            async with pool.connection() as conn:
+                await conn.execute(
+                    "UPDATE jobs SET state = 'executing', attempt = 1, attempted_by = 'm', attempted_at = now()"
+                )
+            async with asyncio.timeout(10):
+                got = [await anext(aiter(events)) for _ in range(2)]
+    assert not failures
     assert [e.note.type for e in got if isinstance(e, LiveEvent)] == ["inserted", "executing"]

@@ -11,7 +11,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from functions.ingress.event_hub import EventHub
+from functions.ingress.event_hub import EventHub, LiveEvent
+from functions.ingress.events import ends_when_final
+from shared.db.pool import open_pool
+from shared.notify import JobEventNote
 from tests.functions.ingress.conftest import OpenApp, assert_problem
 from tests.functions.ingress.sse import SseEvent, SseStream
 from tests.functions.ingress.test_metrics import scrape, value
@@ -397,3 +400,14 @@ def test_a_job_stream_does_not_end_on_a_final_event_the_job_has_left(app: LiveAp
         "completed",
     ]
     assert events.ended.wait(30)
+
+
+async def test_a_job_stream_ends_when_the_row_cannot_be_read_back(database_url: str) -> None:
+    # A final event makes the stream read the row; when the database does not answer, the
+    # stream ends (the client reconnects, reads the current state and resumes) rather than failing.
+    pool = await open_pool(database_url)
+    await pool.close()
+    final = LiveEvent(JobEventNote(1, "completed", 7, "completed", "default", "acme", 1, None))
+    assert await ends_when_final(pool, 7, "acme")(final) is True
+    not_final = LiveEvent(JobEventNote(2, "executing", 7, "executing", "default", "acme", 1, None))
+    assert await ends_when_final(pool, 7, "acme")(not_final) is False  # no read needed
