@@ -6,9 +6,8 @@ queue limit 1,000 (the most a queue allows). K simulated machines, each an async
 autocommit dict-row connection (as the machine's pool hands out), spread over BENCH_CLAIMER_PROCS
 processes. Each runs the machine's claim and completion code paths with a no-op handler:
 `transitions.claim` (claim_jobs, up to BATCH jobs) then `transitions.complete_many` with the machine's
-id (what the recorder's batcher writes: one statement that also counts the machine's jobs run,
-then the durability barrier), and
-again, until a claim comes back empty and no job is available. Claim latency is each claim call as
+id (what the recorder's batcher writes: one statement that also counts the machine's jobs run),
+and again, until a claim comes back empty and no job is available. Claim latency is each claim call as
 the claimer sees it. Jobs/s = N / (last completed_at - first attempted_at), from the job rows.
 
 Reference: pgqueuer 1.6, K QueueManagers (one connection each, batch size BATCH, drain mode, no-op
@@ -346,7 +345,7 @@ def run(env: BenchEnv, cfg: BenchConfig) -> list[Row]:
             f"never falls (within {NOISE:.0%} of the best smaller count)",
             verdict(not falls),
             f"simulated machines: asyncio tasks, one connection each, over {process_count()} processes; each claims "
-            f"up to {batch} jobs (claim_jobs via transitions.claim) and completes them in one transaction "
+            f"up to {batch} jobs (claim_jobs via transitions.claim) and completes them in one statement "
             f"(complete_many with the machine's count, as the recorder); queue limit {QUEUE_LIMIT}, fair claims on, "
             "one tenant; "
             f"pgqueuer: as many QueueManagers, batch size {batch}, drain mode; claim p99 = claim_jobs call / pgqueuer "
