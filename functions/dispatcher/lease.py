@@ -40,6 +40,7 @@ import psycopg
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow, dict_row
 
+from shared.db.pool import utc_session
 from shared.db.sql import QUERIES
 
 logger = logging.getLogger("functions.dispatcher.lease")
@@ -71,6 +72,7 @@ async def connect_leader(database_url: str, ttl_seconds: float) -> AsyncConnecti
     conn = await AsyncConnection.connect(
         database_url, autocommit=True, row_factory=dict_row, **keepalive_params(ttl_seconds)
     )
+    await utc_session(conn)  # the lease's times are read back
     # Server side too, so Postgres frees this session soon after our host vanishes. Set after
     # connecting (not as startup `options`, which some poolers refuse); no-ops on Unix sockets.
     try:

@@ -33,6 +33,14 @@ async def _ping_if_idle(conn: AsyncConnection[Any]) -> None:
         await AsyncConnectionPool.check_connection(conn)
 
 
+async def utc_session(conn: AsyncConnection[Any]) -> None:
+    """Read and write times in UTC, whatever the database's or role's TimeZone. The API keeps
+    times within years 1-9999 in UTC (and the jobs table a CHECK to match); read in another zone,
+    such a time can fall in year 10000, which Python cannot hold, and every read of its row fails.
+    A SET after connecting, not startup `options`, which some poolers refuse."""
+    await conn.execute("SET TimeZone TO 'UTC'")
+
+
 async def open_pool(
     database_url: str, *, min_size: int = 1, max_size: int = 20, checkout_timeout: float = 30.0, **kwargs: Any
 ) -> Pool:
@@ -47,6 +55,7 @@ async def open_pool(
         kwargs={"row_factory": dict_row, "autocommit": True, **kwargs},
         connection_class=AsyncConnection[DictRow],
         open=False,
+        configure=utc_session,
         check=_ping_if_idle,
         reset=_note_return,
         reconnect_timeout=3600,
@@ -57,5 +66,7 @@ async def open_pool(
 
 
 async def connect(database_url: str) -> AsyncConnection[DictRow]:
-    """One autocommit dict-row connection (LISTEN, advisory locks, tests)."""
-    return await AsyncConnection.connect(database_url, autocommit=True, row_factory=dict_row)
+    """One autocommit dict-row connection (LISTEN, advisory locks, tests), in UTC."""
+    conn = await AsyncConnection.connect(database_url, autocommit=True, row_factory=dict_row)
+    await utc_session(conn)
+    return conn
