@@ -209,9 +209,10 @@ def current_state_frame(job: Job) -> bytes:
 
 
 def ends_when_final(pool: Pool, job_id: int, tenant_id: str | None) -> Callable[[LiveEvent], Awaitable[bool]]:
-    """Whether a job's stream ends after `event`: a final event, and the row agrees. Events reach
-    the hub a few milliseconds after their commit (migrations/0012), so a final event can arrive
-    after the job was already retried: that stream goes on."""
+    """Whether a job's stream ends after `event`: a final event, and the row still holds that very
+    outcome (same state, same attempt). Events reach the hub a few milliseconds after their commit
+    (migrations/0012), so a final event can arrive after the job was retried, or retried and
+    finished otherwise: that stream goes on to the events that follow."""
 
     async def ends(event: LiveEvent) -> bool:
         if event.note.state not in FINAL_STATES:
@@ -220,7 +221,7 @@ def ends_when_final(pool: Pool, job_id: int, tenant_id: str | None) -> Callable[
             job = await read_job(pool, job_id, tenant_id)
         except (psycopg.Error, OSError):  # PoolTimeout and PoolClosed are psycopg errors
             return True  # unknown: end it; the client reconnects, reads the state and resumes
-        return job is None or job.state in FINAL_STATES
+        return job is None or (job.state.value == event.note.state and job.attempt == event.note.attempt)
 
     return ends
 

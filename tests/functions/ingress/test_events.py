@@ -411,3 +411,22 @@ async def test_a_job_stream_ends_when_the_row_cannot_be_read_back(database_url: 
     assert await ends_when_final(pool, 7, "acme")(final) is True
     not_final = LiveEvent(JobEventNote(2, "executing", 7, "executing", "default", "acme", 1, None))
     assert await ends_when_final(pool, 7, "acme")(not_final) is False  # no read needed
+
+
+def test_a_job_stream_does_not_end_on_a_final_event_the_row_has_since_left_for_another(app: LiveApp) -> None:
+    # cancelled, retried, run and completed while the events wait for their flush: `cancelled`
+    # arrives when the row is already `completed` (final too, but not that event's outcome).
+    job_id = create(app, "tenant-a")
+    events = stream(app, f"/jobs/{job_id}/events", app.token("tenant-a", "jobs:read"))
+    assert events.next().data["type"] == "current"
+    wait_until("the hub to send what is logged", lambda: app.sql("SELECT count(*) FROM job_event_log") == [(0,)])
+    with psycopg.connect(app.settings.database_url) as flush_held:
+        flush_held.execute("SELECT pg_advisory_xact_lock(7420012)")  # job_events_flush's lock
+        app.sql("UPDATE jobs SET state = 'cancelled', cancelled_at = now() WHERE id = %s", (job_id,))
+        with app.client("tenant-a") as client:
+            assert client.post(f"/jobs/{job_id}/retry").status_code == 200
+        execute(app, job_id)
+        complete(app, job_id)
+    seen = events_until(events, lambda e: e.data["type"] == "completed")
+    assert [e.data["type"] for e in seen] == ["cancelled", "retried", "executing", "completed"]
+    assert events.ended.wait(30)
