@@ -401,6 +401,9 @@ async def test_times_are_utc_whatever_the_session_time_zone(
     tokyo_pool = await open_pool(database_url, min_size=1, max_size=1)
     try:
         async with tokyo_pool.connection() as c:
+            # The service's pools set UTC on connecting (shared.db.pool.utc_session); this one's only
+            # connection is set back to the database's zone, to show exports do not depend on it.
+            await c.execute("SET TimeZone TO DEFAULT")
             assert await (await c.execute("SHOW TimeZone")).fetchone() == {"TimeZone": "Asia/Tokyo"}
         tokyo = HandlerContext(settings=settings, machine_id="m", pool=tokyo_pool)
         tokyo.bucket.ensure_bucket()
