@@ -215,6 +215,7 @@ def test_pages_on_a_phone(browser: Any, app: LiveApp):
     page.goto(f"{app.url}/dashboard/jobs/{job}")
     shot(page, "phone-job")
     page.get_by_role("button", name="Sign out").click()
+    page.get_by_role("heading", name="Sign in").wait_for()  # the sign-out's redirect (CI under load)
     assert page.get_by_role("heading", name="Sign in").is_visible()
     shot(page, "signed-out")
     page.get_by_label("API token").fill("not-a-token")
