@@ -138,6 +138,10 @@ SELECT extract(epoch FROM attempted_at)::float8 FROM jobs
  WHERE queue = %(queue)s AND attempted_at IS NOT NULL
  ORDER BY attempted_at;
 
+-- name: first_start
+-- the first start of a queue's jobs in epoch seconds, or NULL while none has started
+SELECT extract(epoch FROM min(attempted_at))::float8 FROM jobs WHERE queue = %(queue)s;
+
 -- name: seed_webhook_jobs
 -- `count` available webhook jobs, each with `"seq": i` (0-based) in its payload, inserted server-side
 INSERT INTO jobs (queue, worker, state, tenant_id, args, meta, max_attempts)

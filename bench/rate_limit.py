@@ -22,12 +22,29 @@ LIMIT = 50  # starts per second for the key
 MACHINES = 3
 CONCURRENCY = 10
 TOLERANCE = 0.05
+BOOT_TIMEOUT = 120.0  # seconds for the first machine to start a job
 
 
 def max_in_window(starts: list[float], window: float = 1.0) -> int:
     """The most starts within any half-open window [t, t + window) that begins at a start (a window
     that begins elsewhere can be slid right to the next start without losing any)."""
     return max((bisect.bisect_left(starts, t + window) - i for i, t in enumerate(starts)), default=0)
+
+
+def db_now(database_url: str) -> float:
+    [(now,)] = sql_rows(database_url, "SELECT extract(epoch FROM clock_timestamp())::float8")
+    return float(now)
+
+
+def wait_for_first_start(database_url: str, timeout: float) -> float | None:
+    """The epoch second (database clock) of the queue's first start, or None after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        [(first,)] = sql_rows(database_url, QUERIES["first_start"], {"queue": "default"})
+        if first is not None:
+            return float(first)
+        time.sleep(0.1)
+    return None
 
 
 def run(env: BenchEnv, cfg: BenchConfig) -> list[Row]:
@@ -52,9 +69,12 @@ def run(env: BenchEnv, cfg: BenchConfig) -> list[Row]:
         )
         children.append(env.spawn([PYTHON, "-m", "functions.machine"], machine_env, log_name=f"rate-machine-{n}"))
     try:
-        # Machines boot in a few hundred ms; the measured span starts at the first start and lasts
-        # `seconds` (runs a little longer so the span is full).
-        time.sleep(seconds + 3.0)
+        # The measured span starts at the first start and lasts `seconds`. Machines boot in a few
+        # hundred ms on a quiet box but in seconds on a loaded one, so wait for that first start
+        # (bounded) rather than guess, then run a little past the span so it is full.
+        first = wait_for_first_start(database_url, timeout=BOOT_TIMEOUT)
+        if first is not None:
+            time.sleep(max(0.0, first + seconds + 1.0 - db_now(database_url)))
     finally:
         for child in children:
             stop_process(child)
