@@ -97,15 +97,26 @@ RETURNING id;
 -- executing -> completed for a batch, each row only by its current claim.
 -- Also answers the rows these claims had already completed: when a commit landed but its reply
 -- was lost (connection dropped), the retry must not mistake its own completion for a lost job.
+-- The rows are found by primary key and their state compared, never searched for: a constant
+-- state in a join lets the planner read a partial index of every executing or completed job
+-- instead, which stale statistics make look cheap (a batch then cost as much as every completion
+-- before it; tests/shared/db/test_completion_plans.py). MATERIALIZED CTEs keep the constant out.
 WITH done AS (
     SELECT * FROM unnest(%(job_ids)s::bigint[], %(claim_tokens)s::uuid[], %(results)s::jsonb[],
                          %(progress)s::jsonb[])
         AS d(id, claim_token, result, progress)
+), found AS MATERIALIZED (
+    SELECT j.id, j.state, d.claim_token, d.result, d.progress
+      FROM done d JOIN jobs j ON j.id = d.id AND j.claim_token = d.claim_token
+), open AS MATERIALIZED (
+    SELECT * FROM found WHERE state = 'executing'
 ), completed_now AS (
-    UPDATE jobs SET state = 'completed', completed_at = now(), result = done.result, heartbeat_at = NULL,
-                    progress = coalesce(done.progress, jobs.progress)
-      FROM done
-     WHERE jobs.id = done.id AND jobs.state = 'executing' AND jobs.claim_token = done.claim_token
+    -- `jobs.state = open.state` ('executing') is rechecked on the newest row version when a
+    -- concurrent change (cancel, rescue) got there first, as a constant would be.
+    UPDATE jobs SET state = 'completed', completed_at = now(), result = open.result, heartbeat_at = NULL,
+                    progress = coalesce(open.progress, jobs.progress)
+      FROM open
+     WHERE jobs.id = open.id AND jobs.state = open.state AND jobs.claim_token = open.claim_token
     RETURNING jobs.id
 ), counted AS (
     -- the machine's count of jobs run, in the same statement (one round trip, no transaction)
@@ -113,8 +124,7 @@ WITH done AS (
 )
 SELECT id, true AS fresh FROM completed_now
 UNION ALL
-SELECT jobs.id, false AS fresh FROM jobs JOIN done ON jobs.id = done.id AND jobs.claim_token = done.claim_token
- WHERE jobs.state = 'completed';
+SELECT id, false AS fresh FROM found WHERE state = 'completed';
 
 -- name: fail_job
 -- executing -> retryable (at retry_at) or discarded, recording the error; fenced
@@ -146,10 +156,15 @@ RETURNING id;
 -- name: heartbeat_jobs
 -- executing -> executing: refresh the heartbeat of every job whose claim this machine still holds,
 -- with the progress its handler last reported (NULL: nothing new)
+-- (rows found by primary key, state compared, not searched for: see complete_jobs)
+WITH held AS MATERIALIZED (
+    SELECT h.id, h.claim_token, h.progress, 'executing'::text AS state
+      FROM unnest(%(job_ids)s::bigint[], %(claim_tokens)s::uuid[], %(progress)s::jsonb[])
+           AS h(id, claim_token, progress)
+)
 UPDATE jobs SET heartbeat_at = now(), progress = coalesce(held.progress, jobs.progress)
-  FROM unnest(%(job_ids)s::bigint[], %(claim_tokens)s::uuid[], %(progress)s::jsonb[])
-       AS held(id, claim_token, progress)
- WHERE jobs.id = held.id AND jobs.claim_token = held.claim_token AND jobs.state = 'executing'
+  FROM held
+ WHERE jobs.id = held.id AND jobs.claim_token = held.claim_token AND jobs.state = held.state
 RETURNING jobs.id;
 
 -- name: cancel_jobs
