@@ -125,14 +125,16 @@ async def test_a_fenced_write_reads_only_its_rows_when_statistics_say_none_is_he
 
 async def test_a_completion_batch_still_completes_and_recognises_its_retry(stale):
     conn, held = stale
-    done = [(Fence.of(job), {}) for job in held]
+    done: list[tuple[Fence, dict[str, Any]]] = [(Fence.of(job), {}) for job in held]
     completed, fresh = await transitions.complete_many(conn, done=done, machine_id="m1")
     assert completed == fresh == {job.id for job in held}
     # The same batch again (a reply lost after its commit): recognised, not counted twice.
     again, fresh_again = await transitions.complete_many(conn, done=done, machine_id="m1")
     assert (again, fresh_again) == ({job.id for job in held}, set())
     # A claim that is not this one's completes nothing.
-    stranger = [(Fence(job_id=held[0].id, claim_token=uuid.uuid4(), machine_id="m1"), {})]
+    stranger: list[tuple[Fence, dict[str, Any]]] = [
+        (Fence(job_id=held[0].id, claim_token=uuid.uuid4(), machine_id="m1"), {})
+    ]
     assert await transitions.complete_many(conn, done=stranger, machine_id="m1") == (set(), set())
     cur = await conn.execute("SELECT jobs_run FROM machines WHERE id = 'm1'")
     assert await cur.fetchone() == {"jobs_run": COMPLETED_FIRST + BATCH}
