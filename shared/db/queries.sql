@@ -100,7 +100,7 @@ RETURNING id;
 -- The rows are found by primary key and their state compared, never searched for: a constant
 -- state in a join lets the planner read a partial index of every executing or completed job
 -- instead, which stale statistics make look cheap (a batch then cost as much as every completion
--- before it; tests/shared/db/test_completion_plans.py). MATERIALIZED CTEs keep the constant out.
+-- before it; tests/shared/db/test_engine_plans.py). MATERIALIZED CTEs keep the constant out.
 WITH done AS (
     SELECT * FROM unnest(%(job_ids)s::bigint[], %(claim_tokens)s::uuid[], %(results)s::jsonb[],
                          %(progress)s::jsonb[])

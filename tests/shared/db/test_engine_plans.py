@@ -1,11 +1,12 @@
-"""A machine's fenced writes read their own rows, whatever the planner's statistics say.
+"""A machine's claims and fenced writes read their own rows, whatever the planner guesses.
 
 The statistics of `jobs` are often stale in the direction that hurts: ANALYZEd while a backlog was
 all available (a bulk insert, a fresh queue), they say almost no job is executing or completed,
 and a plan may then read a partial index of every executing or completed job to find a batch's
 ten. That made each completion batch cost as much as every completion before it (a drain quadratic
 in its length, found by profiling the engine benchmark). Each write must reach its rows by primary
-key whatever the estimates, as a custom plan and as the generic plan a prepared statement may use.
+key whatever the estimates, as a custom plan and as the generic plan a prepared statement may use
+(and that claim_jobs always uses: migration 0013).
 """
 
 from __future__ import annotations
@@ -138,3 +139,33 @@ async def test_a_completion_batch_still_completes_and_recognises_its_retry(stale
     assert await transitions.complete_many(conn, done=stranger, machine_id="m1") == (set(), set())
     cur = await conn.execute("SELECT jobs_run FROM machines WHERE id = 'm1'")
     assert await cur.fetchone() == {"jobs_run": COMPLETED_FIRST + BATCH}
+
+
+async def test_a_claim_updates_only_the_rows_it_picks_on_a_generic_plan(stale):
+    """A generic plan guesses a tenth of the table for the pick's `LIMIT`; joined to the picked
+    rows, the claim's UPDATE then hashed every job of a sequential scan. It goes by primary key."""
+    conn, _ = stale
+    notes: list[str] = []
+    conn.add_notice_handler(lambda diag: notes.append(diag.message_primary or ""))
+    async with conn.transaction(force_rollback=True):
+        await conn.execute("LOAD 'auto_explain'")
+        for setting in (
+            "plan_cache_mode = force_generic_plan",
+            "auto_explain.log_min_duration = 0",
+            "auto_explain.log_analyze = on",
+            "auto_explain.log_nested_statements = on",
+            "auto_explain.log_format = json",
+            "auto_explain.log_level = notice",
+        ):
+            await conn.execute(f"SET LOCAL {setting}")
+        claimed = await transitions.claim(conn, queue="default", machine_id="m1", max_jobs=BATCH)
+    assert len(claimed) == BATCH
+    plans = [json.loads(note.split("plan:", 1)[1]) for note in notes if "plan:" in note]
+    [update] = [p["Plan"] for p in plans if "SET state = 'executing'" in p["Query Text"]]
+    read = {
+        f"{node['Node Type']} {node.get('Index Name', '')}": node["Actual Rows"] * node["Actual Loops"]
+        for node in _nodes(update)
+        if node.get("Relation Name") == "jobs" and "Scan" in node["Node Type"]
+    }
+    # The ten picked in the queue's order, and the same ten again to update them.
+    assert read and sum(read.values()) <= 2 * BATCH, read
