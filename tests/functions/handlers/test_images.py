@@ -436,6 +436,47 @@ async def test_a_truncated_jpeg_is_invalid(ctx: HandlerContext) -> None:
     assert caught.value.kind == "invalid-image"
 
 
+def test_a_jpeg_is_decoded_in_one_call_to_the_pixels_of_chunked_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import ImageFile
+
+    from functions.handlers.lib import image_ops
+
+    data = samples.photo_12mp(orientation=1)
+    recipe = image_ops.Recipe(name="thumb", width=800, height=600, format="webp")
+    decode_calls: list[int] = []
+    get_decoder = Image._getdecoder
+
+    class CountingDecoder:
+        def __init__(self, decoder: Any) -> None:
+            self._decoder = decoder
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._decoder, name)
+
+        def decode(self, buffer: bytes) -> tuple[int, int]:
+            decode_calls.append(len(buffer))
+            return self._decoder.decode(buffer)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(Image, "_getdecoder", lambda *args: CountingDecoder(get_decoder(*args)))
+    [whole] = image_ops.render(data, [recipe])
+    assert len(decode_calls) == 1
+
+    # Pillow's own way: MAXBLOCK bytes per decoder call.
+    open_whole = image_ops._open
+
+    def open_chunked(data: bytes, *, max_pixels: int) -> Any:
+        image, input_format = open_whole(data, max_pixels=max_pixels)
+        image.decodermaxblock = ImageFile.MAXBLOCK
+        return image, input_format
+
+    monkeypatch.setattr(image_ops, "_open", open_chunked)
+    decode_calls.clear()
+    [chunked] = image_ops.render(data, [recipe])
+    assert len(decode_calls) > 10
+    assert (whole.width, whole.height) == (chunked.width, chunked.height) == (800, 600)
+    assert whole.data == chunked.data
+
+
 async def test_another_tenants_upload_is_never_read(ctx: HandlerContext) -> None:
     theirs = upload(ctx, samples.marked_jpeg(1), tenant="t2")
 
