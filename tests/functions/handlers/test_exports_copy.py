@@ -67,6 +67,15 @@ async def test_an_error_in_the_copy_reaches_the_consumer(database_url: str):
                 pass
 
 
+async def test_a_copy_that_does_not_start_raises_the_servers_error(database_url: str):
+    statement = sql.SQL("COPY (SELECT * FROM no_such_table) TO STDOUT")
+
+    with pytest.raises(psycopg.errors.UndefinedTable):
+        async with CopyReader(database_url, statement, {}) as reader:
+            async for _ in reader.blocks():
+                pass
+
+
 async def test_leaving_early_stops_the_copy_on_the_server(database_url: str):
     with pytest.raises(Enough):
         async with CopyReader(database_url, ENDLESS, {}) as reader:
