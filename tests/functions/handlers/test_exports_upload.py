@@ -79,7 +79,7 @@ async def test_no_more_than_max_in_flight_parts_upload_at_once(storage: Storage,
             running.append(kwargs["PartNumber"])
             peak = max(peak, len(running))
         try:
-            time.sleep(0.2)  # long enough for the writer to hand over more parts if it would
+            time.sleep(0.2)  # long enough for the writer to hand over more parts if it could
             return upload_part(**kwargs)
         finally:
             with lock:
@@ -92,7 +92,8 @@ async def test_no_more_than_max_in_flight_parts_upload_at_once(storage: Storage,
 
     await upload.complete()
 
-    assert upload.parts == 6 and peak == 2
+    # The bound is the guarantee; how many overlap in fact depends on how busy the machine is.
+    assert upload.parts == 6 and 1 <= peak <= 2
 
 
 async def test_abort_drops_the_parts_sent(storage: Storage):
