@@ -34,7 +34,6 @@ from shared.schemas.exports import ExportsRequest
 
 from .base import HandlerContext, HandlerResult, parse_args
 from .lib.export_copy import CopyReader
-from .lib.export_progress import RowCounter
 from .lib.export_writers import FORMATS, XLSX_MAX_DATA_ROWS, JsonArrayFramer, XlsxFile
 from .lib.multipart_upload import DEFAULT_PART_BYTES, MultipartUpload, run_in_thread
 
@@ -119,22 +118,13 @@ async def export(
                 query, ctx.pool, upload, ctx.cancelled, title=dataset.name, options=options, report=ctx.progress
             )
         elif request.format == "csv":
-            counter = RowCounter(csv=True, header_rows=1)
             rows = await _export_copy(
-                copy_csv(query), query, database_url, upload, ctx.cancelled, counter=counter, report=ctx.progress
+                copy_csv(query), query, database_url, upload, ctx.cancelled, header_rows=1, report=ctx.progress
             )
         else:
             framer = JsonArrayFramer() if request.format == "json" else None
-            counter = RowCounter(csv=False)
             rows = await _export_copy(
-                copy_json_lines(query),
-                query,
-                database_url,
-                upload,
-                ctx.cancelled,
-                framer,
-                counter=counter,
-                report=ctx.progress,
+                copy_json_lines(query), query, database_url, upload, ctx.cancelled, framer, report=ctx.progress
             )
         size = await upload.complete()
     except BaseException:
@@ -166,18 +156,18 @@ async def _export_copy(
     cancelled: asyncio.Event,
     framer: JsonArrayFramer | None = None,
     *,
-    counter: RowCounter,
+    header_rows: int = 0,
     report: ProgressReport,
 ) -> int:
-    """Stream a COPY TO STDOUT into `upload`, reporting the rows written; returns the number of
-    data rows."""
+    """Stream a COPY TO STDOUT into `upload`, reporting the rows written (the COPY's rows past
+    `header_rows`); returns the number of data rows."""
     reframe: Callable[[bytes], bytes] = framer.feed if framer else _same
     # COPY takes no server-side parameters: psycopg binds them client-side as quoted literals.
     async with CopyReader(database_url, statement, query.params) as reader, aclosing(reader.blocks()) as blocks:
         async for block in blocks:
             _stop_if_cancelled(cancelled)
             await upload.write(reframe(block))
-            report(counter.feed(block), None, "rows written")
+            report(max(0, reader.lines - header_rows), None, "rows written")
     if framer is not None:
         await upload.write(framer.close())
     if reader.rows is None:

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import csv
-import io
-from typing import Any
-
 import pytest
 from psycopg import AsyncConnection
 
 from functions.handlers import exports
 from functions.handlers.base import HandlerContext
-from functions.handlers.lib.export_progress import RowCounter
 from shared.db.pool import Pool
 from shared.schemas.exports import ExportsRequest
 from shared.settings import Settings
@@ -53,17 +48,3 @@ async def test_progress_rises_monotonically_to_the_row_count(ctx: HandlerContext
     assert all(d <= rows for d in done)
     assert reports[-1] == (rows, rows)
     assert job_ctx.reported_progress == {"done": rows, "total": rows, "message": "rows written"}
-
-
-def _csv(rows: list[list[Any]]) -> bytes:
-    out = io.StringIO()
-    csv.writer(out, quoting=csv.QUOTE_ALL, lineterminator="\n").writerows(rows)
-    return out.getvalue().encode()
-
-
-@pytest.mark.parametrize("cut", [1, 7, 13, 64])
-def test_csv_rows_are_counted_across_quoted_newlines_and_block_edges(cut: int):
-    data = _csv([["id", "note"], [1, 'a "quoted"\nnewline'], [2, "plain"], [3, "x\n\ny"], [4, '""']])
-    counter = RowCounter(csv=True, header_rows=1)
-    seen = [counter.feed(data[i : i + cut]) for i in range(0, len(data), cut)]
-    assert seen == sorted(seen) and counter.rows == 4

@@ -14,6 +14,7 @@ from typing import Any
 import openpyxl
 import openpyxl.worksheet._writer as openpyxl_writer
 import pytest
+from botocore.exceptions import ClientError
 from psycopg import AsyncConnection, sql
 
 from functions.handlers import exports
@@ -354,6 +355,38 @@ async def test_a_cancel_mid_upload_stops_the_query_and_aborts_the_upload(
         " WHERE state = 'active' AND query LIKE 'COPY (%%' AND pid <> pg_backend_pid()"
     )
     assert await copies.fetchone() == (0,)  # the export's query is no longer running
+
+
+async def test_a_part_that_fails_mid_way_fails_the_export_and_aborts_the_upload(
+    ctx: HandlerContext, conn: AsyncConnection[Any], monkeypatch: pytest.MonkeyPatch
+):
+    await add_many_jobs(conn, tenant="acme", count=100_000)  # > 20 MiB of CSV: several parts
+    request = ExportsRequest.model_validate({"dataset": "jobs"})
+    job = export_job("acme", request.function_args())
+    upload_part = ctx.bucket.client.upload_part
+    tried: list[int] = []
+
+    def failing_second_part(**kwargs: Any) -> Any:
+        tried.append(kwargs["PartNumber"])
+        if kwargs["PartNumber"] == 2:
+            raise ClientError({"Error": {"Code": "InternalError", "Message": "store failed"}}, "UploadPart")
+        return upload_part(**kwargs)
+
+    monkeypatch.setattr(ctx.bucket.client, "upload_part", failing_second_part)
+    options = ExportOptions(part_bytes=MIN_PART_BYTES)
+
+    with pytest.raises(ClientError, match="store failed"):
+        await exports.export(request, tenant_id="acme", ctx=ctx.for_job(job), options=options)
+
+    assert 2 in tried
+    listed = ctx.bucket.client.list_objects_v2(Bucket=ctx.bucket.bucket, Prefix=f"tenants/acme/jobs/{job.id}/")
+    assert listed.get("KeyCount", 0) == 0
+    assert pending_uploads(ctx) == []  # aborted: no orphaned parts
+    copies = await conn.execute(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE state = 'active' AND query LIKE 'COPY (%%' AND pid <> pg_backend_pid()"
+    )
+    assert await copies.fetchone() == (0,)
 
 
 async def test_a_cancel_mid_xlsx_removes_the_workbooks_temporary_files(ctx: HandlerContext, conn: AsyncConnection[Any]):

@@ -38,10 +38,39 @@ async def test_blocks_carry_the_whole_output_and_the_row_count(database_url: str
     assert reader.rows == 50_000
 
 
+async def test_the_rows_yielded_so_far_are_counted_whatever_newlines_cells_hold(database_url: str):
+    # CSV cells with newlines and quotes (a newline inside quotes does not end a row), a header
+    # line, and blocks small enough that rows straddle their edges.
+    statement = sql.SQL(
+        "COPY (SELECT i, 'a \"quoted\"' || chr(10) || 'newline' || repeat(chr(10), i % 3), '\"\"' "
+        "FROM generate_series(1, 3000) AS i) TO STDOUT WITH (FORMAT csv, HEADER)"
+    )
+    seen: list[int] = []
+    async with CopyReader(database_url, statement, {}, block_bytes=1000) as reader:
+        data = b""
+        async for block in reader.blocks():
+            data += block
+            seen.append(reader.lines)
+            # every row counted so far is whole in what was yielded so far
+            assert data.count(b"newline") == reader.lines - 1
+
+    assert len(seen) > 10 and seen == sorted(seen)
+    assert seen[-1] == 3001 and reader.rows == 3000
+
+
 async def test_an_error_in_the_copy_reaches_the_consumer(database_url: str):
     statement = sql.SQL("COPY (SELECT 1 / (i - 3) FROM generate_series(1, 5) AS i) TO STDOUT")
 
     with pytest.raises(psycopg.errors.DivisionByZero):
+        async with CopyReader(database_url, statement, {}) as reader:
+            async for _ in reader.blocks():
+                pass
+
+
+async def test_a_copy_that_does_not_start_raises_the_servers_error(database_url: str):
+    statement = sql.SQL("COPY (SELECT * FROM no_such_table) TO STDOUT")
+
+    with pytest.raises(psycopg.errors.UndefinedTable):
         async with CopyReader(database_url, statement, {}) as reader:
             async for _ in reader.blocks():
                 pass

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
+import time
+from typing import Any
 
 import pytest
 
@@ -62,6 +65,35 @@ async def test_a_large_object_goes_up_in_parts_of_the_configured_size(storage: S
     etag = storage.client.head_object(Bucket=storage.bucket, Key="t/large.bin")["ETag"]
     assert etag.strip('"').endswith("-3")
     assert pending(storage) == []
+
+
+async def test_no_more_than_max_in_flight_parts_upload_at_once(storage: Storage, monkeypatch: pytest.MonkeyPatch):
+    upload_part = storage.client.upload_part
+    lock = threading.Lock()
+    running: list[int] = []
+    peak = 0
+
+    def slow_part(**kwargs: Any) -> Any:
+        nonlocal peak
+        with lock:
+            running.append(kwargs["PartNumber"])
+            peak = max(peak, len(running))
+        try:
+            time.sleep(0.2)  # long enough for the writer to hand over more parts if it could
+            return upload_part(**kwargs)
+        finally:
+            with lock:
+                running.remove(kwargs["PartNumber"])
+
+    monkeypatch.setattr(storage.client, "upload_part", slow_part)
+    upload = upload_to(storage, "t/bounded.bin", max_in_flight=2)
+    for _ in range(6):
+        await upload.write(os.urandom(MIN_PART_BYTES))
+
+    await upload.complete()
+
+    # The bound is the guarantee; how many overlap in fact depends on how busy the machine is.
+    assert upload.parts == 6 and 1 <= peak <= 2
 
 
 async def test_abort_drops_the_parts_sent(storage: Storage):
