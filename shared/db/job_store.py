@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from psycopg import AsyncConnection
+from psycopg.pq import TransactionStatus
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
@@ -58,12 +60,81 @@ async def insert_jobs(conn: Conn, jobs: Sequence[NewJob]) -> list[Job]:
     return [Job.from_row(row) for row in await cur.fetchall()]
 
 
+# From this many jobs on, insert_job_ids writes them with COPY. Measured (10,000 bulk-email rows,
+# durable Postgres, medians of 7 interleaved runs): INSERT ... unnest 1,769 ms, reserving the
+# ids then COPY 454 ms; at 100 rows 39 ms against 24, at 20 rows 17 against 14, at 1 or 5 rows
+# the same within the noise. Below the threshold the INSERT keeps one round trip instead of three.
+COPY_THRESHOLD = 16
+
+# The columns of the `copy_jobs` query, in its order.
+_COPY_TYPES = [
+    "int8",  # id
+    "text",  # queue
+    "text",  # worker
+    "text",  # state
+    "text",  # tenant_id
+    "jsonb",  # args
+    "jsonb",  # meta
+    "text[]",  # tags
+    "int2",  # priority
+    "int4",  # max_attempts
+    "text",  # batch_id
+    "timestamptz",  # scheduled_at
+]
+
+
 async def insert_job_ids(conn: Conn, jobs: Sequence[NewJob]) -> list[int]:
-    """Insert many jobs in one statement (no unique keys); their ids, in order."""
+    """Insert many jobs at once (no unique keys), atomically; their ids, in order (ascending).
+
+    Many jobs go by COPY (see COPY_THRESHOLD), writing the rows the INSERT would: the same
+    columns, state and scheduled_at from the transaction's now(), the same triggers."""
     if not jobs:
         return []
+    if any(job.unique_key for job in jobs):
+        raise ValueError("bulk inserts do not take unique jobs; insert them one by one")
+    if len(jobs) >= COPY_THRESHOLD and all(j.scheduled_at is None or j.scheduled_at.tzinfo for j in jobs):
+        if conn.info.transaction_status == TransactionStatus.IDLE:
+            async with conn.transaction():
+                return await _copy_jobs(conn, jobs)
+        return await _copy_jobs(conn, jobs)
+    return await _insert_job_ids(conn, jobs)
+
+
+async def _insert_job_ids(conn: Conn, jobs: Sequence[NewJob]) -> list[int]:
     cur = await conn.execute(QUERIES["insert_jobs_returning_ids"], _many_params(jobs))
     return [row["id"] for row in await cur.fetchall()]
+
+
+async def _copy_jobs(conn: Conn, jobs: Sequence[NewJob]) -> list[int]:
+    """COPY `jobs` in, with ids reserved and now() read in one round trip before; inside the
+    caller's transaction (now() is the COPY's own, and the ids are lost if it rolls back)."""
+    cur = conn.cursor()
+    await cur.execute(QUERIES["reserve_job_ids"], {"n": len(jobs)})
+    reserved = await cur.fetchone()
+    assert reserved is not None
+    now: datetime = reserved["now"]
+    ids: list[int] = reserved["ids"]
+    async with cur.copy(QUERIES["copy_jobs"]) as copy:
+        copy.set_types(_COPY_TYPES)
+        for job_id, job in zip(ids, jobs, strict=True):
+            at = job.scheduled_at
+            await copy.write_row(
+                (
+                    job_id,
+                    job.queue,
+                    job.worker,
+                    "available" if at is None or at <= now else "scheduled",
+                    job.tenant_id,
+                    job.args,
+                    job.meta,
+                    job.tags,
+                    job.priority,
+                    job.max_attempts,
+                    job.batch_id,
+                    now if at is None else at,
+                )
+            )
+    return ids
 
 
 def _many_params(jobs: Sequence[NewJob]) -> dict[str, Any]:

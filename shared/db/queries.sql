@@ -43,6 +43,20 @@ SELECT i.queue, i.worker,
  ORDER BY i.ord
 RETURNING id;
 
+-- name: reserve_job_ids
+-- `n` job ids from the jobs' identity sequence, ascending, and the transaction's now(): what a
+-- COPY of new jobs writes into `id`, `scheduled_at` and `state` (job_store.insert_job_ids)
+SELECT now() AS now,
+       ARRAY(SELECT nextval(s.seq) FROM (SELECT pg_get_serial_sequence('jobs', 'id')::regclass AS seq) s,
+                    generate_series(1, %(n)s::int) ORDER BY 1) AS ids;
+
+-- name: copy_jobs
+-- new jobs by COPY (binary; column types in job_store._COPY_TYPES): ids from reserve_job_ids.
+-- COPY fires the statement-level AFTER INSERT triggers, transition tables included, like INSERT
+COPY jobs (id, queue, worker, state, tenant_id, args, meta, tags, priority, max_attempts, batch_id,
+           scheduled_at)
+FROM STDIN (FORMAT BINARY);
+
 -- name: find_unique_job
 -- the live job holding a unique key
 SELECT * FROM jobs WHERE unique_key = %(unique_key)s AND state = ANY (unique_states) LIMIT 1;

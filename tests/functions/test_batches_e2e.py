@@ -107,20 +107,25 @@ def test_cancelling_a_batch_finishes_it_with_cancelled_counts(app: LiveApp):
     assert callback["payload"]["counts"] == {"completed": 0, "discarded": 0, "cancelled": 4}
 
 
-def test_bulk_email_is_a_batch_with_progress_and_one_callback(app: LiveApp, smtp):
+# 5 recipients go in by INSERT, 24 by COPY (job_store.COPY_THRESHOLD).
+@pytest.mark.parametrize("recipients", [5, 24])
+def test_bulk_email_is_a_batch_with_progress_and_one_callback(app: LiveApp, smtp, recipients: int):
     body = {
         "subject": "Hi {{ name }}",
         "text": "Hello {{ name }}",
-        "recipients": [{"to": f"user{i}@example.com", "data": {"name": f"User {i}"}} for i in range(5)],
+        "recipients": [{"to": f"user{i}@example.com", "data": {"name": f"User {i}"}} for i in range(recipients)],
         "callbackUrl": CALLBACK,
     }
     with app.client() as client:
         created = client.post("/jobs/emails/bulk", json=body).json()
+    # Every id answered, in the recipients' order.
+    to = dict(app.sql("SELECT id, args->>'to' FROM jobs WHERE batch_id = %s", (created["batchId"],)))
+    assert [to[i] for i in created["jobIds"]] == [f"user{i}@example.com" for i in range(recipients)]
     batch = _finished(app, created["batchId"])
-    assert batch["counts"]["completed"] == 5 and batch["progress"] == 1.0
-    assert len(smtp.messages) == 5
+    assert batch["counts"]["completed"] == recipients and batch["progress"] == 1.0
+    assert len(smtp.messages) == recipients
     [(callback,)] = _callbacks(app, created["batchId"])
-    assert callback["payload"]["counts"] == {"completed": 5, "discarded": 0, "cancelled": 0}
+    assert callback["payload"]["counts"] == {"completed": recipients, "discarded": 0, "cancelled": 0}
 
 
 def test_an_invalid_item_is_a_422_naming_it_and_nothing_is_created(app: LiveApp):
