@@ -120,8 +120,12 @@ WITH done AS (
                          %(progress)s::jsonb[])
         AS d(id, claim_token, result, progress)
 ), found AS MATERIALIZED (
+    -- Locked: a write still in flight on a row (this batch's own first try, whose reply was lost
+    -- while its backend ran on) is waited for and its outcome read, so a retry recognises its own
+    -- completion instead of reading the row as still executing and reporting it lost.
     SELECT j.id, j.state, d.claim_token, d.result, d.progress
       FROM done d JOIN jobs j ON j.id = d.id AND j.claim_token = d.claim_token
+       FOR UPDATE OF j
 ), open AS MATERIALIZED (
     SELECT * FROM found WHERE state = 'executing'
 ), completed_now AS (
