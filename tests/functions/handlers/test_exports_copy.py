@@ -58,20 +58,17 @@ async def test_the_rows_yielded_so_far_are_counted_whatever_newlines_cells_hold(
     assert seen[-1] == 3001 and reader.rows == 3000
 
 
-async def test_an_error_in_the_copy_reaches_the_consumer(database_url: str):
-    statement = sql.SQL("COPY (SELECT 1 / (i - 3) FROM generate_series(1, 5) AS i) TO STDOUT")
-
-    with pytest.raises(psycopg.errors.DivisionByZero):
-        async with CopyReader(database_url, statement, {}) as reader:
-            async for _ in reader.blocks():
-                pass
-
-
-async def test_a_copy_that_does_not_start_raises_the_servers_error(database_url: str):
-    statement = sql.SQL("COPY (SELECT * FROM no_such_table) TO STDOUT")
-
-    with pytest.raises(psycopg.errors.UndefinedTable):
-        async with CopyReader(database_url, statement, {}) as reader:
+@pytest.mark.parametrize(
+    ("query", "error"),
+    [
+        ("COPY (SELECT 1 / (i - 3) FROM generate_series(1, 5) AS i) TO STDOUT", psycopg.errors.DivisionByZero),
+        ("COPY (SELECT * FROM no_such_table) TO STDOUT", psycopg.errors.UndefinedTable),
+    ],
+    ids=["an error part-way reaches the consumer", "a copy that does not start raises the server's error"],
+)
+async def test_the_copys_error_reaches_the_consumer(database_url: str, query: str, error: type[Exception]):
+    with pytest.raises(error):
+        async with CopyReader(database_url, sql.SQL(query), {}) as reader:
             async for _ in reader.blocks():
                 pass
 
