@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -31,7 +31,7 @@ def _insert_params(job: NewJob) -> dict[str, Any]:
         "batch_id": job.batch_id,
         "unique_key": job.unique_key,
         "unique_states": job.unique_states,
-        "scheduled_at": job.scheduled_at,
+        "scheduled_at": _utc(job.scheduled_at),
     }
 
 
@@ -137,6 +137,13 @@ async def _copy_jobs(conn: Conn, jobs: Sequence[NewJob]) -> list[int]:
     return ids
 
 
+def _utc(at: datetime | None) -> datetime | None:
+    """An aware time in UTC: Postgres refuses offsets past 15:59 sent as text (the INSERT's
+    parameters), which RFC 3339 and the API allow, while COPY (binary) took them: so every path
+    sends the instant in UTC. A naive time is left as it is (the session's zone reads it)."""
+    return at.astimezone(UTC) if at is not None and at.tzinfo is not None else at
+
+
 def _many_params(jobs: Sequence[NewJob]) -> dict[str, Any]:
     if any(job.unique_key for job in jobs):
         raise ValueError("bulk inserts do not take unique jobs; insert them one by one")
@@ -150,7 +157,7 @@ def _many_params(jobs: Sequence[NewJob]) -> dict[str, Any]:
         "priority": [j.priority for j in jobs],
         "max_attempts": [j.max_attempts for j in jobs],
         "batch_id": [j.batch_id for j in jobs],
-        "scheduled_at": [j.scheduled_at for j in jobs],
+        "scheduled_at": [_utc(j.scheduled_at) for j in jobs],
     }
 
 

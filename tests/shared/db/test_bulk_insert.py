@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import psycopg
@@ -172,3 +172,21 @@ async def test_a_copy_into_a_batch_counts_notifies_and_announces_every_job(setti
     announced = [(e.job_id, e.state, e.batch_id) for e in events if e.type == "inserted"]
     assert announced == [(i, states[i], batch_id) for i in ids]
     assert sorted(n.payload for n in notes if n.channel == "cp_jobs") == ["default", "emails"]
+
+
+@pytest.mark.parametrize("count", [1, COPY_THRESHOLD - 1, COPY_THRESHOLD], ids=["one", "insert", "copy"])
+async def test_a_time_with_any_offset_the_api_accepts_is_stored_as_its_instant(database_url: str, count: int):
+    """`scheduledAt: 2030-01-01T00:00:00+20:00` passes the API's RFC 3339 check; Postgres refuses
+    offsets past 15:59 as text, so an INSERT refused it while a COPY (binary) stored it: the same
+    batch got a different answer by its size. Every path now sends times in UTC. (Adversarial review.)"""
+    at = datetime(2030, 1, 1, tzinfo=timezone(timedelta(hours=20)))
+    jobs = [replace(job, scheduled_at=at) for job in varied_jobs(count)]
+    async with await connect(database_url) as conn:
+        if count == 1:
+            ids = [(await job_store.insert_job(conn, jobs[0])).id]
+        else:
+            async with conn.transaction():
+                ids = await job_store.insert_job_ids(conn, jobs)
+        stored = await rows(conn, ids)
+    assert [row["scheduled_at"] for row in stored] == [at] * count
+    assert {row["state"] for row in stored} == {"scheduled"}
