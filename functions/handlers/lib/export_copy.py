@@ -112,7 +112,7 @@ class CopyReader:
                 with conn.transaction():
                     conn.execute(QUERIES["read_only_snapshot"])
                     conn.execute(QUERIES["utc_session_time_zone"])
-                    with _Libpq(conn) as libpq:
+                    with _Libpq(conn, self._stop) as libpq:
                         return self._copy(libpq, self._query(conn))
         finally:
             self._loop.call_soon_threadsafe(self._blocks.put_nowait, None)
@@ -162,8 +162,10 @@ class _Libpq:
     meanwhile; every result is read to the end, so psycopg finds the connection idle afterwards.
     """
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], stop: threading.Event) -> None:
         self.conn = conn
+        self.stop = stop
+        self._cancelled = False
         self.pgconn = conn.pgconn
         self.encoding = conn.info.encoding
         self._selector = selectors.DefaultSelector()
@@ -244,7 +246,13 @@ class _Libpq:
         if event != self._event:
             self._selector.modify(self.pgconn.socket, event)
             self._event = event
-        self._selector.select()
+        # Wakes every _POLL_SECONDS to look for a stop: the reader's own cancel may have reached
+        # the backend before the COPY was sent (dropped as idle), so a stop seen while waiting
+        # cancels the query once more, now that the backend is running it.
+        while not self._selector.select(timeout=_POLL_SECONDS):
+            if self.stop.is_set() and not self._cancelled:
+                self._cancelled = True
+                self.conn.cancel_safe()
 
     def _error(self, result: PGresult | None) -> psycopg.Error:
         if result is None:

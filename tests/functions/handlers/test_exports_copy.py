@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from typing import Any
+
 import psycopg
 import pytest
 from psycopg import sql
@@ -88,3 +92,27 @@ async def test_leaving_before_the_first_block_stops_the_copy(database_url: str):
             raise Enough
 
     assert copies_running(database_url) == 0
+
+
+async def test_a_stop_landing_before_the_copy_is_sent_still_stops_it(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    """The consumer leaves while the thread is between connecting and sending the COPY: the one
+    cancel sent then reaches an idle backend and is dropped, so the thread must notice the stop
+    while it waits on the socket. (Adversarial review; the window is widened here by a slow step.)"""
+    real_query = CopyReader._query
+
+    def slow_query(self: CopyReader, conn: Any) -> bytes:
+        time.sleep(0.5)
+        return real_query(self, conn)
+
+    monkeypatch.setattr(CopyReader, "_query", slow_query)
+    started = time.monotonic()
+    with pytest.raises(Enough):
+        async with CopyReader(database_url, sql.SQL("COPY (SELECT pg_sleep(20)) TO STDOUT"), {}) as reader:
+            while reader._conn is None:
+                await asyncio.sleep(0.005)
+            await asyncio.sleep(0.1)  # inside the transaction, before the COPY is sent
+            raise Enough
+    # Not a timing of the code: without the fix, leaving waits for the whole 20 s query.
+    assert time.monotonic() - started < 15, "leaving waited for the whole COPY: the stop was lost"
