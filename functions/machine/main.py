@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 
+import uvloop
 from pydantic import ValidationError
 
 from functions.registry import handler_module, load_registry
@@ -87,6 +88,8 @@ def main() -> int:
     except (ValueError, ConfigurationError) as exc:
         logger.error("bad machine configuration", extra={"error": str(exc)})
         return EXIT_CONFIG
-    code = asyncio.run(main_async(settings, config))
+    # uvloop: the machine is a loop of small database round trips; its event loop costs less per
+    # wake-up than asyncio's (bench: engine row).
+    code = uvloop.run(main_async(settings, config))
     logger.info("machine exited", extra={"exitCode": code})
     return code
