@@ -131,9 +131,12 @@ async def create_machine(request: Request, state: EmulatorState) -> JSONResponse
     if (invalid := guest_error(config.get("guest"))) is not None:
         return error(422, f"invalid guest: {invalid}")  # status unverified; flyctl checks sizes client-side
     app = request.path_params["app"]
-    name = body.get("name") or wire.machine_name()
-    if any(m.name == name and m.state != "destroyed" for m in state.store.in_app(app)):
+    taken = {m.name for m in state.store.in_app(app) if m.state != "destroyed"}
+    name = body.get("name")
+    if name and name in taken:
         return error(422, "Validation failed: Name has already been taken", code="name_taken")
+    while not name or name in taken:  # a name Fly makes up is never refused as taken
+        name = wire.machine_name()
     placed = _place(str(body.get("region") or state.default_region), state.faults)
     if isinstance(placed, JSONResponse):
         return placed

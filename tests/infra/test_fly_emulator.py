@@ -253,6 +253,26 @@ def test_waiting_on_a_destroyed_machine_for_another_state_is_404(api: httpx.Clie
     assert api.get(f"{MACHINES}/{machine['id']}/wait", params={"state": "destroyed"}).status_code == 200
 
 
+def test_a_name_in_use_is_refused_but_a_made_up_name_never_is(
+    api: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A create naming a live machine's name is refused (422 name_taken); a name the API makes up
+    is never refused, even when its first draw is taken (a suite of thousands of creates drew one
+    once: 12 x 11 x 9,000 names)."""
+    from infra.fly_emulator import wire
+
+    body = {**py("pass"), "skip_launch": True}
+    first = create(api, {**body, "name": "calm-lake-1234"})
+    again = api.post(MACHINES, json={**body, "name": "calm-lake-1234"})
+    assert again.status_code == 422
+    assert again.json()["status"] == "name_taken"
+    draws = iter(["calm-lake-1234", "calm-lake-1234", "bold-moon-5678"])
+    monkeypatch.setattr(wire, "machine_name", lambda: next(draws))
+    made_up = create(api, body)
+    assert made_up["name"] == "bold-moon-5678"
+    assert made_up["id"] != first["id"]
+
+
 def test_destroyed_machines_are_forgotten_after_retention(tmp_path: Path) -> None:
     with (
         running_emulator(token=TOKEN, destroyed_retention_seconds=0) as emu,
