@@ -14,7 +14,9 @@
 -- jobs, under the queue's lock). Every table claim_jobs reads has an index for each of its
 -- lookups, so the function turns sequential scans off: its plans read indexes whatever the
 -- statistics said when they were made. (tests/shared/db/test_engine_plans.py reads the plans
--- made on an empty table and on an analyzed backlog, FIFO and fair.) Nothing else changes from 0007.
+-- made on an empty table and on an analyzed backlog, FIFO and fair.) Both settings end with the
+-- call (0007's `set_config(..., true)` lasted to the end of the caller's transaction), and they
+-- cover only plans made inside it. Nothing else changes from 0007.
 
 CREATE OR REPLACE FUNCTION claim_jobs(p_queue text, p_machine text, p_max_jobs integer, p_prefer_id bigint)
 RETURNS SETOF jobs LANGUAGE plpgsql
