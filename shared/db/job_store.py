@@ -90,8 +90,7 @@ async def insert_job_ids(conn: Conn, jobs: Sequence[NewJob]) -> list[int]:
     columns, state and scheduled_at from the transaction's now(), the same triggers."""
     if not jobs:
         return []
-    if any(job.unique_key for job in jobs):
-        raise ValueError("bulk inserts do not take unique jobs; insert them one by one")
+    _refuse_unique(jobs)
     if len(jobs) >= COPY_THRESHOLD and all(j.scheduled_at is None or j.scheduled_at.tzinfo for j in jobs):
         if conn.info.transaction_status == TransactionStatus.IDLE:
             async with conn.transaction():
@@ -144,9 +143,13 @@ def _utc(at: datetime | None) -> datetime | None:
     return at.astimezone(UTC) if at is not None and at.tzinfo is not None else at
 
 
-def _many_params(jobs: Sequence[NewJob]) -> dict[str, Any]:
+def _refuse_unique(jobs: Sequence[NewJob]) -> None:
     if any(job.unique_key for job in jobs):
         raise ValueError("bulk inserts do not take unique jobs; insert them one by one")
+
+
+def _many_params(jobs: Sequence[NewJob]) -> dict[str, Any]:
+    _refuse_unique(jobs)
     return {
         "queue": [j.queue for j in jobs],
         "worker": [j.worker for j in jobs],
