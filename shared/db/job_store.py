@@ -91,7 +91,7 @@ async def insert_job_ids(conn: Conn, jobs: Sequence[NewJob]) -> list[int]:
     if not jobs:
         return []
     _refuse_unique(jobs)
-    if len(jobs) >= COPY_THRESHOLD and all(j.scheduled_at is None or j.scheduled_at.tzinfo for j in jobs):
+    if len(jobs) >= COPY_THRESHOLD and all(_copies_faithfully(job) for job in jobs):
         if conn.info.transaction_status == TransactionStatus.IDLE:
             async with conn.transaction():
                 return await _copy_jobs(conn, jobs)
@@ -134,6 +134,21 @@ async def _copy_jobs(conn: Conn, jobs: Sequence[NewJob]) -> list[int]:
                 )
             )
     return ids
+
+
+_INT2 = range(-(2**15), 2**15)
+_INT4 = range(-(2**31), 2**31)
+
+
+def _copies_faithfully(job: NewJob) -> bool:
+    """Whether the binary COPY writes what the INSERT would, or refuses it alike. A naive time
+    takes the session's zone only as text; psycopg's binary int2/int4 dumpers wrap a number out of
+    their range (65,539 becomes 3) where the INSERT refuses it. Such jobs take the INSERT."""
+    return (
+        (job.scheduled_at is None or job.scheduled_at.tzinfo is not None)
+        and job.priority in _INT2
+        and job.max_attempts in _INT4
+    )
 
 
 def _utc(at: datetime | None) -> datetime | None:
