@@ -133,6 +133,8 @@ async def create_machine(request: Request, state: EmulatorState) -> JSONResponse
     app = request.path_params["app"]
     taken = {m.name for m in state.store.in_app(app) if m.state != "destroyed"}
     name = body.get("name")
+    if name is not None and not isinstance(name, str):
+        return error(422, "name must be a string")  # status unverified; real Fly refuses it
     if name and name in taken:
         return error(422, "Validation failed: Name has already been taken", code="name_taken")
     while not name or name in taken:  # a name Fly makes up is never refused as taken

@@ -273,6 +273,13 @@ def test_a_name_in_use_is_refused_but_a_made_up_name_never_is(
     assert made_up["id"] != first["id"]
 
 
+@pytest.mark.parametrize("name", [["calm-lake-1234"], {"a": 1}, 7], ids=["list", "object", "number"])
+def test_a_name_that_is_not_text_is_refused(api: httpx.Client, name: object) -> None:
+    """Refused as invalid, not a 500 (adversarial review: a list or an object crashed the lookup)."""
+    reply = api.post(MACHINES, json={**py("pass"), "skip_launch": True, "name": name})
+    assert reply.status_code == 422, reply.text
+
+
 def test_destroyed_machines_are_forgotten_after_retention(tmp_path: Path) -> None:
     with (
         running_emulator(token=TOKEN, destroyed_retention_seconds=0) as emu,
