@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
+
 from functions.registry import seed_queues
 from infra.fly_emulator import Chaos, running_emulator
 from infra.fly_emulator.harness import Emulator
@@ -103,9 +105,17 @@ def test_408_that_created_the_machine_does_not_create_a_second(database_url, s3)
 
 def test_oom_killed_machine_mid_job_leads_to_rescue_and_retry(database_url, s3):
     with fly_system(database_url, s3) as (app, emulator):
-        emulator.faults.oom_after_seconds = 3.0
-        emulator.faults.oom_kill()
-        job = _post(app, "default", {"function": "slow_first", "args": {"seconds": 30}})
+        job = _post(app, "default", {"function": "slow_first", "args": {"seconds": 120}})
+        # The kill lands while the job runs, however long the machine took to boot on a busy box
+        # (a fixed 3 s after start once killed a machine still importing, before its claim).
+        running = app.wait_for_job(job["id"], {"executing"}, timeout=60)
+        killed = httpx.post(
+            f"{emulator.url}/_emu/machines/{running['machineId']}/exit",
+            json={"exit_code": 137, "oom_killed": True},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            trust_env=False,
+        )
+        assert killed.status_code == 200, killed.text
         done = app.wait_for_job(job["id"], {"completed", "discarded"}, timeout=90)
         assert done["state"] == "completed" and done["attempt"] == 2
         assert done["errors"][0]["kind"] == "rescued"

@@ -49,9 +49,14 @@ MIX = (("default", 0.6), ("webhooks", 0.17), ("emails", 0.1), ("images", 0.06), 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SoakConfig:
-    seconds: float  # how long jobs keep coming
+    seconds: float  # how long jobs keep coming at `jobs_per_second` (longer when the ingress is slow)
     jobs_per_second: float = 20.0  # about what this 2-core box sustains under the faults below
     seed: int = 20261201
+
+    @property
+    def jobs(self) -> int:
+        """How many jobs the soak posts: `seconds` worth at `jobs_per_second`."""
+        return max(1, round(self.seconds * self.jobs_per_second))
 
     @property
     def drain_seconds(self) -> float:
@@ -222,15 +227,19 @@ def _body(queue: str, n: int, *, markers: Path, receiver: Receiver, image_key: s
 
 
 def _post_jobs(app: LiveApp, config: SoakConfig, **context: Any) -> dict[int, tuple[str, int]]:
-    """Post jobs at `config.jobs_per_second` for `config.seconds`; returns job id -> (queue, n)."""
+    """Post `config.jobs` jobs, paced at `config.jobs_per_second`; returns job id -> (queue, n).
+
+    The count is fixed, not the time: on a loaded box the ingress answers slower and posting takes
+    longer than `config.seconds`, but the soak still judges every job it meant to send.
+    """
     chooser = random.Random(config.seed)
     queues, weights = zip(*MIX, strict=True)
     posted: dict[int, tuple[str, int]] = {}
     started = time.monotonic()
     with app.client() as client:
         n = 0
-        while (elapsed := time.monotonic() - started) < config.seconds:
-            due = int(elapsed * config.jobs_per_second) + 1
+        while n < config.jobs:
+            due = min(config.jobs, int((time.monotonic() - started) * config.jobs_per_second) + 1)
             while n < due:
                 queue = chooser.choices(queues, weights)[0]
                 response = client.post(f"/jobs/{queue}", json=_body(queue, n, **context))
