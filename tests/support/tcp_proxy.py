@@ -12,13 +12,17 @@ from collections.abc import Iterator
 
 class TcpProxy:
     """Relays 127.0.0.1:<port> to `target`. While cut, every relayed connection is closed and new
-    ones are closed as soon as they are accepted (the client sees its server vanish)."""
+    ones are closed as soon as they are accepted (the client sees its server vanish). While silent
+    (a partition: no reset, no answer), nothing is relayed either way and new connections are
+    accepted and held open unanswered."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._cut = threading.Event()
+        self._silent = threading.Event()
+        self._held: list[socket.socket] = []
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
@@ -39,13 +43,23 @@ class TcpProxy:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
 
+    def silence(self) -> None:
+        self._silent.set()
+
+    @property
+    def silent(self) -> bool:
+        return self._silent.is_set()
+
     def restore(self) -> None:
         self._cut.clear()
+        self._silent.clear()
 
     def close(self) -> None:
         self._stop.set()
         self.cut()
         self._listener.close()
+        for sock in self._held:
+            sock.close()
         self._accepter.join(5)
         for thread in self._threads:
             thread.join(5)
@@ -61,6 +75,9 @@ class TcpProxy:
                 return
             if self._cut.is_set():
                 client.close()
+                continue
+            if self._silent.is_set():
+                self._held.append(client)
                 continue
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
@@ -81,6 +98,9 @@ class TcpProxy:
             selector.register(sock, selectors.EVENT_READ)
         try:
             while not self._stop.is_set() and not self._cut.is_set():
+                if self._silent.is_set():
+                    self._stop.wait(0.05)
+                    continue
                 for key, _ in selector.select(timeout=0.1):
                     source: socket.socket = key.fileobj  # type: ignore[assignment]
                     try:

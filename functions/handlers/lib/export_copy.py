@@ -16,8 +16,10 @@ afterwards (quotes and all) cost the event loop about as much CPU as the whole u
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import selectors
 import threading
+import time
 from collections.abc import AsyncGenerator, Mapping
 from types import TracebackType
 from typing import Any, Final
@@ -33,6 +35,12 @@ from shared.db.sql import QUERIES
 BLOCK_BYTES: Final = 1024 * 1024
 WAITING_BLOCKS: Final = 4  # blocks read ahead of the consumer
 _POLL_SECONDS: Final = 0.2  # how often a thread held back by the consumer looks for a stop
+_CONNECT_SECONDS: Final = 10
+# A stop must not wait on a server that does not answer (a partition: no reset, no reply). A
+# cancel request goes over a connection of its own, bounded here (psycopg's default is 30 s);
+# once stopped, a server silent this long is given up: the connection is closed, not rolled back.
+_CANCEL_SECONDS: Final = 2.0
+_SILENT_AFTER_STOP_SECONDS: Final = 5.0
 
 
 class _Stopped(Exception):
@@ -94,7 +102,8 @@ class CopyReader:
         self._stop.set()
         conn = self._conn  # read after setting the stop: see _run for why one side always notices
         if conn is not None:
-            await asyncio.to_thread(conn.cancel_safe)
+            with contextlib.suppress(psycopg.Error):  # unreachable: the thread gives the server up
+                await asyncio.to_thread(conn.cancel_safe, timeout=_CANCEL_SECONDS)
         await asyncio.wait([self._thread])
         if not self._thread.cancelled():
             self._thread.exception()  # retrieved on purpose: the consumer's own error is the one to report
@@ -103,7 +112,7 @@ class CopyReader:
 
     def _run(self) -> int:
         try:
-            with psycopg.connect(self.conninfo) as conn:
+            with psycopg.connect(self.conninfo, connect_timeout=_CONNECT_SECONDS) as conn:
                 self._conn = conn
                 # Set before this check, read after the stop is set: either this thread sees the
                 # stop here, or _halt sees the connection and cancels the COPY on the server.
@@ -166,6 +175,7 @@ class _Libpq:
         self.conn = conn
         self.stop = stop
         self._cancelled = False
+        self._stop_seen_at: float | None = None
         self.pgconn = conn.pgconn
         self.encoding = conn.info.encoding
         self._selector = selectors.DefaultSelector()
@@ -222,15 +232,25 @@ class _Libpq:
 
     def abandon_copy_out(self) -> None:
         """Stop a COPY part-way (the caller is going away): cancel it on the server and read what
-        is left, so the connection can roll back. Errors here are not raised (the caller's is)."""
+        is left, so the connection can roll back. If that fails (the server does not answer), the
+        connection is closed instead: nothing may wait on it again. Errors here are not raised
+        (the caller's is)."""
         try:
             if self._in_copy:
-                self.conn.cancel_safe()
+                self._cancel()
                 while self.next_row() is not None:
                     pass
             self._finish_results()
         except psycopg.Error:
-            pass
+            self.conn.close()
+
+    def _cancel(self) -> None:
+        """Ask the server to cancel the running statement, once; an unreachable server is left to
+        `_wait`, which gives it up."""
+        if not self._cancelled:
+            self._cancelled = True
+            with contextlib.suppress(psycopg.Error):
+                self.conn.cancel_safe(timeout=_CANCEL_SECONDS)
 
     def _finish_results(self) -> None:
         while self._next_result() is not None:
@@ -250,9 +270,17 @@ class _Libpq:
         # the backend before the COPY was sent (dropped as idle), so a stop seen while waiting
         # cancels the query once more, now that the backend is running it.
         while not self._selector.select(timeout=_POLL_SECONDS):
-            if self.stop.is_set() and not self._cancelled:
-                self._cancelled = True
-                self.conn.cancel_safe()
+            if not self.stop.is_set():
+                continue
+            now = time.monotonic()
+            if self._stop_seen_at is None:
+                self._stop_seen_at = now
+            self._cancel()
+            if time.monotonic() - self._stop_seen_at >= _SILENT_AFTER_STOP_SECONDS:
+                self.conn.close()
+                raise psycopg.OperationalError(
+                    f"the server did not answer within {_SILENT_AFTER_STOP_SECONDS:g} s of the stop; connection closed"
+                )
 
     def _error(self, result: PGresult | None) -> psycopg.Error:
         if result is None:

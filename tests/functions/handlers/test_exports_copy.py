@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 from psycopg import sql
 
 from functions.handlers.lib.export_copy import CopyReader
+from tests.support.tcp_proxy import tcp_proxy
 
 # Far more output (20 GB) than any test reads: only a working stop ends it in time. Two small
 # series rather than one big one, which Postgres would materialise before the first row.
@@ -117,3 +119,37 @@ async def test_a_stop_landing_before_the_copy_is_sent_still_stops_it(
     # was lost: the COPY then ended normally, 20 s later, with its one row).
     assert reader._thread is not None
     assert isinstance(reader._thread.exception(), psycopg.errors.QueryCanceled), "the stop was lost"
+
+
+@pytest.mark.parametrize(
+    "starved", [False, True], ids=["thread held back by the consumer", "thread waiting on the server"]
+)
+async def test_leaving_while_the_server_is_silent_ends_without_its_answer(database_url: str, starved: bool):
+    """A partition: the server neither answers nor resets while the consumer leaves. The cancel
+    cannot reach it and the transaction cannot roll back; leaving must still end, giving the
+    connection up, instead of waiting on the server (30 s per cancel, then for ever on the
+    socket). The consumer's own error is the one raised. (Adversarial review.)"""
+    url = urlsplit(database_url)
+    assert url.hostname is not None and url.port is not None
+    with tcp_proxy(url.hostname, url.port) as proxy:
+
+        async def leave_while_silent() -> CopyReader:
+            with pytest.raises(Enough):
+                async with CopyReader(proxy.url(database_url), ENDLESS, {}) as reader:
+                    blocks = reader.blocks()
+                    await anext(blocks)
+                    proxy.silence()
+                    while starved:  # read what was in flight until the thread waits on the socket
+                        try:
+                            await asyncio.wait_for(anext(blocks), timeout=1.0)
+                        except TimeoutError:
+                            break
+                    raise Enough
+            return reader
+
+        # A guard, not the assertion: without the fix leaving waits until the proxy is closed.
+        reader = await asyncio.wait_for(leave_while_silent(), timeout=120)
+        assert proxy.silent, "the server answered after all"
+        assert reader._thread is not None and reader._thread.done()
+        assert reader._conn is not None and reader._conn.closed, "the connection was not given up"
+    assert copies_running(database_url) == 0
