@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 from collections.abc import AsyncIterator, Callable
@@ -53,6 +54,7 @@ from .event_hub import EventHub
 from .http import UnhandledErrorMiddleware, problem_response
 from .limits import RateLimitMiddleware
 from .metrics import AppMetrics, EventHubCollector, metrics_endpoint
+from .shutdown_signals import chain_shutdown_signals
 
 logger = logging.getLogger("functions.ingress")
 
@@ -222,6 +224,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         hub_metrics = EventHubCollector(app.state.event_hub)
         metrics.registry.register(hub_metrics)
         tasks.append(asyncio.create_task(app.state.event_hub.run(stop), name="event-hub"))
+        # Streams end as soon as the server is told to stop (see shutdown_signals); a server run
+        # from a thread (tests) calls app.state.begin_shutdown itself, as a signal would.
+        loop = asyncio.get_running_loop()
+        app.state.begin_shutdown = functools.partial(loop.call_soon_threadsafe, app.state.event_hub.close_streams)
         launcher = None
         if settings.run_dispatcher:
             from functions.dispatcher.leader import Dispatcher
@@ -230,10 +236,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
             launcher = make_launcher(settings, machine_program())
             app.state.dispatcher = Dispatcher(settings, app.state.pool, launcher)
             tasks.append(asyncio.create_task(app.state.dispatcher.run(stop), name="dispatcher"))
+        restore_signals = chain_shutdown_signals(app.state.begin_shutdown)
         try:
             yield
         finally:
             # SIGTERM: uvicorn stops accepting, finishes in-flight requests, then runs this.
+            restore_signals()
             stop.set()
             _, pending = await asyncio.wait(tasks, timeout=10)
             for task in pending:

@@ -245,6 +245,7 @@ class EventHub:
     _per_tenant: dict[str | None, int] = field(default_factory=dict)  # None: admins watching everyone
     dropped_total: int = 0  # streams dropped for not keeping up (tests, metrics)
     received_total: int = 0  # job events received (metrics)
+    closing: bool = False  # the server is stopping: streams were ended, new ones are refused
 
     # --- subscriptions (called from request handlers; never awaits, so nothing slips in between)
 
@@ -260,7 +261,10 @@ class EventHub:
             self.unsubscribe(subscription.subscriber)
 
     def subscribe(self, event_filter: EventFilter, last_event_id: str | None = None) -> Subscription:
-        """Register a stream. Raises ServiceUnavailable when EVENTS_MAX_SUBSCRIBERS are open."""
+        """Register a stream. Raises ServiceUnavailable when EVENTS_MAX_SUBSCRIBERS are open or
+        the server is stopping."""
+        if self.closing:
+            raise ServiceUnavailable("this instance is shutting down; reconnect", headers={"Retry-After": "1"})
         if len(self._subscribers) >= self.settings.events_max_subscribers:
             raise ServiceUnavailable("too many event streams are open; retry shortly", headers={"Retry-After": "5"})
         tenant = event_filter.tenant_id
@@ -317,6 +321,14 @@ class EventHub:
             _discard(self._by_tenant, tenant, subscriber)
         if subscriber.filter.tag is not None:
             self._tag_streams -= 1
+
+    def close_streams(self) -> None:
+        """The server is stopping: end every stream now (its client reconnects to another
+        instance and resumes after its Last-Event-ID) and refuse new ones. A response never
+        ends by itself, and uvicorn runs the lifespan's shutdown only after the last one did."""
+        self.closing = True
+        for subscriber in list(self._subscribers):
+            self._end(subscriber)
 
     @property
     def subscriber_count(self) -> int:

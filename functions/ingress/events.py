@@ -280,11 +280,11 @@ async def wait_for_final(hub: EventHub, pool: Pool, job_id: int, tenant: str | N
         while True:
             job = await read_job(pool, job_id, tenant)
             remaining = deadline - time.monotonic()
-            if job is None or job.state in FINAL_STATES or remaining <= 0:
-                return job
+            if job is None or job.state in FINAL_STATES or remaining <= 0 or hub.closing:
+                return job  # a stopping server answers with the state as it is now
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(subscriber.queue.get(), timeout=min(remaining, _RECHECK_SECONDS))
-            if subscriber.dropped:
+            if subscriber.dropped and not hub.closing:
                 subscriber = hub.subscribe(EventFilter(tenant_id=tenant, job_id=job_id)).subscriber
     finally:
         hub.unsubscribe(subscriber)

@@ -70,7 +70,8 @@ def wait_until(what: str, predicate: Callable[[], T], timeout: float = 60.0) -> 
 def live_app(settings: Settings) -> Iterator[LiveApp]:
     """Serve `create_app(settings)` on 127.0.0.1 until the block ends; machines are stopped after."""
     port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    asgi = create_app(settings)
+    config = uvicorn.Config(asgi, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -82,5 +83,9 @@ def live_app(settings: Settings) -> Iterator[LiveApp]:
     try:
         yield LiveApp(url=f"http://127.0.0.1:{port}", settings=settings, server=server)
     finally:
+        # What SIGTERM does to the app in production (a signal cannot reach a server in a thread).
+        begin_shutdown = getattr(asgi.state, "begin_shutdown", None)
+        if begin_shutdown is not None:
+            begin_shutdown()
         server.should_exit = True
         thread.join(30)

@@ -83,6 +83,18 @@ async def test_one_tenant_cannot_take_every_slot(database_url: str, pool: Pool) 
         hub.subscribe(EventFilter(tenant_id="greedy"))  # a freed slot is usable again
 
 
+async def test_closing_ends_every_stream_and_refuses_new_ones(database_url: str, pool: Pool) -> None:
+    async with running_hub(make_settings(database_url), pool) as hub:
+        async with hub.subscription(EventFilter(tenant_id="acme")) as events:
+            hub.close_streams()  # the server was told to stop
+            async with asyncio.timeout(30):
+                received = [item async for item in events]
+            assert received == [] and events.subscriber.gone.is_set()
+            with pytest.raises(ServiceUnavailable):
+                hub.subscribe(EventFilter(tenant_id="acme"))
+        assert hub.subscriber_count == 0
+
+
 @pytest.mark.parametrize("last_event_id", ["²", "١٢", "12x", "9" * 21, "", "-1"])
 async def test_an_unusable_last_event_id_resets_and_leaves_nothing_behind(
     database_url: str, pool: Pool, last_event_id: str

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,3 +149,56 @@ def _gone(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
     except FileNotFoundError:
         return True
+
+
+def test_sigterm_ends_open_event_streams_and_waits_at_once(api: ApiProcess):
+    """uvicorn waits for every response in flight before the app's shutdown, and an event stream
+    never ends by itself: each held the process for the whole graceful timeout and was then cut
+    off mid-stream. Now they end cleanly when the signal arrives (clients reconnect elsewhere)."""
+    with api.client() as client:
+        job_id = client.post("/jobs/default", json={"function": "sleep", "args": {"seconds": 120}}).json()["id"]
+    ended: dict[str, Any] = {}
+
+    def watch(name: str, path: str) -> None:
+        try:
+            with api.client() as client, client.stream("GET", path, timeout=120) as response:
+                lines = response.iter_lines()
+                next(line for line in lines if line.startswith(": connected"))
+                ended[name] = [line for line in lines if line.startswith(("data:", "event:"))]
+        except Exception as exc:  # reported by the assertions below
+            ended[name] = exc
+
+    def wait_request() -> None:
+        with api.client() as client:
+            response = client.get(f"/jobs/{job_id}", params={"wait": 60}, timeout=120)
+        ended["wait"] = (response.status_code, response.text)
+
+    threads = [
+        threading.Thread(target=watch, args=("events", "/events")),
+        threading.Thread(target=watch, args=("job events", f"/jobs/{job_id}/events")),
+        threading.Thread(target=wait_request),
+    ]
+    for thread in threads:
+        thread.start()
+    wait_until("two streams and a wait to be open", lambda: _open_streams(api) == 3, timeout=30)
+    api.process.send_signal(signal.SIGTERM)
+    for thread in threads:
+        thread.join(120)
+    assert api.process.wait(timeout=60) in (0, -signal.SIGTERM)
+    assert not isinstance(ended["events"], Exception), ended["events"]
+    assert not isinstance(ended["job events"], Exception), ended["job events"]
+    status, body = ended["wait"]
+    assert status == 200 and json.loads(body)["state"] in ("available", "executing"), body
+    messages = [line["message"] for line in api.lines()]
+    assert not [m for m in messages if "timeout graceful shutdown exceeded" in m], "responses were cut off"
+    assert "ingress stopped" in messages
+
+
+def _open_streams(api: ApiProcess) -> int:
+    """Event streams and waits the API holds open (its /metrics gauge)."""
+    with httpx.Client(base_url=api.url, trust_env=False) as client:
+        text = client.get("/metrics").text
+    for line in text.splitlines():
+        if line.startswith("event_streams "):
+            return int(float(line.split()[1]))
+    return 0
