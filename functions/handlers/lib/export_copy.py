@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import selectors
 import threading
 import time
@@ -41,6 +42,8 @@ _CONNECT_SECONDS: Final = 10
 # once stopped, a server silent this long is given up: the connection is closed, not rolled back.
 _CANCEL_SECONDS: Final = 2.0
 _SILENT_AFTER_STOP_SECONDS: Final = 5.0
+
+logger = logging.getLogger(__name__)
 
 
 class _Stopped(Exception):
@@ -135,8 +138,8 @@ class CopyReader:
 
     def _copy(self, libpq: _Libpq, query: bytes) -> int:
         """Run the COPY and hand its output over in blocks; returns the "COPY n" row count."""
-        libpq.start_copy_out(query)
         try:
+            libpq.start_copy_out(query)
             block, lines = bytearray(), 0
             while (data := libpq.next_row()) is not None:
                 block += data
@@ -175,7 +178,7 @@ class _Libpq:
         self.conn = conn
         self.stop = stop
         self._cancelled = False
-        self._stop_seen_at: float | None = None
+        self._give_up_at: float | None = None  # set once stopping: past it, the server is given up
         self.pgconn = conn.pgconn
         self.encoding = conn.info.encoding
         self._selector = selectors.DefaultSelector()
@@ -235,14 +238,28 @@ class _Libpq:
         is left, so the connection can roll back. If that fails (the server does not answer), the
         connection is closed instead: nothing may wait on it again. Errors here are not raised
         (the caller's is)."""
+        self._stopping()
         try:
             if self._in_copy:
                 self._cancel()
+                # Bounded even while rows keep coming: a cancel that did not get through (its
+                # own connection timed out) would otherwise leave the whole COPY to read.
                 while self.next_row() is not None:
-                    pass
+                    self._check_give_up()
             self._finish_results()
         except psycopg.Error:
+            logger.warning("export: the server did not stop the COPY when asked; its connection is closed instead")
             self.conn.close()
+
+    def _stopping(self) -> None:
+        if self._give_up_at is None:
+            self._give_up_at = time.monotonic() + _SILENT_AFTER_STOP_SECONDS
+
+    def _check_give_up(self) -> None:
+        if self._give_up_at is not None and time.monotonic() >= self._give_up_at:
+            raise psycopg.OperationalError(
+                f"the server did not stop within {_SILENT_AFTER_STOP_SECONDS:g} s of the stop; giving it up"
+            )
 
     def _cancel(self) -> None:
         """Ask the server to cancel the running statement, once; an unreachable server is left to
@@ -272,15 +289,9 @@ class _Libpq:
         while not self._selector.select(timeout=_POLL_SECONDS):
             if not self.stop.is_set():
                 continue
-            now = time.monotonic()
-            if self._stop_seen_at is None:
-                self._stop_seen_at = now
+            self._stopping()
             self._cancel()
-            if time.monotonic() - self._stop_seen_at >= _SILENT_AFTER_STOP_SECONDS:
-                self.conn.close()
-                raise psycopg.OperationalError(
-                    f"the server did not answer within {_SILENT_AFTER_STOP_SECONDS:g} s of the stop; connection closed"
-                )
+            self._check_give_up()
 
     def _error(self, result: PGresult | None) -> psycopg.Error:
         if result is None:

@@ -12,6 +12,7 @@ import pytest
 from psycopg import sql
 
 from functions.handlers.lib.export_copy import CopyReader
+from tests.support.live import wait_until
 from tests.support.tcp_proxy import tcp_proxy
 
 # Far more output (20 GB) than any test reads: only a working stop ends it in time. Two small
@@ -124,7 +125,9 @@ async def test_a_stop_landing_before_the_copy_is_sent_still_stops_it(
 @pytest.mark.parametrize(
     "starved", [False, True], ids=["thread held back by the consumer", "thread waiting on the server"]
 )
-async def test_leaving_while_the_server_is_silent_ends_without_its_answer(database_url: str, starved: bool):
+async def test_leaving_while_the_server_is_silent_ends_without_its_answer(
+    database_url: str, starved: bool, caplog: pytest.LogCaptureFixture
+):
     """A partition: the server neither answers nor resets while the consumer leaves. The cancel
     cannot reach it and the transaction cannot roll back; leaving must still end, giving the
     connection up, instead of waiting on the server (30 s per cancel, then for ever on the
@@ -133,7 +136,7 @@ async def test_leaving_while_the_server_is_silent_ends_without_its_answer(databa
     assert url.hostname is not None and url.port is not None
     with tcp_proxy(url.hostname, url.port) as proxy:
 
-        async def leave_while_silent() -> CopyReader:
+        async def leave_while_silent() -> None:
             with pytest.raises(Enough):
                 async with CopyReader(proxy.url(database_url), ENDLESS, {}) as reader:
                     blocks = reader.blocks()
@@ -145,11 +148,27 @@ async def test_leaving_while_the_server_is_silent_ends_without_its_answer(databa
                         except TimeoutError:
                             break
                     raise Enough
-            return reader
 
         # A guard, not the assertion: without the fix leaving waits until the proxy is closed.
-        reader = await asyncio.wait_for(leave_while_silent(), timeout=120)
-        assert proxy.silent, "the server answered after all"
-        assert reader._thread is not None and reader._thread.done()
-        assert reader._conn is not None and reader._conn.closed, "the connection was not given up"
-    assert copies_running(database_url) == 0
+        await asyncio.wait_for(leave_while_silent(), timeout=120)
+        assert "the server did not stop the COPY when asked" in caplog.text, "the server was not given up"
+    wait_until("the backend to notice its client left", lambda: copies_running(database_url) == 0)
+
+
+async def test_leaving_while_rows_keep_coming_but_no_cancel_gets_through_ends(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    """The server is alive and keeps sending the COPY, but the cancel never reaches it (its own
+    connection is refused or lost): leaving must not read the rest of a 20 GB COPY. (Adversarial
+    review: the drain after a failed cancel was unbounded.)"""
+
+    def lost_cancel(self: psycopg.Connection[Any], *, timeout: float = 30.0) -> None:
+        raise psycopg.errors.CancellationTimeout("cancellation timeout expired")
+
+    monkeypatch.setattr(psycopg.Connection, "cancel_safe", lost_cancel)
+    with pytest.raises(Enough):
+        async with CopyReader(database_url, ENDLESS, {}) as reader:
+            async for _ in reader.blocks():
+                raise Enough
+    assert "the server did not stop the COPY when asked" in caplog.text
+    wait_until("the backend to notice its client left", lambda: copies_running(database_url) == 0)
