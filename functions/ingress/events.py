@@ -28,7 +28,7 @@ from starlette.types import Receive, Scope, Send
 from shared.db import job_store
 from shared.db.models import Job, JobState
 from shared.db.pool import Pool
-from shared.errors import Forbidden, NotFound
+from shared.errors import Forbidden, NotFound, ServiceUnavailable
 from shared.schemas.common import CamelModel
 from shared.tokens import Principal
 from shared.vocabulary import FINAL_STATES
@@ -241,6 +241,8 @@ async def stream_job_events(request: Request, job_id: int) -> Response:
     query = parse_query(JobEventsQuery, single_params(request))
     pool: Pool = request.app.state.pool
     hub, tenant = hub_of(request), reading_tenant(principal)
+    if hub.closing:  # a stopping server still tells where a job stands, once, when that is final
+        return await final_job_stream(pool, job_id, tenant)
     subscription = hub.subscribe(
         EventFilter(tenant_id=tenant, job_id=job_id), last_event_id(request, query.last_event_id)
     )
@@ -254,12 +256,27 @@ async def stream_job_events(request: Request, job_id: int) -> Response:
         raise NotFound("no such job")
     if job.state in FINAL_STATES and not subscription.replay:
         hub.unsubscribe(subscription.subscriber)
-
-        async def once() -> AsyncIterator[bytes]:
-            yield b"retry: 2000\n: connected\n\n" + current_state_frame(job)
-
-        return EventStreamResponse(once(), None)
+        return once(job)
     return event_stream(subscription, first=current_state_frame(job), ends=ends_when_final(pool, job_id, tenant))
+
+
+def once(job: Job) -> EventStreamResponse:
+    """The stream of a final job: its state, then the end."""
+
+    async def frames() -> AsyncIterator[bytes]:
+        yield b"retry: 2000\n: connected\n\n" + current_state_frame(job)
+
+    return EventStreamResponse(frames(), None)
+
+
+async def final_job_stream(pool: Pool, job_id: int, tenant: str | None) -> EventStreamResponse:
+    """On a stopping server: a final job's one-frame stream; 404 or 503 otherwise."""
+    job = await read_job(pool, job_id, tenant)
+    if job is None:
+        raise NotFound("no such job")
+    if job.state not in FINAL_STATES:
+        raise ServiceUnavailable("this instance is shutting down; reconnect", headers={"Retry-After": "1"})
+    return once(job)
 
 
 def wait_seconds(request: Request) -> int | None:
@@ -274,6 +291,8 @@ async def wait_for_final(hub: EventHub, pool: Pool, job_id: int, tenant: str | N
     Subscribed before the first read, so an event committed in between is not missed; any event of
     the job (or a reset) is only a reason to read the row again, which is the answer's source.
     """
+    if hub.closing:  # a stopping server answers with the state as it is now
+        return await read_job(pool, job_id, tenant)
     deadline = time.monotonic() + seconds
     subscriber = hub.subscribe(EventFilter(tenant_id=tenant, job_id=job_id)).subscriber
     try:

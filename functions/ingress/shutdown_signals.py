@@ -28,13 +28,15 @@ def chain_shutdown_signals(on_signal: Callable[[], None]) -> Callable[[], None]:
     previous: dict[int, Any] = {}
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        on_signal()
-        before = previous.get(signum)
-        if callable(before):
-            before(signum, frame)
-        elif before == signal.SIG_DFL:  # no one else handles it: its default action, as before
-            signal.signal(signum, signal.SIG_DFL)
-            signal.raise_signal(signum)
+        try:
+            on_signal()
+        finally:  # the signal reaches its previous handler whatever happened above
+            before = previous.get(signum)
+            if callable(before):
+                before(signum, frame)
+            elif before == signal.SIG_DFL:  # no one else handles it: its default action, as before
+                signal.signal(signum, signal.SIG_DFL)
+                signal.raise_signal(signum)
 
     for signum in HANDLED_SIGNALS:
         previous[signum] = signal.signal(signum, handler)

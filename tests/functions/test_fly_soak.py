@@ -21,6 +21,5 @@ RATE = float(os.environ.get("FLY_SOAK_RATE", "20"))  # jobs per second
 def test_fly_chaos_soak_loses_nothing_duplicates_nothing_and_leaves_nothing(database_url, s3, tmp_path: Path):
     report = run_fly_soak(database_url, s3, tmp_path, SoakConfig(seconds=SECONDS, jobs_per_second=RATE))
     print("\n".join(report.lines()))
-    assert report.jobs == SoakConfig(seconds=SECONDS, jobs_per_second=RATE).jobs
     assert sum(report.faults.values()) > 0 and report.rates["create"].calls > 0
     assert report.problems() == []

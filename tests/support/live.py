@@ -85,7 +85,8 @@ def live_app(settings: Settings) -> Iterator[LiveApp]:
     finally:
         # What SIGTERM does to the app in production (a signal cannot reach a server in a thread).
         begin_shutdown = getattr(asgi.state, "begin_shutdown", None)
-        if begin_shutdown is not None:
-            begin_shutdown()
+        if begin_shutdown is not None and thread.is_alive():
+            with contextlib.suppress(RuntimeError):  # its loop already closed: nothing to end
+                begin_shutdown()
         server.should_exit = True
         thread.join(30)

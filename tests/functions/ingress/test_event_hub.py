@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from functions.ingress.event_hub import EventFilter, EventHub, LiveEvent
+from functions.ingress.events import final_job_stream, wait_for_final
 from shared.db import event_log
 from shared.db.pool import Pool, open_pool
 from shared.errors import RateLimited, ServiceUnavailable
@@ -92,6 +93,31 @@ async def test_closing_ends_every_stream_and_refuses_new_ones(database_url: str,
             assert received == [] and events.subscriber.gone.is_set()
             with pytest.raises(ServiceUnavailable):
                 hub.subscribe(EventFilter(tenant_id="acme"))
+        assert hub.subscriber_count == 0
+
+
+async def test_a_stopping_instance_still_answers_where_a_job_stands(database_url: str, pool: Pool) -> None:
+    """After the stop signal (before uvicorn stops reading requests): a ?wait answers at once with
+    the state as it is, and a final job's event stream is its one frame. (Adversarial review: both
+    were 503.)"""
+    async with pool.connection() as conn:
+        cursor = await conn.execute(
+            "INSERT INTO jobs (queue, worker, tenant_id) VALUES ('default', 'echo', 'acme') RETURNING id"
+        )
+        row = await cursor.fetchone()
+    assert row is not None
+    job_id = row["id"]
+    async with running_hub(make_settings(database_url), pool) as hub:
+        hub.close_streams()
+        job = await wait_for_final(hub, pool, job_id, "acme", 30)
+        assert job is not None and job.state.value == "available"
+        with pytest.raises(ServiceUnavailable):
+            await final_job_stream(pool, job_id, "acme")  # not final: nothing to say but "reconnect"
+        async with pool.connection() as conn:
+            await conn.execute("UPDATE jobs SET state = 'cancelled', cancelled_at = now() WHERE id = %s", (job_id,))
+        response = await final_job_stream(pool, job_id, "acme")
+        frames = b"".join([chunk async for chunk in response.body_iterator])  # type: ignore[misc]
+        assert b'"state":"cancelled"' in frames
         assert hub.subscriber_count == 0
 
 
