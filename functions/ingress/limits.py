@@ -8,7 +8,9 @@ would need Redis or a Postgres counter.
 The middleware verifies the bearer token itself (it must know the tenant before the endpoint
 does any work) and leaves the principal in the request state, so `authenticate` does not decode
 it twice. A missing or bad token passes through untouched: the endpoint answers 401 (or needs
-no token at all, like /health).
+no token at all, like /health). The dashboard authenticates with the same tokens, kept in its
+session cookie: its pages and actions are limited too, on a budget of their own (its pages refresh
+themselves while jobs change, which must not eat the tenant's API budget); static files are free.
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.errors import RateLimited, Unauthorized
 from shared.settings import Settings
 from shared.tokens import Principal, verify_token
 
+from .dashboard.session import COOKIE as SESSION_COOKIE
+from .dashboard.session import PATH as DASHBOARD_PATH
 from .http import problem_asgi_response
 
 WINDOW_SECONDS = 60
@@ -89,9 +94,11 @@ class TenantRateLimiter:
             del self._hits[key]
 
 
-def caller_key(principal: Principal) -> str:
-    """Whose budget a request spends: its tenant's, or a tenant-less admin token's own."""
-    return f"tenant:{principal.tenant_id}" if principal.tenant_id else f"subject:{principal.subject}"
+def caller_key(principal: Principal, *, dashboard: bool = False) -> str:
+    """Whose budget a request spends: its tenant's, or a tenant-less admin token's own; the
+    dashboard's requests have a budget of their own beside it."""
+    key = f"tenant:{principal.tenant_id}" if principal.tenant_id else f"subject:{principal.subject}"
+    return f"dashboard:{key}" if dashboard else key
 
 
 def bearer_token(scope: Scope) -> str | None:
@@ -105,6 +112,23 @@ def bearer_token(scope: Scope) -> str | None:
     return None
 
 
+def session_token(scope: Scope) -> str | None:
+    """The token of a dashboard session cookie, on the dashboard's own pages and actions."""
+    path: str = scope["path"]
+    if not (path == DASHBOARD_PATH or path.startswith(DASHBOARD_PATH + "/")) or path.startswith(_STATIC):
+        return None
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    for name, value in headers:
+        if name == b"cookie":
+            token = cookie_parser(value.decode("latin-1")).get(SESSION_COOKIE, "").strip()
+            if token:
+                return token
+    return None
+
+
+_STATIC = DASHBOARD_PATH + "/static/"
+
+
 class RateLimitMiddleware:
     """429 with Retry-After once a tenant spent its budget; RateLimit-* headers on every answer."""
 
@@ -114,17 +138,22 @@ class RateLimitMiddleware:
         self.limiter = TenantRateLimiter(settings.rate_limit_per_minute)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        token = bearer_token(scope) if scope["type"] == "http" else None
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        bearer = bearer_token(scope)
+        token = bearer if bearer is not None else session_token(scope)
         if token is None:
             await self.app(scope, receive, send)
             return
         try:
             principal = verify_token(token, self.settings)
         except Unauthorized:
-            await self.app(scope, receive, send)  # the endpoint answers 401 with its own detail
+            await self.app(scope, receive, send)  # the endpoint answers 401 (the dashboard: sign-in)
             return
-        scope.setdefault("state", {})["principal"] = principal
-        quota = await self.limiter.hit(caller_key(principal))
+        if bearer is not None:  # what `authenticate` reads instead of decoding the header again
+            scope.setdefault("state", {})["principal"] = principal
+        quota = await self.limiter.hit(caller_key(principal, dashboard=bearer is None))
         headers = quota.headers()
         if not quota.allowed:
             error = RateLimited(

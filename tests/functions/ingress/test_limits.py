@@ -11,6 +11,8 @@ from tests.support.live import LiveApp
 
 from .conftest import OpenApp, assert_problem
 
+STATIC_FILE = "dashboard.css"  # any file the dashboard serves from /dashboard/static
+
 
 def test_a_tenant_over_its_rate_limit_gets_429_and_others_do_not(open_app: OpenApp):
     with open_app(rate_limit_per_minute=5) as app, app.client("tenant-a") as a, app.client("tenant-b") as b:
@@ -162,3 +164,24 @@ def test_request_ids_are_echoed_or_made_up(app: LiveApp):
         assert made_up != "bad id\twith spaces" and len(made_up) == 32
         job = client.post("/jobs/default", json={"function": "echo"}, headers={"X-Request-ID": "req-7"}).json()
         assert job["meta"]["requestId"] == "req-7"
+
+
+def test_dashboard_requests_are_rate_limited_on_a_budget_of_their_own(open_app: OpenApp):
+    """The dashboard authenticates with the token kept in its session cookie: its pages and
+    actions are limited per tenant like bearer requests (they were not counted at all, so a
+    session was a way around the limit), on their own budget: a dashboard refreshing itself does
+    not eat the tenant's API budget. Static files are not counted."""
+    from tests.support.dashboard import signed_in
+
+    with open_app(rate_limit_per_minute=3) as app, signed_in(app, "tenant-a") as browser:
+        for _ in range(3):
+            page = browser.get("/dashboard/jobs")
+            assert page.status_code == 200
+        assert page.headers["ratelimit-remaining"] == "0"
+        assert browser.get(f"/dashboard/static/{STATIC_FILE}").status_code == 200  # not counted
+        refused = assert_problem(browser.get("/dashboard/jobs"), 429)
+        assert "3 requests" in refused["detail"]
+        with app.client("tenant-a") as api:
+            assert api.get("/jobs").headers["ratelimit-remaining"] == "2"  # the API budget is untouched
+        with signed_in(app, "tenant-b") as other:
+            assert other.get("/dashboard/jobs").headers["ratelimit-remaining"] == "2"  # per tenant
