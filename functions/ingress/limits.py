@@ -9,18 +9,22 @@ The middleware verifies the bearer token itself (it must know the tenant before 
 does any work) and leaves the principal in the request state, so `authenticate` does not decode
 it twice. A missing or bad token passes through untouched: the endpoint answers 401 (or needs
 no token at all, like /health). The dashboard authenticates with the same tokens, kept in its
-session cookie: its pages and actions are limited too, on a budget of their own (its pages refresh
-themselves while jobs change, which must not eat the tenant's API budget); static files are free.
+session cookie: its pages and actions are limited too, per session (its token), on a budget beside
+the tenant's API budget (a dashboard refreshes itself while jobs change, which must not eat it).
+What is counted there is exactly what the dashboard signs in with: the cookie, never a header.
 """
 
 from __future__ import annotations
 
+import hashlib
+import html
 import math
 import time
 from collections import deque
 from dataclasses import dataclass
 
-from starlette.requests import cookie_parser
+from starlette.requests import Request
+from starlette.responses import HTMLResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.errors import RateLimited, Unauthorized
@@ -94,11 +98,14 @@ class TenantRateLimiter:
             del self._hits[key]
 
 
-def caller_key(principal: Principal, *, dashboard: bool = False) -> str:
-    """Whose budget a request spends: its tenant's, or a tenant-less admin token's own; the
-    dashboard's requests have a budget of their own beside it."""
-    key = f"tenant:{principal.tenant_id}" if principal.tenant_id else f"subject:{principal.subject}"
-    return f"dashboard:{key}" if dashboard else key
+def caller_key(principal: Principal) -> str:
+    """Whose budget a request spends: its tenant's, or a tenant-less admin token's own."""
+    return f"tenant:{principal.tenant_id}" if principal.tenant_id else f"subject:{principal.subject}"
+
+
+def session_key(token: str) -> str:
+    """A dashboard session's budget: its token's (one signed-in user, all their tabs)."""
+    return "dashboard:" + hashlib.sha256(token.encode()).hexdigest()[:32]
 
 
 def bearer_token(scope: Scope) -> str | None:
@@ -112,21 +119,23 @@ def bearer_token(scope: Scope) -> str | None:
     return None
 
 
-def session_token(scope: Scope) -> str | None:
-    """The token of a dashboard session cookie, on the dashboard's own pages and actions."""
+def on_dashboard(path: str) -> bool:
+    return path == DASHBOARD_PATH or path.startswith(DASHBOARD_PATH + "/")
+
+
+def counted_session_token(scope: Scope) -> str | None:
+    """On a dashboard path: the session cookie's token, read exactly as the dashboard reads it
+    (it never reads Authorization), unless the path is free: static files, signing in and out,
+    and the live stream (bounded by the event hub's per-tenant stream limit)."""
     path: str = scope["path"]
-    if not (path == DASHBOARD_PATH or path.startswith(DASHBOARD_PATH + "/")) or path.startswith(_STATIC):
+    if path in _FREE or path.startswith(_STATIC):
         return None
-    headers: list[tuple[bytes, bytes]] = scope["headers"]
-    for name, value in headers:
-        if name == b"cookie":
-            token = cookie_parser(value.decode("latin-1")).get(SESSION_COOKIE, "").strip()
-            if token:
-                return token
-    return None
+    token = Request(scope).cookies.get(SESSION_COOKIE)
+    return token or None
 
 
 _STATIC = DASHBOARD_PATH + "/static/"
+_FREE = frozenset({DASHBOARD_PATH + "/login", DASHBOARD_PATH + "/logout", DASHBOARD_PATH + "/events"})
 
 
 class RateLimitMiddleware:
@@ -141,8 +150,8 @@ class RateLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        bearer = bearer_token(scope)
-        token = bearer if bearer is not None else session_token(scope)
+        dashboard = on_dashboard(scope["path"])
+        token = counted_session_token(scope) if dashboard else bearer_token(scope)
         if token is None:
             await self.app(scope, receive, send)
             return
@@ -151,16 +160,19 @@ class RateLimitMiddleware:
         except Unauthorized:
             await self.app(scope, receive, send)  # the endpoint answers 401 (the dashboard: sign-in)
             return
-        if bearer is not None:  # what `authenticate` reads instead of decoding the header again
+        if not dashboard:  # what `authenticate` reads instead of decoding the header again
             scope.setdefault("state", {})["principal"] = principal
-        quota = await self.limiter.hit(caller_key(principal, dashboard=bearer is None))
+        quota = await self.limiter.hit(session_key(token) if dashboard else caller_key(principal))
         headers = quota.headers()
         if not quota.allowed:
-            error = RateLimited(
-                f"more than {quota.limit} requests in {WINDOW_SECONDS} seconds; retry in {quota.reset_seconds}s",
-                headers=headers,
-            )
-            await problem_asgi_response(error, scope, send)
+            detail = f"more than {quota.limit} requests in {WINDOW_SECONDS} seconds; retry in {quota.reset_seconds}s"
+            if dashboard:  # a page in a browser: a page, not JSON
+                page = (
+                    f"<!doctype html><title>Too many requests</title><p>Too many requests: {html.escape(detail)}.</p>"
+                )
+                await HTMLResponse(page, status_code=429, headers=headers)(scope, receive, send)
+            else:
+                await problem_asgi_response(RateLimited(detail, headers=headers), scope, send)
             return
         raw = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
 

@@ -9,6 +9,7 @@ SIGTERM and SIGINT: it schedules the streams' end on the event loop, then hands 
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from types import FrameType
 from typing import Any
 
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+logger = logging.getLogger("functions.ingress")
 
 
 def chain_shutdown_signals(on_signal: Callable[[], None]) -> Callable[[], None]:
@@ -30,13 +32,14 @@ def chain_shutdown_signals(on_signal: Callable[[], None]) -> Callable[[], None]:
     def handler(signum: int, frame: FrameType | None) -> None:
         try:
             on_signal()
-        finally:  # the signal reaches its previous handler whatever happened above
-            before = previous.get(signum)
-            if callable(before):
-                before(signum, frame)
-            elif before == signal.SIG_DFL:  # no one else handles it: its default action, as before
-                signal.signal(signum, signal.SIG_DFL)
-                signal.raise_signal(signum)
+        except Exception:  # raised here it would land in whatever code the signal interrupted
+            logger.exception("ending the event streams on %s failed", signal.Signals(signum).name)
+        before = previous.get(signum)
+        if callable(before):
+            before(signum, frame)
+        elif before == signal.SIG_DFL:  # no one else handles it: its default action, as before
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
 
     for signum in HANDLED_SIGNALS:
         previous[signum] = signal.signal(signum, handler)

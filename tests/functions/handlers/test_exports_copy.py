@@ -166,9 +166,13 @@ async def test_leaving_while_rows_keep_coming_but_no_cancel_gets_through_ends(
         raise psycopg.errors.CancellationTimeout("cancellation timeout expired")
 
     monkeypatch.setattr(psycopg.Connection, "cancel_safe", lost_cancel)
-    with pytest.raises(Enough):
-        async with CopyReader(database_url, ENDLESS, {}) as reader:
-            async for _ in reader.blocks():
-                raise Enough
+
+    async def leave() -> None:
+        with pytest.raises(Enough):
+            async with CopyReader(database_url, ENDLESS, {}) as reader:
+                async for _ in reader.blocks():
+                    raise Enough
+
+    await asyncio.wait_for(leave(), timeout=120)  # a guard: without the fix the drain goes on for ever
     assert "the server did not stop the COPY when asked" in caplog.text
     wait_until("the backend to notice its client left", lambda: copies_running(database_url) == 0)

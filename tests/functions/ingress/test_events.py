@@ -433,3 +433,23 @@ def test_a_job_stream_does_not_end_on_a_final_event_the_row_has_since_left_for_a
     seen = events_until(events, lambda e: e.data["type"] == "completed")
     assert [e.data["type"] for e in seen] == ["cancelled", "retried", "executing", "completed"]
     assert events.ended.wait(30)
+
+
+def test_a_stopping_instance_answers_where_a_job_stands_and_refuses_new_streams(app: LiveApp) -> None:
+    """Once the stop signal arrived (uvicorn still reads requests for a moment): a ?wait answers at
+    once with the state as it is, a final job's stream is its one frame, and any other new stream
+    is a 503 with Retry-After (the client reconnects to another instance)."""
+    waiting, final = create(app, "tenant-a"), create(app, "tenant-a")
+    execute(app, final)
+    complete(app, final)
+    app.server.config.app.state.begin_shutdown()  # type: ignore[union-attr]  # what SIGTERM does
+    wait_until("the hub to close", lambda: hub(app).closing)
+    with app.client("tenant-a", "jobs:read") as client:
+        answer = client.get(f"/jobs/{waiting}?wait=60", timeout=30)
+        assert answer.status_code == 200 and answer.json()["state"] == "available"
+        one_frame = client.get(f"/jobs/{final}/events", timeout=30)
+        assert one_frame.status_code == 200 and '"state":"completed"' in one_frame.text
+        refused = client.get(f"/jobs/{waiting}/events", timeout=30)
+        assert "shutting down" in assert_problem(refused, 503)["detail"]
+        assert refused.headers["retry-after"] == "1"
+        assert_problem(client.get("/events", timeout=30), 503)

@@ -166,22 +166,39 @@ def test_request_ids_are_echoed_or_made_up(app: LiveApp):
         assert job["meta"]["requestId"] == "req-7"
 
 
-def test_dashboard_requests_are_rate_limited_on_a_budget_of_their_own(open_app: OpenApp):
+def test_dashboard_requests_are_rate_limited_per_session(open_app: OpenApp):
     """The dashboard authenticates with the token kept in its session cookie: its pages and
-    actions are limited per tenant like bearer requests (they were not counted at all, so a
-    session was a way around the limit), on their own budget: a dashboard refreshing itself does
-    not eat the tenant's API budget. Static files are not counted."""
-    from tests.support.dashboard import signed_in
+    actions are limited per session like bearer requests per tenant (they were not counted at all,
+    so a session was a way around the limit), beside the tenant's API budget: a dashboard
+    refreshing itself does not eat it. Static files, signing out and the live stream are free."""
+    from tests.support.dashboard import csrf_of, signed_in
 
     with open_app(rate_limit_per_minute=3) as app, signed_in(app, "tenant-a") as browser:
         for _ in range(3):
             page = browser.get("/dashboard/jobs")
             assert page.status_code == 200
+        csrf = csrf_of(page.text)
         assert page.headers["ratelimit-remaining"] == "0"
         assert browser.get(f"/dashboard/static/{STATIC_FILE}").status_code == 200  # not counted
-        refused = assert_problem(browser.get("/dashboard/jobs"), 429)
-        assert "3 requests" in refused["detail"]
+        refused = browser.get("/dashboard/jobs")
+        assert refused.status_code == 429 and refused.headers["content-type"].startswith("text/html")
+        assert "3 requests" in refused.text and 1 <= int(refused.headers["retry-after"]) <= 60
+        # Counted is what the dashboard signs in with: a bearer header beside the cookie, or a
+        # bad cookie in an earlier Cookie header, changes nothing (review: both made pages free).
+        session = browser.cookies["cp_dashboard"]
+        with httpx.Client(base_url=app.url, trust_env=False) as raw:
+            cookie = f"cp_dashboard={session}"
+            assert (
+                raw.get("/dashboard/jobs", headers={"Authorization": "Bearer x", "Cookie": cookie}).status_code == 429
+            )
+            two_headers = raw.build_request("GET", "/dashboard/jobs")
+            two_headers.headers = httpx.Headers(
+                [("host", two_headers.url.netloc.decode()), ("cookie", "cp_dashboard=x"), ("cookie", cookie)]
+            )
+            assert raw.send(two_headers).status_code == 429
         with app.client("tenant-a") as api:
             assert api.get("/jobs").headers["ratelimit-remaining"] == "2"  # the API budget is untouched
         with signed_in(app, "tenant-b") as other:
-            assert other.get("/dashboard/jobs").headers["ratelimit-remaining"] == "2"  # per tenant
+            assert other.get("/dashboard/jobs").headers["ratelimit-remaining"] == "2"  # per session
+        out = browser.post("/dashboard/logout", data={"csrf": csrf})  # signing out still works
+        assert out.status_code == 200 and "You are signed out" in out.text
