@@ -9,15 +9,15 @@ The middleware verifies the bearer token itself (it must know the tenant before 
 does any work) and leaves the principal in the request state, so `authenticate` does not decode
 it twice. A missing or bad token passes through untouched: the endpoint answers 401 (or needs
 no token at all, like /health). The dashboard authenticates with the same tokens, kept in its
-session cookie: its pages and actions are limited too, per session (its token), on a budget beside
+session cookie: its pages and actions are limited too, per user (tenant and subject), on a budget beside
 the tenant's API budget (a dashboard refreshes itself while jobs change, which must not eat it).
 What is counted there is exactly what the dashboard signs in with: the cookie, never a header.
 """
 
 from __future__ import annotations
 
-import hashlib
 import html
+import json
 import math
 import time
 from collections import deque
@@ -103,9 +103,10 @@ def caller_key(principal: Principal) -> str:
     return f"tenant:{principal.tenant_id}" if principal.tenant_id else f"subject:{principal.subject}"
 
 
-def session_key(token: str) -> str:
-    """A dashboard session's budget: its token's (one signed-in user, all their tabs)."""
-    return "dashboard:" + hashlib.sha256(token.encode()).hexdigest()[:32]
+def dashboard_key(principal: Principal) -> str:
+    """A dashboard user's budget: the verified tenant and subject (all their tabs and sessions),
+    never the token's text, which has more than one spelling (base64 padding) for one token."""
+    return "dashboard:" + json.dumps([principal.tenant_id, principal.subject])
 
 
 def bearer_token(scope: Scope) -> str | None:
@@ -162,7 +163,7 @@ class RateLimitMiddleware:
             return
         if not dashboard:  # what `authenticate` reads instead of decoding the header again
             scope.setdefault("state", {})["principal"] = principal
-        quota = await self.limiter.hit(session_key(token) if dashboard else caller_key(principal))
+        quota = await self.limiter.hit(dashboard_key(principal) if dashboard else caller_key(principal))
         headers = quota.headers()
         if not quota.allowed:
             detail = f"more than {quota.limit} requests in {WINDOW_SECONDS} seconds; retry in {quota.reset_seconds}s"
@@ -170,7 +171,8 @@ class RateLimitMiddleware:
                 page = (
                     f"<!doctype html><title>Too many requests</title><p>Too many requests: {html.escape(detail)}.</p>"
                 )
-                await HTMLResponse(page, status_code=429, headers=headers)(scope, receive, send)
+                no_store = {**headers, "Cache-Control": "no-store"}  # as every dashboard page
+                await HTMLResponse(page, status_code=429, headers=no_store)(scope, receive, send)
             else:
                 await problem_asgi_response(RateLimited(detail, headers=headers), scope, send)
             return

@@ -34,12 +34,13 @@ def chain_shutdown_signals(on_signal: Callable[[], None]) -> Callable[[], None]:
             on_signal()
         except Exception:  # raised here it would land in whatever code the signal interrupted
             logger.exception("ending the event streams on %s failed", signal.Signals(signum).name)
-        before = previous.get(signum)
-        if callable(before):
-            before(signum, frame)
-        elif before == signal.SIG_DFL:  # no one else handles it: its default action, as before
-            signal.signal(signum, signal.SIG_DFL)
-            signal.raise_signal(signum)
+        finally:  # the signal reaches its previous handler whatever happened above
+            before = previous.get(signum)
+            if callable(before):
+                before(signum, frame)
+            elif before == signal.SIG_DFL:  # no one else handles it: its default action, as before
+                signal.signal(signum, signal.SIG_DFL)
+                signal.raise_signal(signum)
 
     for signum in HANDLED_SIGNALS:
         previous[signum] = signal.signal(signum, handler)

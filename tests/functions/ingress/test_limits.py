@@ -166,9 +166,9 @@ def test_request_ids_are_echoed_or_made_up(app: LiveApp):
         assert job["meta"]["requestId"] == "req-7"
 
 
-def test_dashboard_requests_are_rate_limited_per_session(open_app: OpenApp):
+def test_dashboard_requests_are_rate_limited_per_user(open_app: OpenApp):
     """The dashboard authenticates with the token kept in its session cookie: its pages and
-    actions are limited per session like bearer requests per tenant (they were not counted at all,
+    actions are limited per user (tenant and subject) like bearer requests per tenant (they were not counted at all,
     so a session was a way around the limit), beside the tenant's API budget: a dashboard
     refreshing itself does not eat it. Static files, signing out and the live stream are free."""
     from tests.support.dashboard import csrf_of, signed_in
@@ -196,9 +196,13 @@ def test_dashboard_requests_are_rate_limited_per_session(open_app: OpenApp):
                 [("host", two_headers.url.netloc.decode()), ("cookie", "cp_dashboard=x"), ("cookie", cookie)]
             )
             assert raw.send(two_headers).status_code == 429
+            # The same token spelled with base64 padding verifies alike: same user, same budget.
+            padded = raw.get("/dashboard/jobs", headers={"Cookie": f"{cookie}="})
+            assert padded.status_code == 429, "a second spelling of the token had a budget of its own"
+            assert padded.headers["cache-control"] == "no-store"
         with app.client("tenant-a") as api:
             assert api.get("/jobs").headers["ratelimit-remaining"] == "2"  # the API budget is untouched
         with signed_in(app, "tenant-b") as other:
-            assert other.get("/dashboard/jobs").headers["ratelimit-remaining"] == "2"  # per session
+            assert other.get("/dashboard/jobs").headers["ratelimit-remaining"] == "2"  # per user
         out = browser.post("/dashboard/logout", data={"csrf": csrf})  # signing out still works
         assert out.status_code == 200 and "You are signed out" in out.text
