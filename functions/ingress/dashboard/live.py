@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..event_hub import EventFilter
-from ..events import event_stream, hub_of, last_event_id
+from ..events import HEADERS, event_stream, hub_of, last_event_id
 from . import session as sessions
 from .session import SignInRequired
 from .views import viewed_tenant
@@ -24,5 +24,10 @@ async def events(request: Request) -> Response:
         return Response(status_code=401)
     # A bad ?tenant= or too many open streams is a problem+json answer; the page then keeps polling.
     tenant = viewed_tenant(request, session)
-    subscription = hub_of(request).subscribe(EventFilter(tenant_id=tenant), last_event_id(request, None))
+    hub = hub_of(request)
+    if hub.closing:
+        # This instance is stopping. A browser's EventSource gives up for good on any answer but
+        # a 200 event stream, so it gets an empty one: it reconnects after `retry`, elsewhere.
+        return Response(b"retry: 2000\n\n", media_type="text/event-stream", headers=HEADERS)
+    subscription = hub.subscribe(EventFilter(tenant_id=tenant), last_event_id(request, None))
     return event_stream(subscription)

@@ -12,7 +12,7 @@ import pytest
 
 from functions.ingress.app import routes
 from tests.support.dashboard import csrf_of, seed_completed_with_outputs, seed_job, signed_in
-from tests.support.live import LiveApp
+from tests.support.live import LiveApp, wait_until
 
 FAILED = [{"attempt": 1, "at": "2026-12-01T10:00:00+00:00", "kind": "bad-input", "error": "this can never work"}]
 PAGES = ["/dashboard", "/dashboard/jobs", "/dashboard/queues", "/dashboard/webhook-secret"]
@@ -372,3 +372,16 @@ def test_the_live_event_stream_needs_a_session_and_carries_only_the_tenants_own_
             assert all(e.data.get("jobId") != theirs for e in events.drain())
         finally:
             events.close()
+
+
+def test_a_stopping_instance_tells_the_dashboards_event_source_to_reconnect(app: LiveApp):
+    """A browser's EventSource gives up for good on any answer but a 200 event stream (a 503
+    left open pages without live updates until reloaded): a stopping instance answers an empty
+    stream with a `retry`, so the browser reconnects, to another instance. (Adversarial review.)"""
+    with signed_in(app, "tenant-a") as client:
+        app.server.config.app.state.begin_shutdown()  # type: ignore[union-attr]  # what SIGTERM does
+        wait_until("the hub to close", lambda: app.server.config.app.state.event_hub.closing)  # type: ignore[union-attr]
+        answer = client.get("/dashboard/events", timeout=30)
+        assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/event-stream")
+        assert answer.text == "retry: 2000\n\n"
+        assert client.get("/dashboard").status_code == 200  # pages still render meanwhile

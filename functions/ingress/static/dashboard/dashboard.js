@@ -72,7 +72,7 @@
         var tenant = new URLSearchParams(window.location.search).get("tenant");
         var stream = new EventSource("/dashboard/events" + (tenant ? "?tenant=" + encodeURIComponent(tenant) : ""));
         stream.onopen = function () { connected = true; };
-        stream.onerror = function () { connected = false; };  // it reconnects by itself
+        stream.onerror = function () { connected = false; };  // it reconnects by itself, unless refused (not 200): then polling goes on
         stream.onmessage = soon;
         stream.addEventListener("reset", soon);
       }
