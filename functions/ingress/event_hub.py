@@ -219,6 +219,11 @@ class Subscription:
         return items  # type: ignore[return-value]
 
 
+def shutting_down() -> ServiceUnavailable:
+    """What a stopping instance answers a new stream: reconnect (to another instance)."""
+    return ServiceUnavailable("this instance is shutting down; reconnect", headers={"Retry-After": "1"})
+
+
 def _discard(index: dict[Any, set[Subscriber]], key: object, subscriber: Subscriber) -> None:
     members = index.get(key)
     if members is not None:
@@ -264,7 +269,7 @@ class EventHub:
         """Register a stream. Raises ServiceUnavailable when EVENTS_MAX_SUBSCRIBERS are open or
         the server is stopping."""
         if self.closing:
-            raise ServiceUnavailable("this instance is shutting down; reconnect", headers={"Retry-After": "1"})
+            raise shutting_down()
         if len(self._subscribers) >= self.settings.events_max_subscribers:
             raise ServiceUnavailable("too many event streams are open; retry shortly", headers={"Retry-After": "5"})
         tenant = event_filter.tenant_id

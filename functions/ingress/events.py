@@ -28,13 +28,13 @@ from starlette.types import Receive, Scope, Send
 from shared.db import job_store
 from shared.db.models import Job, JobState
 from shared.db.pool import Pool
-from shared.errors import Forbidden, NotFound, ServiceUnavailable
+from shared.errors import Forbidden, NotFound
 from shared.schemas.common import CamelModel
 from shared.tokens import Principal
 from shared.vocabulary import FINAL_STATES
 
 from .auth import authenticate, reading_tenant
-from .event_hub import EventFilter, EventHub, KeepAlive, LiveEvent, Reset, Subscriber, Subscription
+from .event_hub import EventFilter, EventHub, KeepAlive, LiveEvent, Reset, Subscriber, Subscription, shutting_down
 from .http import INTEGER_TEXT, parse_query, single_params
 
 MAX_WAIT_SECONDS: Final = 60
@@ -275,7 +275,7 @@ async def final_job_stream(pool: Pool, job_id: int, tenant: str | None) -> Event
     if job is None:
         raise NotFound("no such job")
     if job.state not in FINAL_STATES:
-        raise ServiceUnavailable("this instance is shutting down; reconnect", headers={"Retry-After": "1"})
+        raise shutting_down()
     return once(job)
 
 
