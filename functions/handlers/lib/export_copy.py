@@ -45,6 +45,11 @@ _SILENT_AFTER_STOP_SECONDS: Final = 5.0
 
 logger = logging.getLogger(__name__)
 
+# One consistent snapshot, nothing written, timestamps in UTC whatever the database's TimeZone.
+_SETUP: Final = b"".join(
+    (b"BEGIN; ", QUERIES["read_only_snapshot"].encode(), b" ", QUERIES["utc_session_time_zone"].encode(), b" ")
+)
+
 
 class _Stopped(Exception):
     """The consumer went away; the thread unwinds (rolling back its transaction)."""
@@ -115,17 +120,19 @@ class CopyReader:
 
     def _run(self) -> int:
         try:
-            with psycopg.connect(self.conninfo, connect_timeout=_CONNECT_SECONDS) as conn:
+            with psycopg.connect(self.conninfo, connect_timeout=_CONNECT_SECONDS, autocommit=True) as conn:
                 self._conn = conn
                 # Set before this check, read after the stop is set: either this thread sees the
                 # stop here, or _halt sees the connection and cancels the COPY on the server.
                 if self._stop.is_set():
                     raise _Stopped
-                with conn.transaction():
-                    conn.execute(QUERIES["read_only_snapshot"])
-                    conn.execute(QUERIES["utc_session_time_zone"])
-                    with _Libpq(conn, self._stop) as libpq:
-                        return self._copy(libpq, self._query(conn))
+                with _Libpq(conn, self._stop) as libpq:
+                    # The transaction's set-up goes with the COPY, in one round trip through the
+                    # stop-aware path: a server that goes silent before the COPY starts is given
+                    # up like one that goes silent during it (psycopg's own waits have no bound).
+                    rows = self._copy(libpq, _SETUP + self._query(conn))
+                    libpq.command(b"COMMIT")
+                    return rows
         finally:
             self._loop.call_soon_threadsafe(self._blocks.put_nowait, None)
 
@@ -198,12 +205,26 @@ class _Libpq:
         while self.pgconn.flush():  # the connection is non-blocking: send the rest when writable
             self._wait(selectors.EVENT_WRITE)
         result = self._next_result()
+        while result is not None and result.status == ExecStatus.COMMAND_OK:  # statements before it
+            result = self._next_result()
         if result is not None and result.status == ExecStatus.COPY_OUT:
             self._in_copy = True
             return
         error = self._error(result)
         self._finish_results()
         raise error
+
+    def command(self, query: bytes) -> None:
+        """Run `query` (no rows) on the stop-aware path; raises the server's error."""
+        self.pgconn.send_query(query)
+        while self.pgconn.flush():
+            self._wait(selectors.EVENT_WRITE)
+        error: psycopg.Error | None = None
+        while (result := self._next_result()) is not None:
+            if result.status != ExecStatus.COMMAND_OK and error is None:
+                error = self._error(result)
+        if error is not None:
+            raise error
 
     def next_row(self) -> memoryview | None:
         """The next row of the COPY output; None at its end. Raises the server's error, if any,

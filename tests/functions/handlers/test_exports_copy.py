@@ -176,3 +176,33 @@ async def test_leaving_while_rows_keep_coming_but_no_cancel_gets_through_ends(
     await asyncio.wait_for(leave(), timeout=120)  # a guard: without the fix the drain goes on for ever
     assert "the server did not stop the COPY when asked" in caplog.text
     wait_until("the backend to notice its client left", lambda: copies_running(database_url) == 0)
+
+
+async def test_leaving_while_the_server_went_silent_before_the_copy_ends(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    """The partition starts right after the handshake, before the transaction's set-up and the
+    COPY are answered: that wait must give the server up too. (Adversarial review: the set-up ran
+    through psycopg's own waits, which have no bound, and leaving waited for ever.)"""
+    url = urlsplit(database_url)
+    assert url.hostname is not None and url.port is not None
+    with tcp_proxy(url.hostname, url.port) as proxy:
+        real_connect = psycopg.connect
+
+        def connect_then_partition(*args: Any, **kwargs: Any) -> Any:
+            conn = real_connect(*args, **kwargs)
+            proxy.silence()
+            return conn
+
+        monkeypatch.setattr(psycopg, "connect", connect_then_partition)
+
+        async def leave() -> None:
+            with pytest.raises(Enough):
+                async with CopyReader(proxy.url(database_url), ENDLESS, {}) as reader:
+                    while reader._conn is None:
+                        await asyncio.sleep(0.01)
+                    await asyncio.sleep(0.5)  # the thread waits on the server's first answer
+                    raise Enough
+
+        await asyncio.wait_for(leave(), timeout=120)  # a guard: without the fix leaving never ends
+        assert "the server did not stop the COPY when asked" in caplog.text
