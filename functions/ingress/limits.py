@@ -9,7 +9,7 @@ The middleware verifies the bearer token itself (it must know the tenant before 
 does any work) and leaves the principal in the request state, so `authenticate` does not decode
 it twice. A missing or bad token passes through untouched: the endpoint answers 401 (or needs
 no token at all, like /health). The dashboard authenticates with the same tokens, kept in its
-session cookie: its pages and actions are limited too, per user (tenant and subject), on a budget beside
+session cookie: its pages and actions are limited too, per tenant, on a budget beside
 the tenant's API budget (a dashboard refreshes itself while jobs change, which must not eat it).
 What is counted there is exactly what the dashboard signs in with: the cookie, never a header.
 """
@@ -17,7 +17,6 @@ What is counted there is exactly what the dashboard signs in with: the cookie, n
 from __future__ import annotations
 
 import html
-import json
 import math
 import time
 from collections import deque
@@ -104,9 +103,10 @@ def caller_key(principal: Principal) -> str:
 
 
 def dashboard_key(principal: Principal) -> str:
-    """A dashboard user's budget: the verified tenant and subject (all their tabs and sessions),
-    never the token's text, which has more than one spelling (base64 padding) for one token."""
-    return "dashboard:" + json.dumps([principal.tenant_id, principal.subject])
+    """The dashboard's budget: per tenant, as the API's (every user, tab and token of the tenant
+    shares it), from the verified principal, never the token's text, which has more than one
+    spelling (base64 padding) for one token."""
+    return "dashboard:" + caller_key(principal)
 
 
 def bearer_token(scope: Scope) -> str | None:

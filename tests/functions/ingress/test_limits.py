@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from shared.tokens import mint_token
 from tests.support.live import LiveApp
 
 from .conftest import OpenApp, assert_problem
@@ -166,10 +167,10 @@ def test_request_ids_are_echoed_or_made_up(app: LiveApp):
         assert job["meta"]["requestId"] == "req-7"
 
 
-def test_dashboard_requests_are_rate_limited_per_user(open_app: OpenApp):
+def test_dashboard_requests_are_rate_limited_per_tenant(open_app: OpenApp):
     """The dashboard authenticates with the token kept in its session cookie: its pages and
-    actions are limited per user (tenant and subject) like bearer requests per tenant (they were not counted at all,
-    so a session was a way around the limit), beside the tenant's API budget: a dashboard
+    actions are limited per tenant like bearer requests (they were not counted at all, so a
+    session was a way around the limit), beside the tenant's API budget: a dashboard
     refreshing itself does not eat it. Static files, signing out and the live stream are free."""
     from tests.support.dashboard import csrf_of, signed_in
 
@@ -200,9 +201,13 @@ def test_dashboard_requests_are_rate_limited_per_user(open_app: OpenApp):
             padded = raw.get("/dashboard/jobs", headers={"Cookie": f"{cookie}="})
             assert padded.status_code == 429, "a second spelling of the token had a budget of its own"
             assert padded.headers["cache-control"] == "no-store"
+            # Another user of the same tenant shares the budget (review: one budget per subject
+            # gave a tenant with many tokens many budgets).
+            colleague = mint_token(app.settings, subject="colleague", tenant_id="tenant-a", scopes=["jobs:read"])
+            assert raw.get("/dashboard/jobs", headers={"Cookie": f"cp_dashboard={colleague}"}).status_code == 429
         with app.client("tenant-a") as api:
             assert api.get("/jobs").headers["ratelimit-remaining"] == "2"  # the API budget is untouched
         with signed_in(app, "tenant-b") as other:
-            assert other.get("/dashboard/jobs").headers["ratelimit-remaining"] == "2"  # per user
+            assert other.get("/dashboard/jobs").headers["ratelimit-remaining"] == "2"  # per tenant
         out = browser.post("/dashboard/logout", data={"csrf": csrf})  # signing out still works
         assert out.status_code == 200 and "You are signed out" in out.text
