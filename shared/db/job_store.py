@@ -143,11 +143,16 @@ _INT4 = range(-(2**31), 2**31)
 def _copies_faithfully(job: NewJob) -> bool:
     """Whether the binary COPY writes what the INSERT would, or refuses it alike. A naive time
     takes the session's zone only as text; psycopg's binary int2/int4 dumpers wrap a number out of
-    their range (65,539 becomes 3) where the INSERT refuses it. Such jobs take the INSERT."""
+    their range (65,539 becomes 3) where the INSERT refuses it, and take True for 1 where the
+    INSERT refuses a boolean; tags that are not all text are dumped otherwise. Such jobs take the
+    INSERT, the reference."""
     return (
         (job.scheduled_at is None or job.scheduled_at.tzinfo is not None)
+        and type(job.priority) is int
         and job.priority in _INT2
+        and type(job.max_attempts) is int
         and job.max_attempts in _INT4
+        and all(type(tag) is str for tag in job.tags)
     )
 
 

@@ -210,3 +210,31 @@ async def test_a_number_past_its_column_type_is_refused_on_both_paths(settings, 
             await job_store.insert_job_ids(conn, jobs)
         cur = await conn.execute("SELECT count(*) AS n FROM jobs")
         assert await cur.fetchone() == {"n": 0}
+
+
+async def _outcome(settings: Any, count: int, bad: dict[str, Any]) -> tuple[Any, ...]:
+    jobs = varied_jobs(count)
+    jobs[-1] = replace(jobs[-1], **{"priority": 1, "max_attempts": 2, "tags": [], **bad})
+    conn = await connect(settings.database_url)
+    async with conn:
+        try:
+            ids = await job_store.insert_job_ids(conn, jobs)
+        except psycopg.Error as exc:
+            await conn.rollback()
+            return ("refused", type(exc).__name__)
+        cur = await conn.execute("SELECT priority, max_attempts, tags FROM jobs WHERE id = %s", (ids[-1],))
+        row = await cur.fetchone()
+        await conn.rollback()
+        assert row is not None
+        return ("stored", row["priority"], row["max_attempts"], row["tags"])
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"priority": True}, {"max_attempts": True}, {"priority": 3.0}, {"tags": ["a", 5]}],
+    ids=["priority-bool", "max-attempts-bool", "priority-float", "tag-int"],
+)
+async def test_a_value_of_another_type_has_the_same_outcome_on_both_paths(settings: Any, bad: dict[str, Any]):
+    """The COPY stored True as priority 1 where the INSERT refuses a boolean, and raised a
+    TypeError (not a database error) for a float or a non-text tag. (Adversarial review.)"""
+    assert await _outcome(settings, 2, bad) == await _outcome(settings, 50, bad)
