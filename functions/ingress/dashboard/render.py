@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +17,7 @@ from starlette.responses import HTMLResponse
 TEMPLATES: Final = Path(__file__).resolve().parent / "templates"
 # A request for just the live part of a page (the refresh script asks with this header).
 FRAGMENT_HEADER: Final = "x-dashboard-fragment"
+VERSION_HEADER: Final = "X-Dashboard-Version"
 
 
 def _ago(value: datetime | None, now: datetime | None = None) -> str:
@@ -74,7 +76,15 @@ ENV: Final = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-ENV.filters.update(ago=_ago, duration=duration, when=_when, pretty=_pretty, size=_size)
+
+
+def live_version(body: str) -> str:
+    """What the refresh script compares to tell whether a live part changed (sent with a fragment as
+    VERSION_HEADER, and on the page's part as data-version), so an unchanged part is left alone."""
+    return hashlib.sha256(body.encode()).hexdigest()[:24]
+
+
+ENV.filters.update(ago=_ago, duration=duration, when=_when, pretty=_pretty, size=_size, version=live_version)
 
 
 def content_security_policy(media_origins: Iterable[str] = ()) -> str:
@@ -118,6 +128,7 @@ def html(
 ) -> HTMLResponse:
     """Render `template`; pages are never cached (they show one signed-in tenant's data)."""
     body = ENV.get_template(template).render(request=request, path=request.url.path, **context)
+    version = {VERSION_HEADER: live_version(body)} if template.endswith("_live.html") else {}
     return HTMLResponse(
         body,
         status_code=status,
@@ -127,6 +138,7 @@ def html(
             # Our own origin only (the API's default is no-referrer, with which browsers send
             # `Origin: null` on form posts and the Origin check could not tell us from a stranger).
             "Referrer-Policy": "same-origin",
+            **version,
             **(headers or {}),
         },
     )

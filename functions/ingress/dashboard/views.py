@@ -169,7 +169,7 @@ def _job_filter(filters: Filters, session: Session) -> tuple[JobFilter, ListQuer
 
 
 def job_id_of(raw: str) -> int:
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise NotFound("no such job")
     return int(raw)
 
@@ -325,14 +325,11 @@ async def job_page(request: Request, session: Session) -> Response:
             )
             batch = sorted(await cur.fetchall(), key=lambda r: str(r["state"]))
     result = job.result
-    outputs: list[dict[str, Any]] = []
-    if result and result.get("outputs"):
-        from shared.outputs import presign_outputs
-
-        # The same rule as GET /jobs/{id}: only the completing claim's outputs get a URL.
-        storage = request.app.state.storage().for_tenant(job.tenant_id)
-        result = presign_outputs(result, storage=storage, job_id=job.id, claim_token=job.claim_token)
-        outputs = [{**o, "preview": _preview(o)} for o in (result or {}).get("outputs", []) if isinstance(o, dict)]
+    outputs = [
+        {**o, "link": f"/dashboard/jobs/{job.id}/outputs/{index}", "preview": _preview(o)} if o.get("url") else o
+        for index, o in enumerate(_presigned_outputs(request, job))
+        if isinstance(o, dict)
+    ]
     origins = {origin for o in outputs if o.get("url") and (origin := origin_of(str(o["url"])))}
     shown_result = {k: v for k, v in (result or {}).items() if k != "outputs"} if result else None
     context: dict[str, Any] = {
@@ -347,6 +344,36 @@ async def job_page(request: Request, session: Session) -> Response:
     }
     template = "job_live.html" if wants_fragment(request) else "job.html"
     return html(request, template, media_origins=origins, **context)
+
+
+def _presigned_outputs(request: Request, job: Job) -> list[Any]:
+    """The job's outputs, as GET /jobs/{id} shows them: only the completing claim's get a URL."""
+    from shared.outputs import presign_outputs
+
+    if not job.result or not isinstance(job.result.get("outputs"), list):
+        return []
+    storage = request.app.state.storage().for_tenant(job.tenant_id)
+    presented = presign_outputs(job.result, storage=storage, job_id=job.id, claim_token=job.claim_token)
+    return list((presented or {}).get("outputs", []))
+
+
+async def job_output(request: Request, session: Session) -> Response:
+    """A job page's link to one output: to a presigned URL signed now. The page itself carries
+    only these links, which do not change, so refreshing it does not load its previews again and
+    a page left open does not end up with links that expired."""
+    job_id = job_id_of(request.path_params["job_id"])
+    index = request.path_params["index"]
+    async with request.app.state.pool.connection() as conn:
+        job = await job_store.get_job(conn, job_id, tenant_id=session.tenant)
+    if job is None:
+        raise NotFound("no such job")
+    outputs = _presigned_outputs(request, job)
+    if not (index.isascii() and index.isdigit() and len(index) <= 6 and int(index) < len(outputs)):
+        raise NotFound("no such output")
+    output = outputs[int(index)]
+    if not isinstance(output, dict) or not output.get("url"):
+        raise NotFound("this output is not from the completing attempt")
+    return Response(status_code=303, headers={"Location": str(output["url"]), "Cache-Control": "no-store"})
 
 
 async def queues_page(request: Request, session: Session) -> Response:

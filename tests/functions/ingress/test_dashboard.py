@@ -269,23 +269,56 @@ def test_the_job_page_links_only_the_completing_claims_outputs_and_previews_them
     job, keys = seed_completed_with_outputs(app, "tenant-a")
     with signed_in(app) as client:
         page = client.get(f"/dashboard/jobs/{job}")
-    assert page.status_code == 200
-    links = dict(re.findall(r'<a href="([^"]+)" download>([^<]+)</a>', page.text))
-    by_name = {name: html.unescape(url) for url, name in links.items()}
-    assert set(by_name) == {"thumb.png", "report.pdf"}  # stale.png is from an earlier claim: no link
-    assert "stale.png" in page.text and "not from the completing attempt" in page.text
-    for name, url in by_name.items():
-        assert keys[name] in urllib.parse.unquote(url)
-        fetched = httpx.get(url, trust_env=False)
-        assert fetched.status_code == 200 and fetched.content[:4] in (b"\x89PNG", b"%PDF")
-    assert re.search(r'<img class="thumb" src="[^"]+thumb\.png', page.text)
-    assert re.search(r'<iframe class="pdf" src="[^"]+report\.pdf', page.text)
+        assert page.status_code == 200
+        links = dict(re.findall(r'<a href="([^"]+)" download>([^<]+)</a>', page.text))
+        by_name = {name: html.unescape(link) for link, name in links.items()}
+        assert set(by_name) == {"thumb.png", "report.pdf"}  # stale.png is from an earlier claim: no link
+        assert "stale.png" in page.text and "not from the completing attempt" in page.text
+        # The page's own links, which do not change; each sends the browser to a URL signed then.
+        assert by_name == {
+            "thumb.png": f"/dashboard/jobs/{job}/outputs/0",
+            "report.pdf": f"/dashboard/jobs/{job}/outputs/1",
+        }
+        urls = {}
+        for name, link in by_name.items():
+            sent = client.get(link)
+            assert sent.status_code == 303 and sent.headers["cache-control"] == "no-store"
+            urls[name] = sent.headers["location"]
+            assert keys[name] in urllib.parse.unquote(urls[name]) and "X-Amz-Signature" in urls[name]
+            fetched = httpx.get(urls[name], trust_env=False)
+            assert fetched.status_code == 200 and fetched.content[:4] in (b"\x89PNG", b"%PDF")
+        # The earlier claim's object, an index past the end, or not an index at all: nothing.
+        for wrong in ("2", "3", "-1", "01x", "\u00b2", "9" * 30):
+            refused = client.get(f"/dashboard/jobs/{job}/outputs/{urllib.parse.quote(wrong)}")
+            assert refused.status_code == 404 and "location" not in refused.headers, wrong
+    assert re.search(rf'<img class="thumb" src="/dashboard/jobs/{job}/outputs/0"', page.text)
+    assert re.search(rf'<iframe class="pdf" src="/dashboard/jobs/{job}/outputs/1#page=1"', page.text)
     # The previews load from the storage origin, so the CSP names it for images and frames, only here.
-    origin = "{0.scheme}://{0.netloc}".format(urllib.parse.urlsplit(by_name["thumb.png"]))
+    origin = "{0.scheme}://{0.netloc}".format(urllib.parse.urlsplit(urls["thumb.png"]))
     csp = page.headers["content-security-policy"]
     assert f"img-src 'self' data: {origin}" in csp and f"frame-src {origin}" in csp
     with signed_in(app, "tenant-b") as other:
         assert other.get(f"/dashboard/jobs/{job}").status_code == 404
+        assert other.get(f"/dashboard/jobs/{job}/outputs/0").status_code == 404
+    with httpx.Client(base_url=app.url, trust_env=False) as stranger:
+        assert stranger.get(f"/dashboard/jobs/{job}/outputs/0").status_code == 401  # the sign-in page
+
+
+@pytest.mark.parametrize("path", ["/dashboard/queues", "job"])  # the jobs list shows clocks ("3 s ago")
+def test_a_live_part_is_versioned_alike_on_the_page_and_in_its_refresh(app: LiveApp, path: str):
+    # The refresh script leaves a part alone when its answer's version is the part's own.
+    job, _ = seed_completed_with_outputs(app, "tenant-a")
+    path = f"/dashboard/jobs/{job}" if path == "job" else path
+    with signed_in(app) as client:
+        page = client.get(path)
+        fragment = client.get(path, headers={"X-Dashboard-Fragment": "1"})
+        assert page.status_code == fragment.status_code == 200
+        (version,) = re.findall(r'<div data-live data-version="([0-9a-f]+)">', page.text)
+        assert fragment.headers["x-dashboard-version"] == version
+        seed_job(app, "tenant-a", "available")
+        assert client.get(path, headers={"X-Dashboard-Fragment": "1"}).headers["x-dashboard-version"] != version or (
+            path.startswith("/dashboard/jobs/")  # one job's page does not show other jobs
+        )
 
 
 def test_the_shared_list_query_filters_by_one_or_several_states(app: LiveApp):

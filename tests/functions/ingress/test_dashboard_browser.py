@@ -230,8 +230,30 @@ def test_a_job_with_outputs_shows_a_thumbnail_and_the_pdf(browser: Any, app: Liv
     page.goto(f"{app.url}/dashboard/jobs/{job}")
     thumb = page.locator("img.thumb")
     thumb.scroll_into_view_if_needed()
-    page.wait_for_timeout(500)
-    # Loaded from the storage's presigned URL, which the page's CSP allows for images.
+    thumb.evaluate("img => new Promise(loaded => img.complete ? loaded(null) : img.addEventListener('load', loaded))")
+    # Loaded through the page's own link, which sends the browser to the storage's presigned URL;
+    # the page's CSP allows that origin for images.
     assert thumb.evaluate("img => img.complete && img.naturalWidth") == 320
     assert page.locator("iframe.pdf").count() == 1
     shot(page, "job-outputs")
+
+
+def test_refreshing_a_job_page_keeps_its_previews_loaded(browser: Any, app: LiveApp):
+    # A presigned URL differs every second; when the page carried them, every refresh (every 10 s,
+    # every 2 s without the event stream) swapped the part of the page for a new one: the
+    # thumbnail and the PDF loaded again, the PDF back at its first page, a text selection lost.
+    job, _ = seed_completed_with_outputs(app, "tenant-a")
+    page = sign_in(browser, app, "tenant-a")
+    loads: list[str] = []
+    page.on("request", lambda request: loads.append(request.url) if "thumb.png" in request.url else None)
+    page.goto(f"{app.url}/dashboard/jobs/{job}")
+    page.locator("img.thumb").scroll_into_view_if_needed()
+    page.evaluate("document.querySelector('img.thumb').dataset.seen = 'yes'")
+    for _ in range(2):
+        page.wait_for_timeout(1100)  # the next second: a presigned URL signed now differs
+        with page.expect_response(lambda r: r.request.headers.get("x-dashboard-fragment") == "1") as refreshed:
+            page.evaluate("document.dispatchEvent(new Event('visibilitychange'))")  # refreshes at once
+        assert refreshed.value.ok
+        page.wait_for_timeout(300)  # the script compares and would swap right after the answer
+        assert page.evaluate("document.querySelector('img.thumb').dataset.seen") == "yes"
+    assert len([url for url in loads if "X-Amz-Signature" in url]) == 1

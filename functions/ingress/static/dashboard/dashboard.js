@@ -1,7 +1,8 @@
 // Progressive enhancement for the dashboard; every page works without this file.
 // - Live parts of a page ([data-live]) are re-fetched when a job event arrives on
 //   /dashboard/events (an EventSource, cookie-authenticated), at most every 250 ms, and replaced
-//   when they changed (the server renders them: ask with X-Dashboard-Fragment: 1). Machines and
+//   when they changed (the server renders them: ask with X-Dashboard-Fragment: 1; the answer's
+//   X-Dashboard-Version differs from the part's data-version when it changed). Machines and
 //   clocks change without job events, so they are also re-fetched every 10 s; while the event
 //   stream is down, every 2 s.
 // - "Select all" checkbox for the jobs list.
@@ -24,12 +25,13 @@
     }).then(function (response) {
       if (response.status === 401) { window.location.reload(); return; }  // signed out: show the sign-in page
       if (!response.ok) { return; }
+      var version = response.headers.get("X-Dashboard-Version");
       return response.text().then(function (html) {
-        if (html === region.dataset.rendered) { return; }
+        if (version !== null && version === region.dataset.version) { return; }  // unchanged: leave it be
         var ticked = selectedIds(region);
         var focused = document.activeElement && region.contains(document.activeElement) ? document.activeElement.id : null;
         region.innerHTML = html;
-        region.dataset.rendered = html;
+        region.dataset.version = version || "";
         region.querySelectorAll("input[name=ids]").forEach(function (box) { box.checked = !!ticked[box.value]; });
         enhance(region);
         if (focused) { var again = document.getElementById(focused); if (again) { again.focus(); } }
@@ -50,7 +52,6 @@
   function start() {
     var regions = Array.prototype.slice.call(document.querySelectorAll("[data-live]"));
     enhance(document);
-    regions.forEach(function (region) { region.dataset.rendered = ""; });
     var busy = false, again = false, pending = null, connected = false, last = 0;
     function tick() {
       if (document.visibilityState !== "visible") { return; }
