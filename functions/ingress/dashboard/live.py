@@ -10,6 +10,8 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
+from shared.errors import RateLimited, ServiceUnavailable
+
 from ..event_hub import EventFilter
 from ..events import HEADERS, event_stream, hub_of, last_event_id
 from . import session as sessions
@@ -22,12 +24,21 @@ async def events(request: Request) -> Response:
         session = sessions.current(request)
     except SignInRequired:
         return Response(status_code=401)
-    # A bad ?tenant= or too many open streams is a problem+json answer; the page then keeps polling.
+    # A bad ?tenant= is a problem+json answer; the page then keeps polling.
     tenant = viewed_tenant(request, session)
     hub = hub_of(request)
+    # A browser's EventSource gives up for good on any answer but a 200 event stream, which would
+    # leave the page without live updates until reloaded. Where the API answers 503 or 429, the
+    # page gets an empty stream instead and reconnects after `retry` (and polls meanwhile): soon,
+    # elsewhere, when this instance is stopping; later when the streams are all taken.
     if hub.closing:
-        # This instance is stopping. A browser's EventSource gives up for good on any answer but
-        # a 200 event stream, so it gets an empty one: it reconnects after `retry`, elsewhere.
-        return Response(b"retry: 2000\n\n", media_type="text/event-stream", headers=HEADERS)
-    subscription = hub.subscribe(EventFilter(tenant_id=tenant), last_event_id(request, None))
+        return _reconnect_after(2000)
+    try:
+        subscription = hub.subscribe(EventFilter(tenant_id=tenant), last_event_id(request, None))
+    except (ServiceUnavailable, RateLimited):
+        return _reconnect_after(15000)
     return event_stream(subscription)
+
+
+def _reconnect_after(milliseconds: int) -> Response:
+    return Response(f"retry: {milliseconds}\n\n".encode(), media_type="text/event-stream", headers=HEADERS)

@@ -14,6 +14,8 @@ from functions.ingress.app import routes
 from tests.support.dashboard import csrf_of, seed_completed_with_outputs, seed_job, signed_in
 from tests.support.live import LiveApp, wait_until
 
+from .conftest import OpenApp
+
 FAILED = [{"attempt": 1, "at": "2026-12-01T10:00:00+00:00", "kind": "bad-input", "error": "this can never work"}]
 PAGES = ["/dashboard", "/dashboard/jobs", "/dashboard/queues", "/dashboard/webhook-secret"]
 
@@ -418,3 +420,23 @@ def test_a_stopping_instance_tells_the_dashboards_event_source_to_reconnect(app:
         assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/event-stream")
         assert answer.text == "retry: 2000\n\n"
         assert client.get("/dashboard").status_code == 200  # pages still render meanwhile
+
+
+@pytest.mark.parametrize("limit", ["per tenant", "per instance"])
+def test_a_refused_dashboard_event_source_is_told_to_reconnect_later(open_app: OpenApp, limit: str):
+    """The tenant's (or the instance's) streams are all open. The page would keep polling, but a
+    browser's EventSource given a 429 or 503 gives up for good, so the page would have no live
+    updates until reloaded: it gets an empty 200 stream with a long `retry` instead."""
+    setting = "events_max_subscribers_per_tenant" if limit == "per tenant" else "events_max_subscribers"
+    with open_app(**{setting: 1}) as app, signed_in(app, "tenant-a") as client:
+        with client.stream("GET", "/dashboard/events", timeout=30) as first:
+            assert first.status_code == 200
+            refused = client.get("/dashboard/events", timeout=30)
+            assert refused.status_code == 200 and refused.headers["content-type"].startswith("text/event-stream")
+            assert refused.text == "retry: 15000\n\n"
+        # Once the stream closed, the next connection gets a live one again.
+        hub = app.server.config.app.state.event_hub  # type: ignore[union-attr]
+        wait_until("the stream to be closed", lambda: hub.subscriber_count == 0)
+        with client.stream("GET", "/dashboard/events", timeout=30) as again:
+            assert again.status_code == 200
+            wait_until("a stream to be open", lambda: hub.subscriber_count == 1)
