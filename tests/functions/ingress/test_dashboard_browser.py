@@ -156,6 +156,28 @@ def test_pause_and_resume_a_queue(browser: Any, app: LiveApp):
     shot(page, "machines")
 
 
+def test_a_limit_being_typed_survives_the_queues_page_refreshing(browser: Any, app: LiveApp):
+    # The queues part is swapped whenever a job of any queue changes (a busy fleet: every quarter
+    # of a second); what an admin had typed into a limit field went with it.
+    page = sign_in(browser, app, None, "admin")
+    page.goto(f"{app.url}/dashboard/queues")
+    field = page.get_by_label("Limit of images")
+    field.fill("7")
+    available = page.locator("tr[data-queue='images'] td.num").nth(2)
+    before = int(available.inner_text())
+    seed_job(app, "tenant-a", "available", queue="images", worker="ProcessImage")
+    page.evaluate("document.dispatchEvent(new Event('visibilitychange'))")  # refresh now, event or not
+    page.wait_for_function(
+        f"document.querySelector(\"tr[data-queue='images']\").querySelectorAll('td.num')[2].textContent == '{before + 1}'"
+    )
+    assert field.input_value() == "7"
+    # Submitting it scales the queue to what was typed.
+    page.locator("tr[data-queue='images']").get_by_role("button", name="Scale").click()
+    page.get_by_role("button", name="Yes, change the limit of images").click()
+    page.wait_for_url(re.compile(r"/dashboard/queues"))
+    assert app.sql("SELECT \"limit\" FROM queues WHERE name = 'images'") == [(7,)]
+
+
 def test_bulk_cancel_of_scheduled_jobs(browser: Any, app: LiveApp):
     scheduled = [seed_job(app, "tenant-a", "scheduled") for _ in range(4)]
     running = seed_job(app, "tenant-a", "available")

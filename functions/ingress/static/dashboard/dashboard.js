@@ -18,7 +18,21 @@
     return ids;
   }
 
-  // Fetch the current URL's live fragment and swap it in, keeping ticked boxes and focus.
+  // Values typed or chosen in the part but not yet submitted (a queue's new limit), by field id.
+  function editedValues(region) {
+    var edited = {};
+    region.querySelectorAll("input[id], textarea[id], select[id]").forEach(function (field) {
+      if (field.type === "hidden" || field.type === "checkbox" || field.type === "radio") { return; }
+      var changed = field.tagName === "SELECT"
+        ? Array.prototype.some.call(field.options, function (o) { return o.selected !== o.defaultSelected; })
+        : field.value !== field.defaultValue;
+      if (changed) { edited[field.id] = field.value; }
+    });
+    return edited;
+  }
+
+  // Fetch the current URL's live fragment and swap it in, keeping ticked boxes, what was typed
+  // and focus.
   function refresh(region) {
     return fetch(window.location.href, {
       headers: { "X-Dashboard-Fragment": "1" }, credentials: "same-origin", cache: "no-store"
@@ -28,11 +42,15 @@
       var version = response.headers.get("X-Dashboard-Version");
       return response.text().then(function (html) {
         if (version !== null && version === region.dataset.version) { return; }  // unchanged: leave it be
-        var ticked = selectedIds(region);
+        var ticked = selectedIds(region), edited = editedValues(region);
         var focused = document.activeElement && region.contains(document.activeElement) ? document.activeElement.id : null;
         region.innerHTML = html;
         region.dataset.version = version || "";
         region.querySelectorAll("input[name=ids]").forEach(function (box) { box.checked = !!ticked[box.value]; });
+        Object.keys(edited).forEach(function (id) {
+          var field = document.getElementById(id);
+          if (field && region.contains(field)) { field.value = edited[id]; }
+        });
         enhance(region);
         if (focused) { var again = document.getElementById(focused); if (again) { again.focus(); } }
         region.dispatchEvent(new CustomEvent("dashboard:updated", { bubbles: true }));
