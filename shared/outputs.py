@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 OUTPUTS = "outputs"  # the result field the machine owns
+PRESENTED = frozenset({"url", "expiresAt"})  # an output's fields the API adds when it presents it
 
 
 class OutputWriter:
@@ -58,6 +59,8 @@ class OutputWriter:
 
     def record(self, *, name: str, key: str, content_type: str, size: int, **facts: Any) -> dict[str, Any]:
         """Report a stored object as an output of the job (in the order of the calls)."""
+        if PRESENTED & facts.keys():
+            raise ValueError(f"an output's {sorted(PRESENTED)} are the API's, never recorded")
         with self._lock:
             if key not in self._reserved:
                 raise ValueError(f"{key!r} was not reserved by this attempt")
@@ -111,7 +114,8 @@ def presign_outputs(
     claim_token: UUID | None,
 ) -> dict[str, Any] | None:
     """A copy of a stored result whose outputs under the completing claim's prefix carry fresh
-    presigned GET URLs. Any other key (there should be none) is shown without a URL."""
+    presigned GET URLs. Any other key (there should be none) is shown without a URL, whatever
+    URL fields its stored entry has."""
     if not result or not isinstance(result.get(OUTPUTS), list):
         return result
     prefix = claim_prefix(storage.tenant_id, job_id, claim_token) if claim_token is not None else None
@@ -121,5 +125,7 @@ def presign_outputs(
         if isinstance(output, dict) and prefix is not None and isinstance(key, str) and key.startswith(prefix):
             url, expires_at = storage.presign_get(key)
             output = {**output, "url": url, "expiresAt": expires_at.isoformat().replace("+00:00", "Z")}
+        elif isinstance(output, dict):
+            output = {name: value for name, value in output.items() if name not in PRESENTED}
         presented.append(output)
     return {**result, OUTPUTS: presented}

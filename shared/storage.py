@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any, Final
+from urllib.parse import urlsplit
 
 import boto3
 from boto3.s3.transfer import TransferConfig
@@ -85,6 +86,13 @@ class Storage:
     def for_tenant(self, tenant_id: str) -> TenantStorage:
         """The operations on `tenant_id`'s keys (and only those)."""
         return TenantStorage(self, tenant_id)
+
+    def download_origin(self) -> str:
+        """The scheme, host and port of the URLs presign_get hands out (the bucket's virtual host
+        on Tigris), for a page's Content-Security-Policy. No request is made."""
+        url = str(self.client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": "origin"}))
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.netloc}"
 
 
 class TenantStorage:

@@ -32,7 +32,7 @@ def routes() -> list[BaseRoute]:
         get("/dashboard/jobs", views.page(views.jobs_list)),
         post("/dashboard/jobs/bulk", actions.action(actions.bulk)),
         get("/dashboard/jobs/{job_id}", views.page(views.job_page)),
-        get("/dashboard/jobs/{job_id}/outputs/{index}", views.page(views.job_output)),
+        get("/dashboard/jobs/{job_id}/outputs/{ref}", views.page(views.job_output)),
         post("/dashboard/jobs/{job_id}/retry", actions.action(actions.retry_job)),
         post("/dashboard/jobs/{job_id}/cancel", actions.action(actions.cancel_job)),
         get("/dashboard/queues", views.page(views.queues_page)),

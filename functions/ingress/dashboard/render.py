@@ -7,7 +7,6 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import orjson
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
@@ -88,8 +87,9 @@ ENV.filters.update(ago=_ago, duration=duration, when=_when, pretty=_pretty, size
 
 
 def content_security_policy(media_origins: Iterable[str] = ()) -> str:
-    """Stricter than the API's: no inline style either. Output previews may load from the storage
-    origin of their presigned URLs, and only pages that show them name it."""
+    """Stricter than the API's: no inline style either. Output previews load through the page's
+    own links, which redirect to the storage: only pages that show them name its origin, and frame
+    their own origin."""
     media = " ".join(sorted(set(media_origins)))
     return "; ".join(
         [
@@ -97,20 +97,13 @@ def content_security_policy(media_origins: Iterable[str] = ()) -> str:
             "script-src 'self'",
             "style-src 'self'",
             f"img-src 'self' data: {media}".rstrip(),
-            f"frame-src {media}" if media else "frame-src 'none'",
+            f"frame-src 'self' {media}" if media else "frame-src 'none'",
             "connect-src 'self'",
             "base-uri 'none'",
             "form-action 'self'",
             "frame-ancestors 'none'",
         ]
     )
-
-
-def origin_of(url: str) -> str | None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        return None
-    return f"{parts.scheme}://{parts.netloc}"
 
 
 def wants_fragment(request: Request) -> bool:

@@ -6,6 +6,7 @@ with the fragment header and gets only the part of the page that changes.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,13 +20,14 @@ from shared.db import job_store
 from shared.db.job_store import JobFilter
 from shared.db.models import Job, JobState
 from shared.errors import Forbidden, NotFound, ProblemError, ValidationFailed
+from shared.keys import claim_prefix, is_safe_key
 from shared.settings import Settings
 
 from ..http import parse_query
 from ..jobs import ListQuery
 from . import overview as overview_data
 from . import session as sessions
-from .render import html, origin_of, wants_fragment
+from .render import html, wants_fragment
 from .session import Session, SignInRequired
 from .sql import QUERIES
 
@@ -299,13 +301,46 @@ def _entry_of_claim(attempts: list[Attempt], number: int, started: datetime) -> 
     return None
 
 
-def _preview(output: dict[str, Any]) -> str | None:
-    content_type = str(output.get("contentType", ""))
-    if not output.get("url"):
-        return None
+def _preview(content_type: str) -> str | None:
     if content_type.startswith("image/") and content_type != "image/svg+xml":
         return "image"
     return "pdf" if content_type == "application/pdf" else None
+
+
+def _output_ref(key: str) -> str:
+    """What a job page's link names an output by: its key's digest, so a link always means one
+    object (never "whatever is first now") and its URL changes only when the object does."""
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def _completing_outputs(job: Job) -> list[tuple[dict[str, Any], str | None]]:
+    """The job's recorded outputs, each with its key when the completing claim stored it (the
+    same rule as GET /jobs/{id}: only those get a link), else None."""
+    stored = (job.result or {}).get("outputs")
+    if not isinstance(stored, list):
+        return []
+    prefix = claim_prefix(job.tenant_id, job.id, job.claim_token) if job.claim_token is not None else None
+    listed = []
+    for output in stored:
+        if isinstance(output, dict):
+            key = output.get("key")
+            ours = prefix is not None and isinstance(key, str) and key.startswith(prefix) and is_safe_key(key)
+            listed.append((output, key if ours else None))
+    return listed
+
+
+def _shown_output(job: Job, output: dict[str, Any], key: str | None) -> dict[str, Any]:
+    """Only the fields the page shows, computed here; nothing else a stored entry holds."""
+    content_type = output.get("contentType")
+    content_type = content_type if isinstance(content_type, str) else ""
+    name = output.get("name") if isinstance(output.get("name"), str) else output.get("key")
+    return {
+        "label": name if isinstance(name, str) else "output",
+        "content_type": content_type,
+        "size": output.get("size"),
+        "link": f"/dashboard/jobs/{job.id}/outputs/{_output_ref(key)}" if key else None,
+        "preview": _preview(content_type) if key else None,
+    }
 
 
 async def job_page(request: Request, session: Session) -> Response:
@@ -325,12 +360,7 @@ async def job_page(request: Request, session: Session) -> Response:
             )
             batch = sorted(await cur.fetchall(), key=lambda r: str(r["state"]))
     result = job.result
-    outputs = [
-        {**o, "link": f"/dashboard/jobs/{job.id}/outputs/{index}", "preview": _preview(o)} if o.get("url") else o
-        for index, o in enumerate(_presigned_outputs(request, job))
-        if isinstance(o, dict)
-    ]
-    origins = {origin for o in outputs if o.get("url") and (origin := origin_of(str(o["url"])))}
+    outputs = [_shown_output(job, output, key) for output, key in _completing_outputs(job)]
     shown_result = {k: v for k, v in (result or {}).items() if k != "outputs"} if result else None
     context: dict[str, Any] = {
         "session": session,
@@ -343,37 +373,26 @@ async def job_page(request: Request, session: Session) -> Response:
         "notice": _notice(request),
     }
     template = "job_live.html" if wants_fragment(request) else "job.html"
-    return html(request, template, media_origins=origins, **context)
-
-
-def _presigned_outputs(request: Request, job: Job) -> list[Any]:
-    """The job's outputs, as GET /jobs/{id} shows them: only the completing claim's get a URL."""
-    from shared.outputs import presign_outputs
-
-    if not job.result or not isinstance(job.result.get("outputs"), list):
-        return []
-    storage = request.app.state.storage().for_tenant(job.tenant_id)
-    presented = presign_outputs(job.result, storage=storage, job_id=job.id, claim_token=job.claim_token)
-    return list((presented or {}).get("outputs", []))
+    # Previews load through this page's own links, redirected to the storage: the CSP names
+    # both, whether or not the job has outputs yet (it may complete while the page is open).
+    return html(request, template, media_origins=[request.app.state.storage().download_origin()], **context)
 
 
 async def job_output(request: Request, session: Session) -> Response:
-    """A job page's link to one output: to a presigned URL signed now. The page itself carries
-    only these links, which do not change, so refreshing it does not load its previews again and
-    a page left open does not end up with links that expired."""
+    """A job page's link to one output: to a URL presigned now. The page itself carries only
+    these links, which do not change, so refreshing it does not load its previews again and a
+    page left open does not end up with links that expired."""
     job_id = job_id_of(request.path_params["job_id"])
-    index = request.path_params["index"]
+    ref = request.path_params["ref"]
     async with request.app.state.pool.connection() as conn:
         job = await job_store.get_job(conn, job_id, tenant_id=session.tenant)
     if job is None:
         raise NotFound("no such job")
-    outputs = _presigned_outputs(request, job)
-    if not (index.isascii() and index.isdigit() and len(index) <= 6 and int(index) < len(outputs)):
-        raise NotFound("no such output")
-    output = outputs[int(index)]
-    if not isinstance(output, dict) or not output.get("url"):
-        raise NotFound("this output is not from the completing attempt")
-    return Response(status_code=303, headers={"Location": str(output["url"]), "Cache-Control": "no-store"})
+    keys = [key for _, key in _completing_outputs(job) if key is not None and _output_ref(key) == ref]
+    if not keys:
+        raise NotFound("no such output of the completing attempt")
+    url, _ = request.app.state.storage().for_tenant(job.tenant_id).presign_get(keys[0])
+    return Response(status_code=303, headers={"Location": url, "Cache-Control": "no-store"})
 
 
 async def queues_page(request: Request, session: Session) -> Response:

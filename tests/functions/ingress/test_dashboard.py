@@ -3,14 +3,19 @@ page and action, queue control for admins, output links, and its Content-Securit
 
 from __future__ import annotations
 
+import hashlib
 import html
 import re
 import urllib.parse
+import uuid
 
 import httpx
 import pytest
+from psycopg.types.json import Jsonb
 
 from functions.ingress.app import routes
+from shared.keys import claim_prefix
+from shared.outputs import OutputWriter
 from tests.support.dashboard import csrf_of, seed_completed_with_outputs, seed_job, signed_in
 from tests.support.live import LiveApp, wait_until
 
@@ -276,11 +281,10 @@ def test_the_job_page_links_only_the_completing_claims_outputs_and_previews_them
         by_name = {name: html.unescape(link) for link, name in links.items()}
         assert set(by_name) == {"thumb.png", "report.pdf"}  # stale.png is from an earlier claim: no link
         assert "stale.png" in page.text and "not from the completing attempt" in page.text
-        # The page's own links, which do not change; each sends the browser to a URL signed then.
-        assert by_name == {
-            "thumb.png": f"/dashboard/jobs/{job}/outputs/0",
-            "report.pdf": f"/dashboard/jobs/{job}/outputs/1",
-        }
+        # The page carries its own links, which do not change, and no presigned URL; each link
+        # sends the browser to a URL signed at that moment.
+        assert "X-Amz-" not in page.text
+        assert all(re.fullmatch(rf"/dashboard/jobs/{job}/outputs/[0-9a-f]{{32}}", link) for link in by_name.values())
         urls = {}
         for name, link in by_name.items():
             sent = client.get(link)
@@ -289,21 +293,93 @@ def test_the_job_page_links_only_the_completing_claims_outputs_and_previews_them
             assert keys[name] in urllib.parse.unquote(urls[name]) and "X-Amz-Signature" in urls[name]
             fetched = httpx.get(urls[name], trust_env=False)
             assert fetched.status_code == 200 and fetched.content[:4] in (b"\x89PNG", b"%PDF")
-        # The earlier claim's object, an index past the end, or not an index at all: nothing.
-        for wrong in ("2", "3", "-1", "01x", "\u00b2", "9" * 30):
-            refused = client.get(f"/dashboard/jobs/{job}/outputs/{urllib.parse.quote(wrong)}")
+            assert client.head(link).status_code == 303
+        # The earlier claim's object (by its key's digest), an index, or not a digest at all: nothing.
+        stale = hashlib.sha256(keys["stale.png"].encode()).hexdigest()[:32]
+        for wrong in (
+            stale,
+            "0",
+            "1",
+            "f" * 32,
+            "\u00b2",
+            "9" * 300,
+            by_name["thumb.png"].rsplit("/", 1)[1].upper(),
+        ):
+            refused = client.get(f"/dashboard/jobs/{job}/outputs/{urllib.parse.quote(wrong, safe='')}")
             assert refused.status_code == 404 and "location" not in refused.headers, wrong
-    assert re.search(rf'<img class="thumb" src="/dashboard/jobs/{job}/outputs/0"', page.text)
-    assert re.search(rf'<iframe class="pdf" src="/dashboard/jobs/{job}/outputs/1#page=1"', page.text)
-    # The previews load from the storage origin, so the CSP names it for images and frames, only here.
+    assert re.search(rf'<img class="thumb" src="{re.escape(by_name["thumb.png"])}"', page.text)
+    assert re.search(rf'<iframe class="pdf" src="{re.escape(by_name["report.pdf"])}#page=1"', page.text)
+    # The previews load through the page's own links from the storage origin, so the CSP names
+    # both for images and frames, only on this page.
     origin = "{0.scheme}://{0.netloc}".format(urllib.parse.urlsplit(urls["thumb.png"]))
     csp = page.headers["content-security-policy"]
-    assert f"img-src 'self' data: {origin}" in csp and f"frame-src {origin}" in csp
+    assert f"img-src 'self' data: {origin};" in csp and f"frame-src 'self' {origin};" in csp
     with signed_in(app, "tenant-b") as other:
         assert other.get(f"/dashboard/jobs/{job}").status_code == 404
-        assert other.get(f"/dashboard/jobs/{job}/outputs/0").status_code == 404
+        assert other.get(by_name["thumb.png"]).status_code == 404
     with httpx.Client(base_url=app.url, trust_env=False) as stranger:
-        assert stranger.get(f"/dashboard/jobs/{job}/outputs/0").status_code == 401  # the sign-in page
+        assert stranger.get(by_name["thumb.png"]).status_code == 401  # the sign-in page
+    with signed_in(app, None, "admin") as admin:  # an admin sees every tenant's jobs
+        assert admin.get(by_name["thumb.png"]).status_code == 303
+
+
+def test_a_link_shown_for_one_output_never_sends_another(app: LiveApp):
+    # A link names its object: when the job's outputs change under an open page, an earlier link
+    # answers 404, never another file (and a new object gets a new URL, so no cached image).
+    job, _ = seed_completed_with_outputs(app, "tenant-a")
+    with signed_in(app) as client:
+        page = client.get(f"/dashboard/jobs/{job}")
+        links = {name: link for link, name in re.findall(r'<a href="([^"]+)" download>([^<]+)</a>', page.text)}
+        claim = uuid.uuid4()
+        swapped = [
+            {
+                "name": "other.pdf",
+                "key": claim_prefix("tenant-a", job, claim) + "other.pdf",
+                "contentType": "application/pdf",
+                "size": 1,
+            }
+        ]
+        app.sql(
+            "UPDATE jobs SET claim_token = %s, result = %s WHERE id = %s",
+            (str(claim), Jsonb({"outputs": swapped}), job),
+        )
+        assert client.get(links["thumb.png"]).status_code == 404
+        assert client.get(links["report.pdf"]).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "stored", [{"url": "https://evil.example/x.png"}, {"link": "https://evil.example/x.png", "preview": "image"}]
+)
+def test_what_a_stored_output_says_of_its_own_url_is_never_shown_or_followed(app: LiveApp, stored: dict[str, str]):
+    # An output the page does not link (another claim's, another tenant's key) never gets a link,
+    # a preview, a redirect or a place in the CSP from what its stored entry holds; nor does the
+    # API present a stored URL as if it had signed it. (Adversarial review.)
+    job = seed_job(app, "tenant-a", "completed", claim_token=str(uuid.uuid4()))
+    outputs = [
+        {"name": "x.png", "key": "tenants/tenant-b/x.png", "contentType": "image/png", "size": 1, **stored},
+        1,
+        None,
+    ]
+    app.sql("UPDATE jobs SET result = %s WHERE id = %s", (Jsonb({"outputs": outputs}), job))
+    with signed_in(app) as client:
+        page = client.get(f"/dashboard/jobs/{job}")
+        assert page.status_code == 200 and "x.png" in page.text
+        assert "evil.example" not in page.text and "evil.example" not in page.headers["content-security-policy"]
+        assert not re.search(rf"/dashboard/jobs/{job}/outputs/", page.text)
+        digest = hashlib.sha256(b"tenants/tenant-b/x.png").hexdigest()[:32]
+        assert client.get(f"/dashboard/jobs/{job}/outputs/{digest}").status_code == 404
+    with app.client("tenant-a") as api:
+        shown = api.get(f"/jobs/{job}").json()["result"]["outputs"][0]
+    assert "url" not in shown and "expiresAt" not in shown
+
+
+def test_a_handler_cannot_record_the_fields_the_api_presents():
+    writer = OutputWriter(lambda: None, tenant_id="t", job_id=1, claim_token=uuid.uuid4())  # type: ignore[arg-type, return-value]
+    key = writer.key_for("a.png")
+    for field in ("url", "expiresAt"):
+        with pytest.raises(ValueError):
+            writer.record(name="a.png", key=key, content_type="image/png", size=1, **{field: "https://evil.example/"})
+    assert writer.outputs == []
 
 
 @pytest.mark.parametrize("path", ["/dashboard/queues", "job"])  # the jobs list shows clocks ("3 s ago")

@@ -8,14 +8,20 @@ test-artifacts/dashboard/ (git-ignored).
 
 from __future__ import annotations
 
+import io
 import re
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
+from psycopg.types.json import Jsonb
 
+from shared.keys import claim_prefix
+from shared.storage import Storage
 from tests.support.dashboard import seed_completed_with_outputs, seed_job
 from tests.support.live import LiveApp
 
@@ -163,19 +169,40 @@ def test_a_limit_being_typed_survives_the_queues_page_refreshing(browser: Any, a
     page.goto(f"{app.url}/dashboard/queues")
     field = page.get_by_label("Limit of images")
     field.fill("7")
+    field.blur()  # typed, not submitted, not being edited (while it is, the part waits: below)
     available = page.locator("tr[data-queue='images'] td.num").nth(2)
     before = int(available.inner_text())
     seed_job(app, "tenant-a", "available", queue="images", worker="ProcessImage")
-    page.evaluate("document.dispatchEvent(new Event('visibilitychange'))")  # refresh now, event or not
-    page.wait_for_function(
-        f"document.querySelector(\"tr[data-queue='images']\").querySelectorAll('td.num')[2].textContent == '{before + 1}'"
-    )
+    _refresh(page)
+    assert int(available.inner_text()) == before + 1  # the part was swapped
     assert field.input_value() == "7"
     # Submitting it scales the queue to what was typed.
     page.locator("tr[data-queue='images']").get_by_role("button", name="Scale").click()
     page.get_by_role("button", name="Yes, change the limit of images").click()
     page.wait_for_url(re.compile(r"/dashboard/queues"))
     assert app.sql("SELECT \"limit\" FROM queues WHERE name = 'images'") == [(7,)]
+
+
+def test_a_number_half_typed_is_not_wiped_by_a_refresh(browser: Any, app: LiveApp):
+    # "1e" on its way to "1e1" reads as "" in a number field: restoring the value would wipe it,
+    # so a part waits while one of its fields is being edited (adversarial review).
+    page = sign_in(browser, app, None, "admin")
+    page.goto(f"{app.url}/dashboard/queues")
+    field = page.get_by_label("Limit of images")
+    available = page.locator("tr[data-queue='images'] td.num").nth(2)
+    before = int(available.inner_text())
+    field.click()
+    field.press("Control+a")
+    page.keyboard.type("1e")
+    seed_job(app, "tenant-a", "available", queue="images", worker="ProcessImage")
+    _refresh(page)
+    assert page.evaluate("document.getElementById('limit-images').validity.badInput")
+    assert int(available.inner_text()) == before  # it waits
+    page.keyboard.type("1")  # 1e1
+    field.blur()
+    _refresh(page)  # no longer being edited: the part is swapped, keeping what was typed
+    assert int(available.inner_text()) == before + 1
+    assert field.input_value() == "1e1"
 
 
 def test_bulk_cancel_of_scheduled_jobs(browser: Any, app: LiveApp):
@@ -249,33 +276,82 @@ def test_pages_on_a_phone(browser: Any, app: LiveApp):
 def test_a_job_with_outputs_shows_a_thumbnail_and_the_pdf(browser: Any, app: LiveApp):
     job, _ = seed_completed_with_outputs(app, "tenant-a")
     page = sign_in(browser, app, "tenant-a")
-    page.goto(f"{app.url}/dashboard/jobs/{job}")
+    refused: list[str] = []
+    page.on(
+        "console", lambda message: refused.append(message.text) if "Content Security Policy" in message.text else None
+    )
+    with page.expect_request(lambda r: "report.pdf" in r.url and "X-Amz-Signature" in r.url):  # the frame's
+        page.goto(f"{app.url}/dashboard/jobs/{job}")
+        _thumbnail_width(page)
+    # Loaded through the page's own links, which send the browser to a presigned URL: the CSP
+    # allows both origins for images and frames (the review found the frame blocked).
+    assert _thumbnail_width(page) == 320
+    assert page.locator("iframe.pdf").count() == 1 and not refused
+    shot(page, "job-outputs")
+
+
+def _thumbnail_width(page: Any) -> int:
     thumb = page.locator("img.thumb")
     thumb.scroll_into_view_if_needed()
     thumb.evaluate("img => new Promise(loaded => img.complete ? loaded(null) : img.addEventListener('load', loaded))")
-    # Loaded through the page's own link, which sends the browser to the storage's presigned URL;
-    # the page's CSP allows that origin for images.
-    assert thumb.evaluate("img => img.complete && img.naturalWidth") == 320
-    assert page.locator("iframe.pdf").count() == 1
-    shot(page, "job-outputs")
+    return int(thumb.evaluate("img => img.complete ? img.naturalWidth : 0"))
+
+
+def _refresh(page: Any) -> None:
+    """Have the live parts re-fetched now and wait until the script has dealt with the answer."""
+    with page.expect_response(lambda r: r.request.headers.get("x-dashboard-fragment") == "1") as answered:
+        page.evaluate("document.dispatchEvent(new Event('visibilitychange'))")  # refreshes at once
+    assert answered.value.ok
+    page.wait_for_timeout(300)  # the script compares and swaps right after the answer
 
 
 def test_refreshing_a_job_page_keeps_its_previews_loaded(browser: Any, app: LiveApp):
     # A presigned URL differs every second; when the page carried them, every refresh (every 10 s,
     # every 2 s without the event stream) swapped the part of the page for a new one: the
     # thumbnail and the PDF loaded again, the PDF back at its first page, a text selection lost.
+    # Nor is the result part swapped when another part changes (its batch's counts).
     job, _ = seed_completed_with_outputs(app, "tenant-a")
+    app.sql("UPDATE jobs SET batch_id = 'b1' WHERE id = %s", (job,))
     page = sign_in(browser, app, "tenant-a")
-    loads: list[str] = []
-    page.on("request", lambda request: loads.append(request.url) if "thumb.png" in request.url else None)
+    loads: list[str] = []  # each load of a preview goes through the page's own link first
+    page.on("request", lambda r: loads.append(r.url) if f"/dashboard/jobs/{job}/outputs/" in r.url else None)
     page.goto(f"{app.url}/dashboard/jobs/{job}")
-    page.locator("img.thumb").scroll_into_view_if_needed()
+    assert _thumbnail_width(page) == 320
     page.evaluate("document.querySelector('img.thumb').dataset.seen = 'yes'")
     for _ in range(2):
         page.wait_for_timeout(1100)  # the next second: a presigned URL signed now differs
-        with page.expect_response(lambda r: r.request.headers.get("x-dashboard-fragment") == "1") as refreshed:
-            page.evaluate("document.dispatchEvent(new Event('visibilitychange'))")  # refreshes at once
-        assert refreshed.value.ok
-        page.wait_for_timeout(300)  # the script compares and would swap right after the answer
+        _refresh(page)
         assert page.evaluate("document.querySelector('img.thumb').dataset.seen") == "yes"
-    assert len([url for url in loads if "X-Amz-Signature" in url]) == 1
+    counts = page.locator("[data-part='state']").inner_text()
+    seed_job(app, "tenant-a", "available", batch_id="b1")  # a sibling joins the batch
+    _refresh(page)
+    assert page.locator("[data-part='state']").inner_text() != counts  # that part was swapped
+    assert page.evaluate("document.querySelector('img.thumb').dataset.seen") == "yes"
+    assert len(loads) == 2, loads  # the thumbnail's and the PDF's, once each
+
+
+def test_outputs_that_appear_or_change_under_an_open_page_are_shown(browser: Any, app: LiveApp):
+    # The CSP named the storage only when the job had outputs as the page loaded, so a job that
+    # completed under an open page showed no thumbnail; and a link naming an index showed the
+    # browser's cached picture for a new one (adversarial review).
+    job, _ = seed_completed_with_outputs(app, "tenant-a")
+    ((result,),) = app.sql("SELECT result FROM jobs WHERE id = %s", (job,))
+    app.sql("UPDATE jobs SET result = NULL WHERE id = %s", (job,))
+    page = sign_in(browser, app, "tenant-a")
+    page.goto(f"{app.url}/dashboard/jobs/{job}")
+    app.sql("UPDATE jobs SET result = %s WHERE id = %s", (Jsonb(result), job))
+    _refresh(page)
+    assert _thumbnail_width(page) == 320
+    # Another claim completes it with another picture first.
+    claim = uuid.uuid4()
+    key = claim_prefix("tenant-a", job, claim) + "other.png"
+    png = io.BytesIO()
+    Image.new("RGB", (100, 50), "red").save(png, "PNG")
+    Storage(app.settings).for_tenant("tenant-a").put_bytes(key, png.getvalue(), "image/png")
+    outputs = [{"name": "other.png", "key": key, "contentType": "image/png", "size": len(png.getvalue())}]
+    app.sql(
+        "UPDATE jobs SET claim_token = %s, result = %s WHERE id = %s", (str(claim), Jsonb({"outputs": outputs}), job)
+    )
+    _refresh(page)
+    assert "other.png" in page.locator("[data-part='result']").inner_text()
+    assert _thumbnail_width(page) == 100

@@ -18,21 +18,47 @@
     return ids;
   }
 
+  function isEdited(field) {
+    if (field.tagName === "SELECT") {
+      return Array.prototype.some.call(field.options, function (o) { return o.selected !== o.defaultSelected; });
+    }
+    // A half-typed number ("1e", "-") reads as "": `badInput` tells it from an emptied field.
+    return field.value !== field.defaultValue || !!(field.validity && field.validity.badInput);
+  }
+
   // Values typed or chosen in the part but not yet submitted (a queue's new limit), by field id.
   function editedValues(region) {
     var edited = {};
     region.querySelectorAll("input[id], textarea[id], select[id]").forEach(function (field) {
       if (field.type === "hidden" || field.type === "checkbox" || field.type === "radio") { return; }
-      var changed = field.tagName === "SELECT"
-        ? Array.prototype.some.call(field.options, function (o) { return o.selected !== o.defaultSelected; })
-        : field.value !== field.defaultValue;
-      if (changed) { edited[field.id] = field.value; }
+      if (isEdited(field)) { edited[field.id] = field.value; }
     });
     return edited;
   }
 
+  // Swap the fragment in. A fragment made of versioned parts ([data-part], as one job's page:
+  // its outputs apart) has only its changed parts swapped, so an unchanged PDF preview is not
+  // loaded again when, say, its batch's counts change. Returns the nodes put in.
+  function swap(region, html) {
+    var incoming = document.createElement("template");
+    incoming.innerHTML = html;  // inert: nothing in it loads until it is in the page
+    var parts = Array.prototype.filter.call(incoming.content.children, function (e) { return e.dataset.part; });
+    var current = Array.prototype.filter.call(region.children, function (e) { return e.dataset.part; });
+    var same = parts.length > 0 && parts.length === current.length &&
+      parts.every(function (part, i) { return current[i].dataset.part === part.dataset.part; });
+    if (!same) {
+      region.replaceChildren(incoming.content);
+      return [region];
+    }
+    var swapped = [];
+    parts.forEach(function (part, i) {
+      if (current[i].dataset.version !== part.dataset.version) { current[i].replaceWith(part); swapped.push(part); }
+    });
+    return swapped;
+  }
+
   // Fetch the current URL's live fragment and swap it in, keeping ticked boxes, what was typed
-  // and focus.
+  // and focus. While a field of the part is being edited (focused and changed), it waits.
   function refresh(region) {
     return fetch(window.location.href, {
       headers: { "X-Dashboard-Fragment": "1" }, credentials: "same-origin", cache: "no-store"
@@ -42,17 +68,19 @@
       var version = response.headers.get("X-Dashboard-Version");
       return response.text().then(function (html) {
         if (version !== null && version === region.dataset.version) { return; }  // unchanged: leave it be
+        var active = document.activeElement;
+        var focused = active && region.contains(active) ? active.id : null;
+        if (focused && /^(INPUT|TEXTAREA|SELECT)$/.test(active.tagName) && isEdited(active)) { return; }  // next tick
         var ticked = selectedIds(region), edited = editedValues(region);
-        var focused = document.activeElement && region.contains(document.activeElement) ? document.activeElement.id : null;
-        region.innerHTML = html;
+        var swapped = swap(region, html);
         region.dataset.version = version || "";
         region.querySelectorAll("input[name=ids]").forEach(function (box) { box.checked = !!ticked[box.value]; });
         Object.keys(edited).forEach(function (id) {
           var field = document.getElementById(id);
           if (field && region.contains(field)) { field.value = edited[id]; }
         });
-        enhance(region);
-        if (focused) { var again = document.getElementById(focused); if (again) { again.focus(); } }
+        swapped.forEach(enhance);
+        if (focused) { var again = document.getElementById(focused); if (again && again !== document.activeElement) { again.focus(); } }
         region.dispatchEvent(new CustomEvent("dashboard:updated", { bubbles: true }));
       });
     }).catch(function () { /* offline for a moment: try again on the next tick */ });
