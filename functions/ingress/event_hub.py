@@ -185,9 +185,14 @@ class Subscription:
     subscriber: Subscriber
     replay: list[LiveEvent]  # events after Last-Event-ID still in the buffer (not yet filtered by tag)
     gap: bool  # a Last-Event-ID was given but is no longer (or was never) in the buffer
+    _iterator: list[AsyncIterator[LiveEvent | Reset]] = field(default_factory=list, repr=False, compare=False)
 
     def __aiter__(self) -> AsyncIterator[LiveEvent | Reset]:
-        return self._items()
+        """One iterator per subscription: iterating again goes on where it was. A new one would
+        replay the backlog again and lose what the last had taken in a batch but not yielded."""
+        if not self._iterator:
+            self._iterator.append(self._items())
+        return self._iterator[0]
 
     async def _items(self) -> AsyncIterator[LiveEvent | Reset]:
         for item in await self.backlog():

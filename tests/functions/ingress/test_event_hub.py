@@ -178,3 +178,20 @@ async def test_a_flush_that_raises_something_unexpected_does_not_stop_the_events
                 got = [await anext(aiter(events)) for _ in range(2)]
     assert not failures
     assert [e.note.type for e in got if isinstance(e, LiveEvent)] == ["inserted", "executing"]
+
+
+async def test_iterating_a_subscription_again_goes_on_where_it_was(database_url: str, pool: Pool) -> None:
+    # Each aiter() started a new generator: what the first had taken from the queue in one batch
+    # and not yet yielded was lost with it (two events read one at a time hung on the second
+    # whenever both came in one batch: a CI failure of this file under load).
+    async with running_hub(make_settings(database_url), pool) as hub:
+        async with hub.subscription(EventFilter(tenant_id="acme")) as events:
+            await insert(pool, "acme")
+            await insert(pool, "acme")
+            queue = events.subscriber.queue
+            async with asyncio.timeout(10):
+                while queue.qsize() < 2:  # both waiting: the first read takes them in one batch
+                    await asyncio.sleep(0.01)
+                got = [await anext(aiter(events)) for _ in range(2)]
+    assert [e.note.type for e in got if isinstance(e, LiveEvent)] == ["inserted", "inserted"]
+    assert got[0].note.job_id != got[1].note.job_id  # type: ignore[union-attr]
