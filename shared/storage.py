@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any, Final
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import boto3
 from boto3.s3.transfer import TransferConfig
@@ -51,6 +51,7 @@ class Storage:
     def __init__(self, settings: Settings) -> None:
         self.bucket = settings.bucket_name
         self.presign_ttl_seconds = settings.presign_ttl_seconds
+        self.virtual_host = _is_tigris(settings.aws_endpoint_url_s3)
         secret = settings.aws_secret_access_key.get_secret_value() if settings.aws_secret_access_key else None
         self.client: Any = boto3.client(
             "s3",
@@ -62,7 +63,7 @@ class Storage:
                 signature_version="s3v4",
                 # Tigris serves buckets as virtual hosts; local and other S3-compatible servers
                 # (moto, MinIO) expect the bucket in the path.
-                s3={"addressing_style": "virtual" if _is_tigris(settings.aws_endpoint_url_s3) else "path"},
+                s3={"addressing_style": "virtual" if self.virtual_host else "path"},
                 # S3-compatible stores reject the newer default CRC checksums on some operations.
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required",
@@ -87,12 +88,14 @@ class Storage:
         """The operations on `tenant_id`'s keys (and only those)."""
         return TenantStorage(self, tenant_id)
 
-    def download_origin(self) -> str:
-        """The scheme, host and port of the URLs presign_get hands out (the bucket's virtual host
-        on Tigris), for a page's Content-Security-Policy. No request is made."""
-        url = str(self.client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": "origin"}))
-        parts = urlsplit(url)
-        return f"{parts.scheme}://{parts.netloc}"
+    def download_source(self) -> str:
+        """Where presign_get's URLs point, as a Content-Security-Policy source: the bucket's
+        virtual host, or (path style) the bucket's path on the endpoint's host, never the whole
+        host, which other buckets share. From the client's settings: no request, no credentials."""
+        parts = urlsplit(str(self.client.meta.endpoint_url))
+        if self.virtual_host:
+            return f"{parts.scheme}://{self.bucket}.{parts.netloc}"
+        return f"{parts.scheme}://{parts.netloc}/{quote(self.bucket)}/"
 
 
 class TenantStorage:
@@ -170,12 +173,18 @@ class TenantStorage:
                 written += len(chunk)
         return written
 
-    def presign_get(self, key: str) -> tuple[str, datetime]:
-        """A GET URL for `key` valid for PRESIGN_TTL_SECONDS, and when it expires (no request made)."""
+    def presign_get(
+        self, key: str, *, content_type: str | None = None, disposition: str | None = None
+    ) -> tuple[str, datetime]:
+        """A GET URL for `key` valid for PRESIGN_TTL_SECONDS, and when it expires (no request made).
+        `content_type` and `disposition` override what the store answers with (signed)."""
         key = self.check(key)
-        url = self._client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=self.presign_ttl_seconds
-        )
+        params = {"Bucket": self.bucket, "Key": key}
+        if content_type is not None:
+            params["ResponseContentType"] = content_type
+        if disposition is not None:
+            params["ResponseContentDisposition"] = disposition
+        url = self._client.generate_presigned_url("get_object", Params=params, ExpiresIn=self.presign_ttl_seconds)
         return str(url), datetime.now(UTC) + timedelta(seconds=self.presign_ttl_seconds)
 
     def presign_put(self, key: str, content_type: str, *, size: int | None = None) -> tuple[str, datetime]:
@@ -255,4 +264,7 @@ def _translate(exc: ClientError, key: str) -> Exception:
 
 
 def _is_tigris(endpoint: str | None) -> bool:
-    return bool(endpoint and "tigris.dev" in endpoint)
+    """Tigris (https://t3.storage.dev, https://fly.storage.tigris.dev) serves buckets created
+    since February 2025 only as virtual hosts."""
+    host = (urlsplit(endpoint).hostname or "") if endpoint else ""
+    return any(host == domain or host.endswith("." + domain) for domain in ("storage.dev", "tigris.dev"))

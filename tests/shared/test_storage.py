@@ -240,3 +240,32 @@ def test_keys_outside_the_tenant_prefix_are_refused(key: str) -> None:
 def test_a_tenant_id_that_is_a_path_trick_owns_nothing(tenant: str) -> None:
     with pytest.raises(PermanentJobError):
         check_tenant_key(tenant, f"tenants/{tenant}/uploads/x")
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "bucket", "source"),
+    [
+        ("https://t3.storage.dev", "content", "https://content.t3.storage.dev"),
+        ("https://fly.storage.tigris.dev", "content", "https://content.fly.storage.tigris.dev"),
+        ("http://127.0.0.1:9000", "content", "http://127.0.0.1:9000/content/"),
+        ("https://minio.example.com", "my.bucket", "https://minio.example.com/my.bucket/"),
+        ("https://storage.dev.example.com", "b", "https://storage.dev.example.com/b/"),  # not Tigris
+    ],
+)
+def test_presigned_urls_lie_under_the_source_a_page_names(endpoint: str, bucket: str, source: str) -> None:
+    # Tigris' endpoint is https://t3.storage.dev (was fly.storage.tigris.dev), and its buckets made
+    # since February 2025 are served only as virtual hosts: only "tigris.dev" got them
+    # (adversarial review). A page's CSP names the source; without credentials too.
+    settings = make_settings(
+        "postgresql://unused",
+        bucket_name=bucket,
+        aws_endpoint_url_s3=endpoint,
+        aws_access_key_id="AKIAEXAMPLE",
+        aws_secret_access_key="example",
+    )
+    storage = Storage(settings)
+    assert storage.download_source() == source
+    url, _ = storage.for_tenant("t").presign_get("tenants/t/a.png")
+    assert url.startswith(source if source.endswith("/") else source + "/")
+    unsigned = Storage(settings.model_copy(update={"aws_access_key_id": None, "aws_secret_access_key": None}))
+    assert unsigned.download_source() == source

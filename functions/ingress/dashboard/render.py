@@ -59,7 +59,7 @@ def _pretty(value: Any) -> str:
 
 
 def _size(value: Any) -> str:
-    if not isinstance(value, int):
+    if not isinstance(value, int) or isinstance(value, bool):
         return "—"
     for unit in ("B", "KiB", "MiB", "GiB"):
         if value < 1024 or unit == "GiB":

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
+from urllib.parse import quote
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -301,8 +302,13 @@ def _entry_of_claim(attempts: list[Attempt], number: int, started: datetime) -> 
     return None
 
 
+_IMAGE_TYPE: Final = re.compile(r"^image/[a-z0-9.+-]{1,64}$")
+
+
 def _preview(content_type: str) -> str | None:
-    if content_type.startswith("image/") and content_type != "image/svg+xml":
+    """How the page previews an output of this recorded type: an image (not SVG, which can carry
+    script), a PDF, or not at all."""
+    if _IMAGE_TYPE.fullmatch(content_type) and content_type != "image/svg+xml":
         return "image"
     return "pdf" if content_type == "application/pdf" else None
 
@@ -375,7 +381,14 @@ async def job_page(request: Request, session: Session) -> Response:
     template = "job_live.html" if wants_fragment(request) else "job.html"
     # Previews load through this page's own links, redirected to the storage: the CSP names
     # both, whether or not the job has outputs yet (it may complete while the page is open).
-    return html(request, template, media_origins=[request.app.state.storage().download_origin()], **context)
+    return html(request, template, media_origins=[request.app.state.storage().download_source()], **context)
+
+
+def _attachment(filename: str) -> str:
+    """A Content-Disposition that saves the file under its name (RFC 6266: an ASCII fallback and
+    the UTF-8 name)."""
+    fallback = re.sub(r"[^A-Za-z0-9._-]", "_", filename)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 async def job_output(request: Request, session: Session) -> Response:
@@ -388,10 +401,19 @@ async def job_output(request: Request, session: Session) -> Response:
         job = await job_store.get_job(conn, job_id, tenant_id=session.tenant)
     if job is None:
         raise NotFound("no such job")
-    keys = [key for _, key in _completing_outputs(job) if key is not None and _output_ref(key) == ref]
-    if not keys:
+    found = [(output, key) for output, key in _completing_outputs(job) if key is not None and _output_ref(key) == ref]
+    if not found:
         raise NotFound("no such output of the completing attempt")
-    url, _ = request.app.state.storage().for_tenant(job.tenant_id).presign_get(keys[0])
+    (output, key), storage = found[0], request.app.state.storage().for_tenant(job.tenant_id)
+    # The store answers with the type and disposition asked for here, never what the object was
+    # stored with: a preview is only ever the image or PDF the page chose to show (HTML recorded
+    # as a PDF does not run in the page's frame), and a download is always saved, not shown.
+    content_type = output.get("contentType")
+    preview = _preview(content_type) if isinstance(content_type, str) else None
+    if request.query_params.get("view") == "preview" and preview is not None:
+        url, _ = storage.presign_get(key, content_type=content_type, disposition="inline")
+    else:
+        url, _ = storage.presign_get(key, disposition=_attachment(key.rsplit("/", 1)[-1]))
     return Response(status_code=303, headers={"Location": url, "Cache-Control": "no-store"})
 
 

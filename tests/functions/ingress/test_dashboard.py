@@ -16,6 +16,7 @@ from psycopg.types.json import Jsonb
 from functions.ingress.app import routes
 from shared.keys import claim_prefix
 from shared.outputs import OutputWriter
+from shared.storage import Storage
 from tests.support.dashboard import csrf_of, seed_completed_with_outputs, seed_job, signed_in
 from tests.support.live import LiveApp, wait_until
 
@@ -307,13 +308,15 @@ def test_the_job_page_links_only_the_completing_claims_outputs_and_previews_them
         ):
             refused = client.get(f"/dashboard/jobs/{job}/outputs/{urllib.parse.quote(wrong, safe='')}")
             assert refused.status_code == 404 and "location" not in refused.headers, wrong
-    assert re.search(rf'<img class="thumb" src="{re.escape(by_name["thumb.png"])}"', page.text)
-    assert re.search(rf'<iframe class="pdf" src="{re.escape(by_name["report.pdf"])}#page=1"', page.text)
+    assert f'<img class="thumb" src="{by_name["thumb.png"]}?view=preview"' in page.text
+    assert f'<iframe class="pdf" src="{by_name["report.pdf"]}?view=preview#page=1"' in page.text
     # The previews load through the page's own links from the storage origin, so the CSP names
     # both for images and frames, only on this page.
-    origin = "{0.scheme}://{0.netloc}".format(urllib.parse.urlsplit(urls["thumb.png"]))
+    # moto is path style: the bucket's path, not the whole host, which other buckets share.
+    source = "{0.scheme}://{0.netloc}/{1}/".format(urllib.parse.urlsplit(urls["thumb.png"]), app.settings.bucket_name)
+    assert urls["thumb.png"].startswith(source)
     csp = page.headers["content-security-policy"]
-    assert f"img-src 'self' data: {origin};" in csp and f"frame-src 'self' {origin};" in csp
+    assert f"img-src 'self' data: {source};" in csp and f"frame-src 'self' {source};" in csp
     with signed_in(app, "tenant-b") as other:
         assert other.get(f"/dashboard/jobs/{job}").status_code == 404
         assert other.get(by_name["thumb.png"]).status_code == 404
@@ -516,3 +519,57 @@ def test_a_refused_dashboard_event_source_is_told_to_reconnect_later(open_app: O
         with client.stream("GET", "/dashboard/events", timeout=30) as again:
             assert again.status_code == 200
             wait_until("a stream to be open", lambda: hub.subscriber_count == 1)
+
+
+def _job_with_output(app: LiveApp, name: str, recorded_type: str, stored_type: str, data: bytes) -> int:
+    claim = uuid.uuid4()
+    job = seed_job(app, "tenant-a", "completed", claim_token=str(claim))
+    key = claim_prefix("tenant-a", job, claim) + name
+    storage = Storage(app.settings)
+    storage.ensure_bucket()
+    storage.for_tenant("tenant-a").put_bytes(key, data, stored_type)
+    outputs = [{"name": name, "key": key, "contentType": recorded_type, "size": len(data)}]
+    app.sql("UPDATE jobs SET result = %s WHERE id = %s", (Jsonb({"outputs": outputs}), job))
+    return job
+
+
+HTML = b"<!doctype html><title>t</title><script>document.title = 'ran'</script><form><input name=token></form>"
+
+
+def test_a_preview_is_served_as_what_the_page_shows_and_a_download_is_saved(app: LiveApp):
+    # The store used to answer with the type the object was stored under: HTML recorded as a PDF
+    # ran in the page's preview frame, and a download link opened HTML in the tab (adversarial
+    # review). The presigned URL now names the type of a preview and the disposition of each.
+    job = _job_with_output(app, "report.pdf", "application/pdf", "text/html", HTML)
+    with signed_in(app) as client:
+        page = client.get(f"/dashboard/jobs/{job}")
+        (link,) = re.findall(r'<a href="([^"]+)" download>report\.pdf</a>', page.text)
+        assert f'<iframe class="pdf" src="{link}?view=preview#page=1"' in page.text
+        preview = httpx.get(client.get(link + "?view=preview").headers["location"], trust_env=False)
+        saved = httpx.get(client.get(link).headers["location"], trust_env=False)
+    assert preview.headers["content-type"] == "application/pdf" and preview.headers["content-disposition"] == "inline"
+    assert saved.headers["content-disposition"].startswith('attachment; filename="report.pdf"')
+    assert preview.content == saved.content == HTML
+
+
+@pytest.mark.parametrize("name", ["отчёт 1.png", 'a"b;c.png', "100%.png"])
+def test_a_download_keeps_its_name_whatever_its_characters(app: LiveApp, name: str):
+    job = _job_with_output(app, name, "image/png", "image/png", b"\x89PNG-bytes")
+    with signed_in(app) as client:
+        page = client.get(f"/dashboard/jobs/{job}")
+        (link,) = re.findall(r'<a href="([^"]+)" download>', page.text)
+        saved = httpx.get(client.get(html.unescape(link)).headers["location"], trust_env=False)
+    assert saved.content == b"\x89PNG-bytes"
+    disposition = saved.headers["content-disposition"]
+    assert disposition.startswith('attachment; filename="') and disposition.count('"') == 2
+    assert urllib.parse.unquote(disposition.split("filename*=UTF-8''", 1)[1]) == name
+
+
+def test_a_job_page_needs_no_storage_credentials(open_app: OpenApp):
+    # The CSP's storage source comes from the client's settings, not from signing a URL: an
+    # instance without storage credentials still shows its jobs (adversarial review: 500).
+    with open_app(aws_access_key_id=None, aws_secret_access_key=None) as app:
+        job = seed_job(app, "tenant-a", "available")
+        with signed_in(app) as client:
+            page = client.get(f"/dashboard/jobs/{job}")
+    assert page.status_code == 200, page.text[:300]

@@ -57,8 +57,21 @@
     return swapped;
   }
 
+  // Where `node` sits under `root` (child indexes), to find its twin after a swap.
+  function pathOf(root, node) {
+    var path = [];
+    for (; node && node !== root; node = node.parentElement) {
+      path.unshift(Array.prototype.indexOf.call(node.parentElement.children, node));
+    }
+    return path;
+  }
+
+  function atPath(root, path) {
+    return path.reduce(function (node, i) { return node && node.children[i]; }, root);
+  }
+
   // Fetch the current URL's live fragment and swap it in, keeping ticked boxes, what was typed
-  // and focus. While a field of the part is being edited (focused and changed), it waits.
+  // (the field being typed in itself) and the focus.
   function refresh(region) {
     return fetch(window.location.href, {
       headers: { "X-Dashboard-Fragment": "1" }, credentials: "same-origin", cache: "no-store"
@@ -68,19 +81,26 @@
       var version = response.headers.get("X-Dashboard-Version");
       return response.text().then(function (html) {
         if (version !== null && version === region.dataset.version) { return; }  // unchanged: leave it be
-        var active = document.activeElement;
-        var focused = active && region.contains(active) ? active.id : null;
-        if (focused && /^(INPUT|TEXTAREA|SELECT)$/.test(active.tagName) && isEdited(active)) { return; }  // next tick
+        var active = document.activeElement && region.contains(document.activeElement) ? document.activeElement : null;
+        var path = active && pathOf(region, active), tag = active && active.tagName;
+        var keep = active && active.id && /^(INPUT|TEXTAREA|SELECT)$/.test(tag) && isEdited(active) ? active : null;
         var ticked = selectedIds(region), edited = editedValues(region);
         var swapped = swap(region, html);
+        // The field being typed in goes back as it is, in place of its new twin: what is half
+        // typed (a number's "1e" reads as "") stays, caret and all.
+        var twinOfKept = keep && !document.contains(keep) ? document.getElementById(keep.id) : null;
+        if (twinOfKept && region.contains(twinOfKept) && twinOfKept.tagName === tag) { twinOfKept.replaceWith(keep); }
         region.dataset.version = version || "";
         region.querySelectorAll("input[name=ids]").forEach(function (box) { box.checked = !!ticked[box.value]; });
         Object.keys(edited).forEach(function (id) {
           var field = document.getElementById(id);
-          if (field && region.contains(field)) { field.value = edited[id]; }
+          if (field && field !== keep && region.contains(field)) { field.value = edited[id]; }
         });
         swapped.forEach(enhance);
-        if (focused) { var again = document.getElementById(focused); if (again && again !== document.activeElement) { again.focus(); } }
+        if (active && document.activeElement !== active) {  // its part was swapped: focus its twin
+          var twin = (active.id && document.getElementById(active.id)) || atPath(region, path);
+          if (twin && twin.tagName === tag && region.contains(twin)) { twin.focus({ preventScroll: true }); }
+        }
         region.dispatchEvent(new CustomEvent("dashboard:updated", { bubbles: true }));
       });
     }).catch(function () { /* offline for a moment: try again on the next tick */ });
