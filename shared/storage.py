@@ -12,16 +12,18 @@ client is thread-safe, so one `Storage` serves every thread of a machine.
 
 from __future__ import annotations
 
+import functools
 import io
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any, Final
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import boto3
 from boto3.s3.transfer import TransferConfig
+from botocore import UNSIGNED
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
@@ -88,14 +90,27 @@ class Storage:
         """The operations on `tenant_id`'s keys (and only those)."""
         return TenantStorage(self, tenant_id)
 
+    @functools.cached_property
+    def _unsigned_url(self) -> str:
+        # Addressed exactly as the real URLs are (botocore keeps a dotted bucket in the path even
+        # where virtual hosts are asked for), and made without credentials or a request.
+        unsigned = boto3.client(
+            "s3",
+            endpoint_url=self.client.meta.endpoint_url,
+            region_name=self.client.meta.region_name,
+            config=Config(
+                signature_version=UNSIGNED, s3={"addressing_style": "virtual" if self.virtual_host else "path"}
+            ),
+        )
+        return str(unsigned.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": "k"}))
+
     def download_source(self) -> str:
         """Where presign_get's URLs point, as a Content-Security-Policy source: the bucket's
         virtual host, or (path style) the bucket's path on the endpoint's host, never the whole
-        host, which other buckets share. From the client's settings: no request, no credentials."""
-        parts = urlsplit(str(self.client.meta.endpoint_url))
-        if self.virtual_host:
-            return f"{parts.scheme}://{self.bucket}.{parts.netloc}"
-        return f"{parts.scheme}://{parts.netloc}/{quote(self.bucket)}/"
+        host, which other buckets share."""
+        parts = urlsplit(self._unsigned_url)
+        directory = parts.path.rsplit("/", 1)[0] + "/"  # "/" on a virtual host, "/bucket/" in the path
+        return f"{parts.scheme}://{parts.netloc}" + ("" if directory == "/" else directory)
 
 
 class TenantStorage:

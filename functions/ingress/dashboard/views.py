@@ -305,12 +305,18 @@ def _entry_of_claim(attempts: list[Attempt], number: int, started: datetime) -> 
 _IMAGE_TYPE: Final = re.compile(r"^image/[a-z0-9.+-]{1,64}$")
 
 
+def _previewed_type(recorded: object) -> str | None:
+    """The type the page previews an output of this recorded type as (the store is told to answer
+    with it): an image's (not SVG, which can carry script), a PDF's, or None: no preview."""
+    media_type = recorded.split(";", 1)[0].strip().lower() if isinstance(recorded, str) else ""
+    if _IMAGE_TYPE.fullmatch(media_type) and media_type != "image/svg+xml":
+        return media_type
+    return "application/pdf" if media_type == "application/pdf" else None
+
+
 def _preview(content_type: str) -> str | None:
-    """How the page previews an output of this recorded type: an image (not SVG, which can carry
-    script), a PDF, or not at all."""
-    if _IMAGE_TYPE.fullmatch(content_type) and content_type != "image/svg+xml":
-        return "image"
-    return "pdf" if content_type == "application/pdf" else None
+    previewed = _previewed_type(content_type)
+    return None if previewed is None else "pdf" if previewed == "application/pdf" else "image"
 
 
 def _output_ref(key: str) -> str:
@@ -387,8 +393,11 @@ async def job_page(request: Request, session: Session) -> Response:
 def _attachment(filename: str) -> str:
     """A Content-Disposition that saves the file under its name (RFC 6266: an ASCII fallback and
     the UTF-8 name)."""
-    fallback = re.sub(r"[^A-Za-z0-9._-]", "_", filename)
-    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+    fallback = re.sub(r"[^A-Za-z0-9._-]", "_", filename)[-100:]
+    encoded = quote(filename, safe="")
+    # The URL carries it percent-encoded once more: a long non-ASCII name would near the 8 KiB
+    # request lines servers accept, so such a name is saved under its ASCII fallback.
+    return f'attachment; filename="{fallback}"' + (f"; filename*=UTF-8''{encoded}" if len(encoded) <= 600 else "")
 
 
 async def job_output(request: Request, session: Session) -> Response:
@@ -408,10 +417,9 @@ async def job_output(request: Request, session: Session) -> Response:
     # The store answers with the type and disposition asked for here, never what the object was
     # stored with: a preview is only ever the image or PDF the page chose to show (HTML recorded
     # as a PDF does not run in the page's frame), and a download is always saved, not shown.
-    content_type = output.get("contentType")
-    preview = _preview(content_type) if isinstance(content_type, str) else None
-    if request.query_params.get("view") == "preview" and preview is not None:
-        url, _ = storage.presign_get(key, content_type=content_type, disposition="inline")
+    previewed = _previewed_type(output.get("contentType"))
+    if request.query_params.get("view") == "preview" and previewed is not None:
+        url, _ = storage.presign_get(key, content_type=previewed, disposition="inline")
     else:
         url, _ = storage.presign_get(key, disposition=_attachment(key.rsplit("/", 1)[-1]))
     return Response(status_code=303, headers={"Location": url, "Cache-Control": "no-store"})

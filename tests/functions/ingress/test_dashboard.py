@@ -573,3 +573,24 @@ def test_a_job_page_needs_no_storage_credentials(open_app: OpenApp):
         with signed_in(app) as client:
             page = client.get(f"/dashboard/jobs/{job}")
     assert page.status_code == 200, page.text[:300]
+
+
+def test_an_image_recorded_with_parameters_or_capitals_is_previewed_as_an_image(app: LiveApp):
+    job = _job_with_output(app, "a.png", "image/PNG; charset=binary", "text/html", HTML)
+    with signed_in(app) as client:
+        page = client.get(f"/dashboard/jobs/{job}")
+        (link,) = re.findall(r'<img class="thumb" src="([^"]+)"', page.text)
+        preview = httpx.get(client.get(html.unescape(link)).headers["location"], trust_env=False)
+    assert preview.headers["content-type"] == "image/png"
+
+
+def test_a_long_name_keeps_its_download_url_short_enough(app: LiveApp):
+    name = "報告" * 150 + ".png"  # 302 characters, 906 bytes of UTF-8
+    job = _job_with_output(app, name, "image/png", "image/png", b"\x89PNG-bytes")
+    with signed_in(app) as client:
+        page = client.get(f"/dashboard/jobs/{job}")
+        (link,) = re.findall(r'<a href="([^"]+)" download>', page.text)
+        location = client.get(html.unescape(link)).headers["location"]
+    assert len(location) < 6000
+    saved = httpx.get(location, trust_env=False)
+    assert saved.content == b"\x89PNG-bytes" and saved.headers["content-disposition"].startswith("attachment;")

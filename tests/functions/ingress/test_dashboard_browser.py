@@ -217,6 +217,45 @@ def test_keyboard_focus_stays_on_a_button_of_a_swapped_part(browser: Any, app: L
     assert page.evaluate("document.activeElement.textContent") == "Cancel job"
 
 
+def test_focus_never_moves_to_another_action_after_a_swap(browser: Any, app: LiveApp):
+    # Focus went back by position when its element had no id: on "Cancel job" of a job that was
+    # then discarded, it landed on "Retry job", and Enter retried it (adversarial review).
+    job = seed_job(app, "tenant-a", "executing")
+    page = sign_in(browser, app, "tenant-a")
+    page.goto(f"{app.url}/dashboard/jobs/{job}")
+    page.get_by_role("button", name="Cancel job").focus()
+    app.sql("UPDATE jobs SET state = 'discarded', discarded_at = now() WHERE id = %s", (job,))
+    _refresh(page)
+    assert page.locator("[data-state]").inner_text() == "discarded"
+    assert page.evaluate("document.activeElement.textContent") != "Retry job"
+    page.keyboard.press("Enter")
+    page.wait_for_timeout(500)
+    assert app.sql("SELECT state FROM jobs WHERE id = %s", (job,)) == [("discarded",)]
+
+
+def test_focus_never_moves_to_another_job_in_the_list(browser: Any, app: LiveApp):
+    # A job's checkbox whose row left the filtered list handed focus to the next job's, which
+    # Space then ticked; a new job arriving above moved focus to its link (adversarial review).
+    jobs = [seed_job(app, "tenant-a", "available") for _ in range(3)]
+    page = sign_in(browser, app, "tenant-a")
+    page.goto(f"{app.url}/dashboard/jobs?state=available")
+    page.locator(f"#sel-{jobs[1]}").focus()
+    app.sql(
+        "UPDATE jobs SET state = 'executing', attempted_at = now(), heartbeat_at = now(), attempt = 1,"
+        " attempted_by = 'm' WHERE id = %s",
+        (jobs[1],),
+    )
+    _refresh(page)
+    assert page.locator(f"#sel-{jobs[1]}").count() == 0
+    page.keyboard.press("Space")
+    assert page.locator("input[name=ids]:checked").count() == 0
+    page.get_by_role("link", name=str(jobs[0]), exact=True).focus()
+    later = seed_job(app, "tenant-a", "available")
+    _refresh(page)
+    assert page.locator(f"tr[data-job='{later}']").count() == 1
+    assert page.evaluate("document.activeElement.getAttribute('href')") == f"/dashboard/jobs/{jobs[0]}"
+
+
 def test_bulk_cancel_of_scheduled_jobs(browser: Any, app: LiveApp):
     scheduled = [seed_job(app, "tenant-a", "scheduled") for _ in range(4)]
     running = seed_job(app, "tenant-a", "available")

@@ -57,19 +57,6 @@
     return swapped;
   }
 
-  // Where `node` sits under `root` (child indexes), to find its twin after a swap.
-  function pathOf(root, node) {
-    var path = [];
-    for (; node && node !== root; node = node.parentElement) {
-      path.unshift(Array.prototype.indexOf.call(node.parentElement.children, node));
-    }
-    return path;
-  }
-
-  function atPath(root, path) {
-    return path.reduce(function (node, i) { return node && node.children[i]; }, root);
-  }
-
   // Fetch the current URL's live fragment and swap it in, keeping ticked boxes, what was typed
   // (the field being typed in itself) and the focus.
   function refresh(region) {
@@ -82,7 +69,7 @@
       return response.text().then(function (html) {
         if (version !== null && version === region.dataset.version) { return; }  // unchanged: leave it be
         var active = document.activeElement && region.contains(document.activeElement) ? document.activeElement : null;
-        var path = active && pathOf(region, active), tag = active && active.tagName;
+        var tag = active && active.tagName;
         var keep = active && active.id && /^(INPUT|TEXTAREA|SELECT)$/.test(tag) && isEdited(active) ? active : null;
         var ticked = selectedIds(region), edited = editedValues(region);
         var swapped = swap(region, html);
@@ -97,8 +84,10 @@
           if (field && field !== keep && region.contains(field)) { field.value = edited[id]; }
         });
         swapped.forEach(enhance);
-        if (active && document.activeElement !== active) {  // its part was swapped: focus its twin
-          var twin = (active.id && document.getElementById(active.id)) || atPath(region, path);
+        // Its part was swapped: focus its twin, the control with the same id (ids name one action
+        // on one thing: "cancel-job", "sel-42"), never whatever sits in its place now.
+        if (active && active.id && document.activeElement !== active) {
+          var twin = document.getElementById(active.id);
           if (twin && twin.tagName === tag && region.contains(twin)) { twin.focus({ preventScroll: true }); }
         }
         region.dispatchEvent(new CustomEvent("dashboard:updated", { bubbles: true }));
