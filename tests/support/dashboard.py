@@ -123,3 +123,28 @@ def seed_completed_with_outputs(app: LiveApp, tenant: str) -> tuple[int, dict[st
         outputs.append({"name": name, "key": key, "contentType": content_type, "size": len(data)})
     app.sql("UPDATE jobs SET result = %s WHERE id = %s", (Jsonb({"outputs": outputs, "width": 320}), job_id))
     return job_id, keys
+
+
+# An HTML page that would run a script and show a form of its own, if a browser ever rendered it.
+HOSTILE_HTML = b"<!doctype html><title>t</title><script>document.title = 'ran'</script><form><input name=token></form>"
+
+
+def seed_completed_with_one_output(
+    app: LiveApp, name: str, recorded_type: str, stored_type: str, data: bytes = HOSTILE_HTML
+) -> int:
+    """A completed job of tenant-a with one output `name`, recorded as `recorded_type` and stored
+    (in the completing claim's prefix) as `stored_type`; returns its id."""
+    import uuid
+
+    from shared.keys import claim_prefix
+    from shared.storage import Storage
+
+    claim = uuid.uuid4()
+    job = seed_job(app, "tenant-a", "completed", claim_token=str(claim))
+    key = claim_prefix("tenant-a", job, claim) + name
+    storage = Storage(app.settings)
+    storage.ensure_bucket()
+    storage.for_tenant("tenant-a").put_bytes(key, data, stored_type)
+    outputs = [{"name": name, "key": key, "contentType": recorded_type, "size": len(data)}]
+    app.sql("UPDATE jobs SET result = %s WHERE id = %s", (Jsonb({"outputs": outputs}), job))
+    return job

@@ -16,8 +16,14 @@ from psycopg.types.json import Jsonb
 from functions.ingress.app import routes
 from shared.keys import claim_prefix
 from shared.outputs import OutputWriter
-from shared.storage import Storage
-from tests.support.dashboard import csrf_of, seed_completed_with_outputs, seed_job, signed_in
+from tests.support.dashboard import (
+    HOSTILE_HTML,
+    csrf_of,
+    seed_completed_with_one_output,
+    seed_completed_with_outputs,
+    seed_job,
+    signed_in,
+)
 from tests.support.live import LiveApp, wait_until
 
 from .conftest import OpenApp
@@ -521,26 +527,11 @@ def test_a_refused_dashboard_event_source_is_told_to_reconnect_later(open_app: O
             wait_until("a stream to be open", lambda: hub.subscriber_count == 1)
 
 
-def _job_with_output(app: LiveApp, name: str, recorded_type: str, stored_type: str, data: bytes) -> int:
-    claim = uuid.uuid4()
-    job = seed_job(app, "tenant-a", "completed", claim_token=str(claim))
-    key = claim_prefix("tenant-a", job, claim) + name
-    storage = Storage(app.settings)
-    storage.ensure_bucket()
-    storage.for_tenant("tenant-a").put_bytes(key, data, stored_type)
-    outputs = [{"name": name, "key": key, "contentType": recorded_type, "size": len(data)}]
-    app.sql("UPDATE jobs SET result = %s WHERE id = %s", (Jsonb({"outputs": outputs}), job))
-    return job
-
-
-HTML = b"<!doctype html><title>t</title><script>document.title = 'ran'</script><form><input name=token></form>"
-
-
 def test_a_preview_is_served_as_what_the_page_shows_and_a_download_is_saved(app: LiveApp):
     # The store used to answer with the type the object was stored under: HTML recorded as a PDF
     # ran in the page's preview frame, and a download link opened HTML in the tab (adversarial
     # review). The presigned URL now names the type of a preview and the disposition of each.
-    job = _job_with_output(app, "report.pdf", "application/pdf", "text/html", HTML)
+    job = seed_completed_with_one_output(app, "report.pdf", "application/pdf", "text/html")
     with signed_in(app) as client:
         page = client.get(f"/dashboard/jobs/{job}")
         (link,) = re.findall(r'<a href="([^"]+)" download>report\.pdf</a>', page.text)
@@ -549,12 +540,12 @@ def test_a_preview_is_served_as_what_the_page_shows_and_a_download_is_saved(app:
         saved = httpx.get(client.get(link).headers["location"], trust_env=False)
     assert preview.headers["content-type"] == "application/pdf" and preview.headers["content-disposition"] == "inline"
     assert saved.headers["content-disposition"].startswith('attachment; filename="report.pdf"')
-    assert preview.content == saved.content == HTML
+    assert preview.content == saved.content == HOSTILE_HTML
 
 
 @pytest.mark.parametrize("name", ["отчёт 1.png", 'a"b;c.png', "100%.png"])
 def test_a_download_keeps_its_name_whatever_its_characters(app: LiveApp, name: str):
-    job = _job_with_output(app, name, "image/png", "image/png", b"\x89PNG-bytes")
+    job = seed_completed_with_one_output(app, name, "image/png", "image/png", b"\x89PNG-bytes")
     with signed_in(app) as client:
         page = client.get(f"/dashboard/jobs/{job}")
         (link,) = re.findall(r'<a href="([^"]+)" download>', page.text)
@@ -576,7 +567,7 @@ def test_a_job_page_needs_no_storage_credentials(open_app: OpenApp):
 
 
 def test_an_image_recorded_with_parameters_or_capitals_is_previewed_as_an_image(app: LiveApp):
-    job = _job_with_output(app, "a.png", "image/PNG; charset=binary", "text/html", HTML)
+    job = seed_completed_with_one_output(app, "a.png", "image/PNG; charset=binary", "text/html")
     with signed_in(app) as client:
         page = client.get(f"/dashboard/jobs/{job}")
         (link,) = re.findall(r'<img class="thumb" src="([^"]+)"', page.text)
@@ -586,7 +577,7 @@ def test_an_image_recorded_with_parameters_or_capitals_is_previewed_as_an_image(
 
 def test_a_long_name_keeps_its_download_url_short_enough(app: LiveApp):
     name = "報告" * 150 + ".png"  # 302 characters, 906 bytes of UTF-8
-    job = _job_with_output(app, name, "image/png", "image/png", b"\x89PNG-bytes")
+    job = seed_completed_with_one_output(app, name, "image/png", "image/png", b"\x89PNG-bytes")
     with signed_in(app) as client:
         page = client.get(f"/dashboard/jobs/{job}")
         (link,) = re.findall(r'<a href="([^"]+)" download>', page.text)

@@ -22,7 +22,7 @@ from psycopg.types.json import Jsonb
 
 from shared.keys import claim_prefix
 from shared.storage import Storage
-from tests.support.dashboard import seed_completed_with_outputs, seed_job
+from tests.support.dashboard import seed_completed_with_one_output, seed_completed_with_outputs, seed_job
 from tests.support.live import LiveApp
 
 from .conftest import OpenApp
@@ -408,25 +408,10 @@ def test_outputs_that_appear_or_change_under_an_open_page_are_shown(browser: Any
     assert _thumbnail_width(page) == 100
 
 
-HTML = b"<!doctype html><title>t</title><script>document.title = 'ran'</script><form><input name=token></form>"
-
-
-def _job_with_output(app: LiveApp, name: str, recorded_type: str, stored_type: str) -> int:
-    claim = uuid.uuid4()
-    job = seed_job(app, "tenant-a", "completed", claim_token=str(claim))
-    key = claim_prefix("tenant-a", job, claim) + name
-    storage = Storage(app.settings)
-    storage.ensure_bucket()
-    storage.for_tenant("tenant-a").put_bytes(key, HTML, stored_type)
-    outputs = [{"name": name, "key": key, "contentType": recorded_type, "size": len(HTML)}]
-    app.sql("UPDATE jobs SET result = %s WHERE id = %s", (Jsonb({"outputs": outputs}), job))
-    return job
-
-
 def test_html_recorded_as_a_pdf_does_not_run_in_the_preview_frame(browser: Any, app: LiveApp):
     # The frame showed what the store answered with, the type the object was stored under: HTML
     # ran inside the page an admin trusts, a form of its own with it (adversarial review).
-    job = _job_with_output(app, "report.pdf", "application/pdf", "text/html")
+    job = seed_completed_with_one_output(app, "report.pdf", "application/pdf", "text/html")
     page = sign_in(browser, app, None, "admin")
     with page.expect_response(lambda r: "report.pdf" in r.url and "X-Amz-Signature" in r.url) as framed:
         page.goto(f"{app.url}/dashboard/jobs/{job}")
@@ -441,7 +426,7 @@ def test_html_recorded_as_a_pdf_does_not_run_in_the_preview_frame(browser: Any, 
 def test_a_download_link_saves_the_file(browser: Any, app: LiveApp):
     # It redirects to the storage's origin, where `download` does not hold: an HTML output opened
     # in the tab instead (adversarial review). The store now answers with an attachment.
-    job = _job_with_output(app, "report.html", "text/html", "text/html")
+    job = seed_completed_with_one_output(app, "report.html", "text/html", "text/html")
     page = sign_in(browser, app, None, "admin", accept_downloads=True)
     page.goto(f"{app.url}/dashboard/jobs/{job}")
     with page.expect_download() as saved:
