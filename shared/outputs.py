@@ -106,6 +106,15 @@ def final_result(result: dict[str, Any], outputs: list[dict[str, Any]]) -> dict[
     return final
 
 
+def completing_key(output: object, prefix: str | None) -> str | None:
+    """The output's key when the completing claim stored it (`prefix`: that claim's, None when
+    the job has no claim): under the prefix and a plain key. Only such outputs are ever linked."""
+    key = output.get("key") if isinstance(output, dict) else None
+    if prefix is None or not isinstance(key, str) or not key.startswith(prefix) or not is_safe_key(key):
+        return None
+    return key
+
+
 def presign_outputs(
     result: dict[str, Any] | None,
     *,
@@ -121,8 +130,8 @@ def presign_outputs(
     prefix = claim_prefix(storage.tenant_id, job_id, claim_token) if claim_token is not None else None
     presented = []
     for output in result[OUTPUTS]:
-        key = output.get("key") if isinstance(output, dict) else None
-        if isinstance(output, dict) and prefix is not None and isinstance(key, str) and key.startswith(prefix):
+        key = completing_key(output, prefix)
+        if isinstance(output, dict) and key is not None:
             url, expires_at = storage.presign_get(key)
             output = {**output, "url": url, "expiresAt": expires_at.isoformat().replace("+00:00", "Z")}
         elif isinstance(output, dict):

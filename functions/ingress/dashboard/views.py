@@ -21,7 +21,8 @@ from shared.db import job_store
 from shared.db.job_store import JobFilter
 from shared.db.models import Job, JobState
 from shared.errors import Forbidden, NotFound, ProblemError, ValidationFailed
-from shared.keys import claim_prefix, is_safe_key
+from shared.keys import claim_prefix
+from shared.outputs import completing_key
 from shared.settings import Settings
 
 from ..http import parse_query
@@ -327,18 +328,12 @@ def _output_ref(key: str) -> str:
 
 def _completing_outputs(job: Job) -> list[tuple[dict[str, Any], str | None]]:
     """The job's recorded outputs, each with its key when the completing claim stored it (the
-    same rule as GET /jobs/{id}: only those get a link), else None."""
+    rule of GET /jobs/{id}: only those get a link), else None."""
     stored = (job.result or {}).get("outputs")
     if not isinstance(stored, list):
         return []
     prefix = claim_prefix(job.tenant_id, job.id, job.claim_token) if job.claim_token is not None else None
-    listed = []
-    for output in stored:
-        if isinstance(output, dict):
-            key = output.get("key")
-            ours = prefix is not None and isinstance(key, str) and key.startswith(prefix) and is_safe_key(key)
-            listed.append((output, key if ours else None))
-    return listed
+    return [(output, completing_key(output, prefix)) for output in stored if isinstance(output, dict)]
 
 
 def _shown_output(job: Job, output: dict[str, Any], key: str | None) -> dict[str, Any]:

@@ -585,3 +585,20 @@ def test_a_long_name_keeps_its_download_url_short_enough(app: LiveApp):
     assert len(location) < 6000
     saved = httpx.get(location, trust_env=False)
     assert saved.content == b"\x89PNG-bytes" and saved.headers["content-disposition"].startswith("attachment;")
+
+
+def test_an_unsafe_key_under_the_completing_prefix_gets_no_link_anywhere(app: LiveApp):
+    # One rule says which outputs are the completing claim's, for the API and the dashboard alike:
+    # under its prefix and a plain key (no "..", "//", backslash or control character).
+    claim = uuid.uuid4()
+    job = seed_job(app, "tenant-a", "completed", claim_token=str(claim))
+    bad = claim_prefix("tenant-a", job, claim) + "../x.png"
+    outputs = [{"name": "x.png", "key": bad, "contentType": "image/png", "size": 1}]
+    app.sql("UPDATE jobs SET result = %s WHERE id = %s", (Jsonb({"outputs": outputs}), job))
+    with app.client("tenant-a") as api:
+        answer = api.get(f"/jobs/{job}")
+    assert answer.status_code == 200, answer.text
+    assert "url" not in answer.json()["result"]["outputs"][0]
+    with signed_in(app) as client:
+        page = client.get(f"/dashboard/jobs/{job}")
+    assert page.status_code == 200 and "/outputs/" not in page.text
