@@ -125,7 +125,7 @@ def presign_outputs(
     """A copy of a stored result whose outputs under the completing claim's prefix carry fresh
     presigned GET URLs. Any other key (there should be none) is shown without a URL, whatever
     URL fields its stored entry has."""
-    if not result or not isinstance(result.get(OUTPUTS), list):
+    if not isinstance(result, dict) or not isinstance(result.get(OUTPUTS), list):
         return result
     prefix = claim_prefix(storage.tenant_id, job_id, claim_token) if claim_token is not None else None
     presented = []

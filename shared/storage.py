@@ -25,9 +25,9 @@ import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore import UNSIGNED
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
-from shared.errors import PermanentJobError
+from shared.errors import PermanentJobError, ServiceUnavailable
 from shared.keys import check_tenant_key
 from shared.settings import Settings
 
@@ -199,7 +199,7 @@ class TenantStorage:
             params["ResponseContentType"] = content_type
         if disposition is not None:
             params["ResponseContentDisposition"] = disposition
-        url = self._client.generate_presigned_url("get_object", Params=params, ExpiresIn=self.presign_ttl_seconds)
+        url = _signed(self._client, "get_object", params, self.presign_ttl_seconds)
         return str(url), datetime.now(UTC) + timedelta(seconds=self.presign_ttl_seconds)
 
     def presign_put(self, key: str, content_type: str, *, size: int | None = None) -> tuple[str, datetime]:
@@ -211,7 +211,7 @@ class TenantStorage:
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": self.check(key), "ContentType": content_type}
         if size is not None:
             params["ContentLength"] = size
-        url = self._client.generate_presigned_url("put_object", Params=params, ExpiresIn=self.presign_ttl_seconds)
+        url = _signed(self._client, "put_object", params, self.presign_ttl_seconds)
         return str(url), datetime.now(UTC) + timedelta(seconds=self.presign_ttl_seconds)
 
     def delete(self, key: str) -> None:
@@ -276,6 +276,17 @@ def _translate(exc: ClientError, key: str) -> Exception:
     if code in _NOT_FOUND_CODES:
         return PermanentJobError(f"object {key!r} does not exist", kind="object-not-found")
     return exc
+
+
+def _signed(client: Any, operation: str, params: dict[str, Any], expires_in: int) -> str:
+    """A presigned URL; a storage that cannot sign (no or partial credentials) is a 503 to the
+    caller, never an unhandled error."""
+    try:
+        return str(client.generate_presigned_url(operation, Params=params, ExpiresIn=expires_in))
+    except BotoCoreError as exc:
+        raise ServiceUnavailable(
+            f"the storage cannot sign a URL now ({type(exc).__name__})", headers={"Retry-After": "30"}
+        ) from exc
 
 
 def _is_tigris(endpoint: str | None) -> bool:

@@ -209,7 +209,7 @@ async def get_job(request: Request) -> Response:
     if job is None:
         raise NotFound("no such job")
     result = job.result
-    if result and result.get("outputs"):
+    if isinstance(result, dict) and result.get("outputs"):
         from shared.outputs import presign_outputs
 
         storage = request.app.state.storage().for_tenant(job.tenant_id)

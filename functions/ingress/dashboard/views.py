@@ -64,7 +64,14 @@ def sign_in_page(request: Request, reason: str | None, *, status: int = 401, nex
 def error_page(request: Request, session: Session | None, exc: ProblemError) -> Response:
     errors = getattr(exc, "errors", None) or []
     return html(
-        request, "error.html", status=exc.status, session=session, title=exc.title, detail=exc.detail, errors=errors
+        request,
+        "error.html",
+        status=exc.status,
+        headers=exc.headers,  # Retry-After of a 429 or 503
+        session=session,
+        title=exc.title,
+        detail=exc.detail,
+        errors=errors,
     )
 
 
@@ -329,7 +336,7 @@ def _output_ref(key: str) -> str:
 def _completing_outputs(job: Job) -> list[tuple[dict[str, Any], str | None]]:
     """The job's recorded outputs, each with its key when the completing claim stored it (the
     rule of GET /jobs/{id}: only those get a link), else None."""
-    stored = (job.result or {}).get("outputs")
+    stored = job.result.get("outputs") if isinstance(job.result, dict) else None
     if not isinstance(stored, list):
         return []
     prefix = claim_prefix(job.tenant_id, job.id, job.claim_token) if job.claim_token is not None else None
@@ -368,7 +375,8 @@ async def job_page(request: Request, session: Session) -> Response:
             batch = sorted(await cur.fetchall(), key=lambda r: str(r["state"]))
     result = job.result
     outputs = [_shown_output(job, output, key) for output, key in _completing_outputs(job)]
-    shown_result = {k: v for k, v in (result or {}).items() if k != "outputs"} if result else None
+    # What the machine recorded is an object; a row written otherwise is shown as it is.
+    shown_result = {k: v for k, v in result.items() if k != "outputs"} if isinstance(result, dict) else result
     context: dict[str, Any] = {
         "session": session,
         "job": job,

@@ -11,6 +11,8 @@ import uuid
 
 import httpx
 import pytest
+from botocore.exceptions import NoCredentialsError
+from botocore.signers import RequestSigner
 from psycopg.types.json import Jsonb
 
 from functions.ingress.app import routes
@@ -602,3 +604,39 @@ def test_an_unsafe_key_under_the_completing_prefix_gets_no_link_anywhere(app: Li
     with signed_in(app) as client:
         page = client.get(f"/dashboard/jobs/{job}")
     assert page.status_code == 200 and "/outputs/" not in page.text
+
+
+def test_an_output_link_whose_url_cannot_be_signed_is_a_503_page(app: LiveApp, monkeypatch: pytest.MonkeyPatch):
+    # Storage credentials missing or refused while signing: a 503 the dashboard shows as a page
+    # (and the API as problem+json), never an unhandled 500 (attack on this change).
+    job, _ = seed_completed_with_outputs(app, "tenant-a")
+    with signed_in(app) as client:
+        links = {
+            n: link
+            for link, n in re.findall(
+                r'<a href="([^"]+)" download>([^<]+)</a>', client.get(f"/dashboard/jobs/{job}").text
+            )
+        }
+
+        def refuse(*args: object, **kwargs: object) -> str:
+            raise NoCredentialsError()
+
+        monkeypatch.setattr(RequestSigner, "generate_presigned_url", refuse)  # the app runs in this process
+        answer = client.get(links["thumb.png"] + "?view=preview")
+        assert answer.status_code == 503 and answer.headers["content-type"].startswith("text/html")
+        assert "retry-after" in answer.headers and "location" not in answer.headers
+    with app.client("tenant-a") as api:
+        refused = api.get(f"/jobs/{job}")
+    assert refused.status_code == 503 and refused.headers["content-type"].startswith("application/problem+json")
+
+
+@pytest.mark.parametrize("result", [["not", "an", "object"], "a string", 7])
+def test_a_result_that_is_not_an_object_is_shown_not_a_500(app: LiveApp, result: object):
+    # Only a direct database write makes one (machines record objects); still no 500 anywhere.
+    job = seed_job(app, "tenant-a", "completed", claim_token=str(uuid.uuid4()))
+    app.sql("UPDATE jobs SET result = %s WHERE id = %s", (Jsonb(result), job))
+    with signed_in(app) as client:
+        assert client.get(f"/dashboard/jobs/{job}/outputs/{'0' * 32}").status_code == 404
+        assert client.get(f"/dashboard/jobs/{job}").status_code == 200
+    with app.client("tenant-a") as api:
+        assert api.get(f"/jobs/{job}").status_code == 200
