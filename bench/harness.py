@@ -144,6 +144,7 @@ class BenchEnv:
     _logs: list[IO[bytes]] = field(default_factory=list)
     _log_paths: dict[int, Path] = field(default_factory=dict)
     _profilers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    server_pids: dict[str, int] = field(default_factory=dict)  # app_server URL -> its process id
 
     def __post_init__(self) -> None:
         self.pg = LocalPostgres(self.root / "pg", durable=True)
@@ -305,11 +306,19 @@ def app_server(env: BenchEnv, settings: Settings, *, run_dispatcher: bool = Fals
     child_env = env.child_env(settings, RUN_DISPATCHER="true" if run_dispatcher else "false")
     child = env.spawn(argv, child_env, log_name="ingress-server", profile=True)
     url = f"http://127.0.0.1:{port}"
+    env.server_pids[url] = child.pid
     try:
         wait_until(lambda: _healthy(url), timeout=60, what="ingress to answer /health", child=child)
         yield url
     finally:
+        env.server_pids.pop(url, None)
         stop_process(child)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _healthy(url: str) -> bool:

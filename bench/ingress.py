@@ -39,6 +39,7 @@ from .harness import (
     Spread,
     app_server,
     checkpoint,
+    cpu_seconds,
     json_line,
     percentile,
     sql_rows,
@@ -196,6 +197,7 @@ def run(env: BenchEnv, cfg: BenchConfig) -> list[Row]:
     ratios: list[float] = []
     ref8_rps: list[float] = []
     ratios8: list[float] = []
+    cpu_per_job: list[float] = []
     problems: list[str] = []
     with app_server(env, settings) as url:
         auth = token(settings, scopes="jobs:write")
@@ -207,8 +209,13 @@ def run(env: BenchEnv, cfg: BenchConfig) -> list[Row]:
             ref8 = raw_insert_parallel(database_url, body, connections=RAW_CONNECTIONS, rows=rows * 2, seconds=seconds)
             checkpoint(database_url)
             before = sql_rows(database_url, "SELECT count(*) FROM jobs WHERE queue = 'webhooks'")[0][0]
+            cpu_before = cpu_seconds(env.server_pids[url])
             ours = http_load(env, settings, url, auth, body, requests=rows, seconds=seconds)
+            cpu_after = cpu_seconds(env.server_pids[url])
             after = sql_rows(database_url, "SELECT count(*) FROM jobs WHERE queue = 'webhooks'")[0][0]
+            # The server's CPU per job it accepted (the load's untimed warm-up included): steadier
+            # than jobs/s on a shared box, where the reference moves with the disk.
+            cpu_per_job.append((cpu_after - cpu_before) / max(1, after - before) * 1e6)
             warm = after - before - ours["ok"]
             if ours["ok"] != ours["sent"] or ours["errors"]:
                 problems.append(f"statuses {ours['statuses']} errors {ours['errors']}")
@@ -227,7 +234,8 @@ def run(env: BenchEnv, cfg: BenchConfig) -> list[Row]:
     p99 = Spread.of(ours_p99)
     note = (
         f"{CONCURRENCY} keep-alive clients (bench.load, own process), {rows:,} requests per run, one tenant; "
-        f"RATE_LIMIT_PER_MINUTE={RATE_LIMIT:,} so the limiter runs but never refuses"
+        f"RATE_LIMIT_PER_MINUTE={RATE_LIMIT:,} so the limiter runs but never refuses; "
+        f"API process CPU per accepted job {Spread.of(cpu_per_job).fmt(' µs')}"
     )
     if problems:
         note += "; PROBLEMS: " + "; ".join(sorted(set(problems)))
