@@ -11,14 +11,12 @@ one connection and fans them out.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
-import orjson
-from psycopg import AsyncConnection, sql
+from psycopg import sql
 
 JOBS_CHANNEL: Final = "cp_jobs"
 CONTROL_CHANNEL: Final = "cp_control"
@@ -42,8 +40,8 @@ class JobEventNote:
 def job_events(payload: str) -> list[JobEventNote]:
     """The events of a `cp_events` payload; anything malformed is skipped, never raised."""
     try:
-        rows = orjson.loads(payload)
-    except ValueError:  # orjson.JSONDecodeError is one
+        rows = json.loads(payload)
+    except ValueError:
         return []
     events = []
     for row in rows if isinstance(rows, list) else []:
@@ -70,7 +68,7 @@ def stop_machines_message(machine_ids: Iterable[str]) -> str:
 def machines_to_stop(payload: str) -> list[str]:
     """The machines a control message asks to stop ([] for anything else)."""
     try:
-        message = orjson.loads(payload)
+        message = json.loads(payload)
     except ValueError:
         return []
     machines = message.get("stopMachines", []) if isinstance(message, dict) else []
@@ -80,41 +78,6 @@ def machines_to_stop(payload: str) -> list[str]:
 async def listen(conn: Any, channel: str) -> None:
     """LISTEN on `channel` (an identifier, not a parameter: quoted here)."""
     await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
-
-
-async def read_notifications(conn: AsyncConnection[Any], on_note: Callable[[str, str], None]) -> None:
-    """Call `on_note(channel, payload)` for each notification `conn` receives (LISTEN first), in
-    order, until the connection fails (raised: the caller reconnects) or the task is cancelled.
-
-    Notifications are read from libpq in a reader callback as the socket becomes readable, not
-    through `AsyncConnection.notifies()`: that generator costs a lock, a future and a reader
-    registered and removed per wake-up, and an API process reading one per insert spent about a
-    third of its busy time there under load (py-spy, `python -m bench ingress`). `on_note` runs
-    inside the callback: it must not block. The connection must not be used for anything else.
-    """
-    async for note in conn.notifies(timeout=0):  # what psycopg already read (while LISTEN ran)
-        on_note(note.channel, note.payload)
-    loop = asyncio.get_running_loop()
-    pgconn, encoding = conn.pgconn, conn.info.encoding
-    failed: asyncio.Future[None] = loop.create_future()
-    fd = pgconn.socket
-
-    def readable() -> None:
-        try:
-            pgconn.consume_input()  # raises once the connection is gone
-            while (note := pgconn.notifies()) is not None:
-                on_note(note.relname.decode(encoding), note.extra.decode(encoding))
-        except Exception as exc:  # handed to the awaiting task, not lost in the event loop
-            loop.remove_reader(fd)
-            if not failed.done():
-                failed.set_exception(exc)
-
-    loop.add_reader(fd, readable)
-    try:
-        readable()  # anything already in libpq's buffer
-        await failed
-    finally:
-        loop.remove_reader(fd)
 
 
 async def notify(conn: Any, channel: str, payload: str) -> None:

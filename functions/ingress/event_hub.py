@@ -52,7 +52,7 @@ from functions.dispatcher.lease import keepalive_params
 from shared.db import event_log
 from shared.db.pool import Pool
 from shared.errors import RateLimited, ServiceUnavailable
-from shared.notify import EVENTS_CHANNEL, JobEventNote, job_events, listen, read_notifications
+from shared.notify import EVENTS_CHANNEL, JobEventNote, job_events, listen
 from shared.settings import Settings
 from shared.vocabulary import FAILURE_EVENTS, JobEvent
 
@@ -469,11 +469,9 @@ class EventHub:
                 await conn.close()
 
     async def _read(self, conn: AsyncConnection[Any]) -> None:
-        def on_note(_channel: str, payload: str) -> None:
-            for event in job_events(payload):
+        async for note in conn.notifies():
+            for event in job_events(note.payload):
                 self._receive(event)
-
-        await read_notifications(conn, on_note)
 
     def _receive(self, item: JobEventNote | Reset) -> None:
         if len(self._inbox) >= INBOX_LIMIT:

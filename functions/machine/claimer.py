@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from shared.db import transitions
 from shared.db.models import Job
 from shared.db.pool import connect
-from shared.notify import JOBS_CHANNEL, listen, read_notifications
+from shared.notify import JOBS_CHANNEL, listen
 
 from .config import DB_RETRY_MAX_SECONDS
 from .reach import UNREACHABLE
@@ -96,17 +96,14 @@ class ClaimLoop:
     async def listen(self) -> None:
         """Wake the loop when jobs of this queue become available (reconnecting forever)."""
         m = self.machine
-
-        def on_note(_channel: str, payload: str) -> None:
-            if payload == m.config.queue:
-                m.wake.set()
-
         while True:
             try:
                 conn = await connect(m.settings.session_database_url)
                 async with conn:
                     await listen(conn, JOBS_CHANNEL)
-                    await read_notifications(conn, on_note)
+                    async for note in conn.notifies():
+                        if note.payload == m.config.queue:
+                            m.wake.set()
             except asyncio.CancelledError:
                 raise
             except Exception:
