@@ -15,16 +15,32 @@ import asyncio
 import os
 import time
 
+import psycopg
 from psycopg.types.json import Jsonb
 
-from .harness import PYTHON, QUERIES, TENANT, BenchConfig, BenchEnv, Row, Spread, checkpoint, sql_rows, verdict
+from .harness import (
+    PYTHON,
+    QUERIES,
+    TENANT,
+    BenchConfig,
+    BenchEnv,
+    Row,
+    Spread,
+    checkpoint,
+    cluster_cpu_seconds,
+    cpu_seconds,
+    sql_rows,
+    verdict,
+    wait_with_cpu,
+)
 
 NAME = "engine"
 TARGET = 3.0
 CONCURRENCY = int(os.environ.get("BENCH_MACHINE_CONCURRENCY", "10"))
 
 
-def ours_once(env: BenchEnv, cfg: BenchConfig, count: int) -> float:
+def ours_once(env: BenchEnv, cfg: BenchConfig, count: int) -> tuple[float, float, float]:
+    """(jobs/s, the machine's CPU µs per job, the database's CPU µs per job)."""
     database_url = env.database("engine")
     settings = env.settings(database_url, queue_default_limit=CONCURRENCY)
     sql_rows(
@@ -43,11 +59,19 @@ def ours_once(env: BenchEnv, cfg: BenchConfig, count: int) -> float:
         MACHINE_IDLE_SECONDS="2",
     )
     child = env.spawn([PYTHON, "-m", "functions.machine"], machine_env, log_name="engine-machine", profile=True)
-    code = child.wait(timeout=600)
+    # CPU counted from the machine's first claim (its imports and start-up left out) to its exit
+    # (its last idle seconds included: a poll a second).
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        while child.poll() is None and conn.execute(QUERIES["first_claimed"], {"queue": "default"}).fetchone() is None:
+            time.sleep(0.002)
+        machine_cpu = cpu_seconds(child.pid) if child.poll() is None else 0.0
+        database_cpu = cluster_cpu_seconds(env.pg)
+    code, machine_cpu_end = wait_with_cpu(child, timeout=600)
+    database_cpu = cluster_cpu_seconds(env.pg) - database_cpu
     completed, total, seconds = sql_rows(database_url, QUERIES["queue_span"], {"queue": "default"})[0]
     if code != 0 or completed != count:
         raise RuntimeError(f"machine exited {code} with {completed}/{total} completed: {env.log_tail(child)}")
-    return float(completed / seconds)
+    return float(completed / seconds), (machine_cpu_end - machine_cpu) / count * 1e6, database_cpu / count * 1e6
 
 
 def pgqueuer_once(env: BenchEnv, count: int) -> float:
@@ -71,10 +95,14 @@ def run(env: BenchEnv, cfg: BenchConfig) -> list[Row]:
     ours: list[float] = []
     ref: list[float] = []
     ratios: list[float] = []
+    machine_cpu: list[float] = []
+    database_cpu: list[float] = []
     for _ in range(cfg.runs):
         r = pgqueuer_once(env, count)
         time.sleep(0.5)
-        o = ours_once(env, cfg, count)
+        o, machine_us, database_us = ours_once(env, cfg, count)
+        machine_cpu.append(machine_us)
+        database_cpu.append(database_us)
         ours.append(o)
         ref.append(r)
         ratios.append(o / r)
@@ -89,6 +117,8 @@ def run(env: BenchEnv, cfg: BenchConfig) -> list[Row]:
             verdict(ratio.median >= TARGET),
             f"machine: MACHINE_CONCURRENCY={CONCURRENCY} (queue limit {CONCURRENCY}), built-in `echo`; "
             "pgqueuer: one QueueManager, batch size 10, no concurrency cap; "
-            "spans from the first claim to the last completion, read from the database",
+            "spans from the first claim to the last completion, read from the database; CPU per job "
+            f"(steadier than jobs/s on a shared box), from the first claim to the machine's exit: machine "
+            f"{Spread.of(machine_cpu).fmt(' µs')}, Postgres (the whole cluster) {Spread.of(database_cpu).fmt(' µs')}",
         )
     ]

@@ -315,10 +315,47 @@ def app_server(env: BenchEnv, settings: Settings, *, run_dispatcher: bool = Fals
         stop_process(child)
 
 
+def _stat_fields(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = _stat_fields(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cluster_cpu_seconds(pg: LocalPostgres) -> float:
+    """CPU time of a whole Postgres cluster so far: the postmaster, its live children, and the
+    children it has reaped (ended backends, counted in its cutime/cstime)."""
+    postmaster = int((pg.data_dir / "postmaster.pid").read_text().split()[0])
+    fields = _stat_fields(postmaster)
+    total = sum(int(v) for v in fields[11:15])
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            child = _stat_fields(int(entry.name))
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(child[1]) == postmaster:
+            total += int(child[11]) + int(child[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def wait_with_cpu(child: subprocess.Popen[bytes], timeout: float) -> tuple[int, float]:
+    """Wait for `child` to exit (killed after `timeout`); (exit code, user + system CPU seconds)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+        if pid:
+            child.returncode = os.waitstatus_to_exitcode(status)
+            return child.returncode, usage.ru_utime + usage.ru_stime
+        if time.monotonic() > deadline:
+            child.kill()
+            child.wait()
+            raise TimeoutError(f"child {child.args!r} still running after {timeout:g}s")
+        time.sleep(0.05)
 
 
 def _healthy(url: str) -> bool:

@@ -30,6 +30,10 @@ SELECT count(*) FILTER (WHERE state = 'completed') AS completed,
        extract(epoch FROM max(completed_at) - min(attempted_at))::float8 AS seconds
   FROM jobs WHERE queue = %(queue)s;
 
+-- name: first_claimed
+-- a row once the first job of a queue (by id) has been claimed (an index probe: polled often)
+SELECT 1 FROM jobs WHERE id = (SELECT min(id) FROM jobs WHERE queue = %(queue)s) AND attempted_at IS NOT NULL;
+
 -- name: completed_count
 SELECT count(*) FROM jobs WHERE queue = %(queue)s AND state = 'completed';
 
