@@ -29,6 +29,7 @@ from .harness import (
     checkpoint,
     cluster_cpu_seconds,
     cpu_seconds,
+    has_exited,
     sql_rows,
     verdict,
     wait_with_cpu,
@@ -62,9 +63,9 @@ def ours_once(env: BenchEnv, cfg: BenchConfig, count: int) -> tuple[float, float
     # CPU counted from the machine's first claim (its imports and start-up left out) to its exit
     # (its last idle seconds included: a poll a second).
     with psycopg.connect(database_url, autocommit=True) as conn:
-        while child.poll() is None and conn.execute(QUERIES["first_claimed"], {"queue": "default"}).fetchone() is None:
+        while not has_exited(child) and conn.execute(QUERIES["first_claimed"], {"queue": "default"}).fetchone() is None:
             time.sleep(0.002)
-        machine_cpu = cpu_seconds(child.pid) if child.poll() is None else 0.0
+        machine_cpu = 0.0 if has_exited(child) else cpu_seconds(child.pid)
         database_cpu = cluster_cpu_seconds(env.pg)
     code, machine_cpu_end = wait_with_cpu(child, timeout=600)
     database_cpu = cluster_cpu_seconds(env.pg) - database_cpu

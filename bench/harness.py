@@ -343,6 +343,11 @@ def cluster_cpu_seconds(pg: LocalPostgres) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def has_exited(child: subprocess.Popen[bytes]) -> bool:
+    """Whether `child` has exited, without reaping it (wait_with_cpu still reads its CPU time)."""
+    return os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
+
 def wait_with_cpu(child: subprocess.Popen[bytes], timeout: float) -> tuple[int, float]:
     """Wait for `child` to exit (killed after `timeout`); (exit code, user + system CPU seconds)."""
     deadline = time.monotonic() + timeout
