@@ -11,7 +11,17 @@ from pathlib import Path
 import pytest
 
 from bench.__main__ import METRICS, render_markdown
-from bench.harness import BenchConfig, BenchEnv, Row, Spread, percentile
+from bench.harness import (
+    BenchConfig,
+    BenchEnv,
+    Row,
+    Spread,
+    cluster_cpu_seconds,
+    cpu_seconds,
+    has_exited,
+    percentile,
+    wait_with_cpu,
+)
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +52,34 @@ def test_statistics_helpers() -> None:
     spread = Spread.of([3.0, 1.0, 2.0])
     assert (spread.median, spread.lo, spread.hi) == (2.0, 1.0, 3.0)
     assert spread.fmt(" ms", 1) == "2.0 ms (1.0-3.0)"
+
+
+def test_cpu_accounting_counts_what_a_child_burned(bench_env: BenchEnv) -> None:
+    """The engine and ingress rows' CPU per job: a child's CPU is read after it exits (not reaped
+    by the check that it has), and the cluster's CPU grows with the work its backends do."""
+    import subprocess
+    import sys
+    import time
+
+    import psycopg
+
+    burner = [sys.executable, "-c", "import sys; sum(range(3 * 10**7)); sys.stdin.read()"]
+    child = subprocess.Popen(burner, stdin=subprocess.PIPE)
+    assert child.stdin is not None
+    time.sleep(0.2)
+    assert not has_exited(child) and cpu_seconds(child.pid) >= 0.0
+    child.stdin.close()
+    while not has_exited(child):
+        time.sleep(0.01)
+    assert has_exited(child)  # still there to be reaped
+    code, cpu = wait_with_cpu(child, timeout=30)
+    assert code == 0 and cpu > 0.1  # the sum alone takes longer than that
+
+    before = cluster_cpu_seconds(bench_env.pg)
+    with psycopg.connect(bench_env.pg.url, autocommit=True) as conn:
+        conn.execute("SELECT count(*) FROM generate_series(1, 3000000)")
+    time.sleep(0.2)  # the backend has exited and been reaped: its CPU moved to the postmaster's count
+    assert cluster_cpu_seconds(bench_env.pg) - before > 0.1
 
 
 def test_results_markdown_has_every_row() -> None:
