@@ -95,6 +95,44 @@ async def test_failure_retries_then_discards_and_snooze_gives_the_attempt_back(s
         assert retried is not None and retried.state == JobState.AVAILABLE and retried.attempt == 0
 
 
+async def test_a_new_attempt_starts_without_the_last_attempts_progress(settings):
+    """Whatever path brings a job back (retry after a failure, a stopping machine handing it back,
+    a retry by hand), its next claim shows no progress until that attempt reports: a step shown
+    at "40 of 50" the moment its retry starts tells the reader something the new attempt never did."""
+    conn = await connect(settings.database_url)
+    async with conn:
+        job = await job_store.insert_job(conn, new(max_attempts=3))
+        now = datetime.now(UTC)
+        error = transitions.error_entry(attempt=1, at=now, kind="error", error="boom")
+
+        async def claim_and_report(done: int) -> Fence:
+            [j] = await transitions.claim(conn, queue="default", machine_id="m", max_jobs=1)
+            assert j.progress is None  # the claim's own answer
+            seen = await job_store.get_job(conn, job.id, tenant_id="t1")
+            assert seen is not None and seen.state == JobState.EXECUTING and seen.progress is None
+            fence = Fence.of(j)
+            assert await transitions.heartbeat(conn, held=[fence], progress=[{"done": done, "total": 50}]) == {j.id}
+            reported = await job_store.get_job(conn, job.id, tenant_id="t1")
+            assert reported is not None and reported.progress == {"done": done, "total": 50}
+            return fence
+
+        fence = await claim_and_report(40)
+        retry = transitions.Retry(at=now)
+        assert await transitions.fail(conn, fence, decision=retry, error=error) == JobState.RETRYABLE
+        assert await transitions.stage_due(conn) == 1
+        fence = await claim_and_report(30)
+        await transitions.hand_back(conn, fence)  # a stopping machine gives the attempt back
+        fence = await claim_and_report(20)
+        await transitions.fail(conn, fence, decision=transitions.Discard(), error=error)
+        discarded = await job_store.get_job(conn, job.id, tenant_id="t1")
+        assert discarded is not None and discarded.progress == {"done": 20, "total": 50}  # kept for the record
+        assert await transitions.retry_final(conn, job.id, tenant_id="t1") is not None
+        fence = await claim_and_report(10)
+        await transitions.complete(conn, fence, result={})
+        done = await job_store.get_job(conn, job.id, tenant_id="t1")
+        assert done is not None and done.progress == {"done": 10, "total": 50}  # the last attempt's
+
+
 async def test_scheduled_job_is_not_claimed_before_it_is_due(settings):
     conn = await connect(settings.database_url)
     async with conn:
