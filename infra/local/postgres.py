@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import os
 import pwd
+import random
 import shutil
 import socket
 import subprocess
@@ -33,9 +34,39 @@ def find_bindir() -> Path:
     raise RuntimeError("PostgreSQL server binaries not found; run `make deps` (installs postgresql)")
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+# Servers get ports below the kernel's ephemeral range. A server restarted on an ephemeral port can
+# find it taken: while it was down, any outgoing connection (a test's request, a pool retrying
+# another service) may have been given that port as its own end, and a listener cannot bind a port
+# a connected socket holds, SO_REUSEADDR or not. A soak's Postgres restart failed that way, likely.
+_FIRST_PORT = 20_000
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768  # Linux's default
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing uses right now, below the ephemeral range when it can
+    (see _FIRST_PORT), so that a server restarted on it finds it free again."""
+    low = _ephemeral_low()
+    if low - _FIRST_PORT >= 1_000:
+        for _ in range(100):
+            port = random.randrange(_FIRST_PORT, low)
+            if _bindable(port):
+                return port
+    with socket.socket() as sock:  # no room below the ephemeral range: any port the kernel picks
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
@@ -115,7 +146,7 @@ class LocalPostgres:
         if not self.durable:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         log = self.data_dir / "server.log"
-        subprocess.run(
+        started = subprocess.run(
             [
                 *self.prefix,
                 str(self.bindir / "pg_ctl"),
@@ -130,9 +161,16 @@ class LocalPostgres:
                 "-o",
                 options,
             ],
-            check=True,
+            check=False,
             capture_output=True,
+            text=True,
         )
+        if started.returncode != 0:  # say why: the server's own log is in a temp dir soon gone
+            tail = log.read_text(errors="replace").splitlines()[-15:] if log.exists() else []
+            raise RuntimeError(
+                f"pg_ctl start failed ({started.returncode}) on port {self.port}: {started.stderr.strip()}\n"
+                + "\n".join(tail)
+            )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             with socket.socket() as sock:
