@@ -18,6 +18,7 @@ import time
 import psycopg
 from psycopg.types.json import Jsonb
 
+from .cpu import cpu_seconds
 from .harness import (
     PYTHON,
     QUERIES,
@@ -28,7 +29,6 @@ from .harness import (
     Spread,
     checkpoint,
     cluster_cpu_seconds,
-    cpu_seconds,
     has_exited,
     sql_rows,
     verdict,

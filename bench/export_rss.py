@@ -37,6 +37,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script as well as with -m
     sys.path.insert(0, str(REPO_ROOT))
 
+from bench.cpu import cpu_seconds, postmaster_pid  # noqa: E402
 from infra.local.postgres import LocalPostgres  # noqa: E402
 from infra.local.s3 import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, LocalS3  # noqa: E402
 
@@ -146,33 +147,11 @@ async def child_export(url: str, endpoint: str, bucket: str, fmt: str) -> dict[s
 # --- parent ---------------------------------------------------------------------------------
 
 
-def _cpu_ticks(pid: int) -> tuple[int, int]:
-    """(own + reaped children's CPU ticks, parent pid) of a live process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(f) for f in fields[11:15]), int(fields[1])
-
-
-def cpu_seconds(pid: int, *, with_children: bool = False) -> float:
-    """CPU time used so far by `pid` (threads and reaped children included), and with
-    `with_children` by its live children too: for a postmaster, the whole cluster."""
-    total, _ = _cpu_ticks(pid)
-    if with_children:
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    ticks, parent = _cpu_ticks(int(entry.name))
-                except (OSError, IndexError, ValueError):
-                    continue  # exited meanwhile
-                if parent == pid:
-                    total += ticks
-    return total / os.sysconf("SC_CLK_TCK")
-
-
 class CpuMeter:
     """CPU seconds Postgres and the S3 server spend while a child runs (the child reports its own)."""
 
     def __init__(self, pg: LocalPostgres, s3: LocalS3) -> None:
-        self.postmaster = int((pg.data_dir / "postmaster.pid").read_text().split()[0])
+        self.postmaster = postmaster_pid(pg.data_dir)
         if s3.process is None:
             raise RuntimeError("the S3 server is not running")
         self.s3_pid = s3.process.pid

@@ -32,6 +32,8 @@ from shared.db.sql import parse_queries
 from shared.settings import Settings
 from shared.tokens import mint_token
 
+from .cpu import cpu_seconds, postmaster_pid
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 JWT_SECRET = "bench-secret-bench-secret-bench-secret"
@@ -315,32 +317,10 @@ def app_server(env: BenchEnv, settings: Settings, *, run_dispatcher: bool = Fals
         stop_process(child)
 
 
-def _stat_fields(pid: int) -> list[str]:
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far (Linux /proc)."""
-    fields = _stat_fields(pid)
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def cluster_cpu_seconds(pg: LocalPostgres) -> float:
     """CPU time of a whole Postgres cluster so far: the postmaster, its live children, and the
     children it has reaped (ended backends, counted in its cutime/cstime)."""
-    postmaster = int((pg.data_dir / "postmaster.pid").read_text().split()[0])
-    fields = _stat_fields(postmaster)
-    total = sum(int(v) for v in fields[11:15])
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            child = _stat_fields(int(entry.name))
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        if int(child[1]) == postmaster:
-            total += int(child[11]) + int(child[12])
-    return total / os.sysconf("SC_CLK_TCK")
+    return cpu_seconds(postmaster_pid(pg.data_dir), with_children=True)
 
 
 def has_exited(child: subprocess.Popen[bytes]) -> bool:

@@ -29,6 +29,7 @@ from functions.registry import load_registry
 from shared.schemas.webhooks import WebhookRequest
 from shared.settings import Settings
 
+from .cpu import cpu_seconds
 from .harness import (
     PYTHON,
     QUERIES,
@@ -39,7 +40,6 @@ from .harness import (
     Spread,
     app_server,
     checkpoint,
-    cpu_seconds,
     json_line,
     percentile,
     sql_rows,

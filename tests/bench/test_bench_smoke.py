@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from bench.__main__ import METRICS, render_markdown
+from bench.cpu import cpu_seconds
 from bench.harness import (
     BenchConfig,
     BenchEnv,
     Row,
     Spread,
     cluster_cpu_seconds,
-    cpu_seconds,
     has_exited,
     percentile,
     wait_with_cpu,
