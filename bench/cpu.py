@@ -16,8 +16,13 @@ def _cpu_ticks(pid: int) -> tuple[int, int]:
 def cpu_seconds(pid: int, *, with_children: bool = False) -> float:
     """CPU time used so far by `pid` (threads and reaped children included), and with
     `with_children` by its live children too: for a postmaster, the whole cluster."""
-    total, _ = _cpu_ticks(pid)
-    if with_children:
+    if not with_children:
+        return _cpu_ticks(pid)[0] / os.sysconf("SC_CLK_TCK")
+    # A child reaped between reading the parent and finding the child is in neither count: read
+    # again until no child was reaped during the scan (the parent's own count did not move).
+    for _ in range(50):
+        before, _ = _cpu_ticks(pid)
+        children = 0
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
                 try:
@@ -25,8 +30,11 @@ def cpu_seconds(pid: int, *, with_children: bool = False) -> float:
                 except (OSError, IndexError, ValueError):
                     continue  # exited meanwhile
                 if parent == pid:
-                    total += ticks
-    return total / os.sysconf("SC_CLK_TCK")
+                    children += ticks
+        after, _ = _cpu_ticks(pid)
+        if after == before:
+            break
+    return (after + children) / os.sysconf("SC_CLK_TCK")
 
 
 def postmaster_pid(data_dir: Path) -> int:

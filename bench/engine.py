@@ -62,8 +62,13 @@ def ours_once(env: BenchEnv, cfg: BenchConfig, count: int) -> tuple[float, float
     child = env.spawn([PYTHON, "-m", "functions.machine"], machine_env, log_name="engine-machine", profile=True)
     # CPU counted from the machine's first claim (its imports and start-up left out) to its exit
     # (its last idle seconds included: a poll a second).
+    started = time.monotonic()
     with psycopg.connect(database_url, autocommit=True) as conn:
         while not has_exited(child) and conn.execute(QUERIES["first_claimed"], {"queue": "default"}).fetchone() is None:
+            if time.monotonic() - started > 600:
+                child.kill()
+                child.wait()
+                raise RuntimeError(f"the machine claimed nothing in 600 s: {env.log_tail(child)}")
             time.sleep(0.002)
         machine_cpu = 0.0 if has_exited(child) else cpu_seconds(child.pid)
         database_cpu = cluster_cpu_seconds(env.pg)

@@ -39,6 +39,9 @@ def find_bindir() -> Path:
 # another service) may have been given that port as its own end, and a listener cannot bind a port
 # a connected socket holds, SO_REUSEADDR or not. A soak's Postgres restart failed that way, likely.
 _FIRST_PORT = 20_000
+# Its own generator: code under test may seed the module's (hypothesis does, to a constant, in
+# every example), and then every process would draw the same port.
+_PORTS = random.SystemRandom()
 
 
 def _ephemeral_low() -> int:
@@ -63,7 +66,7 @@ def free_port() -> int:
     low = _ephemeral_low()
     if low - _FIRST_PORT >= 1_000:
         for _ in range(100):
-            port = random.randrange(_FIRST_PORT, low)
+            port = _PORTS.randrange(_FIRST_PORT, low)
             if _bindable(port):
                 return port
     with socket.socket() as sock:  # no room below the ephemeral range: any port the kernel picks
