@@ -115,13 +115,24 @@ async def test_a_revoked_token_never_escapes_the_reconciler(emu: Emulator, pool:
 
 
 async def test_a_machine_fly_cannot_see_yet_is_not_marked_gone(emu: Emulator, pool: Pool, fly: FlyLauncher) -> None:
-    emu.faults.invisible_seconds = 1.5
+    invisible = 1.5
+    emu.faults.invisible_seconds = invisible
+    before_create = time.monotonic()
     machine_id = await launch(pool, fly, FAKE_MACHINE="exit:0")
     reconciler = Reconciler(pool, fly)
-    for _ in range(3):  # 404s (and a list without it) for longer than the confirmation window
+    # 404s (and a list without it) for longer than the confirmation window (0.5 s). Only reads
+    # that ended inside the invisible window prove anything: a loaded box may take long enough
+    # that the machine shows up (and exits) before the last planned read.
+    reads_inside: list[float] = []
+    while time.monotonic() - before_create < invisible:
         await reconciler.run_once()
-        assert await row(pool, machine_id) == ("launching", None)
-        await asyncio.sleep(0.4)
+        state = await row(pool, machine_id)
+        if time.monotonic() - before_create < invisible:
+            assert state == ("launching", None)
+            reads_inside.append(time.monotonic())
+        await asyncio.sleep(0.15)
+    if len(reads_inside) < 2 or reads_inside[-1] - reads_inside[0] <= 0.5:
+        pytest.skip(f"the box was too slow for two reads 0.5 s apart in {invisible} s: {len(reads_inside)} reads")
 
     async def exited() -> bool:
         return (await row(pool, machine_id))[0] == "exited"
