@@ -75,6 +75,10 @@ class Emulator:
         if not self._store.wait_until(lambda: predicate(self.machines), timeout):
             raise TimeoutError(f"emulator condition not met within {timeout}s")
 
+    def reveal(self, machine_id: str) -> None:
+        """Make a machine created under `faults.invisible_seconds` visible now."""
+        self._store.reveal(machine_id)
+
     def wait_for_state(self, machine_id: str, *states: str, timeout: float = 30.0) -> dict[str, Any]:
         """Block until the machine is in one of `states`; returns its view. Raises TimeoutError."""
 

@@ -177,6 +177,11 @@ class Store:
         with self.mutate():
             self._machines[machine.id] = machine
 
+    def reveal(self, machine_id: str) -> None:
+        """End a machine's invisibility after create now (tests decide when Fly catches up)."""
+        with self._lock:
+            self._machines[machine_id].visible_at = 0.0
+
     def get(self, app: str, machine_id: str) -> Machine | None:
         """The machine, or None when unknown, in another app, or destroyed past retention."""
         machine = self._machines.get(machine_id)
