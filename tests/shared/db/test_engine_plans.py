@@ -165,7 +165,7 @@ async def test_a_claim_reads_only_what_it_claims_however_its_plan_was_made(setti
             await other.execute(
                 "INSERT INTO jobs (queue, worker, tenant_id, args, meta, max_attempts)"
                 " SELECT %s, 'echo', 't' || (i %% %s), '{}', '{}', 5 FROM generate_series(1, %s) i",
-                (queue, tenants, 20_000),  # two tenants take the fair pick, not FIFO
+                (queue, tenants, 20_000),  # fair with two tenants takes the fair pick; with one, FIFO
             )
 
         if planned_on == "empty-table":
