@@ -144,7 +144,7 @@ async def test_a_completion_batch_still_completes_and_recognises_its_retry(stale
 @pytest.mark.parametrize(
     ("fair", "tenants"),
     [(False, 1), (True, 2), (True, 1)],
-    # fair-alone: a fair queue with one tenant at work, which probes for a second (migrations/0015)
+    # fair-alone: a fair queue with one tenant at work (its claims list the tenants, then go FIFO)
     ids=["fifo", "fair", "fair-alone"],
 )
 @pytest.mark.parametrize("planned_on", ["empty-table", "analyzed-backlog"])
