@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from psycopg.rows import tuple_row
 
 from shared.db import job_store, transitions
@@ -100,6 +101,48 @@ async def test_a_claim_the_listed_tenants_cannot_fill_lists_them_again(settings)
     await sql(settings, "UPDATE queues SET tenants_scanned_at = clock_timestamp() + interval '1 hour'")
     # a has nothing left and b was not listed: the claim lists the tenants rather than come back empty.
     assert [job.tenant_id for job in await claim(settings, 5)] == ["b"]
+
+
+@pytest.mark.parametrize("cap", [None, 1000], ids=["fairness alone", "with a cap"])
+async def test_a_tenant_whose_only_job_is_not_due_yet_takes_no_turn(settings, cap):
+    await sql(settings, "UPDATE queues SET tenant_limit = %s WHERE name = 'default'", (cap,))
+    await seed(settings, [new("z") for _ in range(5)])
+    # b's one available job is due in an hour (written directly: ingress stores a job for later as
+    # `scheduled`, but a claim can meet an available job that is not due for it; see the next test).
+    await sql(
+        settings,
+        "INSERT INTO jobs (queue, worker, tenant_id, args, meta, max_attempts, scheduled_at)"
+        " VALUES ('default', 'echo', 'b', '{}', '{}', 5, now() + interval '1 hour')",
+    )
+    await sql(settings, "UPDATE queues SET tenants_scanned_at = NULL")
+    # b is first in turn by name; it has nothing to run, so z's jobs go, one claim at a time too.
+    assert [job.tenant_id for job in await claim(settings, 1)] == ["z"]
+    assert [job.tenant_id for job in await claim(settings, 1)] == ["z"]
+    assert sorted(job.tenant_id for job in await claim(settings, 10)) == ["z"] * 3
+
+
+async def test_a_job_that_comes_while_a_claim_waits_for_the_queue_is_due_for_that_claim(settings):
+    await seed(settings, [new("z") for _ in range(5)])
+    holder = await connect(settings.database_url)
+    async with holder:
+        async with holder.transaction():
+            await holder.execute("SELECT FROM queues WHERE name = 'default' FOR UPDATE")
+            waiting = asyncio.create_task(claim(settings, 1, machine="m2"))
+            for _ in range(500):  # until the claim waits for the queue's row lock
+                waits = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                [(blocked,)] = await sql(settings, waits)
+                if blocked:
+                    break
+                await asyncio.sleep(0.01)
+            assert blocked == 1
+            # b's job is inserted (its time is now) after the claim's statement began, before it
+            # has the lock; the claim lists the tenants afresh.
+            await seed(settings, [new("b")])
+            await holder.execute("UPDATE queues SET tenants_scanned_at = NULL WHERE name = 'default'")
+        claimed = await asyncio.wait_for(waiting, timeout=30)
+    # b is first in turn (by name, as z has had none) and its job is due: it goes; the claim does
+    # not come back empty while z has five due jobs.
+    assert [job.tenant_id for job in claimed] == ["b"]
 
 
 async def test_a_tenant_of_weight_two_gets_two_turns_per_round(settings):
