@@ -93,7 +93,10 @@ def decode_hint(stored: Size, plans: list[Plan]) -> Size | None:
     The largest resized size (per side, scaled to the whole image when cropping), as libvips
     asks of its shrink-on-load: libjpeg's DCT scaling (1/2, 1/4, 1/8) is itself a filtered
     reduction and stays at or above that size, and the final resampling filters the rest. Asking
-    for twice the size (as Pillow's `thumbnail` does) decoded 4x the pixels for no visible gain.
+    for twice the size (as Pillow's `thumbnail` does) decodes 4x the pixels: on the bench's noisy
+    12 MP photo to 800x600 that is 43.9 instead of 37.0 dB PSNR against a full-resolution resize
+    (pyvips 45.1 dB) for about 0.93x instead of 0.82x of pyvips' time: this trades that fidelity
+    for speed (measured for issue 15, one run of 12 repetitions).
     """
     need_w = need_h = 0.0
     for p in plans:
