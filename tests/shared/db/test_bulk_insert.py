@@ -238,3 +238,27 @@ async def test_a_value_of_another_type_has_the_same_outcome_on_both_paths(settin
     """The COPY stored True as priority 1 where the INSERT refuses a boolean, and raised a
     TypeError (not a database error) for a float or a non-text tag. (Adversarial review.)"""
     assert await _outcome(settings, 2, bad) == await _outcome(settings, 50, bad)
+
+
+async def test_json_that_text_arrays_would_quote_is_stored_as_a_single_insert_stores_it(settings):
+    """insert_jobs sends args, meta and tags as binary jsonb arrays (no array quoting or escaping
+    in Python): values full of what a text array literal escapes are stored as insert_job (one
+    row, plain jsonb parameters) stores them."""
+    tricky = ['"', "\\", '\\"', "{", "}", ",", "NULL", "null", " ", "", "é\u2028", '{"a": [1, "}"]}']
+    jobs = [
+        NewJob(
+            queue="default",
+            worker="echo",
+            tenant_id="t",
+            args={"s": text, "list": [text, {text: text}], "n": 1.5},
+            meta={text: [text]} if text else {"empty": ""},
+            tags=[text, "x"],
+        )
+        for text in tricky
+    ]
+    conn = await connect(settings.database_url)
+    async with conn:
+        batched = await job_store.insert_jobs(conn, jobs)
+        singles = [await job_store.insert_job(conn, job) for job in jobs]
+    assert [(j.args, j.meta, j.tags) for j in batched] == [(j.args, j.meta, j.tags) for j in singles]
+    assert [(j.args, j.meta, j.tags) for j in batched] == [(j.args, j.meta, j.tags) for j in jobs]
