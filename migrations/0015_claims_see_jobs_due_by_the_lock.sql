@@ -12,17 +12,25 @@
 -- already the attempt's start and the rate windows' clock), and FIFO attempts start at it too, as
 -- the other paths' do (an attempt never starts before its job was due).
 --
--- Plans. claim_jobs plans each statement once per connection (0013). tests/shared/db/
--- test_engine_plans.py now counts the pages each claim's scans touch, not only their rows, and
--- found two plans that read every job: (1) made while `jobs` was empty, FIFO's update by
--- `id = ANY (...)` walked a whole index that has the id as a later column (one page then, cheaper
--- on paper than ten descents of the primary key): 1,400-1,800 pages per claim of 10 at 20,000 jobs.
--- FIFO now updates its picked rows by their addresses (ctid), a TID scan no statistics can turn
--- into a scan of anything else. (2) With another queue's backlog in the table, the fair pick read
--- each chosen tenant's whole backlog through jobs_live_idx and sorted it (10,000 rows per tenant).
--- claim_jobs now also turns sorts off, like sequential scans: a plan that can read rows in index
--- order does, and a sort is left only where no index has the order (a few tenants, ten jobs).
--- The listing steps are ordered as jobs_tenant_claim_idx is, so only it can serve them.
+-- Plans. claim_jobs plans each statement once per connection (0013). The plan tests
+-- (tests/shared/db/test_engine_plans.py, test_claim_plans_by_rule.py) now count the pages each
+-- claim's scans touch, not only their rows, under every rule, and found plans that read every job:
+-- (1) made while `jobs` was empty, FIFO's update by `id = ANY (...)` walked a whole index that has
+-- the id as a later column (one page then, cheaper on paper than ten descents of the primary key):
+-- 1,400-1,800 pages per claim of 10 at 20,000 jobs. FIFO now locks its picked rows in one
+-- statement and updates them by address (ctid) in the next: a TID scan, which no statistics can
+-- turn into a scan of anything else. (Two statements: a row updated by someone else after the
+-- locking statement's snapshot is locked in its new version, which only a later snapshot sees; in
+-- one statement such a claim came back empty, found by an adversarial review.) (2) With another
+-- queue's backlog in the table, the fair pick read each chosen tenant's whole backlog through
+-- jobs_live_idx and sorted it (10,000 rows per tenant): claim_jobs now also turns sorts off, like
+-- sequential scans, so a plan that can read rows in index order does, and a sort is left only
+-- where no index has the order (a few tenants, ten jobs). The listing steps and the running
+-- counts are ordered as the index meant for them (jobs_tenant_claim_idx, jobs_executing_idx), so
+-- only that index can serve them: the general path's count per tenant walked all of jobs_live_idx
+-- (every live job of every queue) before. (3) The job a machine was launched for is looked up by
+-- id once per claim that names it, with a plan made for that call (EXECUTE: one per machine
+-- launch); a kept plan read it through an index whose first column it did not constrain.
 --
 -- The listing skips, inside jobs_tenant_claim_idx, the available jobs not yet due; no path stores
 -- such jobs for long (ingress and the stager write jobs for later as `scheduled`). Nothing else
@@ -64,7 +72,8 @@ END
 $$;
 
 -- As in 0013, with the one cutoff (`v_now`) for due jobs in every pick (FIFO's attempts start at
--- it too), FIFO's update by ctid, and sorts off (see the header).
+-- it too), FIFO's lock and then update by ctid, counts in jobs_executing_idx's order, the launch's
+-- job read by EXECUTE, and sorts off (see the header).
 CREATE OR REPLACE FUNCTION claim_jobs(p_queue text, p_machine text, p_max_jobs integer, p_prefer_id bigint)
 RETURNS SETOF jobs LANGUAGE plpgsql
 -- Every statement below is planned once per connection, not per call, and reads indexes in their
@@ -83,6 +92,11 @@ DECLARE
     v_lookahead integer;
     v_capped boolean;
     v_prefer_tenant text;
+    v_prefer_priority smallint;
+    v_prefer_scheduled timestamptz;
+    v_prefer_args jsonb;
+    v_ctid tid;
+    v_ctids tid[];
     v_scanned boolean := false;
     v_round integer;
     v_plain boolean;
@@ -95,7 +109,9 @@ BEGIN
     IF NOT FOUND OR v_q.paused THEN
         RETURN;
     END IF;
-    SELECT v_q."limit" - count(*) INTO v_free FROM jobs WHERE queue = p_queue AND state = 'executing';
+    -- (in jobs_executing_idx's order: no other index can give it, and sorts are off)
+    SELECT v_q."limit" - count(*) INTO v_free
+      FROM (SELECT FROM jobs j WHERE j.queue = p_queue AND j.state = 'executing' ORDER BY j.heartbeat_at) e;
     v_free := least(v_free, p_max_jobs);
     IF v_free <= 0 THEN
         RETURN;
@@ -120,13 +136,15 @@ BEGIN
         -- FIFO: priority, time, id across the queue. The job that caused this machine's launch goes
         -- first when it is still waiting.
         IF p_prefer_id IS NOT NULL THEN
+            -- Found by id with a plan made for this call (one a machine launch, see the header), then
+            -- locked and updated as the picks below are.
+            EXECUTE 'SELECT j.ctid FROM jobs j WHERE j.id = $1 AND j.queue = $2 AND j.state = ''available''
+                       AND j.scheduled_at <= $3 FOR UPDATE SKIP LOCKED'
+               INTO v_ctid USING p_prefer_id, p_queue, v_now;
             RETURN QUERY
             UPDATE jobs SET state = 'executing', attempt = jobs.attempt + 1, attempted_by = p_machine,
                             attempted_at = v_now, heartbeat_at = v_now
-             WHERE jobs.ctid = (SELECT j.ctid FROM jobs j
-                                 WHERE j.id = p_prefer_id AND j.queue = p_queue AND j.state = 'available'
-                                   AND j.scheduled_at <= v_now
-                                 FOR UPDATE SKIP LOCKED)
+             WHERE jobs.ctid = v_ctid
             RETURNING jobs.*;
             GET DIAGNOSTICS v_claimed = ROW_COUNT;
             v_free := v_free - v_claimed;
@@ -134,21 +152,22 @@ BEGIN
                 RETURN;
             END IF;
         END IF;
-        -- The picked rows' addresses (ctid) as an array: the rows are then updated by a TID scan,
-        -- which no statistics can turn into anything else. By id (0013), a plan made while `jobs`
-        -- was empty read a whole index that has the id as a later column (every job, on each claim)
-        -- rather than the primary key: on a one-page index that looked cheaper than ten descents.
-        -- (A row updated by someone else after this statement's snapshot is locked but skipped:
-        -- its new version is not visible to the update; it stays available for the next claim.)
-        RETURN QUERY
-        UPDATE jobs SET state = 'executing', attempt = jobs.attempt + 1, attempted_by = p_machine,
-                        attempted_at = v_now, heartbeat_at = v_now
-         WHERE jobs.ctid = ANY (ARRAY(
+        -- The picked rows are locked first, in a statement of their own, and then updated by their
+        -- addresses (ctid): a TID scan, which no statistics can turn into a scan of anything else
+        -- (by id, 0013, a plan made while `jobs` was empty read a whole index that has the id as a
+        -- later column, on each claim: on a one-page index that looked cheaper than ten descents).
+        -- Two statements, because a row updated by someone else after the locking statement's
+        -- snapshot is locked in its new version, which only a later snapshot sees.
+        v_ctids := ARRAY(
             SELECT j.ctid FROM jobs j
              WHERE j.queue = p_queue AND j.state = 'available' AND j.scheduled_at <= v_now
              ORDER BY j.priority, j.scheduled_at, j.id
              LIMIT v_free
-             FOR UPDATE SKIP LOCKED))
+             FOR UPDATE SKIP LOCKED);
+        RETURN QUERY
+        UPDATE jobs SET state = 'executing', attempt = jobs.attempt + 1, attempted_by = p_machine,
+                        attempted_at = v_now, heartbeat_at = v_now
+         WHERE jobs.ctid = ANY (v_ctids)
         RETURNING jobs.*;
         RETURN;
     END IF;
@@ -225,9 +244,13 @@ BEGIN
     v_lookahead := CASE WHEN v_q.rate_key LIKE '%:%' THEN 20 ELSE 0 END;
     -- The job that caused this machine's launch goes first when it is still waiting and its
     -- tenant's cap and rate window allow it.
+    -- (read once, by id, with a plan made for this call; the pick below takes it from here, and
+    -- the lock at the end checks it is still available)
     IF p_prefer_id IS NOT NULL THEN
-        SELECT j.tenant_id INTO v_prefer_tenant FROM jobs j
-         WHERE j.id = p_prefer_id AND j.queue = p_queue AND j.state = 'available' AND j.scheduled_at <= v_now;
+        EXECUTE 'SELECT j.tenant_id, j.priority, j.scheduled_at, j.args FROM jobs j
+                  WHERE j.id = $1 AND j.queue = $2 AND j.state = ''available'' AND j.scheduled_at <= $3'
+           INTO v_prefer_tenant, v_prefer_priority, v_prefer_scheduled, v_prefer_args
+          USING p_prefer_id, p_queue, v_now;
     END IF;
 
     -- The tenants with due jobs: listing them takes one index probe per tenant, so a claim lists
@@ -243,9 +266,11 @@ BEGIN
         END IF;
 
         WITH running AS (
-            SELECT j.tenant_id, count(*)::integer AS n FROM jobs j
-             WHERE j.queue = p_queue AND j.state = 'executing'
-             GROUP BY j.tenant_id
+            -- (in jobs_executing_idx's order, as the count above)
+            SELECT e.tenant_id, count(*)::integer AS n
+              FROM (SELECT j.tenant_id FROM jobs j WHERE j.queue = p_queue AND j.state = 'executing'
+                     ORDER BY j.heartbeat_at) e
+             GROUP BY e.tenant_id
         ), tenants AS (
             SELECT t.tenant_id,
                    greatest(t.pass, v_q.fair_vtime) AS pass,
@@ -277,8 +302,9 @@ BEGIN
                        AS rn
               FROM chosen c
               CROSS JOIN LATERAL (
-                  SELECT j.id, j.priority, j.scheduled_at, j.args FROM jobs j
-                   WHERE j.id = p_prefer_id AND c.tenant_id = v_prefer_tenant AND j.state = 'available'
+                  SELECT p_prefer_id AS id, v_prefer_priority AS priority, v_prefer_scheduled AS scheduled_at,
+                         v_prefer_args AS args
+                   WHERE c.tenant_id = v_prefer_tenant
                   UNION ALL
                   (SELECT j.id, j.priority, j.scheduled_at, j.args FROM jobs j
                     WHERE j.queue = p_queue AND j.state = 'available' AND j.tenant_id = c.tenant_id
