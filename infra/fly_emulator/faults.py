@@ -38,6 +38,8 @@ What each switch imitates, and where that behaviour is documented or observed:
   "The API key used was missing or invalid"), or 403.
 - `never_boot`, `oom_kill`, `boot_delay_seconds`: machines that stay `starting`, are OOM-killed
   (exit 137, `oom_killed`), or boot slowly.
+- `spawn_lag_seconds`: a loaded host: a machine's process runs this long before the emulator
+  records it as started (a stop or destroy in between must still reach the process).
 - `chaos`: all of the above at random with given probabilities, counted in `injected` by kind.
 """
 
@@ -100,6 +102,7 @@ class Faults:
     """What the next requests or machines should suffer."""
 
     boot_delay_seconds: float = 0.0
+    spawn_lag_seconds: float = 0.0
     oom_after_seconds: float = 0.2
     invisible_seconds: float = 0.0
     list_lag_seconds: float = 0.0
@@ -185,7 +188,13 @@ class Faults:
         self.never_boot(times=int(spec.get("never_boot", 0)))
         self.oom_kill(times=int(spec.get("oom_kill", 0)))
         self.unreachable_host(times=int(spec.get("unreachable_host", 0)))
-        for name in ("boot_delay_seconds", "invisible_seconds", "list_lag_seconds", "image_pull_seconds"):
+        for name in (
+            "boot_delay_seconds",
+            "spawn_lag_seconds",
+            "invisible_seconds",
+            "list_lag_seconds",
+            "image_pull_seconds",
+        ):
             if name in spec:
                 setattr(self, name, float(spec[name]))
         if "auth_status" in spec:
@@ -207,6 +216,7 @@ class Faults:
             self.injected.clear()
             self._chaos = None
         self.boot_delay_seconds = self.invisible_seconds = self.list_lag_seconds = self.image_pull_seconds = 0.0
+        self.spawn_lag_seconds = 0.0
         self.masked_state = None
         self.auth_status = None
 

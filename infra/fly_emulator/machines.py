@@ -73,6 +73,8 @@ class Machine:
     stop_requested: bool = False
     destroy_requested: bool = False
     forced_exit: tuple[int, bool] | None = None  # (exit_code, oom_killed) set by the OOM fault or the test hook
+    spawning: bool = False  # its process is being started: it may run before the emulator knows it
+    pending_stop: tuple[int, float] | None = None  # (signal, timeout) of a stop that came while spawning
 
     @property
     def metadata(self) -> dict[str, str]:

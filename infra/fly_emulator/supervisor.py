@@ -138,6 +138,7 @@ class Supervisor:
 
     async def _run(self, machine: Machine) -> None:
         log_path = self.log_dir / f"{machine.id}.log"
+        machine.spawning = True
         with log_path.open("ab") as log:
             try:
                 process = await asyncio.create_subprocess_exec(
@@ -150,16 +151,31 @@ class Supervisor:
                     start_new_session=True,  # its own process group: stop signals reach children too
                 )
             except OSError as exc:
+                machine.spawning = False
                 log.write(f"emulator: cannot run command: {exc}\n".encode())
                 with self._store.mutate():
                     machine.boot_pending = False
                 self._on_exit(machine, exit_code=127, signal_number=-1)  # "command not found", as in the docs' example
                 return
+        if self._faults.spawn_lag_seconds > 0:
+            await asyncio.sleep(self._faults.spawn_lag_seconds)  # the process runs; the emulator does not know yet
+        # A stop or destroy may have come while the process was being started (it can run, even
+        # tell the world it is ready, before this coroutine resumes on a loaded host).
+        machine.spawning = False
+        if machine.state == "destroyed":  # destroyed meanwhile: the process must not outlive it
+            self._signal(process, signal.SIGKILL)
+            await process.wait()
+            return
+        pending_stop, machine.pending_stop = machine.pending_stop, None
         with self._store.mutate():
             machine.process = process
             machine.boot_pending = False
-            machine.state = "started"
             machine.add_event("start", "started", "flyd")
+            machine.state = "stopping" if pending_stop is not None else "started"
+        if pending_stop is not None:  # the stop that came meanwhile, as stop() gives it to a running process
+            sig, seconds = pending_stop
+            self._signal(process, signal.Signals(sig))
+            self._spawn_task(self._kill_after(process, seconds))
         oom_after = self._faults.take_oom()
         if oom_after is not None:
             self._spawn_task(self._oom_kill(machine, process, oom_after))
@@ -225,6 +241,14 @@ class Supervisor:
         if seconds is None:
             seconds = wire.parse_duration_seconds(stop_config.get("timeout"), number_unit_seconds=1e-9)
         process = machine.process
+        chosen = signal.Signals[name] if name in signal.Signals.__members__ else signal.SIGINT
+        timeout_seconds = seconds if seconds is not None else _DEFAULT_STOP_TIMEOUT_SECONDS
+        if process is None and machine.spawning:  # its process is starting: it gets the stop once it runs
+            with self._store.mutate():
+                machine.stop_requested = True
+                machine.pending_stop = (int(chosen), timeout_seconds)
+                machine.state = "stopping"
+            return
         with self._store.mutate():
             machine.stop_requested = True
             if process is None:  # never booted (or between restarts): nothing to signal
@@ -236,8 +260,8 @@ class Supervisor:
             if machine.config.get("auto_destroy"):
                 self.destroy(machine)
             return
-        self._signal(process, signal.Signals[name] if name in signal.Signals.__members__ else signal.SIGINT)
-        self._spawn_task(self._kill_after(process, seconds if seconds is not None else _DEFAULT_STOP_TIMEOUT_SECONDS))
+        self._signal(process, chosen)
+        self._spawn_task(self._kill_after(process, timeout_seconds))
 
     async def _kill_after(self, process: asyncio.subprocess.Process, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

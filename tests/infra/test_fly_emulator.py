@@ -204,6 +204,52 @@ def test_stop_kills_a_process_that_ignores_the_signal_after_the_timeout(
     assert exits(final)[0]["exit_code"] == 137
 
 
+def _gone(pid: int, within: float = 10.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_stop_that_comes_while_the_process_is_starting_still_stops_it(
+    api: httpx.Client, emu: Emulator, tmp_path: Path
+) -> None:
+    # A loaded host: the process runs (and says it is ready) before the emulator records it as
+    # started. The stop must reach it, with its signal and its timeout, not be lost (the machine
+    # came back `started` with a process nobody would stop: a flaky CI run, under load).
+    emu.faults.spawn_lag_seconds = 1.0
+    ready = tmp_path / "ready"
+    ignore_term = (
+        "import os, signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        f"open({str(ready)!r}, 'w').write(str(os.getpid()))\nwhile True: time.sleep(0.05)"
+    )
+    machine = create(api, py(ignore_term, restart={"policy": "no"}, auto_destroy=True))
+    emu.wait_until(lambda _: ready.exists() and ready.read_text() != "")
+    assert api.post(f"{MACHINES}/{machine['id']}/stop", json={"signal": "SIGTERM", "timeout": "1s"}).status_code == 200
+    final = emu.wait_for_state(machine["id"], "destroyed")
+    assert exits(final)[0]["exit_code"] == 137  # SIGTERM ignored, killed after the timeout
+    assert _gone(int(ready.read_text()))
+
+
+def test_a_machine_destroyed_while_its_process_is_starting_leaves_no_process(
+    api: httpx.Client, emu: Emulator, tmp_path: Path
+) -> None:
+    emu.faults.spawn_lag_seconds = 1.0
+    ready = tmp_path / "ready"
+    code = f"import os, time\nopen({str(ready)!r}, 'w').write(str(os.getpid()))\nwhile True: time.sleep(0.05)"
+    machine = create(api, py(code))
+    emu.wait_until(lambda _: ready.exists() and ready.read_text() != "")
+    assert api.delete(f"{MACHINES}/{machine['id']}", params={"force": "true"}).json() == {"ok": True}
+    assert _gone(int(ready.read_text()))
+    time.sleep(1.5)  # past the lag: the machine stays destroyed
+    after = emu.machine(machine["id"])
+    assert after is not None and after["state"] == "destroyed"
+
+
 def test_delete_needs_force_or_kill_while_running(api: httpx.Client, emu: Emulator) -> None:
     for param in ("force", "kill"):
         machine = create(api, py(SLEEP_FOREVER))
