@@ -10,7 +10,6 @@ through jobs_live_idx, the preferred job through jobs_tenant_claim_idx) on every
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from typing import Any
@@ -18,6 +17,8 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg.rows import dict_row
+
+from .plan_reading import NESTED_PLANS, jobs_scans
 
 HEAD = 5000  # rows at the head of the queue held by another transaction: the claim skips them
 BATCH = 10
@@ -74,13 +75,6 @@ def test_a_claim_of_one_returns_a_job_when_the_row_it_locked_was_updated_after_i
         holder.close()
     assert tries > 0
     assert empty == 0, f"{empty} of {tries} claims of one came back empty with two unlocked jobs available"
-
-
-def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    found = [plan]
-    for child in plan.get("Plans", []):
-        found += _nodes(child)
-    return found
 
 
 @pytest.mark.parametrize(
@@ -164,29 +158,18 @@ def test_a_claim_under_any_rule_reads_only_what_it_claims(database_url, fair, te
         claimer.add_notice_handler(lambda diag: notes.append(diag.message_primary or ""))
         claimer.autocommit = False
         claimer.execute("LOAD 'auto_explain'")
-        for setting in (
-            "auto_explain.log_min_duration = 0",
-            "auto_explain.log_analyze = on",
-            "auto_explain.log_nested_statements = on",
-            "auto_explain.log_buffers = on",
-            "auto_explain.log_format = json",
-            "auto_explain.log_level = notice",
-        ):
+        for setting in NESTED_PLANS:
             claimer.execute(f"SET LOCAL {setting}")
         claimed = claim(prefer_id)
         claimer.rollback()
     read = pages = 0
     scans = []
-    for note in notes:
-        if "plan:" in note:
-            doc = json.loads(note.split("plan:", 1)[1])
-            for node in _nodes(doc["Plan"]):
-                if node.get("Relation Name") == "jobs" and "Scan" in node["Node Type"]:
-                    rows = int((node["Actual Rows"] + node.get("Rows Removed by Filter", 0)) * node["Actual Loops"])
-                    touched = node.get("Shared Hit Blocks", 0) + node.get("Shared Read Blocks", 0)
-                    read += rows
-                    pages += touched
-                    scans.append((touched, rows, node.get("Index Name"), node.get("Index Cond"), node.get("Filter")))
+    for node in jobs_scans(notes):
+        rows = int((node["Actual Rows"] + node.get("Rows Removed by Filter", 0)) * node["Actual Loops"])
+        touched = node.get("Shared Hit Blocks", 0) + node.get("Shared Read Blocks", 0)
+        read += rows
+        pages += touched
+        scans.append((touched, rows, node.get("Index Name"), node.get("Index Cond"), node.get("Filter")))
     scans.sort(reverse=True)
     assert len(claimed) == BATCH
     if prefer_id is not None:

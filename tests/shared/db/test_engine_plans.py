@@ -24,17 +24,12 @@ from shared.db.models import Fence, Job
 from shared.db.pool import connect
 from shared.db.sql import QUERIES
 
+from .plan_reading import NESTED_PLANS, jobs_scans, nodes
+
 BACKLOG = 3000
 COMPLETED_FIRST = 2000
 OTHERS_HELD = 500
 BATCH = 10
-
-
-def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    found = [plan]
-    for child in plan.get("Plans", []):
-        found += _nodes(child)
-    return found
 
 
 async def _rows_read(conn: Any, query: str, params: dict[str, Any], *, generic: bool) -> dict[str, int]:
@@ -62,7 +57,7 @@ async def _rows_read(conn: Any, query: str, params: dict[str, Any], *, generic: 
             plan = row["QUERY PLAN"][0]["Plan"]
     return {
         f"{node['Node Type']} {node.get('Index Name', '')}": node["Actual Rows"] * node["Actual Loops"]
-        for node in _nodes(plan)
+        for node in nodes(plan)
         if node.get("Relation Name") == "jobs" and "Scan" in node["Node Type"]
     }
 
@@ -205,27 +200,16 @@ async def test_a_claim_reads_only_what_it_claims_however_its_plan_was_made(
         claimer.add_notice_handler(lambda diag: notes.append(diag.message_primary or ""))
         async with claimer.transaction(force_rollback=True):
             await claimer.execute("LOAD 'auto_explain'")
-            for setting in (
-                "auto_explain.log_min_duration = 0",
-                "auto_explain.log_analyze = on",
-                "auto_explain.log_nested_statements = on",
-                "auto_explain.log_buffers = on",
-                "auto_explain.log_format = json",
-                "auto_explain.log_level = notice",
-            ):
+            for setting in NESTED_PLANS:
                 await claimer.execute(f"SET LOCAL {setting}")
             claimed = await transitions.claim(claimer, queue=queue, machine_id="m1", max_jobs=BATCH)
     assert len(claimed) == BATCH
     read = pages = 0
-    for note in notes:
-        if "plan:" in note:
-            for node in _nodes(json.loads(note.split("plan:", 1)[1])["Plan"]):
-                if node.get("Relation Name") == "jobs" and "Scan" in node["Node Type"]:
-                    # rows a scan read and then threw away count as read (EXPLAIN gives both per loop)
-                    seen = node["Actual Rows"] + node.get("Rows Removed by Filter", 0)
-                    read += int(seen * node["Actual Loops"])
-                    # and the pages it touched (all loops): an index scan that checks its condition
-                    # inside the index (a column after the first) reads it whole without a row to show
-                    pages += node.get("Shared Hit Blocks", 0) + node.get("Shared Read Blocks", 0)
+    for node in jobs_scans(notes):
+        # rows a scan read and then threw away count as read (EXPLAIN gives both per loop)
+        read += int((node["Actual Rows"] + node.get("Rows Removed by Filter", 0)) * node["Actual Loops"])
+        # and the pages it touched (all loops): an index scan that checks its condition inside the
+        # index (a column after the first) reads it whole without a row to show
+        pages += node.get("Shared Hit Blocks", 0) + node.get("Shared Read Blocks", 0)
     assert read <= 10 * BATCH, read  # the picked rows (and the queue's running count), not 20,000
     assert pages <= 20 * BATCH, pages  # a few index pages and the heap page of each picked row

@@ -1,0 +1,35 @@
+"""Reading the plans auto_explain sends as notices, for the plan tests of this package."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final
+
+# Every statement's plan, nested ones (inside claim_jobs) included, with its rows and pages, as a
+# notice the connection's handler collects (SET LOCAL each, after LOAD 'auto_explain').
+NESTED_PLANS: Final = (
+    "auto_explain.log_min_duration = 0",
+    "auto_explain.log_analyze = on",
+    "auto_explain.log_nested_statements = on",
+    "auto_explain.log_buffers = on",
+    "auto_explain.log_format = json",
+    "auto_explain.log_level = notice",
+)
+
+
+def nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    found = [plan]
+    for child in plan.get("Plans", []):
+        found += nodes(child)
+    return found
+
+
+def jobs_scans(notes: list[str]) -> list[dict[str, Any]]:
+    """The scan nodes of `jobs` in the plans among `notes`."""
+    return [
+        node
+        for note in notes
+        if "plan:" in note
+        for node in nodes(json.loads(note.split("plan:", 1)[1])["Plan"])
+        if node.get("Relation Name") == "jobs" and "Scan" in node["Node Type"]
+    ]
