@@ -25,7 +25,10 @@
 -- queue's backlog in the table, the fair pick read each chosen tenant's whole backlog through
 -- jobs_live_idx and sorted it (10,000 rows per tenant): claim_jobs now also turns sorts off, like
 -- sequential scans, so a plan that can read rows in index order does, and a sort is left only
--- where no index has the order (a few tenants, ten jobs). The listing steps and the running
+-- where no index has the order (a few tenants, ten jobs). A sort that is off still costs 1e10 in
+-- the planner's sums, enough to make Postgres JIT-compile the statement on every call (about 0.4 s
+-- per fair claim: 25 jobs/s in `make bench` fairness); JIT is off in both functions, whose
+-- statements are small. The listing steps and the running
 -- counts are ordered as the index meant for them (jobs_tenant_claim_idx, jobs_executing_idx), so
 -- only that index can serve them: the general path's count per tenant walked all of jobs_live_idx
 -- (every live job of every queue) before. (3) The job a machine was launched for is looked up by
@@ -43,6 +46,7 @@ RETURNS void LANGUAGE plpgsql
 -- the tenant alone, a plan walked jobs_tenant_idx through other queues' jobs of the same tenants).
 SET enable_seqscan = off
 SET enable_sort = off
+SET jit = off
 AS $$
 BEGIN
     WITH RECURSIVE active(tenant_id) AS (
@@ -81,6 +85,7 @@ RETURNS SETOF jobs LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
 SET enable_sort = off
+SET jit = off
 AS $$
 DECLARE
     v_q queues%ROWTYPE;

@@ -33,3 +33,12 @@ def jobs_scans(notes: list[str]) -> list[dict[str, Any]]:
         for node in nodes(json.loads(note.split("plan:", 1)[1])["Plan"])
         if node.get("Relation Name") == "jobs" and "Scan" in node["Node Type"]
     ]
+
+
+def jit_compiled(notes: list[str]) -> list[str]:
+    """The statements among `notes` whose plan was JIT-compiled (auto_explain adds a "JIT" part)."""
+    return [
+        " ".join(doc.get("Query Text", "").split())[:80]
+        for doc in (json.loads(note.split("plan:", 1)[1]) for note in notes if "plan:" in note)
+        if "JIT" in doc
+    ]
