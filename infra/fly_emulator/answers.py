@@ -15,6 +15,8 @@ from starlette.types import Receive, Scope, Send
 
 from .faults import RESET
 
+DROPPING = "emulator.dropping"  # marks a status line that a reset follows: the recorder notes status 0
+
 
 class DroppedConnection(Exception):
     """Raised after the status line went out: the server closes the connection mid-answer."""
@@ -28,7 +30,7 @@ class DropConnection(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = [(b"content-type", b"application/json"), (b"content-length", b"64")]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.start", "status": 200, "headers": headers, DROPPING: True})
         raise DroppedConnection("emulated connection reset")
 
 

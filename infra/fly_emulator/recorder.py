@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .actions import classify, limit_of
-from .answers import DroppedConnection
+from .answers import DROPPING, DroppedConnection
 from .ratelimit import TokenBucket
 
 
@@ -109,6 +109,7 @@ class Recorder:
                 return
             chunks: list[bytes] = []
             status = 0
+            recorded = False
             arrived = time.monotonic()
 
             async def receive_and_keep() -> Message:
@@ -118,9 +119,12 @@ class Recorder:
                 return message
 
             async def send_and_note(message: Message) -> None:
-                nonlocal status
-                if message["type"] == "http.response.start":
-                    status = int(message["status"])
+                nonlocal status, recorded
+                if message["type"] == "http.response.start" and not recorded:
+                    # On record before the client can see any of the answer: a test that
+                    # reads the record right after its call returns must find the call.
+                    status, recorded = (0 if message.get(DROPPING) else int(message["status"])), True
+                    self._record(scope, b"".join(chunks), status, arrived)
                 await send(message)
 
             try:
@@ -129,7 +133,8 @@ class Recorder:
                 status = 0
                 raise
             finally:
-                self._record(scope, b"".join(chunks), status, arrived)
+                if not recorded:
+                    self._record(scope, b"".join(chunks), status, arrived)
 
         return recording
 
