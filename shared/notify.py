@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from psycopg import sql
@@ -35,6 +35,8 @@ class JobEventNote:
     tenant_id: str
     attempt: int
     batch_id: str | None
+    # a `progress` event's progress as the trigger saw it (None: not carried, read it from the row)
+    progress: dict[str, Any] | None = field(default=None, hash=False)
 
 
 def job_events(payload: str) -> list[JobEventNote]:
@@ -45,9 +47,10 @@ def job_events(payload: str) -> list[JobEventNote]:
         return []
     events = []
     for row in rows if isinstance(rows, list) else []:
-        if not (isinstance(row, list) and len(row) == 8):
+        if not (isinstance(row, list) and len(row) in (8, 9)):
             continue
-        event_id, kind, job_id, state, queue, tenant, attempt, batch = row
+        event_id, kind, job_id, state, queue, tenant, attempt, batch = row[:8]
+        progress = row[8] if len(row) == 9 and isinstance(row[8], dict) else None
         if not (
             isinstance(event_id, int)
             and isinstance(job_id, int)
@@ -56,7 +59,7 @@ def job_events(payload: str) -> list[JobEventNote]:
             and (batch is None or isinstance(batch, str))
         ):
             continue
-        events.append(JobEventNote(event_id, kind, job_id, state, queue, tenant, attempt, batch))
+        events.append(JobEventNote(event_id, kind, job_id, state, queue, tenant, attempt, batch, progress))
     return events
 
 

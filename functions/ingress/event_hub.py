@@ -82,8 +82,12 @@ class LiveEvent:
     note: JobEventNote
     error: dict[str, Any] | None = None
     tags: tuple[str, ...] | None = None  # None: not read from the row (yet)
-    progress: dict[str, Any] | None = None  # of a `progress` event, read from the row
+    progress: dict[str, Any] | None = None  # of a `progress` event: carried by it (0016), else read from the row
     _frame: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if self.progress is None:
+            self.progress = self.note.progress
 
     @property
     def needs_error(self) -> bool:
@@ -120,6 +124,21 @@ class LiveEvent:
         if self._frame is None:
             self._frame = b"id: %d\ndata: %s\n\n" % (self.note.event_id, orjson.dumps(self.json()))
         return self._frame
+
+
+def _error_of_attempt(errors: Any, attempt: int, row_attempt: int) -> dict[str, Any] | None:
+    """The error a failure event of `attempt` announces, from the row's list of errors: the last
+    entry of that attempt. The row may have moved on since (another attempt failed), so its
+    latest error is taken only for an entry without an attempt and while the row is still at it."""
+    if not isinstance(errors, list):
+        return None
+    for entry in reversed(errors):
+        if isinstance(entry, dict) and entry.get("attempt") == attempt:
+            return entry
+    last = errors[-1] if errors else None
+    if isinstance(last, dict) and "attempt" not in last and row_attempt == attempt:
+        return last
+    return None
 
 
 class Reset:
@@ -353,9 +372,10 @@ class EventHub:
         if not wanted:
             return
         ids = sorted({e.note.job_id for e in wanted})
+        failed = sorted({e.note.job_id for e in wanted if e.needs_error})
         try:
             async with asyncio.timeout(_DETAILS_TIMEOUT_SECONDS), self.pool.connection() as conn:
-                cur = await conn.execute(QUERIES["event_details"], {"ids": ids}, prepare=True)
+                cur = await conn.execute(QUERIES["event_details"], {"ids": ids, "failed": failed}, prepare=True)
                 rows = {row["id"]: row for row in await cur.fetchall()}
         except (TimeoutError, psycopg.Error, OSError) as exc:
             logger.warning("could not read event details", extra={"error": type(exc).__name__})
@@ -366,8 +386,8 @@ class EventHub:
                 continue  # pruned meanwhile
             if event.tags is None:
                 event.tags = tuple(row["tags"])
-            if event.needs_error and isinstance(row["last_error"], dict):
-                event.error = row["last_error"]
+            if event.needs_error:
+                event.error = _error_of_attempt(row["errors"], event.note.attempt, row["attempt"])
             if event.needs_progress and isinstance(row["progress"], dict):
                 event.progress = row["progress"]
 

@@ -99,5 +99,7 @@ SELECT duty, errors FROM dispatcher_duty_errors ORDER BY duty;
 -- live events and the dashboard ----------------------------------------------------------------
 
 -- name: event_details
--- what a job event's notification leaves out: the job's tags, its latest error and its progress
-SELECT id, tags, errors -> -1 AS last_error, progress FROM jobs WHERE id = ANY (%(ids)s::bigint[]);
+-- what a job event's notification leaves out: the job's tags, its progress, and its errors (for the
+-- jobs whose failure events need one: the hub picks the entry of the event's attempt)
+SELECT id, tags, progress, attempt, CASE WHEN id = ANY (%(failed)s::bigint[]) THEN errors END AS errors
+  FROM jobs WHERE id = ANY (%(ids)s::bigint[]);

@@ -195,3 +195,58 @@ async def test_iterating_a_subscription_again_goes_on_where_it_was(database_url:
                 got = [await anext(aiter(events)) for _ in range(2)]
     assert [e.note.type for e in got if isinstance(e, LiveEvent)] == ["inserted", "inserted"]
     assert got[0].note.job_id != got[1].note.job_id  # type: ignore[union-attr]
+
+
+async def test_a_replayed_event_keeps_its_own_progress_and_error_after_the_job_moved_on(
+    database_url: str, pool: Pool
+) -> None:
+    # The hub read a progress event's progress and a failure's error from the row when it sent the
+    # event; an event replayed after Last-Event-ID (or read late) showed what the row held by then:
+    # the next attempt's progress (or none: a claim clears it) and the next attempt's error.
+    async def sql(statement: str, *params: Any) -> None:
+        async with pool.connection() as conn:
+            await conn.execute(statement, params)
+
+    async def one_attempt(job_id: int, attempt: int, done: int, error: str) -> None:
+        await sql("UPDATE jobs SET state = 'available' WHERE id = %s AND state <> 'available'", job_id)
+        await sql(
+            "UPDATE jobs SET state = 'executing', attempt = %s, attempted_by = 'm-1', attempted_at = now(),"
+            " heartbeat_at = now() WHERE id = %s",
+            attempt,
+            job_id,
+        )
+        await sql("UPDATE jobs SET progress = %s::jsonb WHERE id = %s", f'{{"done": {done}, "total": 4}}', job_id)
+        entry = f'[{{"attempt": {attempt}, "kind": "error", "error": "{error}"}}]'
+        await sql(
+            "UPDATE jobs SET state = 'retryable', scheduled_at = now() + interval '1 hour', heartbeat_at = NULL,"
+            " errors = errors || %s::jsonb WHERE id = %s",
+            entry,
+            job_id,
+        )
+
+    async with running_hub(make_settings(database_url), pool) as hub:
+        async with hub.subscription(EventFilter(tenant_id="acme")) as events:
+            await insert(pool, "acme")
+            async with asyncio.timeout(30):
+                inserted = await anext(aiter(events))
+        assert isinstance(inserted, LiveEvent)
+        job_id = inserted.note.job_id
+        before = hub.received_total
+        await one_attempt(job_id, 1, done=1, error="first")
+        await one_attempt(job_id, 2, done=3, error="second")
+        async with asyncio.timeout(30):
+            # executing, progress, retryable; then available (staged) and the same again
+            while hub.received_total < before + 7:
+                await asyncio.sleep(0.01)
+        async with hub.subscription(EventFilter(tenant_id="acme"), str(inserted.note.event_id)) as events:
+            async with asyncio.timeout(30):
+                replayed = [await anext(aiter(events)) for _ in range(7)]
+    sent = [e.json() for e in replayed if isinstance(e, LiveEvent)]
+    assert [(e["type"], e["attempt"], e["progress"]) for e in sent if e["type"] == "progress"] == [
+        ("progress", 1, {"done": 1, "total": 4}),
+        ("progress", 2, {"done": 3, "total": 4}),
+    ]
+    assert [(e["attempt"], (e["error"] or {}).get("error")) for e in sent if e["type"] == "retryable"] == [
+        (1, "first"),
+        (2, "second"),
+    ]

@@ -5,6 +5,7 @@ hold, each exactly once."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import psycopg
@@ -161,3 +162,35 @@ def test_one_flush_at_a_time_and_a_jobs_events_keep_their_order(
             "executing",
             "completed",
         ]
+
+
+def test_a_progress_event_carries_its_progress_within_the_payload_limit(
+    database_url: str, listener: psycopg.Connection
+) -> None:
+    # 0016: the progress travels in the event (listeners no longer read it from a row that may have
+    # moved on), unless it is too long to keep every notification under the payload limit.
+    small = '{"done": 2, "total": 4, "message": "' + "\\u0001" * 150 + '"}'  # 900 bytes once escaped
+    big = '{"done": 3, "total": 4, "message": "' + "x" * 2000 + '"}'
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        (job_id,) = conn.execute(
+            "INSERT INTO jobs (queue, worker, tenant_id) VALUES ('default', 'echo', 'acme') RETURNING id"
+        ).fetchone()  # type: ignore[misc]
+        conn.execute(
+            "UPDATE jobs SET state = 'executing', attempt = 1, attempted_by = 'm-1', attempted_at = now(),"
+            " heartbeat_at = now() WHERE id = %s",
+            (job_id,),
+        )
+        for progress in (small, big) * 40:  # many in one flush: several notifications
+            conn.execute("UPDATE jobs SET progress = %s::jsonb WHERE id = %s", (progress, job_id))
+    events, sizes = received(listener)
+    carried = [e.progress for e in events if e.type == JobEvent.PROGRESS]
+    assert carried == [{"done": 2, "total": 4, "message": "\x01" * 150}, None] * 40  # None: read from the row
+    assert max(sizes) < NOTIFY_LIMIT
+
+
+def test_an_event_of_another_shape_is_read_without_what_it_cannot_carry() -> None:
+    base = [7, "progress", 1, "executing", "default", "acme", 1, None]
+    assert job_events(json.dumps([base]))[0].progress is None
+    assert job_events(json.dumps([[*base, {"done": 1}]]))[0].progress == {"done": 1}
+    assert job_events(json.dumps([[*base, "not an object"]]))[0].progress is None
+    assert job_events(json.dumps([[*base, None, "extra"]])) == []
