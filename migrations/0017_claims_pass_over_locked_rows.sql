@@ -1,0 +1,360 @@
+-- Claims are not left short by rows locked elsewhere, and the job a machine was launched for is
+-- claimed first; one host is one rate window however its URL spells it (issue 15, from an
+-- adversarial review of 0015; tests/shared/db/test_claims_under_locks.py).
+--
+-- (1) The fair and general paths picked their jobs first and locked them after, with SKIP LOCKED:
+-- a picked job another transaction had locked (a cancel in flight, an edit of the row) was
+-- dropped and nothing took its place, so a claim of one came back empty while other jobs were
+-- due (FIFO locks as it picks and was not affected). The fair pick now locks as it picks, per
+-- tenant (SKIP LOCKED inside each tenant's LIMIT, as FIFO does over the queue); it can hold a few
+-- rows it then does not claim until the claim commits, only when tenants are uneven. The general
+-- path (caps, rate limits, the launch's job) looks past its picks by rate key, so it keeps
+-- locking after the pick, and picks again without the rows it could not lock (at most 3 passes).
+-- (2) The general path read the launch's job but offered it only through the listed tenants: a
+-- new tenant's first job (the launch's reason) was passed over until the next listing, and the
+-- machine, which names it only in its first claim, ran other tenants' jobs. Its tenant is now
+-- listed first when it is not.
+-- (3) job_rate_key: `h1.example.` (a fully qualified name) was a window of its own; the trailing
+-- dots are dropped, as the outbound policy does (shared/outbound_policy.py).
+
+CREATE OR REPLACE FUNCTION job_rate_key(p_rule text, p_tenant text, p_args jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT coalesce(CASE
+        WHEN p_rule = 'tenant' THEN p_tenant
+        WHEN p_rule LIKE 'host:%' THEN rtrim(lower(substring(p_args ->> substr(p_rule, 6)
+                                                             FROM '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(\[[^]]*\]|[^:/?#]*)')), '.')
+        WHEN p_rule LIKE 'domain:%' THEN rtrim(lower(substring(p_args ->> substr(p_rule, 8) FROM '@([^@<>[:space:]]+)>?[[:space:]]*$')), '.')
+    END, '')
+$$;
+
+-- As in 0015, with (1) and (2) above.
+CREATE OR REPLACE FUNCTION claim_jobs(p_queue text, p_machine text, p_max_jobs integer, p_prefer_id bigint)
+RETURNS SETOF jobs LANGUAGE plpgsql
+-- Every statement below is planned once per connection, not per call, and reads indexes in their
+-- order where one has it (see the header).
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+SET enable_sort = off
+SET jit = off
+AS $$
+DECLARE
+    v_q queues%ROWTYPE;
+    v_free integer;
+    v_claimed integer;
+    v_now timestamptz;
+    v_ids bigint[];
+    v_vtime double precision;
+    v_lookahead integer;
+    v_capped boolean;
+    v_prefer_tenant text;
+    v_prefer_priority smallint;
+    v_prefer_scheduled timestamptz;
+    v_prefer_args jsonb;
+    v_ctid tid;
+    v_ctids tid[];
+    v_scanned boolean := false;
+    v_round integer;
+    v_plain boolean;
+    v_skipped bigint[] := '{}';  -- picked by the general path but locked by someone else: pick again without them
+    v_pass integer := 0;
+BEGIN
+    -- A claim need not wait for its WAL flush (about one fsync off every pickup). If Postgres
+    -- crashes before the flush, the claim is forgotten and the job is simply available again;
+    -- the machine that thought it held it is fenced out (attempt and holder no longer match).
+    PERFORM set_config('synchronous_commit', 'off', true);
+    SELECT * INTO v_q FROM queues WHERE name = p_queue FOR UPDATE;
+    IF NOT FOUND OR v_q.paused THEN
+        RETURN;
+    END IF;
+    -- (in jobs_executing_idx's order: no other index can give it, and sorts are off)
+    SELECT v_q."limit" - count(*) INTO v_free
+      FROM (SELECT FROM jobs j WHERE j.queue = p_queue AND j.state = 'executing' ORDER BY j.heartbeat_at) e;
+    v_free := least(v_free, p_max_jobs);
+    IF v_free <= 0 THEN
+        RETURN;
+    END IF;
+    v_capped := v_q.tenant_limit IS NOT NULL
+        OR EXISTS (SELECT 1 FROM queue_tenants t WHERE t.queue = p_queue AND t.max_running IS NOT NULL);
+
+    -- Taken after the lock: start times of one queue's claims only move forward, so the rate
+    -- windows (and attempted_at, which the windows record) agree with every other claim's.
+    v_now := clock_timestamp();
+    v_plain := NOT (v_q.fair OR v_capped OR v_q.rate_limit IS NOT NULL);
+    IF v_q.fair AND NOT v_capped AND v_q.rate_limit IS NULL THEN
+        -- Fairness alone, and one tenant with due jobs: FIFO is that tenant's fair order.
+        IF v_q.tenants_scanned_at IS NULL OR v_now - v_q.tenants_scanned_at > interval '50 milliseconds' THEN
+            PERFORM claim_list_tenants(p_queue, v_q.fair_vtime, v_now);
+            v_scanned := true;
+        END IF;
+        v_plain := NOT EXISTS (SELECT FROM queue_tenants t WHERE t.queue = p_queue AND t.active OFFSET 1);  -- <= 1
+    END IF;
+
+    IF v_plain THEN
+        -- FIFO: priority, time, id across the queue. The job that caused this machine's launch goes
+        -- first when it is still waiting.
+        IF p_prefer_id IS NOT NULL THEN
+            -- Found by id with a plan made for this call (one a machine launch, see the header), then
+            -- locked and updated as the picks below are.
+            EXECUTE 'SELECT j.ctid FROM jobs j WHERE j.id = $1 AND j.queue = $2 AND j.state = ''available''
+                       AND j.scheduled_at <= $3 FOR UPDATE SKIP LOCKED'
+               INTO v_ctid USING p_prefer_id, p_queue, v_now;
+            RETURN QUERY
+            UPDATE jobs SET state = 'executing', attempt = jobs.attempt + 1, attempted_by = p_machine,
+                            attempted_at = v_now, heartbeat_at = v_now
+             WHERE jobs.ctid = v_ctid
+            RETURNING jobs.*;
+            GET DIAGNOSTICS v_claimed = ROW_COUNT;
+            v_free := v_free - v_claimed;
+            IF v_free <= 0 THEN
+                RETURN;
+            END IF;
+        END IF;
+        -- The picked rows are locked first, in a statement of their own, and then updated by their
+        -- addresses (ctid): a TID scan, which no statistics can turn into a scan of anything else
+        -- (by id, 0013, a plan made while `jobs` was empty read a whole index that has the id as a
+        -- later column, on each claim: on a one-page index that looked cheaper than ten descents).
+        -- Two statements, because a row updated by someone else after the locking statement's
+        -- snapshot is locked in its new version, which only a later snapshot sees.
+        v_ctids := ARRAY(
+            SELECT j.ctid FROM jobs j
+             WHERE j.queue = p_queue AND j.state = 'available' AND j.scheduled_at <= v_now
+             ORDER BY j.priority, j.scheduled_at, j.id
+             LIMIT v_free
+             FOR UPDATE SKIP LOCKED);
+        RETURN QUERY
+        UPDATE jobs SET state = 'executing', attempt = jobs.attempt + 1, attempted_by = p_machine,
+                        attempted_at = v_now, heartbeat_at = v_now
+         WHERE jobs.ctid = ANY (v_ctids)
+        RETURNING jobs.*;
+        RETURN;
+    END IF;
+
+    IF v_q.fair AND NOT v_capped AND v_q.rate_limit IS NULL AND p_prefer_id IS NULL THEN
+        -- Fairness alone (the common case): the same order as the general pick below, in one
+        -- statement that reads only the tenants next in turn and writes each served tenant once.
+        -- The listed tenants could not fill the claim: list them again (unless this claim just
+        -- did) and fill the rest from the new list, as a second claim would.
+        LOOP
+            RETURN QUERY
+            WITH chosen AS (
+                -- The i-th tenant in turn gets at most v_free - i + 1 jobs: each tenant before it
+                -- is served first at least once. With v_free tenants in turn, no job starting
+                -- after the last one's first job can be served (the v_free first jobs go before
+                -- it), so a tenant fetches only the jobs whose turn comes by then: one each when
+                -- the tenants are level, as in a round.
+                SELECT o.tenant_id, o.pass, o.weight,
+                       least(v_free - (row_number() OVER w)::integer + 1,
+                             CASE WHEN count(*) OVER w_all >= v_free
+                                  THEN floor((max(o.pass) OVER w_all - o.pass) * o.weight + 1e-9)::integer + 1
+                                  ELSE v_free END) AS fetch
+                  FROM (SELECT t.tenant_id, greatest(t.pass, v_q.fair_vtime) AS pass, coalesce(t.weight, 1) AS weight
+                          FROM queue_tenants t
+                         WHERE t.queue = p_queue AND t.active
+                         ORDER BY greatest(t.pass, v_q.fair_vtime), t.tenant_id
+                         LIMIT v_free) o
+                WINDOW w AS (ORDER BY o.pass, o.tenant_id), w_all AS ()
+            ), picked AS (
+                -- vstart: the round-robin time of the job's turn (the k-th job of a tenant in this
+                -- claim starts at pass + (k - 1) / weight); the last one served is the new clock.
+                SELECT c.tenant_id, h.id, c.pass + (h.rn - 1)::float8 / c.weight AS vstart
+                  FROM chosen c
+                 CROSS JOIN LATERAL (
+                     -- A job another transaction has locked (a cancel or an edit in flight) is
+                     -- passed over here, so the next one takes its place; skipped only at the
+                     -- lock below, it left the claim short (empty for a claim of one).
+                     SELECT f.id, f.priority, f.scheduled_at,
+                            row_number() OVER (ORDER BY f.priority, f.scheduled_at, f.id) AS rn
+                       FROM (SELECT j.id, j.priority, j.scheduled_at
+                               FROM jobs j
+                              WHERE j.queue = p_queue AND j.state = 'available' AND j.tenant_id = c.tenant_id
+                                AND j.scheduled_at <= v_now
+                              ORDER BY j.priority, j.scheduled_at, j.id
+                              LIMIT c.fetch
+                                FOR UPDATE OF j SKIP LOCKED) f) h
+                 ORDER BY vstart, h.priority, h.scheduled_at, h.id
+                 LIMIT v_free
+            ), locked AS (
+                SELECT j.id, p.tenant_id FROM jobs j JOIN picked p ON p.id = j.id
+                 WHERE j.state = 'available'
+                   FOR UPDATE OF j SKIP LOCKED
+            ), claimed AS (
+                UPDATE jobs SET state = 'executing', attempt = jobs.attempt + 1, attempted_by = p_machine,
+                                attempted_at = v_now, heartbeat_at = v_now
+                  FROM locked WHERE jobs.id = locked.id
+                RETURNING jobs.*
+            ), turns AS (
+                UPDATE queue_tenants t SET pass = greatest(t.pass, v_q.fair_vtime) + n.jobs::float8 / coalesce(t.weight, 1)
+                  FROM (SELECT l.tenant_id, count(*) AS jobs FROM locked l GROUP BY l.tenant_id) n
+                 WHERE t.queue = p_queue AND t.tenant_id = n.tenant_id
+            ), clock AS (
+                UPDATE queues q SET fair_vtime = m.vtime
+                  FROM (SELECT max(p.vstart) AS vtime FROM picked p) m
+                 WHERE q.name = p_queue AND m.vtime > v_q.fair_vtime
+            )
+            SELECT * FROM claimed;
+            GET DIAGNOSTICS v_claimed = ROW_COUNT;
+            v_free := v_free - v_claimed;
+            EXIT WHEN v_free <= 0 OR v_scanned;
+            SELECT q.fair_vtime INTO v_q.fair_vtime FROM queues q WHERE q.name = p_queue;
+            PERFORM claim_list_tenants(p_queue, v_q.fair_vtime, v_now);
+            v_scanned := true;
+        END LOOP;
+        RETURN;
+    END IF;
+    -- With a key derived from the job, a tenant's next jobs may be held back by the limit while
+    -- later ones (another host) may go: look a little past them, never through the backlog.
+    v_lookahead := CASE WHEN v_q.rate_key LIKE '%:%' THEN 20 ELSE 0 END;
+    -- The job that caused this machine's launch goes first when it is still waiting and its
+    -- tenant's cap and rate window allow it.
+    -- (read once, by id, with a plan made for this call; the pick below takes it from here, and
+    -- the lock at the end checks it is still available)
+    IF p_prefer_id IS NOT NULL THEN
+        EXECUTE 'SELECT j.tenant_id, j.priority, j.scheduled_at, j.args FROM jobs j
+                  WHERE j.id = $1 AND j.queue = $2 AND j.state = ''available'' AND j.scheduled_at <= $3'
+           INTO v_prefer_tenant, v_prefer_priority, v_prefer_scheduled, v_prefer_args
+          USING p_prefer_id, p_queue, v_now;
+        -- Its tenant may be new since the last listing (the launch is for its first job): list
+        -- the tenants now, or the pick below, which reads only listed tenants, passes it over.
+        IF v_prefer_tenant IS NOT NULL AND NOT v_scanned AND NOT EXISTS (
+               SELECT FROM queue_tenants t WHERE t.queue = p_queue AND t.tenant_id = v_prefer_tenant AND t.active) THEN
+            PERFORM claim_list_tenants(p_queue, v_q.fair_vtime, v_now);
+            v_scanned := true;
+        END IF;
+    END IF;
+
+    <<claiming>>
+    LOOP
+        v_pass := v_pass + 1;
+        v_ids := NULL;
+
+        -- The tenants with due jobs: listing them takes one index probe per tenant, so a claim lists
+        -- them only every 50 ms, or when the tenants it knew of could not fill it (a new tenant is
+        -- seen within 50 ms however busy the others keep the queue).
+        FOR v_round IN 1..2 LOOP
+            IF NOT v_scanned AND (v_round = 2 OR v_q.tenants_scanned_at IS NULL
+                                  OR v_now - v_q.tenants_scanned_at > interval '50 milliseconds') THEN
+                PERFORM claim_list_tenants(p_queue, v_q.fair_vtime, v_now);
+                v_scanned := true;
+            ELSIF v_round = 2 THEN
+                EXIT;  -- the known tenants filled the claim, or it just listed them
+            END IF;
+
+            WITH running AS (
+                -- (in jobs_executing_idx's order, as the count above)
+                SELECT e.tenant_id, count(*)::integer AS n
+                  FROM (SELECT j.tenant_id FROM jobs j WHERE j.queue = p_queue AND j.state = 'executing'
+                         ORDER BY j.heartbeat_at) e
+                 GROUP BY e.tenant_id
+            ), tenants AS (
+                SELECT t.tenant_id,
+                       greatest(t.pass, v_q.fair_vtime) AS pass,
+                       coalesce(t.weight, 1) AS weight,
+                       least(v_free,
+                             coalesce(t.max_running, v_q.tenant_limit, 1000) - coalesce(r.n, 0),
+                             CASE WHEN v_q.rate_key = 'tenant'
+                                  THEN rate_window_room(p_queue, t.tenant_id, v_q.rate_limit, v_q.rate_period_seconds, v_now)
+                                  ELSE 1000 END)
+                           AS room
+                  FROM queue_tenants t
+                  LEFT JOIN running r ON r.tenant_id = t.tenant_id
+                 WHERE t.queue = p_queue AND t.active
+            ), chosen AS (
+                -- Fair: only the tenants next in turn can be served by this claim. FIFO (caps or a rate
+                -- limit without fairness): every eligible tenant's head competes.
+                -- The i-th tenant in turn gets at most v_free - i + 1 jobs: each tenant before it is
+                -- served first at least once.
+                SELECT o.*, CASE WHEN v_q.fair THEN least(o.room, v_free - o.turn + 1) ELSE o.room END AS fetch
+                  FROM (SELECT t.*, row_number() OVER (ORDER BY t.tenant_id IS NOT DISTINCT FROM v_prefer_tenant DESC,
+                                                                t.pass, t.tenant_id)::integer AS turn
+                          FROM tenants t WHERE t.room > 0) o
+                 WHERE NOT v_q.fair OR o.turn <= v_free * (CASE WHEN v_lookahead > 0 THEN 2 ELSE 1 END)
+            ), heads AS (
+                SELECT c.tenant_id, c.pass, c.weight, c.room, h.id, h.priority, h.scheduled_at,
+                       CASE WHEN v_q.rate_key IS NOT NULL THEN job_rate_key(v_q.rate_key, c.tenant_id, h.args) END AS rkey,
+                       row_number() OVER (PARTITION BY c.tenant_id
+                                          ORDER BY h.id IS NOT DISTINCT FROM p_prefer_id DESC, h.priority, h.scheduled_at, h.id)
+                           AS rn
+                  FROM chosen c
+                  CROSS JOIN LATERAL (
+                      SELECT p_prefer_id AS id, v_prefer_priority AS priority, v_prefer_scheduled AS scheduled_at,
+                             v_prefer_args AS args
+                       WHERE c.tenant_id = v_prefer_tenant AND p_prefer_id <> ALL (v_skipped)
+                      UNION ALL
+                      (SELECT j.id, j.priority, j.scheduled_at, j.args FROM jobs j
+                        WHERE j.queue = p_queue AND j.state = 'available' AND j.tenant_id = c.tenant_id
+                          AND j.scheduled_at <= v_now AND j.id IS DISTINCT FROM p_prefer_id
+                          AND j.id <> ALL (v_skipped)
+                        ORDER BY j.priority, j.scheduled_at, j.id
+                        LIMIT greatest(c.fetch, 1) + v_lookahead)
+                  ) h
+            ), keyed AS (
+                -- Each key lets through only as many jobs as its window has room for, first come first.
+                SELECT h.*,
+                       row_number() OVER (PARTITION BY h.rkey
+                                          ORDER BY h.id IS NOT DISTINCT FROM p_prefer_id DESC,
+                                                   CASE WHEN v_q.fair THEN h.pass + (h.rn - 1)::float8 / h.weight END,
+                                                   h.priority, h.scheduled_at, h.id) AS key_rn,
+                       CASE WHEN h.rkey IS NOT NULL
+                            THEN rate_window_room(p_queue, h.rkey, v_q.rate_limit, v_q.rate_period_seconds, v_now) END
+                           AS key_left
+                  FROM heads h
+            ), allowed AS (
+                SELECT k.*, row_number() OVER (PARTITION BY k.tenant_id ORDER BY k.rn) AS trn
+                  FROM keyed k
+                 WHERE k.rkey IS NULL OR k.key_rn <= k.key_left
+            ), picked AS (
+                -- vstart: the round-robin time of the job's turn; the last one served is the new clock.
+                SELECT a.id, a.pass + (a.trn - 1)::float8 / a.weight AS vstart FROM allowed a
+                 WHERE a.trn <= a.room
+                 ORDER BY a.id IS NOT DISTINCT FROM p_prefer_id DESC,
+                          CASE WHEN v_q.fair THEN a.pass + (a.trn - 1)::float8 / a.weight END,
+                          a.priority, a.scheduled_at, a.id
+                 LIMIT v_free
+            )
+            SELECT array_agg(p.id), max(p.vstart) INTO v_ids, v_vtime FROM picked p;
+            EXIT WHEN coalesce(cardinality(v_ids), 0) >= v_free;
+        END LOOP;
+
+        IF v_ids IS NULL THEN
+            RETURN;
+        END IF;
+        IF v_q.fair AND v_vtime > v_q.fair_vtime THEN
+            UPDATE queues SET fair_vtime = v_vtime WHERE name = p_queue;
+        END IF;
+
+        RETURN QUERY
+        WITH locked AS (
+            SELECT j.id FROM jobs j WHERE j.id = ANY (v_ids) AND j.state = 'available' FOR UPDATE SKIP LOCKED
+        ), claimed AS (
+            UPDATE jobs SET state = 'executing', attempt = jobs.attempt + 1, attempted_by = p_machine,
+                            attempted_at = v_now, heartbeat_at = v_now
+              FROM locked WHERE jobs.id = locked.id
+            RETURNING jobs.*
+        ), turns AS (
+            -- (every claimed job's tenant has its row: the pick read it from queue_tenants)
+            UPDATE queue_tenants t SET pass = greatest(t.pass, v_q.fair_vtime) + n.jobs::float8 / coalesce(t.weight, 1)
+              FROM (SELECT c.tenant_id, count(*) AS jobs FROM claimed c GROUP BY c.tenant_id) n
+             WHERE v_q.fair AND t.queue = p_queue AND t.tenant_id = n.tenant_id
+        ), windows AS (
+            INSERT INTO rate_windows AS w (queue, key, starts)
+            SELECT p_queue, job_rate_key(v_q.rate_key, c.tenant_id, c.args), array_agg(v_now)
+              FROM claimed c WHERE v_q.rate_key IS NOT NULL
+             GROUP BY 2
+            ON CONFLICT (queue, key) DO UPDATE
+               SET starts = ARRAY(SELECT s FROM unnest(w.starts || EXCLUDED.starts) s
+                                   WHERE s > v_now - make_interval(secs => v_q.rate_period_seconds)
+                                   ORDER BY s)
+        )
+        SELECT * FROM claimed;
+        GET DIAGNOSTICS v_claimed = ROW_COUNT;
+        v_free := v_free - v_claimed;
+        -- Short because someone else held some of the picked rows: pick again without them (they
+        -- are still available to this transaction's eyes; the ones it claimed are executing). Each
+        -- pass sees what the last one claimed (running counts, rate windows, turns); a few passes
+        -- at most, so a claim never chases a stream of locked rows.
+        EXIT claiming WHEN v_free <= 0 OR v_claimed >= cardinality(v_ids) OR v_pass >= 3;
+        v_skipped := v_skipped || ARRAY(SELECT j.id FROM jobs j WHERE j.id = ANY (v_ids) AND j.state = 'available');
+        v_q.fair_vtime := greatest(v_q.fair_vtime, v_vtime);
+    END LOOP claiming;
+END
+$$;
