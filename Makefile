@@ -67,9 +67,11 @@ test: lint typecheck pytest
 
 # The adversarial stateful test (a bounded run is part of `make test`) run with random seeds for
 # DURATION seconds; a failure prints every broken promise, the steps and the seed to replay them.
+# Then the claim stress (10 claimers, every rule set) for DURATION / 20 seconds per rule set.
 DURATION ?= 600
 soak: install
 	ADVERSARY_DURATION=$(DURATION) $(BIN)/pytest tests/test_adversary.py -q -s -p no:cacheprovider $(PYTEST_ARGS)
+	CLAIM_STRESS_SECONDS=$$(( $(DURATION) / 20 )) $(BIN)/pytest tests/shared/db/test_claims_concurrent.py -q -p no:cacheprovider
 
 migrate: install
 	$(BIN)/python -m shared.db.migrate
