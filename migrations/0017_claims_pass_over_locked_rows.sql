@@ -1,21 +1,32 @@
 -- Claims are not left short by rows locked elsewhere, and the job a machine was launched for is
 -- claimed first; one host is one rate window however its URL spells it (issue 15, from an
--- adversarial review of 0015; tests/shared/db/test_claims_under_locks.py).
+-- adversarial review of 0015, and one of this migration's first version;
+-- tests/shared/db/test_claims_under_locks.py and the tests named below).
 --
 -- (1) The fair and general paths picked their jobs first and locked them after, with SKIP LOCKED:
 -- a picked job another transaction had locked (a cancel in flight, an edit of the row) was
 -- dropped and nothing took its place, so a claim of one came back empty while other jobs were
 -- due (FIFO locks as it picks and was not affected). The fair pick now locks as it picks, per
--- tenant (SKIP LOCKED inside each tenant's LIMIT, as FIFO does over the queue); it can hold a few
--- rows it then does not claim until the claim commits, only when tenants are uneven. The general
--- path (caps, rate limits, the launch's job) looks past its picks by rate key, so it keeps
--- locking after the pick, and picks again without the rows it could not lock (at most 3 passes).
+-- tenant (SKIP LOCKED inside each tenant's LIMIT, as FIFO does over the queue); a tenant's rows
+-- past the claim's end stay locked until it commits, only when tenants are uneven (level tenants
+-- fetch one each). The general path (caps, rate limits, the launch's job) looks past its picks
+-- by rate key, so it locks after the pick and picks again without the rows it could not lock (at
+-- most 3 passes, each seeing what the last claimed: running counts, rate windows, turns).
 -- (2) The general path read the launch's job but offered it only through the listed tenants: a
 -- new tenant's first job (the launch's reason) was passed over until the next listing, and the
 -- machine, which names it only in its first claim, ran other tenants' jobs. Its tenant is now
 -- listed first when it is not.
 -- (3) job_rate_key: `h1.example.` (a fully qualified name) was a window of its own; the trailing
 -- dots are dropped, as the outbound policy does (shared/outbound_policy.py).
+-- (4) No claim statement looks a job up by id with a kept plan any more (a second review): the
+-- fair path's lock and the general path's lock, planned while `jobs` was empty (since 0015 or
+-- before), read a whole index that has the id as a later column, 781 and 598 pages per claim
+-- under a 20,000-job backlog (tests/shared/db/test_claim_plans_with_rows_held.py). Both now
+-- claim by address (ctid) in a statement after the one that locks, as FIFO does since 0015; the
+-- fair path locks in its pick, the general path by id with a plan made for the call (EXECUTE).
+-- (5) In the general path's later passes the launch's job is no longer first (it was claimed,
+-- or someone else holds it), and the queue's clock moves only to the turns claimed, not to a
+-- pick someone else held (tests/shared/db/test_claims_pass_again.py).
 
 CREATE OR REPLACE FUNCTION job_rate_key(p_rule text, p_tenant text, p_args jsonb) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
@@ -27,7 +38,7 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     END, '')
 $$;
 
--- As in 0015, with (1) and (2) above.
+-- As in 0015, with (1), (2), (4) and (5) above.
 CREATE OR REPLACE FUNCTION claim_jobs(p_queue text, p_machine text, p_max_jobs integer, p_prefer_id bigint)
 RETURNS SETOF jobs LANGUAGE plpgsql
 -- Every statement below is planned once per connection, not per call, and reads indexes in their
@@ -57,6 +68,9 @@ DECLARE
     v_plain boolean;
     v_skipped bigint[] := '{}';  -- picked by the general path but locked by someone else: pick again without them
     v_pass integer := 0;
+    v_prefer_id bigint := p_prefer_id;  -- the launch's job, offered first in the general path's first pass only
+    v_locked bigint[];
+    v_vstarts double precision[];
 BEGIN
     -- A claim need not wait for its WAL flush (about one fsync off every pickup). If Postgres
     -- crashes before the flush, the claim is forgotten and the job is simply available again;
@@ -135,7 +149,11 @@ BEGIN
         -- The listed tenants could not fill the claim: list them again (unless this claim just
         -- did) and fill the rest from the new list, as a second claim would.
         LOOP
-            RETURN QUERY
+            -- Pick and lock in one statement, then claim what it locked by address (ctid) in the
+            -- next, as FIFO does: no statement looks a job up by id (a plan made on an empty table
+            -- read a whole index by id, 781 pages per claim under a backlog), and a row updated
+            -- after the first statement's snapshot is locked in its new version, which the
+            -- second statement sees.
             WITH chosen AS (
                 -- The i-th tenant in turn gets at most v_free - i + 1 jobs: each tenant before it
                 -- is served first at least once. With v_free tenants in turn, no job starting
@@ -156,15 +174,17 @@ BEGIN
             ), picked AS (
                 -- vstart: the round-robin time of the job's turn (the k-th job of a tenant in this
                 -- claim starts at pass + (k - 1) / weight); the last one served is the new clock.
-                SELECT c.tenant_id, h.id, c.pass + (h.rn - 1)::float8 / c.weight AS vstart
+                SELECT h.ctid, c.pass + (h.rn - 1)::float8 / c.weight AS vstart
                   FROM chosen c
                  CROSS JOIN LATERAL (
                      -- A job another transaction has locked (a cancel or an edit in flight) is
-                     -- passed over here, so the next one takes its place; skipped only at the
-                     -- lock below, it left the claim short (empty for a claim of one).
-                     SELECT f.id, f.priority, f.scheduled_at,
+                     -- passed over here, so the tenant's next one takes its place; skipped only
+                     -- after the pick, it left the claim short (empty for a claim of one). A
+                     -- tenant's rows past the claim's end stay locked until it commits (only
+                     -- when tenants are uneven: level tenants fetch one each).
+                     SELECT f.ctid, f.priority, f.scheduled_at, f.id,
                             row_number() OVER (ORDER BY f.priority, f.scheduled_at, f.id) AS rn
-                       FROM (SELECT j.id, j.priority, j.scheduled_at
+                       FROM (SELECT j.ctid, j.id, j.priority, j.scheduled_at
                                FROM jobs j
                               WHERE j.queue = p_queue AND j.state = 'available' AND j.tenant_id = c.tenant_id
                                 AND j.scheduled_at <= v_now
@@ -173,26 +193,27 @@ BEGIN
                                 FOR UPDATE OF j SKIP LOCKED) f) h
                  ORDER BY vstart, h.priority, h.scheduled_at, h.id
                  LIMIT v_free
-            ), locked AS (
-                SELECT j.id, p.tenant_id FROM jobs j JOIN picked p ON p.id = j.id
-                 WHERE j.state = 'available'
-                   FOR UPDATE OF j SKIP LOCKED
-            ), claimed AS (
-                UPDATE jobs SET state = 'executing', attempt = jobs.attempt + 1, attempted_by = p_machine,
-                                attempted_at = v_now, heartbeat_at = v_now
-                  FROM locked WHERE jobs.id = locked.id
-                RETURNING jobs.*
-            ), turns AS (
-                UPDATE queue_tenants t SET pass = greatest(t.pass, v_q.fair_vtime) + n.jobs::float8 / coalesce(t.weight, 1)
-                  FROM (SELECT l.tenant_id, count(*) AS jobs FROM locked l GROUP BY l.tenant_id) n
-                 WHERE t.queue = p_queue AND t.tenant_id = n.tenant_id
-            ), clock AS (
-                UPDATE queues q SET fair_vtime = m.vtime
-                  FROM (SELECT max(p.vstart) AS vtime FROM picked p) m
-                 WHERE q.name = p_queue AND m.vtime > v_q.fair_vtime
             )
-            SELECT * FROM claimed;
-            GET DIAGNOSTICS v_claimed = ROW_COUNT;
+            SELECT array_agg(p.ctid), max(p.vstart) INTO v_ctids, v_vtime FROM picked p;
+            v_claimed := 0;
+            IF v_ctids IS NOT NULL THEN
+                RETURN QUERY
+                WITH claimed AS (
+                    UPDATE jobs SET state = 'executing', attempt = jobs.attempt + 1, attempted_by = p_machine,
+                                    attempted_at = v_now, heartbeat_at = v_now
+                     WHERE jobs.ctid = ANY (v_ctids)  -- (a TID scan only: locked by this claim, so still available)
+                    RETURNING jobs.*
+                ), turns AS (
+                    UPDATE queue_tenants t SET pass = greatest(t.pass, v_q.fair_vtime) + n.jobs::float8 / coalesce(t.weight, 1)
+                      FROM (SELECT c.tenant_id, count(*) AS jobs FROM claimed c GROUP BY c.tenant_id) n
+                     WHERE t.queue = p_queue AND t.tenant_id = n.tenant_id
+                ), clock AS (
+                    -- (every picked row is locked, so every one is claimed)
+                    UPDATE queues q SET fair_vtime = v_vtime WHERE q.name = p_queue AND v_vtime > v_q.fair_vtime
+                )
+                SELECT * FROM claimed;
+                GET DIAGNOSTICS v_claimed = ROW_COUNT;
+            END IF;
             v_free := v_free - v_claimed;
             EXIT WHEN v_free <= 0 OR v_scanned;
             SELECT q.fair_vtime INTO v_q.fair_vtime FROM queues q WHERE q.name = p_queue;
@@ -272,17 +293,17 @@ BEGIN
                 SELECT c.tenant_id, c.pass, c.weight, c.room, h.id, h.priority, h.scheduled_at,
                        CASE WHEN v_q.rate_key IS NOT NULL THEN job_rate_key(v_q.rate_key, c.tenant_id, h.args) END AS rkey,
                        row_number() OVER (PARTITION BY c.tenant_id
-                                          ORDER BY h.id IS NOT DISTINCT FROM p_prefer_id DESC, h.priority, h.scheduled_at, h.id)
+                                          ORDER BY h.id IS NOT DISTINCT FROM v_prefer_id DESC, h.priority, h.scheduled_at, h.id)
                            AS rn
                   FROM chosen c
                   CROSS JOIN LATERAL (
-                      SELECT p_prefer_id AS id, v_prefer_priority AS priority, v_prefer_scheduled AS scheduled_at,
+                      SELECT v_prefer_id AS id, v_prefer_priority AS priority, v_prefer_scheduled AS scheduled_at,
                              v_prefer_args AS args
-                       WHERE c.tenant_id = v_prefer_tenant AND p_prefer_id <> ALL (v_skipped)
+                       WHERE c.tenant_id = v_prefer_tenant
                       UNION ALL
                       (SELECT j.id, j.priority, j.scheduled_at, j.args FROM jobs j
                         WHERE j.queue = p_queue AND j.state = 'available' AND j.tenant_id = c.tenant_id
-                          AND j.scheduled_at <= v_now AND j.id IS DISTINCT FROM p_prefer_id
+                          AND j.scheduled_at <= v_now AND j.id IS DISTINCT FROM v_prefer_id
                           AND j.id <> ALL (v_skipped)
                         ORDER BY j.priority, j.scheduled_at, j.id
                         LIMIT greatest(c.fetch, 1) + v_lookahead)
@@ -291,7 +312,7 @@ BEGIN
                 -- Each key lets through only as many jobs as its window has room for, first come first.
                 SELECT h.*,
                        row_number() OVER (PARTITION BY h.rkey
-                                          ORDER BY h.id IS NOT DISTINCT FROM p_prefer_id DESC,
+                                          ORDER BY h.id IS NOT DISTINCT FROM v_prefer_id DESC,
                                                    CASE WHEN v_q.fair THEN h.pass + (h.rn - 1)::float8 / h.weight END,
                                                    h.priority, h.scheduled_at, h.id) AS key_rn,
                        CASE WHEN h.rkey IS NOT NULL
@@ -306,55 +327,68 @@ BEGIN
                 -- vstart: the round-robin time of the job's turn; the last one served is the new clock.
                 SELECT a.id, a.pass + (a.trn - 1)::float8 / a.weight AS vstart FROM allowed a
                  WHERE a.trn <= a.room
-                 ORDER BY a.id IS NOT DISTINCT FROM p_prefer_id DESC,
+                 ORDER BY a.id IS NOT DISTINCT FROM v_prefer_id DESC,
                           CASE WHEN v_q.fair THEN a.pass + (a.trn - 1)::float8 / a.weight END,
                           a.priority, a.scheduled_at, a.id
                  LIMIT v_free
             )
-            SELECT array_agg(p.id), max(p.vstart) INTO v_ids, v_vtime FROM picked p;
+            SELECT array_agg(p.id), array_agg(p.vstart) INTO v_ids, v_vstarts FROM picked p;
             EXIT WHEN coalesce(cardinality(v_ids), 0) >= v_free;
         END LOOP;
 
         IF v_ids IS NULL THEN
             RETURN;
         END IF;
-        IF v_q.fair AND v_vtime > v_q.fair_vtime THEN
-            UPDATE queues SET fair_vtime = v_vtime WHERE name = p_queue;
+        -- Locked by id with a plan made for this call (EXECUTE): a kept plan, made on an empty
+        -- table, read a whole index that has the id as a later column (598 pages per claim under
+        -- a backlog); then claimed by address (ctid), as FIFO does (see the fair path above).
+        EXECUTE 'SELECT array_agg(l.ctid), array_agg(l.id)
+                   FROM (SELECT j.ctid, j.id FROM jobs j WHERE j.id = ANY ($1) AND j.state = ''available''
+                            FOR UPDATE SKIP LOCKED) l'
+           INTO v_ctids, v_locked USING v_ids;
+        v_claimed := 0;
+        IF v_ctids IS NOT NULL THEN
+            RETURN QUERY
+            WITH claimed AS (
+                UPDATE jobs SET state = 'executing', attempt = jobs.attempt + 1, attempted_by = p_machine,
+                                attempted_at = v_now, heartbeat_at = v_now
+                 WHERE jobs.ctid = ANY (v_ctids)  -- (a TID scan only: locked by this claim, so still available)
+                RETURNING jobs.*
+            ), turns AS (
+                -- (every claimed job's tenant has its row: the pick read it from queue_tenants)
+                UPDATE queue_tenants t SET pass = greatest(t.pass, v_q.fair_vtime) + n.jobs::float8 / coalesce(t.weight, 1)
+                  FROM (SELECT c.tenant_id, count(*) AS jobs FROM claimed c GROUP BY c.tenant_id) n
+                 WHERE v_q.fair AND t.queue = p_queue AND t.tenant_id = n.tenant_id
+            ), windows AS (
+                INSERT INTO rate_windows AS w (queue, key, starts)
+                SELECT p_queue, job_rate_key(v_q.rate_key, c.tenant_id, c.args), array_agg(v_now)
+                  FROM claimed c WHERE v_q.rate_key IS NOT NULL
+                 GROUP BY 2
+                ON CONFLICT (queue, key) DO UPDATE
+                   SET starts = ARRAY(SELECT s FROM unnest(w.starts || EXCLUDED.starts) s
+                                       WHERE s > v_now - make_interval(secs => v_q.rate_period_seconds)
+                                       ORDER BY s)
+            ), clock AS (
+                -- the queue's clock moves to the last turn claimed, not to a pick held elsewhere
+                UPDATE queues q SET fair_vtime = m.vtime
+                  FROM (SELECT max(u.vstart) AS vtime FROM unnest(v_ids, v_vstarts) AS u(id, vstart)
+                         WHERE u.id = ANY (v_locked)) m
+                 WHERE v_q.fair AND q.name = p_queue AND m.vtime > v_q.fair_vtime
+            )
+            SELECT * FROM claimed;
+            GET DIAGNOSTICS v_claimed = ROW_COUNT;
         END IF;
-
-        RETURN QUERY
-        WITH locked AS (
-            SELECT j.id FROM jobs j WHERE j.id = ANY (v_ids) AND j.state = 'available' FOR UPDATE SKIP LOCKED
-        ), claimed AS (
-            UPDATE jobs SET state = 'executing', attempt = jobs.attempt + 1, attempted_by = p_machine,
-                            attempted_at = v_now, heartbeat_at = v_now
-              FROM locked WHERE jobs.id = locked.id
-            RETURNING jobs.*
-        ), turns AS (
-            -- (every claimed job's tenant has its row: the pick read it from queue_tenants)
-            UPDATE queue_tenants t SET pass = greatest(t.pass, v_q.fair_vtime) + n.jobs::float8 / coalesce(t.weight, 1)
-              FROM (SELECT c.tenant_id, count(*) AS jobs FROM claimed c GROUP BY c.tenant_id) n
-             WHERE v_q.fair AND t.queue = p_queue AND t.tenant_id = n.tenant_id
-        ), windows AS (
-            INSERT INTO rate_windows AS w (queue, key, starts)
-            SELECT p_queue, job_rate_key(v_q.rate_key, c.tenant_id, c.args), array_agg(v_now)
-              FROM claimed c WHERE v_q.rate_key IS NOT NULL
-             GROUP BY 2
-            ON CONFLICT (queue, key) DO UPDATE
-               SET starts = ARRAY(SELECT s FROM unnest(w.starts || EXCLUDED.starts) s
-                                   WHERE s > v_now - make_interval(secs => v_q.rate_period_seconds)
-                                   ORDER BY s)
-        )
-        SELECT * FROM claimed;
-        GET DIAGNOSTICS v_claimed = ROW_COUNT;
         v_free := v_free - v_claimed;
         -- Short because someone else held some of the picked rows: pick again without them (they
         -- are still available to this transaction's eyes; the ones it claimed are executing). Each
         -- pass sees what the last one claimed (running counts, rate windows, turns); a few passes
         -- at most, so a claim never chases a stream of locked rows.
         EXIT claiming WHEN v_free <= 0 OR v_claimed >= cardinality(v_ids) OR v_pass >= 3;
-        v_skipped := v_skipped || ARRAY(SELECT j.id FROM jobs j WHERE j.id = ANY (v_ids) AND j.state = 'available');
-        v_q.fair_vtime := greatest(v_q.fair_vtime, v_vtime);
+        v_skipped := v_skipped || ARRAY(SELECT u.id FROM unnest(v_ids) AS u(id) WHERE u.id <> ALL (coalesce(v_locked, '{}')));
+        -- The launch's job was claimed or is held elsewhere: no longer first, nor its tenant.
+        v_prefer_id := NULL;
+        v_prefer_tenant := NULL;
+        SELECT q.fair_vtime INTO v_q.fair_vtime FROM queues q WHERE q.name = p_queue;
     END LOOP claiming;
 END
 $$;

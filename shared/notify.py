@@ -37,6 +37,8 @@ class JobEventNote:
     batch_id: str | None
     # a `progress` event's progress as the trigger saw it (None: not carried, read it from the row)
     progress: dict[str, Any] | None = field(default=None, hash=False)
+    # a failure's own entry in the job's `errors`, counted from 1 (None: not carried)
+    error_number: int | None = None
 
 
 def job_events(payload: str) -> list[JobEventNote]:
@@ -50,7 +52,9 @@ def job_events(payload: str) -> list[JobEventNote]:
         if not (isinstance(row, list) and len(row) in (8, 9)):
             continue
         event_id, kind, job_id, state, queue, tenant, attempt, batch = row[:8]
-        progress = row[8] if len(row) == 9 and isinstance(row[8], dict) else None
+        extra = row[8] if len(row) == 9 else None
+        progress = extra if isinstance(extra, dict) else None
+        error_number = extra if isinstance(extra, int) and not isinstance(extra, bool) and extra > 0 else None
         if not (
             isinstance(event_id, int)
             and isinstance(job_id, int)
@@ -59,7 +63,9 @@ def job_events(payload: str) -> list[JobEventNote]:
             and (batch is None or isinstance(batch, str))
         ):
             continue
-        events.append(JobEventNote(event_id, kind, job_id, state, queue, tenant, attempt, batch, progress))
+        events.append(
+            JobEventNote(event_id, kind, job_id, state, queue, tenant, attempt, batch, progress, error_number)
+        )
     return events
 
 

@@ -126,17 +126,21 @@ class LiveEvent:
         return self._frame
 
 
-def _error_of_attempt(errors: Any, attempt: int, row_attempt: int) -> dict[str, Any] | None:
-    """The error a failure event of `attempt` announces, from the row's list of errors: the last
-    entry of that attempt. The row may have moved on since (another attempt failed), so its
-    latest error is taken only for an entry without an attempt and while the row is still at it."""
+def _own_error(errors: Any, note: JobEventNote, row_attempt: int) -> dict[str, Any] | None:
+    """The error a failure event announces, from the row's list of errors, which may have grown
+    since (another attempt failed). Since 0016 the event names its entry (the list only grows);
+    an event without the number takes the last entry of its attempt, or an entry without an
+    attempt while the row is still at it."""
     if not isinstance(errors, list):
         return None
+    if note.error_number is not None:
+        entry = errors[note.error_number - 1] if note.error_number <= len(errors) else None
+        return entry if isinstance(entry, dict) else None
     for entry in reversed(errors):
-        if isinstance(entry, dict) and entry.get("attempt") == attempt:
+        if isinstance(entry, dict) and entry.get("attempt") == note.attempt:
             return entry
     last = errors[-1] if errors else None
-    if isinstance(last, dict) and "attempt" not in last and row_attempt == attempt:
+    if isinstance(last, dict) and "attempt" not in last and row_attempt == note.attempt:
         return last
     return None
 
@@ -387,7 +391,7 @@ class EventHub:
             if event.tags is None:
                 event.tags = tuple(row["tags"])
             if event.needs_error:
-                event.error = _error_of_attempt(row["errors"], event.note.attempt, row["attempt"])
+                event.error = _own_error(row["errors"], event.note, row["attempt"])
             if event.needs_progress and isinstance(row["progress"], dict):
                 event.progress = row["progress"]
 

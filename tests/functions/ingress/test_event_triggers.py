@@ -194,3 +194,11 @@ def test_an_event_of_another_shape_is_read_without_what_it_cannot_carry() -> Non
     assert job_events(json.dumps([[*base, {"done": 1}]]))[0].progress == {"done": 1}
     assert job_events(json.dumps([[*base, "not an object"]]))[0].progress is None
     assert job_events(json.dumps([[*base, None, "extra"]])) == []
+    failed = [7, "retryable", 1, "retryable", "default", "acme", 1, None]
+    assert [job_events(json.dumps([[*failed, n]]))[0].error_number for n in (3, 0, -1, True, 2.5)] == [
+        3,
+        None,
+        None,
+        None,
+        None,
+    ]
