@@ -71,7 +71,7 @@ test: lint typecheck pytest
 DURATION ?= 600
 soak: install
 	ADVERSARY_DURATION=$(DURATION) $(BIN)/pytest tests/test_adversary.py -q -s -p no:cacheprovider $(PYTEST_ARGS)
-	CLAIM_STRESS_SECONDS=$$(( $(DURATION) / 20 )) $(BIN)/pytest tests/shared/db/test_claims_concurrent.py -q -p no:cacheprovider
+	CLAIM_STRESS_SECONDS=$$(( $(DURATION) / 20 )) $(BIN)/pytest tests/shared/db/test_claims_concurrent.py tests/shared/db/test_claims_under_cancels.py -q -p no:cacheprovider
 
 migrate: install
 	$(BIN)/python -m shared.db.migrate

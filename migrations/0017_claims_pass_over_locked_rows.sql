@@ -27,6 +27,10 @@
 -- (5) In the general path's later passes the launch's job is no longer first (it was claimed,
 -- or someone else holds it), and the queue's clock moves only to the turns claimed, not to a
 -- pick someone else held (tests/shared/db/test_claims_pass_again.py).
+-- (6) A tenant in turn whose every due job is held elsewhere gives its turn to the next tenant,
+-- for that claim: in turn with nothing to give, it kept the claim empty or short (a third
+-- review; tests/shared/db/test_claims_pass_over_held_tenants.py). Four passes at most on the
+-- fair path (one listing among them), three on the general path.
 
 CREATE OR REPLACE FUNCTION job_rate_key(p_rule text, p_tenant text, p_args jsonb) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
@@ -38,7 +42,7 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     END, '')
 $$;
 
--- As in 0015, with (1), (2), (4) and (5) above.
+-- As in 0015, with (1), (2), (4), (5) and (6) above.
 CREATE OR REPLACE FUNCTION claim_jobs(p_queue text, p_machine text, p_max_jobs integer, p_prefer_id bigint)
 RETURNS SETOF jobs LANGUAGE plpgsql
 -- Every statement below is planned once per connection, not per call, and reads indexes in their
@@ -71,6 +75,9 @@ DECLARE
     v_prefer_id bigint := p_prefer_id;  -- the launch's job, offered first in the general path's first pass only
     v_locked bigint[];
     v_vstarts double precision[];
+    v_tenants text[];
+    v_idle text[];  -- tenants in turn that yielded no job: every due one is held elsewhere (or none is due)
+    v_passed text[] := '{}';  -- such tenants, left out of this claim's later passes
 BEGIN
     -- A claim need not wait for its WAL flush (about one fsync off every pickup). If Postgres
     -- crashes before the flush, the claim is forgotten and the job is simply available again;
@@ -167,14 +174,15 @@ BEGIN
                                   ELSE v_free END) AS fetch
                   FROM (SELECT t.tenant_id, greatest(t.pass, v_q.fair_vtime) AS pass, coalesce(t.weight, 1) AS weight
                           FROM queue_tenants t
-                         WHERE t.queue = p_queue AND t.active
+                         WHERE t.queue = p_queue AND t.active AND t.tenant_id <> ALL (v_passed)
                          ORDER BY greatest(t.pass, v_q.fair_vtime), t.tenant_id
                          LIMIT v_free) o
                 WINDOW w AS (ORDER BY o.pass, o.tenant_id), w_all AS ()
-            ), picked AS (
+            ), fetched AS (
                 -- vstart: the round-robin time of the job's turn (the k-th job of a tenant in this
                 -- claim starts at pass + (k - 1) / weight); the last one served is the new clock.
-                SELECT h.ctid, c.pass + (h.rn - 1)::float8 / c.weight AS vstart
+                SELECT c.tenant_id, h.ctid, h.priority, h.scheduled_at, h.id,
+                       c.pass + (h.rn - 1)::float8 / c.weight AS vstart
                   FROM chosen c
                  CROSS JOIN LATERAL (
                      -- A job another transaction has locked (a cancel or an edit in flight) is
@@ -191,10 +199,15 @@ BEGIN
                               ORDER BY j.priority, j.scheduled_at, j.id
                               LIMIT c.fetch
                                 FOR UPDATE OF j SKIP LOCKED) f) h
-                 ORDER BY vstart, h.priority, h.scheduled_at, h.id
+            ), picked AS (
+                SELECT f.ctid, f.vstart FROM fetched f
+                 ORDER BY f.vstart, f.priority, f.scheduled_at, f.id
                  LIMIT v_free
             )
-            SELECT array_agg(p.ctid), max(p.vstart) INTO v_ctids, v_vtime FROM picked p;
+            SELECT (SELECT array_agg(p.ctid) FROM picked p), (SELECT max(p.vstart) FROM picked p),
+                   (SELECT array_agg(c.tenant_id) FROM chosen c
+                     WHERE NOT EXISTS (SELECT FROM fetched f WHERE f.tenant_id = c.tenant_id))
+              INTO v_ctids, v_vtime, v_idle;
             v_claimed := 0;
             IF v_ctids IS NOT NULL THEN
                 RETURN QUERY
@@ -215,10 +228,17 @@ BEGIN
                 GET DIAGNOSTICS v_claimed = ROW_COUNT;
             END IF;
             v_free := v_free - v_claimed;
-            EXIT WHEN v_free <= 0 OR v_scanned;
+            v_pass := v_pass + 1;
+            -- Short: a tenant in turn that yielded nothing (its due jobs are held elsewhere, a
+            -- cancel in flight, or the listing is stale) gives its turn to the next tenant, for
+            -- this claim only; and the tenants are listed again once. A few passes at most.
+            EXIT WHEN v_free <= 0 OR v_pass >= 4 OR (v_scanned AND v_idle IS NULL);
+            v_passed := v_passed || coalesce(v_idle, '{}');
             SELECT q.fair_vtime INTO v_q.fair_vtime FROM queues q WHERE q.name = p_queue;
-            PERFORM claim_list_tenants(p_queue, v_q.fair_vtime, v_now);
-            v_scanned := true;
+            IF NOT v_scanned THEN
+                PERFORM claim_list_tenants(p_queue, v_q.fair_vtime, v_now);
+                v_scanned := true;
+            END IF;
         END LOOP;
         RETURN;
     END IF;
@@ -278,7 +298,7 @@ BEGIN
                            AS room
                   FROM queue_tenants t
                   LEFT JOIN running r ON r.tenant_id = t.tenant_id
-                 WHERE t.queue = p_queue AND t.active
+                 WHERE t.queue = p_queue AND t.active AND t.tenant_id <> ALL (v_passed)
             ), chosen AS (
                 -- Fair: only the tenants next in turn can be served by this claim. FIFO (caps or a rate
                 -- limit without fairness): every eligible tenant's head competes.
@@ -325,14 +345,15 @@ BEGIN
                  WHERE k.rkey IS NULL OR k.key_rn <= k.key_left
             ), picked AS (
                 -- vstart: the round-robin time of the job's turn; the last one served is the new clock.
-                SELECT a.id, a.pass + (a.trn - 1)::float8 / a.weight AS vstart FROM allowed a
+                SELECT a.id, a.tenant_id, a.pass + (a.trn - 1)::float8 / a.weight AS vstart FROM allowed a
                  WHERE a.trn <= a.room
                  ORDER BY a.id IS NOT DISTINCT FROM v_prefer_id DESC,
                           CASE WHEN v_q.fair THEN a.pass + (a.trn - 1)::float8 / a.weight END,
                           a.priority, a.scheduled_at, a.id
                  LIMIT v_free
             )
-            SELECT array_agg(p.id), array_agg(p.vstart) INTO v_ids, v_vstarts FROM picked p;
+            SELECT array_agg(p.id), array_agg(p.vstart), array_agg(p.tenant_id) INTO v_ids, v_vstarts, v_tenants
+              FROM picked p;
             EXIT WHEN coalesce(cardinality(v_ids), 0) >= v_free;
         END LOOP;
 
@@ -342,10 +363,13 @@ BEGIN
         -- Locked by id with a plan made for this call (EXECUTE): a kept plan, made on an empty
         -- table, read a whole index that has the id as a later column (598 pages per claim under
         -- a backlog); then claimed by address (ctid), as FIFO does (see the fair path above).
-        EXECUTE 'SELECT array_agg(l.ctid), array_agg(l.id)
-                   FROM (SELECT j.ctid, j.id FROM jobs j WHERE j.id = ANY ($1) AND j.state = ''available''
-                            FOR UPDATE SKIP LOCKED) l'
-           INTO v_ctids, v_locked USING v_ids;
+        -- (the queue and due time are checked after the lock, as filters: in the lock's own
+        -- condition they let a plan walk the queue's claim index instead of finding ids)
+        EXECUTE 'SELECT array_agg(l.ctid) FILTER (WHERE l.queue = $2 AND l.scheduled_at <= $3),
+                        array_agg(l.id) FILTER (WHERE l.queue = $2 AND l.scheduled_at <= $3)
+                   FROM (SELECT j.ctid, j.id, j.queue, j.scheduled_at FROM jobs j
+                          WHERE j.id = ANY ($1) AND j.state = ''available'' FOR UPDATE SKIP LOCKED) l'
+           INTO v_ctids, v_locked USING v_ids, p_queue, v_now;
         v_claimed := 0;
         IF v_ctids IS NOT NULL THEN
             RETURN QUERY
@@ -385,6 +409,18 @@ BEGIN
         -- at most, so a claim never chases a stream of locked rows.
         EXIT claiming WHEN v_free <= 0 OR v_claimed >= cardinality(v_ids) OR v_pass >= 3;
         v_skipped := v_skipped || ARRAY(SELECT u.id FROM unnest(v_ids) AS u(id) WHERE u.id <> ALL (coalesce(v_locked, '{}')));
+        -- A tenant none of whose picks could be locked and with no other due job gives its turn to
+        -- the next, for this claim (in turn with nothing to give, it kept the next tenants out).
+        -- (the probe is ordered as jobs_tenant_claim_idx, so only that index can serve it)
+        v_passed := v_passed || ARRAY(
+            SELECT u.tenant_id FROM unnest(v_ids, v_tenants) AS u(id, tenant_id)
+             GROUP BY u.tenant_id
+            HAVING bool_and(u.id <> ALL (coalesce(v_locked, '{}')))
+               AND NOT EXISTS (SELECT 1 FROM jobs j
+                                WHERE j.queue = p_queue AND j.state = 'available' AND j.tenant_id = u.tenant_id
+                                  AND j.scheduled_at <= v_now AND j.id <> ALL (v_skipped)
+                                ORDER BY j.tenant_id, j.priority, j.scheduled_at, j.id
+                                LIMIT 1));
         -- The launch's job was claimed or is held elsewhere: no longer first, nor its tenant.
         v_prefer_id := NULL;
         v_prefer_tenant := NULL;
