@@ -12,7 +12,7 @@ from functions.ingress.event_hub import EventFilter, LiveEvent
 from shared.db.pool import Pool
 from shared.db.sql import QUERIES
 from tests.conftest import make_settings
-from tests.functions.ingress.test_event_hub import insert, running_hub
+from tests.functions.ingress.test_event_hub import insert, replayed_after, running_hub
 
 
 async def test_a_replayed_failure_keeps_its_error_after_the_job_was_retried_by_hand(
@@ -55,13 +55,8 @@ async def test_a_replayed_failure_keeps_its_error_after_the_job_was_retried_by_h
             cur = await conn.execute(QUERIES["retry_job"], {"id": job_id, "tenant_id": None})
             assert await cur.fetchone() is not None
         await run_and_discard(job_id, "second run")
-        async with asyncio.timeout(30):
-            # executing, discarded, retried, executing, discarded
-            while hub.received_total < before + 5:
-                await asyncio.sleep(0.01)
-        async with hub.subscription(EventFilter(tenant_id="acme"), str(inserted.note.event_id)) as events:
-            async with asyncio.timeout(30):
-                replayed = [await anext(aiter(events)) for _ in range(5)]
+        # executing, discarded, retried, executing, discarded
+        replayed = await replayed_after(hub, inserted, before=before, count=5)
     sent = [e.json() for e in replayed if isinstance(e, LiveEvent)]
     assert [(e["type"], e["attempt"], (e["error"] or {}).get("error")) for e in sent if e["type"] == "discarded"] == [
         ("discarded", 1, "first run"),

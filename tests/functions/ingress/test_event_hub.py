@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from functions.ingress.event_hub import EventFilter, EventHub, LiveEvent
+from functions.ingress.event_hub import EventFilter, EventHub, LiveEvent, Reset
 from functions.ingress.events import final_job_stream, wait_for_final
 from shared.db import event_log
 from shared.db.pool import Pool, open_pool
@@ -33,6 +33,17 @@ async def running_hub(settings: Settings, pool: Pool) -> AsyncIterator[EventHub]
     finally:
         stop.set()
         await task
+
+
+async def replayed_after(hub: EventHub, first: LiveEvent, *, before: int, count: int) -> list[LiveEvent | Reset]:
+    """Once the hub has received `count` events since `before` (its received_total then), the
+    events a client resuming right after `first` (Last-Event-ID) is sent."""
+    async with asyncio.timeout(30):
+        while hub.received_total < before + count:
+            await asyncio.sleep(0.01)
+    async with hub.subscription(EventFilter(tenant_id=first.note.tenant_id), str(first.note.event_id)) as events:
+        async with asyncio.timeout(30):
+            return [await anext(aiter(events)) for _ in range(count)]
 
 
 async def insert(pool: Pool, tenant: str, count: int = 1) -> None:
@@ -234,13 +245,8 @@ async def test_a_replayed_event_keeps_its_own_progress_and_error_after_the_job_m
         before = hub.received_total
         await one_attempt(job_id, 1, done=1, error="first")
         await one_attempt(job_id, 2, done=3, error="second")
-        async with asyncio.timeout(30):
-            # executing, progress, retryable; then available (staged) and the same again
-            while hub.received_total < before + 7:
-                await asyncio.sleep(0.01)
-        async with hub.subscription(EventFilter(tenant_id="acme"), str(inserted.note.event_id)) as events:
-            async with asyncio.timeout(30):
-                replayed = [await anext(aiter(events)) for _ in range(7)]
+        # executing, progress, retryable; then available (staged) and the same again
+        replayed = await replayed_after(hub, inserted, before=before, count=7)
     sent = [e.json() for e in replayed if isinstance(e, LiveEvent)]
     assert [(e["type"], e["attempt"], e["progress"]) for e in sent if e["type"] == "progress"] == [
         ("progress", 1, {"done": 1, "total": 4}),
