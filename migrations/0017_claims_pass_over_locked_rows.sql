@@ -29,8 +29,10 @@
 -- pick someone else held (tests/shared/db/test_claims_pass_again.py).
 -- (6) A tenant in turn whose every due job is held elsewhere gives its turn to the next tenant,
 -- for that claim: in turn with nothing to give, it kept the claim empty or short (a third
--- review; tests/shared/db/test_claims_pass_over_held_tenants.py). Four passes at most on the
--- fair path (one listing among them), three on the general path.
+-- review; tests/shared/db/test_claims_pass_over_held_tenants.py); on the general path a tenant
+-- whose picks are held in two passes gives its turn even if it has more due jobs (they may be
+-- held too: a batch being cancelled). Each pass passes over a tenant or ends the claim; at most
+-- 32 passes on the fair path (one listing among them), 16 on the general path.
 
 CREATE OR REPLACE FUNCTION job_rate_key(p_rule text, p_tenant text, p_args jsonb) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
@@ -78,6 +80,8 @@ DECLARE
     v_tenants text[];
     v_idle text[];  -- tenants in turn that yielded no job: every due one is held elsewhere (or none is due)
     v_passed text[] := '{}';  -- such tenants, left out of this claim's later passes
+    v_held text[];  -- general path: tenants none of whose picks in a pass could be locked
+    v_held_once text[] := '{}';  -- ... in an earlier pass of this claim
 BEGIN
     -- A claim need not wait for its WAL flush (about one fsync off every pickup). If Postgres
     -- crashes before the flush, the claim is forgotten and the job is simply available again;
@@ -231,8 +235,9 @@ BEGIN
             v_pass := v_pass + 1;
             -- Short: a tenant in turn that yielded nothing (its due jobs are held elsewhere, a
             -- cancel in flight, or the listing is stale) gives its turn to the next tenant, for
-            -- this claim only; and the tenants are listed again once. A few passes at most.
-            EXIT WHEN v_free <= 0 OR v_pass >= 4 OR (v_scanned AND v_idle IS NULL);
+            -- this claim only; and the tenants are listed again once. Each pass passes over at
+            -- least one tenant, and reads only the next tenants' heads: at most 32 passes.
+            EXIT WHEN v_free <= 0 OR v_pass >= 32 OR (v_scanned AND v_idle IS NULL);
             v_passed := v_passed || coalesce(v_idle, '{}');
             SELECT q.fair_vtime INTO v_q.fair_vtime FROM queues q WHERE q.name = p_queue;
             IF NOT v_scanned THEN
@@ -407,20 +412,26 @@ BEGIN
         -- are still available to this transaction's eyes; the ones it claimed are executing). Each
         -- pass sees what the last one claimed (running counts, rate windows, turns); a few passes
         -- at most, so a claim never chases a stream of locked rows.
-        EXIT claiming WHEN v_free <= 0 OR v_claimed >= cardinality(v_ids) OR v_pass >= 3;
+        EXIT claiming WHEN v_free <= 0 OR v_claimed >= cardinality(v_ids) OR v_pass >= 16;
         v_skipped := v_skipped || ARRAY(SELECT u.id FROM unnest(v_ids) AS u(id) WHERE u.id <> ALL (coalesce(v_locked, '{}')));
-        -- A tenant none of whose picks could be locked and with no other due job gives its turn to
-        -- the next, for this claim (in turn with nothing to give, it kept the next tenants out).
-        -- (the probe is ordered as jobs_tenant_claim_idx, so only that index can serve it)
-        v_passed := v_passed || ARRAY(
+        -- A tenant none of whose picks could be locked gives its turn to the next, for this claim
+        -- (in turn with nothing to give, it kept the next tenants out): at once when it has no
+        -- other due job, else when that happens to it a second time (its next jobs are held
+        -- too: a batch being cancelled). (the probe is ordered as jobs_tenant_claim_idx, so only
+        -- that index can serve it)
+        v_held := ARRAY(
             SELECT u.tenant_id FROM unnest(v_ids, v_tenants) AS u(id, tenant_id)
              GROUP BY u.tenant_id
-            HAVING bool_and(u.id <> ALL (coalesce(v_locked, '{}')))
-               AND NOT EXISTS (SELECT 1 FROM jobs j
-                                WHERE j.queue = p_queue AND j.state = 'available' AND j.tenant_id = u.tenant_id
+            HAVING bool_and(u.id <> ALL (coalesce(v_locked, '{}'))));
+        v_passed := v_passed || ARRAY(
+            SELECT h.tenant_id FROM unnest(v_held) AS h(tenant_id)
+             WHERE h.tenant_id = ANY (v_held_once)
+                OR NOT EXISTS (SELECT 1 FROM jobs j
+                                WHERE j.queue = p_queue AND j.state = 'available' AND j.tenant_id = h.tenant_id
                                   AND j.scheduled_at <= v_now AND j.id <> ALL (v_skipped)
                                 ORDER BY j.tenant_id, j.priority, j.scheduled_at, j.id
                                 LIMIT 1));
+        v_held_once := v_held_once || v_held;
         -- The launch's job was claimed or is held elsewhere: no longer first, nor its tenant.
         v_prefer_id := NULL;
         v_prefer_tenant := NULL;
