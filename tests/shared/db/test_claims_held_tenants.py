@@ -7,7 +7,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from tests.shared.db.test_claims_under_locks import RULES, claim, insert, queue_with
+from tests.shared.db.test_claims_under_locks import RULES, claim_while_held, insert, queue_with
 
 NOT_FIFO = {k: r for k, r in RULES.items() if k != "fifo"}
 
@@ -19,11 +19,7 @@ def test_a_claim_of_one_passes_over_a_tenant_with_three_held_jobs(database_url: 
         queue_with(setup, rules)
         held = [insert(setup, "t1", priority=0) for _ in range(3)]
         other = insert(setup, "t2", priority=5)
-    with psycopg.connect(database_url) as holder, psycopg.connect(database_url) as claimer:
-        holder.execute("SELECT 1 FROM jobs WHERE id = ANY(%s) FOR UPDATE", (held,))
-        got = claim(claimer, 1)
-        holder.rollback()
-        claimer.rollback()
+    got = claim_while_held(database_url, held, 1)
     assert got == [other]
 
 
@@ -35,9 +31,5 @@ def test_a_claim_of_one_passes_over_several_held_tenants(database_url: str, rule
         queue_with(setup, rules)
         held = [insert(setup, f"t{i}") for i in range(n_held)]
         other = insert(setup, "zz")
-    with psycopg.connect(database_url) as holder, psycopg.connect(database_url) as claimer:
-        holder.execute("SELECT 1 FROM jobs WHERE id = ANY(%s) FOR UPDATE", (held,))
-        got = claim(claimer, 1)
-        holder.rollback()
-        claimer.rollback()
+    got = claim_while_held(database_url, held, 1)
     assert got == [other]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from tests.shared.db.test_claims_under_locks import claim, insert, queue_with
+from tests.shared.db.test_claims_under_locks import claim, claim_while_held, held_elsewhere, insert, queue_with
 
 GENERAL = {
     "fifo-capped": "fair = false, tenant_limit = 1000",
@@ -27,11 +27,7 @@ def test_the_launch_job_claimed_in_pass_one_does_not_take_a_slot_in_the_next_pas
         x = insert(setup, "t1", priority=0)
         y = insert(setup, "t1", priority=1)
         p = insert(setup, "t2", priority=5)
-    with psycopg.connect(database_url) as holder, psycopg.connect(database_url) as claimer:
-        holder.execute("SELECT 1 FROM jobs WHERE id = %s FOR UPDATE", (x,))
-        got = claim(claimer, 2, prefer=p)
-        holder.rollback()
-        claimer.rollback()
+    got = claim_while_held(database_url, [x], 2, prefer=p)
     assert sorted(got) == sorted([p, y])
 
 
@@ -59,14 +55,11 @@ def test_a_launch_job_held_elsewhere_leaves_the_claim_to_the_tenant_whose_turn_i
             " VALUES ('race', 't1', 0, true), ('race', 't2', 5, true)"
         )
         setup.execute("UPDATE queues SET tenants_scanned_at = now() + interval '1 hour' WHERE name = 'race'")
-    with psycopg.connect(database_url) as holder, psycopg.connect(database_url) as claimer:
-        holder.execute("SELECT 1 FROM jobs WHERE id = %s FOR UPDATE", (p,))
+    with held_elsewhere(database_url, [p]) as claimer:
         got = claim(claimer, 1, prefer=p)
         passes: dict[str, float] = dict(
             claimer.execute("SELECT tenant_id, pass FROM queue_tenants WHERE queue = 'race'").fetchall()
         )
-        holder.rollback()
-        claimer.rollback()
     assert got == [a1], (got, passes)
 
 
@@ -87,16 +80,13 @@ def test_caps_and_rate_limits_hold_across_the_passes(database_url: str, rules: s
         held = insert(setup, "t1", priority=0, url="https://h1.example/a")
         for tenant, host in [("t1", "h2"), ("t1", "h3"), ("t2", "h1"), ("t2", "h2"), ("t3", "h1"), ("t3", "h9")]:
             insert(setup, tenant, priority=1, url=f"https://{host}.example/x")
-    with psycopg.connect(database_url) as holder, psycopg.connect(database_url) as claimer:
-        holder.execute("SELECT 1 FROM jobs WHERE id = %s FOR UPDATE", (held,))
+    with held_elsewhere(database_url, [held]) as claimer:
         got = claim(claimer, 5)
         rows = claimer.execute(
             "SELECT tenant_id, job_rate_key(q.rate_key, tenant_id, args) FROM jobs j, queues q"
             " WHERE q.name = 'race' AND j.id = ANY (%s)",
             (got,),
         ).fetchall()
-        holder.rollback()
-        claimer.rollback()
     tenants = [r[0] for r in rows]
     keys = [r[1] for r in rows]
     assert held not in got

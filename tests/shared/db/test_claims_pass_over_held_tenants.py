@@ -6,7 +6,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from tests.shared.db.test_claims_under_locks import RULES, claim, insert, queue_with
+from tests.shared.db.test_claims_under_locks import RULES, claim_while_held, insert, queue_with
 
 
 @pytest.mark.parametrize("rules", [r for k, r in RULES.items() if k != "fifo"], ids=[k for k in RULES if k != "fifo"])
@@ -17,11 +17,7 @@ def test_a_claim_of_one_passes_over_a_tenant_whose_only_job_is_held(database_url
         queue_with(setup, rules)
         held = insert(setup, "t1")
         other = insert(setup, "t2")
-    with psycopg.connect(database_url) as holder, psycopg.connect(database_url) as claimer:
-        holder.execute("SELECT 1 FROM jobs WHERE id = %s FOR UPDATE", (held,))
-        got = claim(claimer, 1)
-        holder.rollback()
-        claimer.rollback()
+    got = claim_while_held(database_url, [held], 1)
     assert got == [other]
 
 
@@ -32,9 +28,5 @@ def test_a_claim_of_two_is_not_left_short_by_a_tenant_whose_only_job_is_held(dat
         held = insert(setup, "t1")
         second = insert(setup, "t2")
         third = insert(setup, "t3")
-    with psycopg.connect(database_url) as holder, psycopg.connect(database_url) as claimer:
-        holder.execute("SELECT 1 FROM jobs WHERE id = %s FOR UPDATE", (held,))
-        got = claim(claimer, 2)
-        holder.rollback()
-        claimer.rollback()
+    got = claim_while_held(database_url, [held], 2)
     assert sorted(got) == [second, third]

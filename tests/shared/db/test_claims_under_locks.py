@@ -9,8 +9,10 @@ host is one rate window however its URL spells the name.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -53,6 +55,24 @@ def claim(conn: psycopg.Connection, max_jobs: int, prefer: int | None = None, qu
     return [r[0] for r in conn.execute("SELECT id FROM claim_jobs(%s, 'm-1', %s, %s)", (queue, max_jobs, prefer))]
 
 
+@contextlib.contextmanager
+def held_elsewhere(database_url: str, ids: list[int]) -> Iterator[psycopg.Connection]:
+    """A claimer's connection (rolled back at the end) while another transaction holds the rows of
+    `ids` locked, as a cancel in flight does."""
+    with psycopg.connect(database_url) as holder, psycopg.connect(database_url) as claimer:
+        holder.execute("SELECT 1 FROM jobs WHERE id = ANY (%s) FOR UPDATE", (ids,))
+        try:
+            yield claimer
+        finally:
+            holder.rollback()
+            claimer.rollback()
+
+
+def claim_while_held(database_url: str, ids: list[int], max_jobs: int, prefer: int | None = None) -> list[int]:
+    with held_elsewhere(database_url, ids) as claimer:
+        return claim(claimer, max_jobs, prefer=prefer)
+
+
 @pytest.mark.parametrize("rules", RULES.values(), ids=RULES.keys())
 def test_a_claim_passes_over_a_job_another_transaction_has_locked(database_url: str, rules: str) -> None:
     with psycopg.connect(database_url, autocommit=True) as setup:
@@ -60,11 +80,7 @@ def test_a_claim_passes_over_a_job_another_transaction_has_locked(database_url: 
         head = insert(setup, "t1", priority=0)
         second = insert(setup, "t1", priority=1)
         other = insert(setup, "t2", priority=5)
-    with psycopg.connect(database_url) as holder, psycopg.connect(database_url) as claimer:
-        holder.execute("SELECT 1 FROM jobs WHERE id = %s FOR UPDATE", (head,))
-        got = claim(claimer, 1)
-        holder.rollback()
-        claimer.rollback()
+    got = claim_while_held(database_url, [head], 1)
     assert len(got) == 1 and got[0] in (second, other)  # failed before 0017 on every path but FIFO: []
 
 
