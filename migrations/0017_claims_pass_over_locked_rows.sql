@@ -11,7 +11,7 @@
 -- past the claim's end stay locked until it commits, only when tenants are uneven (level tenants
 -- fetch one each). The general path (caps, rate limits, the launch's job) looks past its picks
 -- by rate key, so it locks after the pick and picks again without the rows it could not lock (at
--- most 3 passes, each seeing what the last claimed: running counts, rate windows, turns).
+-- most 16 passes, (6) below, each seeing what the last claimed: running counts, rate windows, turns).
 -- (2) The general path read the launch's job but offered it only through the listed tenants: a
 -- new tenant's first job (the launch's reason) was passed over until the next listing, and the
 -- machine, which names it only in its first claim, ran other tenants' jobs. Its tenant is now
@@ -410,8 +410,8 @@ BEGIN
         v_free := v_free - v_claimed;
         -- Short because someone else held some of the picked rows: pick again without them (they
         -- are still available to this transaction's eyes; the ones it claimed are executing). Each
-        -- pass sees what the last one claimed (running counts, rate windows, turns); a few passes
-        -- at most, so a claim never chases a stream of locked rows.
+        -- pass sees what the last one claimed (running counts, rate windows, turns) and leaves out
+        -- the rows it could not lock; at most 16 passes, so a claim's work stays bounded.
         EXIT claiming WHEN v_free <= 0 OR v_claimed >= cardinality(v_ids) OR v_pass >= 16;
         v_skipped := v_skipped || ARRAY(SELECT u.id FROM unnest(v_ids) AS u(id) WHERE u.id <> ALL (coalesce(v_locked, '{}')));
         -- A tenant none of whose picks could be locked gives its turn to the next, for this claim
