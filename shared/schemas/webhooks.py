@@ -12,6 +12,7 @@ import json
 import re
 from typing import Annotated, Final, Literal
 
+import httpx
 from pydantic import AfterValidator, Field, JsonValue, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
@@ -64,7 +65,12 @@ def _webhook_destination(url: str, info: ValidationInfo) -> str:
             check_webhook_destination(url, settings)
         except DestinationNotAllowed as exc:
             raise PydanticCustomError("destination_not_allowed", "{reason}", {"reason": str(exc)}) from None
-    return url
+    # Kept as the client will request it (IDNA, full-width dots, case, default port): a rate
+    # limit by host reads the stored URL, and two spellings of one host are one host.
+    try:
+        return str(httpx.URL(url))
+    except httpx.InvalidURL:
+        raise PydanticCustomError("invalid_url", "not a valid URL") from None
 
 
 def encoded_json(value: JsonValue) -> str:

@@ -1,0 +1,44 @@
+"""One host is one rate window however a webhook's URL spells it (from a final adversarial review).
+
+httpx, which delivers the webhook, maps these spellings to one host; the URL a job stores was the
+tenant's text, so job_rate_key (SQL: lower case, trailing dots) gave each spelling a window of its
+own and a per-host limit could be multiplied. The request model now stores the URL as httpx
+will request it (IDNA, full-width dots, case, default port)."""
+
+from __future__ import annotations
+
+import httpx
+import psycopg
+import pytest
+
+from shared.schemas.webhooks import WebhookRequest
+from tests.shared.db.test_claims_under_locks import claim, insert, queue_with
+
+SPELLINGS = {
+    "ideographic-full-stop": ("https://h1.example/a", "https://h1\u3002example/b"),
+    "fullwidth-full-stop": ("https://h1.example/a", "https://h1\uff0eexample/b"),
+    "punycode-vs-unicode": ("https://b\u00fccher.example/a", "https://xn--bcher-kva.example/b"),
+    "upper-unicode": ("https://b\u00fccher.example/a", "https://B\u00dcCHER.example/b"),
+    "port-and-case": ("https://h1.example/a", "HTTPS://H1.Example:443/b"),
+}
+
+
+def stored_url(url: str) -> str:
+    """The URL a webhook job stores for `url` (what ingress validates and keeps)."""
+    return WebhookRequest.model_validate({"url": url, "event": "a.b", "payload": {}}).function_args()["url"]
+
+
+@pytest.mark.parametrize("pair", SPELLINGS.values(), ids=SPELLINGS.keys())
+def test_one_host_spelled_two_ways_shares_one_rate_window(database_url: str, pair: tuple[str, str]) -> None:
+    first, second = pair
+    assert httpx.URL(first).host == httpx.URL(second).host  # one receiving host to the client
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        queue_with(conn, "rate_limit = 1, rate_period_seconds = 60, rate_key = 'host:url'", limit=100)
+        insert(conn, "t", url=stored_url(first))
+        insert(conn, "t", url=stored_url(second))
+        assert len(claim(conn, 5)) == 1
+
+
+def test_the_stored_url_is_the_one_requested() -> None:
+    for url in ("https://a.example", "https://a.example/x?y=1#f", "https://u:p@h1.example/d", "http://[::1]:8080/x"):
+        assert stored_url(url) == str(httpx.URL(url)) == url  # ordinary URLs are kept as sent
