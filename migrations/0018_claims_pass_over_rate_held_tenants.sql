@@ -1,0 +1,437 @@
+-- A tenant in turn none of whose due jobs can go because their rate windows are full gives its
+-- turn to the next tenants, for that claim, and keeps it for when the windows open (issue 15; the
+-- final review of 0017: with a per-host key, two tenants in turn whose jobs were all for a host
+-- with a full window emptied every claim of one for the rest of the window, 60 s there, while a
+-- third tenant's job for a free host waited; present since 0015).
+--
+-- The general path's fair pick reads the 2 x claim-size tenants next in turn (with a per-host or
+-- per-domain key) and up to 20 jobs past each one's head. When none of a tenant's jobs read could
+-- go, its window being full before the pass (or nothing of it being due: a stale listing), it is
+-- left out of the claim's next passes, as 0017 does for tenants whose jobs are held elsewhere,
+-- and the next pass reads twice as many tenants in turn (up to 1,024): behind n such tenants a
+-- claim finds a free host in about log2(n) passes, within the 16 a claim may take. A tenant that
+-- only lost to another tenant's pick for the same window in the pass is not passed over: that pick
+-- may be held elsewhere, and then the next pass gives it the window.
+-- (tests/shared/db/test_claims_pass_over_rate_blocked_tenants.py)
+
+-- As in 0017, with the above in the general path.
+CREATE OR REPLACE FUNCTION claim_jobs(p_queue text, p_machine text, p_max_jobs integer, p_prefer_id bigint)
+RETURNS SETOF jobs LANGUAGE plpgsql
+-- Every statement below is planned once per connection, not per call, and reads indexes in their
+-- order where one has it (see the header).
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+SET enable_sort = off
+SET jit = off
+AS $$
+DECLARE
+    v_q queues%ROWTYPE;
+    v_free integer;
+    v_claimed integer;
+    v_now timestamptz;
+    v_ids bigint[];
+    v_vtime double precision;
+    v_lookahead integer;
+    v_capped boolean;
+    v_prefer_tenant text;
+    v_prefer_priority smallint;
+    v_prefer_scheduled timestamptz;
+    v_prefer_args jsonb;
+    v_ctid tid;
+    v_ctids tid[];
+    v_scanned boolean := false;
+    v_round integer;
+    v_plain boolean;
+    v_skipped bigint[] := '{}';  -- picked by the general path but locked by someone else: pick again without them
+    v_pass integer := 0;
+    v_prefer_id bigint := p_prefer_id;  -- the launch's job, offered first in the general path's first pass only
+    v_locked bigint[];
+    v_vstarts double precision[];
+    v_tenants text[];
+    v_idle text[];  -- tenants in turn that yielded no job: every due one is held elsewhere (or none is due)
+    v_passed text[] := '{}';  -- such tenants, left out of this claim's later passes
+    v_held text[];  -- general path: tenants none of whose picks in a pass could be locked
+    v_held_once text[] := '{}';  -- ... in an earlier pass of this claim
+    v_blocked text[];  -- general path, fair: tenants in turn none of whose jobs it read can go (full rate windows)
+    v_width integer;  -- general path, fair: how many tenants in turn a pass reads
+BEGIN
+    -- A claim need not wait for its WAL flush (about one fsync off every pickup). If Postgres
+    -- crashes before the flush, the claim is forgotten and the job is simply available again;
+    -- the machine that thought it held it is fenced out (attempt and holder no longer match).
+    PERFORM set_config('synchronous_commit', 'off', true);
+    SELECT * INTO v_q FROM queues WHERE name = p_queue FOR UPDATE;
+    IF NOT FOUND OR v_q.paused THEN
+        RETURN;
+    END IF;
+    -- (in jobs_executing_idx's order: no other index can give it, and sorts are off)
+    SELECT v_q."limit" - count(*) INTO v_free
+      FROM (SELECT FROM jobs j WHERE j.queue = p_queue AND j.state = 'executing' ORDER BY j.heartbeat_at) e;
+    v_free := least(v_free, p_max_jobs);
+    IF v_free <= 0 THEN
+        RETURN;
+    END IF;
+    v_capped := v_q.tenant_limit IS NOT NULL
+        OR EXISTS (SELECT 1 FROM queue_tenants t WHERE t.queue = p_queue AND t.max_running IS NOT NULL);
+
+    -- Taken after the lock: start times of one queue's claims only move forward, so the rate
+    -- windows (and attempted_at, which the windows record) agree with every other claim's.
+    v_now := clock_timestamp();
+    v_plain := NOT (v_q.fair OR v_capped OR v_q.rate_limit IS NOT NULL);
+    IF v_q.fair AND NOT v_capped AND v_q.rate_limit IS NULL THEN
+        -- Fairness alone, and one tenant with due jobs: FIFO is that tenant's fair order.
+        IF v_q.tenants_scanned_at IS NULL OR v_now - v_q.tenants_scanned_at > interval '50 milliseconds' THEN
+            PERFORM claim_list_tenants(p_queue, v_q.fair_vtime, v_now);
+            v_scanned := true;
+        END IF;
+        v_plain := NOT EXISTS (SELECT FROM queue_tenants t WHERE t.queue = p_queue AND t.active OFFSET 1);  -- <= 1
+    END IF;
+
+    IF v_plain THEN
+        -- FIFO: priority, time, id across the queue. The job that caused this machine's launch goes
+        -- first when it is still waiting.
+        IF p_prefer_id IS NOT NULL THEN
+            -- Found by id with a plan made for this call (one a machine launch, see the header), then
+            -- locked and updated as the picks below are.
+            EXECUTE 'SELECT j.ctid FROM jobs j WHERE j.id = $1 AND j.queue = $2 AND j.state = ''available''
+                       AND j.scheduled_at <= $3 FOR UPDATE SKIP LOCKED'
+               INTO v_ctid USING p_prefer_id, p_queue, v_now;
+            RETURN QUERY
+            UPDATE jobs SET state = 'executing', attempt = jobs.attempt + 1, attempted_by = p_machine,
+                            attempted_at = v_now, heartbeat_at = v_now
+             WHERE jobs.ctid = v_ctid
+            RETURNING jobs.*;
+            GET DIAGNOSTICS v_claimed = ROW_COUNT;
+            v_free := v_free - v_claimed;
+            IF v_free <= 0 THEN
+                RETURN;
+            END IF;
+        END IF;
+        -- The picked rows are locked first, in a statement of their own, and then updated by their
+        -- addresses (ctid): a TID scan, which no statistics can turn into a scan of anything else
+        -- (by id, 0013, a plan made while `jobs` was empty read a whole index that has the id as a
+        -- later column, on each claim: on a one-page index that looked cheaper than ten descents).
+        -- Two statements, because a row updated by someone else after the locking statement's
+        -- snapshot is locked in its new version, which only a later snapshot sees.
+        v_ctids := ARRAY(
+            SELECT j.ctid FROM jobs j
+             WHERE j.queue = p_queue AND j.state = 'available' AND j.scheduled_at <= v_now
+             ORDER BY j.priority, j.scheduled_at, j.id
+             LIMIT v_free
+             FOR UPDATE SKIP LOCKED);
+        RETURN QUERY
+        UPDATE jobs SET state = 'executing', attempt = jobs.attempt + 1, attempted_by = p_machine,
+                        attempted_at = v_now, heartbeat_at = v_now
+         WHERE jobs.ctid = ANY (v_ctids)
+        RETURNING jobs.*;
+        RETURN;
+    END IF;
+
+    IF v_q.fair AND NOT v_capped AND v_q.rate_limit IS NULL AND p_prefer_id IS NULL THEN
+        -- Fairness alone (the common case): the same order as the general pick below, in one
+        -- statement that reads only the tenants next in turn and writes each served tenant once.
+        -- The listed tenants could not fill the claim: list them again (unless this claim just
+        -- did) and fill the rest from the new list, as a second claim would.
+        LOOP
+            -- Pick and lock in one statement, then claim what it locked by address (ctid) in the
+            -- next, as FIFO does: no statement looks a job up by id (a plan made on an empty table
+            -- read a whole index by id, 781 pages per claim under a backlog), and a row updated
+            -- after the first statement's snapshot is locked in its new version, which the
+            -- second statement sees.
+            WITH chosen AS (
+                -- The i-th tenant in turn gets at most v_free - i + 1 jobs: each tenant before it
+                -- is served first at least once. With v_free tenants in turn, no job starting
+                -- after the last one's first job can be served (the v_free first jobs go before
+                -- it), so a tenant fetches only the jobs whose turn comes by then: one each when
+                -- the tenants are level, as in a round.
+                SELECT o.tenant_id, o.pass, o.weight,
+                       least(v_free - (row_number() OVER w)::integer + 1,
+                             CASE WHEN count(*) OVER w_all >= v_free
+                                  THEN floor((max(o.pass) OVER w_all - o.pass) * o.weight + 1e-9)::integer + 1
+                                  ELSE v_free END) AS fetch
+                  FROM (SELECT t.tenant_id, greatest(t.pass, v_q.fair_vtime) AS pass, coalesce(t.weight, 1) AS weight
+                          FROM queue_tenants t
+                         WHERE t.queue = p_queue AND t.active AND t.tenant_id <> ALL (v_passed)
+                         ORDER BY greatest(t.pass, v_q.fair_vtime), t.tenant_id
+                         LIMIT v_free) o
+                WINDOW w AS (ORDER BY o.pass, o.tenant_id), w_all AS ()
+            ), fetched AS (
+                -- vstart: the round-robin time of the job's turn (the k-th job of a tenant in this
+                -- claim starts at pass + (k - 1) / weight); the last one served is the new clock.
+                SELECT c.tenant_id, h.ctid, h.priority, h.scheduled_at, h.id,
+                       c.pass + (h.rn - 1)::float8 / c.weight AS vstart
+                  FROM chosen c
+                 CROSS JOIN LATERAL (
+                     -- A job another transaction has locked (a cancel or an edit in flight) is
+                     -- passed over here, so the tenant's next one takes its place; skipped only
+                     -- after the pick, it left the claim short (empty for a claim of one). A
+                     -- tenant's rows past the claim's end stay locked until it commits (only
+                     -- when tenants are uneven: level tenants fetch one each).
+                     SELECT f.ctid, f.priority, f.scheduled_at, f.id,
+                            row_number() OVER (ORDER BY f.priority, f.scheduled_at, f.id) AS rn
+                       FROM (SELECT j.ctid, j.id, j.priority, j.scheduled_at
+                               FROM jobs j
+                              WHERE j.queue = p_queue AND j.state = 'available' AND j.tenant_id = c.tenant_id
+                                AND j.scheduled_at <= v_now
+                              ORDER BY j.priority, j.scheduled_at, j.id
+                              LIMIT c.fetch
+                                FOR UPDATE OF j SKIP LOCKED) f) h
+            ), picked AS (
+                SELECT f.ctid, f.vstart FROM fetched f
+                 ORDER BY f.vstart, f.priority, f.scheduled_at, f.id
+                 LIMIT v_free
+            )
+            SELECT (SELECT array_agg(p.ctid) FROM picked p), (SELECT max(p.vstart) FROM picked p),
+                   (SELECT array_agg(c.tenant_id) FROM chosen c
+                     WHERE NOT EXISTS (SELECT FROM fetched f WHERE f.tenant_id = c.tenant_id))
+              INTO v_ctids, v_vtime, v_idle;
+            v_claimed := 0;
+            IF v_ctids IS NOT NULL THEN
+                RETURN QUERY
+                WITH claimed AS (
+                    UPDATE jobs SET state = 'executing', attempt = jobs.attempt + 1, attempted_by = p_machine,
+                                    attempted_at = v_now, heartbeat_at = v_now
+                     WHERE jobs.ctid = ANY (v_ctids)  -- (a TID scan only: locked by this claim, so still available)
+                    RETURNING jobs.*
+                ), turns AS (
+                    UPDATE queue_tenants t SET pass = greatest(t.pass, v_q.fair_vtime) + n.jobs::float8 / coalesce(t.weight, 1)
+                      FROM (SELECT c.tenant_id, count(*) AS jobs FROM claimed c GROUP BY c.tenant_id) n
+                     WHERE t.queue = p_queue AND t.tenant_id = n.tenant_id
+                ), clock AS (
+                    -- (every picked row is locked, so every one is claimed)
+                    UPDATE queues q SET fair_vtime = v_vtime WHERE q.name = p_queue AND v_vtime > v_q.fair_vtime
+                )
+                SELECT * FROM claimed;
+                GET DIAGNOSTICS v_claimed = ROW_COUNT;
+            END IF;
+            v_free := v_free - v_claimed;
+            v_pass := v_pass + 1;
+            -- Short: a tenant in turn that yielded nothing (its due jobs are held elsewhere, a
+            -- cancel in flight, or the listing is stale) gives its turn to the next tenant, for
+            -- this claim only; and the tenants are listed again once. Each pass passes over at
+            -- least one tenant, and reads only the next tenants' heads: at most 32 passes.
+            EXIT WHEN v_free <= 0 OR v_pass >= 32 OR (v_scanned AND v_idle IS NULL);
+            v_passed := v_passed || coalesce(v_idle, '{}');
+            SELECT q.fair_vtime INTO v_q.fair_vtime FROM queues q WHERE q.name = p_queue;
+            IF NOT v_scanned THEN
+                PERFORM claim_list_tenants(p_queue, v_q.fair_vtime, v_now);
+                v_scanned := true;
+            END IF;
+        END LOOP;
+        RETURN;
+    END IF;
+    -- With a key derived from the job, a tenant's next jobs may be held back by the limit while
+    -- later ones (another host) may go: look a little past them, never through the backlog.
+    v_lookahead := CASE WHEN v_q.rate_key LIKE '%:%' THEN 20 ELSE 0 END;
+    v_width := v_free * (CASE WHEN v_lookahead > 0 THEN 2 ELSE 1 END);
+    -- The job that caused this machine's launch goes first when it is still waiting and its
+    -- tenant's cap and rate window allow it.
+    -- (read once, by id, with a plan made for this call; the pick below takes it from here, and
+    -- the lock at the end checks it is still available)
+    IF p_prefer_id IS NOT NULL THEN
+        EXECUTE 'SELECT j.tenant_id, j.priority, j.scheduled_at, j.args FROM jobs j
+                  WHERE j.id = $1 AND j.queue = $2 AND j.state = ''available'' AND j.scheduled_at <= $3'
+           INTO v_prefer_tenant, v_prefer_priority, v_prefer_scheduled, v_prefer_args
+          USING p_prefer_id, p_queue, v_now;
+        -- Its tenant may be new since the last listing (the launch is for its first job): list
+        -- the tenants now, or the pick below, which reads only listed tenants, passes it over.
+        IF v_prefer_tenant IS NOT NULL AND NOT v_scanned AND NOT EXISTS (
+               SELECT FROM queue_tenants t WHERE t.queue = p_queue AND t.tenant_id = v_prefer_tenant AND t.active) THEN
+            PERFORM claim_list_tenants(p_queue, v_q.fair_vtime, v_now);
+            v_scanned := true;
+        END IF;
+    END IF;
+
+    <<claiming>>
+    LOOP
+        v_pass := v_pass + 1;
+        v_ids := NULL;
+
+        -- The tenants with due jobs: listing them takes one index probe per tenant, so a claim lists
+        -- them only every 50 ms, or when the tenants it knew of could not fill it (a new tenant is
+        -- seen within 50 ms however busy the others keep the queue).
+        FOR v_round IN 1..2 LOOP
+            IF NOT v_scanned AND (v_round = 2 OR v_q.tenants_scanned_at IS NULL
+                                  OR v_now - v_q.tenants_scanned_at > interval '50 milliseconds') THEN
+                PERFORM claim_list_tenants(p_queue, v_q.fair_vtime, v_now);
+                v_scanned := true;
+            ELSIF v_round = 2 THEN
+                EXIT;  -- the known tenants filled the claim, or it just listed them
+            END IF;
+
+            WITH running AS (
+                -- (in jobs_executing_idx's order, as the count above)
+                SELECT e.tenant_id, count(*)::integer AS n
+                  FROM (SELECT j.tenant_id FROM jobs j WHERE j.queue = p_queue AND j.state = 'executing'
+                         ORDER BY j.heartbeat_at) e
+                 GROUP BY e.tenant_id
+            ), tenants AS (
+                SELECT t.tenant_id,
+                       greatest(t.pass, v_q.fair_vtime) AS pass,
+                       coalesce(t.weight, 1) AS weight,
+                       least(v_free,
+                             coalesce(t.max_running, v_q.tenant_limit, 1000) - coalesce(r.n, 0),
+                             CASE WHEN v_q.rate_key = 'tenant'
+                                  THEN rate_window_room(p_queue, t.tenant_id, v_q.rate_limit, v_q.rate_period_seconds, v_now)
+                                  ELSE 1000 END)
+                           AS room
+                  FROM queue_tenants t
+                  LEFT JOIN running r ON r.tenant_id = t.tenant_id
+                 WHERE t.queue = p_queue AND t.active AND t.tenant_id <> ALL (v_passed)
+            ), chosen AS (
+                -- Fair: only the tenants next in turn can be served by this claim. FIFO (caps or a rate
+                -- limit without fairness): every eligible tenant's head competes.
+                -- The i-th tenant in turn gets at most v_free - i + 1 jobs: each tenant before it is
+                -- served first at least once.
+                SELECT o.*, CASE WHEN v_q.fair THEN least(o.room, v_free - o.turn + 1) ELSE o.room END AS fetch
+                  FROM (SELECT t.*, row_number() OVER (ORDER BY t.tenant_id IS NOT DISTINCT FROM v_prefer_tenant DESC,
+                                                                t.pass, t.tenant_id)::integer AS turn
+                          FROM tenants t WHERE t.room > 0) o
+                 WHERE NOT v_q.fair OR o.turn <= v_width
+            ), heads AS (
+                SELECT c.tenant_id, c.pass, c.weight, c.room, h.id, h.priority, h.scheduled_at,
+                       CASE WHEN v_q.rate_key IS NOT NULL THEN job_rate_key(v_q.rate_key, c.tenant_id, h.args) END AS rkey,
+                       row_number() OVER (PARTITION BY c.tenant_id
+                                          ORDER BY h.id IS NOT DISTINCT FROM v_prefer_id DESC, h.priority, h.scheduled_at, h.id)
+                           AS rn
+                  FROM chosen c
+                  CROSS JOIN LATERAL (
+                      SELECT v_prefer_id AS id, v_prefer_priority AS priority, v_prefer_scheduled AS scheduled_at,
+                             v_prefer_args AS args
+                       WHERE c.tenant_id = v_prefer_tenant
+                      UNION ALL
+                      (SELECT j.id, j.priority, j.scheduled_at, j.args FROM jobs j
+                        WHERE j.queue = p_queue AND j.state = 'available' AND j.tenant_id = c.tenant_id
+                          AND j.scheduled_at <= v_now AND j.id IS DISTINCT FROM v_prefer_id
+                          AND j.id <> ALL (v_skipped)
+                        ORDER BY j.priority, j.scheduled_at, j.id
+                        LIMIT greatest(c.fetch, 1) + v_lookahead)
+                  ) h
+            ), keyed AS (
+                -- Each key lets through only as many jobs as its window has room for, first come first.
+                SELECT h.*,
+                       row_number() OVER (PARTITION BY h.rkey
+                                          ORDER BY h.id IS NOT DISTINCT FROM v_prefer_id DESC,
+                                                   CASE WHEN v_q.fair THEN h.pass + (h.rn - 1)::float8 / h.weight END,
+                                                   h.priority, h.scheduled_at, h.id) AS key_rn,
+                       CASE WHEN h.rkey IS NOT NULL
+                            THEN rate_window_room(p_queue, h.rkey, v_q.rate_limit, v_q.rate_period_seconds, v_now) END
+                           AS key_left
+                  FROM heads h
+            ), allowed AS (
+                SELECT k.*, row_number() OVER (PARTITION BY k.tenant_id ORDER BY k.rn) AS trn
+                  FROM keyed k
+                 WHERE k.rkey IS NULL OR k.key_rn <= k.key_left
+            ), picked AS (
+                -- vstart: the round-robin time of the job's turn; the last one served is the new clock.
+                SELECT a.id, a.tenant_id, a.pass + (a.trn - 1)::float8 / a.weight AS vstart FROM allowed a
+                 WHERE a.trn <= a.room
+                 ORDER BY a.id IS NOT DISTINCT FROM v_prefer_id DESC,
+                          CASE WHEN v_q.fair THEN a.pass + (a.trn - 1)::float8 / a.weight END,
+                          a.priority, a.scheduled_at, a.id
+                 LIMIT v_free
+            )
+            SELECT array_agg(p.id), array_agg(p.vstart), array_agg(p.tenant_id),
+                   -- in turn, but none of the jobs read could go: every one's window was full
+                   -- before this pass (or it has none due); not those that lost to another
+                   -- tenant's pick in this pass, which may yet be held elsewhere
+                   (SELECT coalesce(array_agg(c.tenant_id), '{}') FROM chosen c
+                     WHERE v_q.fair AND NOT EXISTS (SELECT FROM keyed k
+                                                     WHERE k.tenant_id = c.tenant_id
+                                                       AND (k.rkey IS NULL OR k.key_left > 0)))
+              INTO v_ids, v_vstarts, v_tenants, v_blocked
+              FROM picked p;
+            EXIT WHEN coalesce(cardinality(v_ids), 0) >= v_free;
+        END LOOP;
+
+        IF v_ids IS NULL THEN
+            -- Nothing the tenants in turn have can go now: the next ones get their turn, for this
+            -- claim (those passed over keep theirs for when their windows open).
+            EXIT claiming WHEN cardinality(v_blocked) = 0 OR v_pass >= 16;
+            v_passed := v_passed || v_blocked;
+            v_width := least(v_width * 2, 1024);
+            v_prefer_id := NULL;
+            v_prefer_tenant := NULL;
+            CONTINUE claiming;
+        END IF;
+        -- Locked by id with a plan made for this call (EXECUTE): a kept plan, made on an empty
+        -- table, read a whole index that has the id as a later column (598 pages per claim under
+        -- a backlog); then claimed by address (ctid), as FIFO does (see the fair path above).
+        -- (the queue and due time are checked after the lock, as filters: in the lock's own
+        -- condition they let a plan walk the queue's claim index instead of finding ids)
+        EXECUTE 'SELECT array_agg(l.ctid) FILTER (WHERE l.queue = $2 AND l.scheduled_at <= $3),
+                        array_agg(l.id) FILTER (WHERE l.queue = $2 AND l.scheduled_at <= $3)
+                   FROM (SELECT j.ctid, j.id, j.queue, j.scheduled_at FROM jobs j
+                          WHERE j.id = ANY ($1) AND j.state = ''available'' FOR UPDATE SKIP LOCKED) l'
+           INTO v_ctids, v_locked USING v_ids, p_queue, v_now;
+        v_claimed := 0;
+        IF v_ctids IS NOT NULL THEN
+            RETURN QUERY
+            WITH claimed AS (
+                UPDATE jobs SET state = 'executing', attempt = jobs.attempt + 1, attempted_by = p_machine,
+                                attempted_at = v_now, heartbeat_at = v_now
+                 WHERE jobs.ctid = ANY (v_ctids)  -- (a TID scan only: locked by this claim, so still available)
+                RETURNING jobs.*
+            ), turns AS (
+                -- (every claimed job's tenant has its row: the pick read it from queue_tenants)
+                UPDATE queue_tenants t SET pass = greatest(t.pass, v_q.fair_vtime) + n.jobs::float8 / coalesce(t.weight, 1)
+                  FROM (SELECT c.tenant_id, count(*) AS jobs FROM claimed c GROUP BY c.tenant_id) n
+                 WHERE v_q.fair AND t.queue = p_queue AND t.tenant_id = n.tenant_id
+            ), windows AS (
+                INSERT INTO rate_windows AS w (queue, key, starts)
+                SELECT p_queue, job_rate_key(v_q.rate_key, c.tenant_id, c.args), array_agg(v_now)
+                  FROM claimed c WHERE v_q.rate_key IS NOT NULL
+                 GROUP BY 2
+                ON CONFLICT (queue, key) DO UPDATE
+                   SET starts = ARRAY(SELECT s FROM unnest(w.starts || EXCLUDED.starts) s
+                                       WHERE s > v_now - make_interval(secs => v_q.rate_period_seconds)
+                                       ORDER BY s)
+            ), clock AS (
+                -- the queue's clock moves to the last turn claimed, not to a pick held elsewhere
+                UPDATE queues q SET fair_vtime = m.vtime
+                  FROM (SELECT max(u.vstart) AS vtime FROM unnest(v_ids, v_vstarts) AS u(id, vstart)
+                         WHERE u.id = ANY (v_locked)) m
+                 WHERE v_q.fair AND q.name = p_queue AND m.vtime > v_q.fair_vtime
+            )
+            SELECT * FROM claimed;
+            GET DIAGNOSTICS v_claimed = ROW_COUNT;
+        END IF;
+        v_free := v_free - v_claimed;
+        -- Short because someone else held some of the picked rows: pick again without them (they
+        -- are still available to this transaction's eyes; the ones it claimed are executing). Each
+        -- pass sees what the last one claimed (running counts, rate windows, turns) and leaves out
+        -- the rows it could not lock; at most 16 passes, so a claim's work stays bounded.
+        EXIT claiming WHEN v_free <= 0 OR v_pass >= 16
+                           OR (v_claimed >= cardinality(v_ids) AND cardinality(v_blocked) = 0);
+        -- Tenants held back by full windows give their turn for the rest of this claim, and the
+        -- next pass reads twice as many tenants in turn: finding a free host behind n such
+        -- tenants takes about log2(n) passes, not n / 2.
+        IF cardinality(v_blocked) > 0 THEN
+            v_passed := v_passed || v_blocked;
+            v_width := least(v_width * 2, 1024);
+        END IF;
+        v_skipped := v_skipped || ARRAY(SELECT u.id FROM unnest(v_ids) AS u(id) WHERE u.id <> ALL (coalesce(v_locked, '{}')));
+        -- A tenant none of whose picks could be locked gives its turn to the next, for this claim
+        -- (in turn with nothing to give, it kept the next tenants out): at once when it has no
+        -- other due job, else when that happens to it a second time (its next jobs are held
+        -- too: a batch being cancelled). (the probe is ordered as jobs_tenant_claim_idx, so only
+        -- that index can serve it)
+        v_held := ARRAY(
+            SELECT u.tenant_id FROM unnest(v_ids, v_tenants) AS u(id, tenant_id)
+             GROUP BY u.tenant_id
+            HAVING bool_and(u.id <> ALL (coalesce(v_locked, '{}'))));
+        v_passed := v_passed || ARRAY(
+            SELECT h.tenant_id FROM unnest(v_held) AS h(tenant_id)
+             WHERE h.tenant_id = ANY (v_held_once)
+                OR NOT EXISTS (SELECT 1 FROM jobs j
+                                WHERE j.queue = p_queue AND j.state = 'available' AND j.tenant_id = h.tenant_id
+                                  AND j.scheduled_at <= v_now AND j.id <> ALL (v_skipped)
+                                ORDER BY j.tenant_id, j.priority, j.scheduled_at, j.id
+                                LIMIT 1));
+        v_held_once := v_held_once || v_held;
+        -- The launch's job was claimed or is held elsewhere: no longer first, nor its tenant.
+        v_prefer_id := NULL;
+        v_prefer_tenant := NULL;
+        SELECT q.fair_vtime INTO v_q.fair_vtime FROM queues q WHERE q.name = p_queue;
+    END LOOP claiming;
+END
+$$;
