@@ -1,20 +1,20 @@
--- A tenant in turn none of whose due jobs can go because their rate windows are full gives its
--- turn to the next tenants, for that claim, and keeps it for when the windows open (issue 15; the
--- final review of 0017: with a per-host key, two tenants in turn whose jobs were all for a host
--- with a full window emptied every claim of one for the rest of the window, 60 s there, while a
--- third tenant's job for a free host waited; present since 0015).
+-- A tenant in turn none of whose next due jobs can go, their rate windows being full, gives its
+-- turn to the tenants after it, for that claim, and keeps it for when a window opens (issue 15;
+-- the final review of 0017: with a per-host key, two tenants in turn whose jobs were all for a
+-- host with a full window emptied every claim of one for the rest of the window, 60 s there,
+-- while a third tenant's job for a free host waited; present since 0015).
 --
--- The general path's fair pick reads the 2 x claim-size tenants next in turn (with a per-host or
--- per-domain key) and up to 20 jobs past each one's head. When none of a tenant's jobs read could
--- go, its window being full before the pass (or nothing of it being due: a stale listing), it is
--- left out of the claim's next passes, as 0017 does for tenants whose jobs are held elsewhere,
--- and the next pass reads twice as many tenants in turn (up to 1,024): behind n such tenants a
--- claim finds a free host in about log2(n) passes, within the 16 a claim may take. A tenant that
--- only lost to another tenant's pick for the same window in the pass is not passed over: that pick
--- may be held elsewhere, and then the next pass gives it the window.
+-- With a key derived from the job (per host or per domain), the general path's fair pick read the
+-- 2 x claim-size tenants next in turn, each with up to 20 jobs past its head, whether or not any of
+-- them could go. It now reads the tenants in turn until it has that many of which one of those 21
+-- jobs has room in its window (as the window was before the claim), in one statement: the tenants
+-- sorted once behind a fence, then filtered in that order up to the claim's width, so the work
+-- grows with the tenants passed over and stops at the claim's width. A tenant that would only lose
+-- the window to another tenant's pick in the same claim still takes part (that pick may be held
+-- elsewhere, and then 0017's next pass gives it the window).
 -- (tests/shared/db/test_claims_pass_over_rate_blocked_tenants.py)
 
--- As in 0017, with the above in the general path.
+-- As in 0017, with the above in the general path's pick (the `in_turn` and `chosen` steps).
 CREATE OR REPLACE FUNCTION claim_jobs(p_queue text, p_machine text, p_max_jobs integer, p_prefer_id bigint)
 RETURNS SETOF jobs LANGUAGE plpgsql
 -- Every statement below is planned once per connection, not per call, and reads indexes in their
@@ -52,8 +52,6 @@ DECLARE
     v_passed text[] := '{}';  -- such tenants, left out of this claim's later passes
     v_held text[];  -- general path: tenants none of whose picks in a pass could be locked
     v_held_once text[] := '{}';  -- ... in an earlier pass of this claim
-    v_blocked text[];  -- general path, fair: tenants in turn none of whose jobs it read can go (full rate windows)
-    v_width integer;  -- general path, fair: how many tenants in turn a pass reads
 BEGIN
     -- A claim need not wait for its WAL flush (about one fsync off every pickup). If Postgres
     -- crashes before the flush, the claim is forgotten and the job is simply available again;
@@ -222,7 +220,6 @@ BEGIN
     -- With a key derived from the job, a tenant's next jobs may be held back by the limit while
     -- later ones (another host) may go: look a little past them, never through the backlog.
     v_lookahead := CASE WHEN v_q.rate_key LIKE '%:%' THEN 20 ELSE 0 END;
-    v_width := v_free * (CASE WHEN v_lookahead > 0 THEN 2 ELSE 1 END);
     -- The job that caused this machine's launch goes first when it is still waiting and its
     -- tenant's cap and rate window allow it.
     -- (read once, by id, with a plan made for this call; the pick below takes it from here, and
@@ -271,22 +268,50 @@ BEGIN
                        least(v_free,
                              coalesce(t.max_running, v_q.tenant_limit, 1000) - coalesce(r.n, 0),
                              CASE WHEN v_q.rate_key = 'tenant'
-                                  THEN rate_window_room(p_queue, t.tenant_id, v_q.rate_limit, v_q.rate_period_seconds, v_now)
+                                  THEN v_q.rate_limit - (SELECT count(*)::integer FROM rate_windows w, unnest(w.starts) s
+                                                       WHERE w.queue = p_queue AND w.key = t.tenant_id
+                                                         AND s > v_now - make_interval(secs => v_q.rate_period_seconds))  -- rate_window_room, written out (see `chosen`)
                                   ELSE 1000 END)
                            AS room
                   FROM queue_tenants t
                   LEFT JOIN running r ON r.tenant_id = t.tenant_id
                  WHERE t.queue = p_queue AND t.active AND t.tenant_id <> ALL (v_passed)
+            ), in_turn AS (
+                -- (sorted once, behind a fence (OFFSET 0), so the filter below reads the tenants in
+                -- this order and stops when the claim has enough of them)
+                SELECT t.*, row_number() OVER (ORDER BY t.tenant_id IS NOT DISTINCT FROM v_prefer_tenant DESC,
+                                                        t.pass, t.tenant_id) AS place
+                  FROM tenants t WHERE t.room > 0
+                 ORDER BY place
+                OFFSET 0
             ), chosen AS (
                 -- Fair: only the tenants next in turn can be served by this claim. FIFO (caps or a rate
                 -- limit without fairness): every eligible tenant's head competes.
+                -- With a key derived from the job (per host, per domain), a tenant none of whose next
+                -- jobs can go, their windows being full, gives its turn to the tenants after it, for
+                -- this claim, and keeps it for when a window opens (0018).
                 -- The i-th tenant in turn gets at most v_free - i + 1 jobs: each tenant before it is
                 -- served first at least once.
                 SELECT o.*, CASE WHEN v_q.fair THEN least(o.room, v_free - o.turn + 1) ELSE o.room END AS fetch
-                  FROM (SELECT t.*, row_number() OVER (ORDER BY t.tenant_id IS NOT DISTINCT FROM v_prefer_tenant DESC,
-                                                                t.pass, t.tenant_id)::integer AS turn
-                          FROM tenants t WHERE t.room > 0) o
-                 WHERE NOT v_q.fair OR o.turn <= v_width
+                  FROM (SELECT s.*, row_number() OVER (ORDER BY s.place)::integer AS turn
+                          FROM (SELECT i.* FROM in_turn i
+                                 WHERE NOT v_q.fair OR v_lookahead = 0 OR i.tenant_id IS NOT DISTINCT FROM v_prefer_tenant
+                                    OR EXISTS (SELECT FROM (SELECT j.args FROM jobs j
+                                                             WHERE j.queue = p_queue AND j.state = 'available'
+                                                               AND j.tenant_id = i.tenant_id AND j.scheduled_at <= v_now
+                                                               AND j.id <> ALL (v_skipped)
+                                                             ORDER BY j.priority, j.scheduled_at, j.id
+                                                             LIMIT 1 + v_lookahead) h
+                                                 LEFT JOIN rate_windows w
+                                                        ON w.queue = p_queue AND w.key = job_rate_key(v_q.rate_key, i.tenant_id, h.args)
+                                                -- rate_window_room(...) > 0, written out: a function with a
+                                                -- subquery is not inlined, and a call per job or tenant
+                                                -- cost more than the rest of the pick
+                                                WHERE w.starts IS NULL
+                                                   OR (SELECT count(*) FROM unnest(w.starts) s
+                                                        WHERE s > v_now - make_interval(secs => v_q.rate_period_seconds)) < v_q.rate_limit)
+                                 ORDER BY i.place
+                                 LIMIT CASE WHEN v_q.fair THEN v_free * (CASE WHEN v_lookahead > 0 THEN 2 ELSE 1 END) END) s) o
             ), heads AS (
                 SELECT c.tenant_id, c.pass, c.weight, c.room, h.id, h.priority, h.scheduled_at,
                        CASE WHEN v_q.rate_key IS NOT NULL THEN job_rate_key(v_q.rate_key, c.tenant_id, h.args) END AS rkey,
@@ -314,7 +339,9 @@ BEGIN
                                                    CASE WHEN v_q.fair THEN h.pass + (h.rn - 1)::float8 / h.weight END,
                                                    h.priority, h.scheduled_at, h.id) AS key_rn,
                        CASE WHEN h.rkey IS NOT NULL
-                            THEN rate_window_room(p_queue, h.rkey, v_q.rate_limit, v_q.rate_period_seconds, v_now) END
+                            THEN v_q.rate_limit - (SELECT count(*)::integer FROM rate_windows w, unnest(w.starts) s
+                                                       WHERE w.queue = p_queue AND w.key = h.rkey
+                                                         AND s > v_now - make_interval(secs => v_q.rate_period_seconds)) END
                            AS key_left
                   FROM heads h
             ), allowed AS (
@@ -330,28 +357,13 @@ BEGIN
                           a.priority, a.scheduled_at, a.id
                  LIMIT v_free
             )
-            SELECT array_agg(p.id), array_agg(p.vstart), array_agg(p.tenant_id),
-                   -- in turn, but none of the jobs read could go: every one's window was full
-                   -- before this pass (or it has none due); not those that lost to another
-                   -- tenant's pick in this pass, which may yet be held elsewhere
-                   (SELECT coalesce(array_agg(c.tenant_id), '{}') FROM chosen c
-                     WHERE v_q.fair AND NOT EXISTS (SELECT FROM keyed k
-                                                     WHERE k.tenant_id = c.tenant_id
-                                                       AND (k.rkey IS NULL OR k.key_left > 0)))
-              INTO v_ids, v_vstarts, v_tenants, v_blocked
+            SELECT array_agg(p.id), array_agg(p.vstart), array_agg(p.tenant_id) INTO v_ids, v_vstarts, v_tenants
               FROM picked p;
             EXIT WHEN coalesce(cardinality(v_ids), 0) >= v_free;
         END LOOP;
 
         IF v_ids IS NULL THEN
-            -- Nothing the tenants in turn have can go now: the next ones get their turn, for this
-            -- claim (those passed over keep theirs for when their windows open).
-            EXIT claiming WHEN cardinality(v_blocked) = 0 OR v_pass >= 16;
-            v_passed := v_passed || v_blocked;
-            v_width := least(v_width * 2, 1024);
-            v_prefer_id := NULL;
-            v_prefer_tenant := NULL;
-            CONTINUE claiming;
+            RETURN;
         END IF;
         -- Locked by id with a plan made for this call (EXECUTE): a kept plan, made on an empty
         -- table, read a whole index that has the id as a later column (598 pages per claim under
@@ -400,15 +412,7 @@ BEGIN
         -- are still available to this transaction's eyes; the ones it claimed are executing). Each
         -- pass sees what the last one claimed (running counts, rate windows, turns) and leaves out
         -- the rows it could not lock; at most 16 passes, so a claim's work stays bounded.
-        EXIT claiming WHEN v_free <= 0 OR v_pass >= 16
-                           OR (v_claimed >= cardinality(v_ids) AND cardinality(v_blocked) = 0);
-        -- Tenants held back by full windows give their turn for the rest of this claim, and the
-        -- next pass reads twice as many tenants in turn: finding a free host behind n such
-        -- tenants takes about log2(n) passes, not n / 2.
-        IF cardinality(v_blocked) > 0 THEN
-            v_passed := v_passed || v_blocked;
-            v_width := least(v_width * 2, 1024);
-        END IF;
+        EXIT claiming WHEN v_free <= 0 OR v_claimed >= cardinality(v_ids) OR v_pass >= 16;
         v_skipped := v_skipped || ARRAY(SELECT u.id FROM unnest(v_ids) AS u(id) WHERE u.id <> ALL (coalesce(v_locked, '{}')));
         -- A tenant none of whose picks could be locked gives its turn to the next, for this claim
         -- (in turn with nothing to give, it kept the next tenants out): at once when it has no
