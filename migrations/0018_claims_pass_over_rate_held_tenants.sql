@@ -16,7 +16,11 @@
 -- A tenant that only loses a window to another tenant's pick in the same pass takes part (that
 -- pick may be held elsewhere); when a pass is short with every pick claimed and such a loss, the
 -- claim passes again, and the next pass sees the window full and passes over it (the review: four
--- tenants for one host with room for one kept a fifth tenant's free job out of a claim of two).
+-- tenants for one host with room for one kept a fifth tenant's free job out of a claim of two);
+-- at most twice per claim (a second review: groups of tenants sharing hosts made each pass lose
+-- again, 5 picks and 3,600 pages for 3 jobs), and not for a tenant's own jobs past its window.
+-- The fair pick reads each tenant as far as that check does (its room + 20 jobs, not its share of
+-- the claim + 20): a tenant kept in turn for a job past its share left a claim short (a second review).
 -- The windows' room is written out in the pick, not called: rate_window_room (0007) has a
 -- subquery, so it is not inlined, and a call per job or tenant cost more than the rest.
 -- (tests/shared/db/test_claims_pass_over_rate_blocked_tenants.py)
@@ -59,7 +63,8 @@ DECLARE
     v_passed text[] := '{}';  -- such tenants, left out of this claim's later passes
     v_held text[];  -- general path: tenants none of whose picks in a pass could be locked
     v_held_once text[] := '{}';  -- ... in an earlier pass of this claim
-    v_lost boolean;  -- general path, fair: a job that could go lost its window to another pick of the pass
+    v_lost boolean;  -- general path, fair: a tenant given no pick had a job that lost its window to another's
+    v_repasses integer := 0;  -- passes taken for that (at most 2: each reads a pick's worth of tenants)
 BEGIN
     -- A claim need not wait for its WAL flush (about one fsync off every pickup). If Postgres
     -- crashes before the flush, the claim is forgotten and the job is simply available again;
@@ -339,7 +344,9 @@ BEGIN
                           AND j.scheduled_at <= v_now AND j.id IS DISTINCT FROM v_prefer_id
                           AND j.id <> ALL (v_skipped)
                         ORDER BY j.priority, j.scheduled_at, j.id
-                        LIMIT greatest(c.fetch, 1) + v_lookahead)
+                        -- (fair with a key from the job: as far as the check in `chosen` read, or a
+                        -- tenant kept in turn for a job past its share + 20 took a place for nothing)
+                        LIMIT greatest(CASE WHEN v_q.fair AND v_lookahead > 0 THEN c.room ELSE c.fetch END, 1) + v_lookahead)
                   ) h
             ), keyed AS (
                 -- Each key lets through only as many jobs as its window has room for, first come first.
@@ -368,7 +375,9 @@ BEGIN
                  LIMIT v_free
             )
             SELECT array_agg(p.id), array_agg(p.vstart), array_agg(p.tenant_id),
-                   (SELECT coalesce(bool_or(v_q.fair AND k.key_left > 0 AND k.key_rn > k.key_left), false) FROM keyed k)
+                   (SELECT coalesce(bool_or(v_q.fair AND k.key_left > 0 AND k.key_rn > k.key_left
+                                            AND NOT EXISTS (SELECT FROM picked p2 WHERE p2.tenant_id = k.tenant_id)), false)
+                      FROM keyed k)
               INTO v_ids, v_vstarts, v_tenants, v_lost
               FROM picked p;
             EXIT WHEN coalesce(cardinality(v_ids), 0) >= v_free;
@@ -425,8 +434,13 @@ BEGIN
         -- pass sees what the last one claimed (running counts, rate windows, turns) and leaves out
         -- the rows it could not lock; at most 16 passes, so a claim's work stays bounded.
         -- (short with every pick claimed: done, unless a tenant in turn only lost a window to
-        -- another pick of this pass; the next pass sees that window full and passes over it)
-        EXIT claiming WHEN v_free <= 0 OR (v_claimed >= cardinality(v_ids) AND NOT v_lost) OR v_pass >= 16;
+        -- another tenant's pick of this pass; the next pass sees that window full and passes over
+        -- it; twice at most, as tenants sharing hosts can keep losing)
+        EXIT claiming WHEN v_free <= 0 OR v_pass >= 16
+                           OR (v_claimed >= cardinality(v_ids) AND (NOT v_lost OR v_repasses >= 2));
+        IF v_claimed >= cardinality(v_ids) THEN
+            v_repasses := v_repasses + 1;
+        END IF;
         v_skipped := v_skipped || ARRAY(SELECT u.id FROM unnest(v_ids) AS u(id) WHERE u.id <> ALL (coalesce(v_locked, '{}')));
         -- A tenant none of whose picks could be locked gives its turn to the next, for this claim
         -- (in turn with nothing to give, it kept the next tenants out): at once when it has no

@@ -85,3 +85,69 @@ def test_a_claim_over_free_tenants_reads_only_those_next_in_turn(database_url: s
     claimed, picks = pick_pages(database_url, url_sql="'https://h' || (i %% 2000) || '.example/x' || left(%s::text, 0)")
     assert claimed == 10
     assert picks and max(picks) <= 1000, picks
+
+
+def claim_reading(database_url: str, jobs_sql: str, size: int) -> tuple[int, list[int]]:
+    """Jobs claimed by one claim of `size` over the jobs `jobs_sql` inserts (the tenants listed a
+    moment ago by another claim), and the pages each of its pick statements read."""
+    with (
+        psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as other,
+        psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as claimer,
+    ):
+        other.execute(
+            'INSERT INTO queues (name, "limit", fair, rate_limit, rate_period_seconds, rate_key)'
+            " VALUES ('q', 1000, true, 1, 60, 'host:url')"
+        )
+        other.execute("VACUUM ANALYZE jobs")
+
+        def claim() -> int:
+            rows = claimer.execute("SELECT id FROM claim_jobs('q', 'm1', %s, NULL)", (size,), prepare=True)
+            return len(rows.fetchall())
+
+        other.execute(
+            "INSERT INTO jobs (queue, worker, tenant_id, args) SELECT 'q', 'echo', 'a' || i,"
+            " jsonb_build_object('url', %s::text) FROM generate_series(1, 3) i",
+            (FULL,),
+        )
+        assert claim() == 1
+        assert claim() == 0
+        other.execute(jobs_sql)
+        other.execute("SELECT claim_list_tenants('q', 0, clock_timestamp())")
+        other.execute("UPDATE queues SET tenants_scanned_at = now() + interval '1 hour'")
+        notes: list[str] = []
+        claimer.add_notice_handler(lambda diag: notes.append(diag.message_primary or ""))
+        claimer.autocommit = False
+        claimer.execute("LOAD 'auto_explain'")
+        for setting in NESTED_PLANS:
+            claimer.execute(f"SET LOCAL {setting}")
+        claimed = claim()
+        claimer.rollback()
+    return claimed, [pages for pages, text in pages_by_statement(notes) if text.startswith("WITH running")]
+
+
+def test_a_short_claim_over_tenants_with_hosts_of_their_own_does_not_pass_again(database_url: str) -> None:
+    # 5 tenants of 2,000 jobs, each for a host of its own (room 1): a claim of 10 gets 5. Nothing
+    # lost a window to another tenant; 0018 passed again for a tenant's own jobs (a second review).
+    claimed, picks = claim_reading(
+        database_url,
+        "INSERT INTO jobs (queue, worker, tenant_id, args) SELECT 'q', 'echo', 't' || (i % 5),"
+        " jsonb_build_object('url', 'https://h' || (i % 5) || '.example/x') FROM generate_series(0, 9999) i",
+        10,
+    )
+    assert claimed == 5
+    assert len(picks) <= 2, picks  # the pick, and the one after listing again (as 0017)
+
+
+def test_a_claim_whose_passes_keep_losing_windows_stops_passing_again(database_url: str) -> None:
+    # 8 groups of 20 tenants, a host per group (room 1), 25 jobs per tenant: every pass's 20
+    # tenants in turn want one host. 0017 claimed 1 job; 0018 passed again until 16 passes or the
+    # tenants ran out (5 picks, 3,600 pages for 3 jobs, a second review); now twice at most.
+    claimed, picks = claim_reading(
+        database_url,
+        "INSERT INTO jobs (queue, worker, tenant_id, args)"
+        " SELECT 'q', 'echo', 'g' || (i % 160 / 20) || '-' || lpad((i % 160)::text, 4, '0'),"
+        " jsonb_build_object('url', 'https://h' || (i % 160 / 20) || '.example/x') FROM generate_series(0, 3999) i",
+        10,
+    )
+    assert claimed == 3
+    assert len(picks) <= 4 and max(picks) <= PICK_PAGES, picks  # (the first pass picks, lists, picks again)

@@ -149,7 +149,12 @@ def test_limits_hold_under_concurrent_claimers(database_url: str, rules: str, to
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(10)] + [threading.Thread(target=stager)]
     for thread in threads:
         thread.start()
+    # SECONDS at least, and on until enough claims to mean something (a slow, shared box may take
+    # longer); claiming stuck still fails below
+    deadline = time.monotonic() + SECONDS * 20
     time.sleep(SECONDS)
+    while sum(len(v) for v in list(starts.values())) <= 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
     stop.set()
     for thread in threads:
         thread.join()

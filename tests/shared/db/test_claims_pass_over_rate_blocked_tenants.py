@@ -8,6 +8,9 @@ are counted in test_claim_plans_with_rate_blocked_tenants.py)."""
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
+
 import psycopg
 import pytest
 
@@ -239,3 +242,137 @@ def test_capped_tenants_behind_blocked_hosts(database_url: str) -> None:
             frees.add(insert(conn, t, url=f"https://{t}1.example/x"))
             insert(conn, t, url=f"https://{t}2.example/x")
         assert set(claim(conn, 3)) == frees
+
+
+# From the second review of 0018.
+
+
+def test_chosen_tenants_whose_free_job_only_the_check_sees_leave_a_claim_short(database_url: str) -> None:
+    # The filter reads room + 20 jobs (room = the claim's size); the pick reads fetch + 20, and
+    # fetch = least(room, v_free - turn + 1) is 1 past the first turn. With a claim of 2, tenants
+    # at turn 2..4 whose free job is their 22nd pass the filter, take the claim's places, and yield
+    # nothing; z's free job waits.
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        queue_with(conn, PER_HOST["fair"])
+        fill_the_window(conn)
+        first = insert(conn, "x1", url="https://free1.example/x")
+        for t in ("x2", "x3", "x4"):
+            for _ in range(21):
+                insert(conn, t, url=FULL)
+            insert(conn, t, url=f"https://free-{t}.example/x")
+        insert(conn, "z9", url="https://free-z.example/x")
+        got = claim(conn, 2)
+        assert first in got
+        assert len(got) == 2, got  # z's free job, or x2's, could go
+
+
+def test_rate_limit_two_with_a_held_pick_and_losers_across_passes(database_url: str) -> None:
+    rules = PER_HOST["fair"].replace("rate_limit = 1,", "rate_limit = 2,")
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        queue_with(conn, rules)
+        ids = {t: insert(conn, t, url=FULL) for t in "abcd"}
+        free = insert(conn, "e", url="https://free.example/x")
+    got = claim_while_held(database_url, [ids["a"]], 3)
+    assert len(got) == 3 and free in got
+    assert ids["a"] not in got
+    assert sum(1 for t in "bcd" if ids[t] in got) == 2
+
+
+def test_many_groups_sharing_hosts_never_exceed_a_window_and_fill_what_they_can(database_url: str) -> None:
+    # Groups of tenants, each group for one host (limit 1), more tenants per group than a claim's
+    # places: every pass loses windows, and the claim passes again.
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        queue_with(conn, PER_HOST["fair"])
+        for g in range(5):
+            for i in range(5):
+                insert(conn, f"g{g}-{i}", url=f"https://h{g}.example/x")
+        got = claim(conn, 4)
+        hosts = [
+            r[0] for r in conn.execute("SELECT args->>'url' FROM jobs WHERE state = 'executing' AND queue = 'race'")
+        ]
+        assert max(Counter(hosts).values()) == 1, hosts
+        assert len(got) == 4, got
+        # every tenant served is the first of its group in turn
+        tenants = sorted(r[0] for r in conn.execute("SELECT tenant_id FROM jobs WHERE id = ANY (%s)", (got,)))
+        assert all(t.endswith("-0") for t in tenants), tenants
+        # and no tenant's pass moved unless it was served
+        moved = {
+            r[0]
+            for r in conn.execute(
+                "SELECT tenant_id FROM queue_tenants WHERE queue = 'race'"
+                " AND pass > (SELECT min(pass) FROM queue_tenants WHERE queue = 'race')"
+            )
+        }
+        assert moved == set(tenants), (moved, tenants)
+
+
+def test_weighted_tenant_is_not_served_twice_while_a_loser_with_room_elsewhere_waits(database_url: str) -> None:
+    # a (weight 1) and b (weight 1) want FULL-ish host h (room 1); c wants h too; w has jobs for free
+    # hosts. A claim of 3: a gets h, b and c lose; the extra pass must not hand w a second job ahead
+    # of a tenant with a free job at the same turn.
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        queue_with(conn, PER_HOST["fair"])
+        ha = insert(conn, "a", url="https://h.example/x")
+        insert(conn, "b", url="https://h.example/x")
+        insert(conn, "c", url="https://h.example/x")
+        insert(conn, "c", url="https://cfree.example/x")
+        w1 = insert(conn, "w", url="https://w1.example/x")
+        insert(conn, "w", url="https://w2.example/x")
+        got = claim(conn, 3)
+        assert ha in got and w1 in got
+        assert len(got) == 3
+        tenants = Counter(r[0] for r in conn.execute("SELECT tenant_id FROM jobs WHERE id = ANY (%s)", (got,)))
+        assert tenants["c"] == 1, tenants
+
+
+def test_concurrent_claimers_never_exceed_a_window_nor_claim_twice(database_url: str) -> None:
+    rules = PER_HOST["fair"].replace("rate_limit = 1,", "rate_limit = 2,") + ", tenant_limit = 3"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        queue_with(conn, rules, limit=40)
+        for t in range(12):
+            for k in range(6):
+                insert(conn, f"t{t:02}", url=f"https://h{(t + k) % 9}.example/x", priority=k % 2)
+    results: list[list[int]] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with psycopg.connect(database_url, autocommit=True) as c:
+                for _ in range(8):
+                    results.append(claim(c, 3))
+        except BaseException as e:  # reported below, in the test's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors
+    all_ids = [i for r in results for i in r]
+    assert len(all_ids) == len(set(all_ids))
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        per_host = Counter(
+            r[0] for r in conn.execute("SELECT args->>'url' FROM jobs WHERE state = 'executing' AND queue = 'race'")
+        )
+        per_tenant = Counter(
+            r[0] for r in conn.execute("SELECT tenant_id FROM jobs WHERE state = 'executing' AND queue = 'race'")
+        )
+    assert max(per_host.values()) <= 2, per_host
+    assert max(per_tenant.values()) <= 3, per_tenant
+
+
+def test_a_tenant_is_not_served_twice_in_a_claim_while_the_next_in_turn_has_a_free_job(database_url: str) -> None:
+    # x2's free job is its 22nd: the filter (room + 20 = 22 rows) keeps x2 in turn, the pick
+    # (fetch + 20 = 21 rows at turn 2) does not see it, and x1 takes the claim's second place at
+    # the turn after x2's.
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        queue_with(conn, PER_HOST["fair"])
+        fill_the_window(conn)
+        a1 = insert(conn, "x1", url="https://free1.example/x")
+        a2 = insert(conn, "x1", url="https://free1b.example/x")
+        for _ in range(21):
+            insert(conn, "x2", url=FULL)
+        b = insert(conn, "x2", url="https://free2.example/x")
+        got = claim(conn, 2)
+        assert set(got) == {a1, b}, (got, a2)
