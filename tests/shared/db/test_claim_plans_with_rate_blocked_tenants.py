@@ -15,81 +15,16 @@ from .plan_reading import NESTED_PLANS
 from .test_claim_plans_with_rows_held import pages_by_statement
 
 FULL = "https://full.example/x"
-TENANTS = 2000
-PER_TENANT = 25
 # 2 x 10 + 32 tenants reached, each read for up to (its share + 20) jobs, one heap page each (the
 # tenants' jobs are interleaved), plus the index: under 2,000 pages (1,410 measured). Unbounded it
 # was 48,010.
 PICK_PAGES = 2000
 
 
-def pick_pages(database_url: str, url_sql: str = "%s::text", *, listed: bool = False) -> tuple[int, list[int]]:
-    """Jobs claimed by one claim of 10, and the pages each of its pick statements read."""
-    with (
-        psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as other,
-        psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as claimer,
-    ):
-        other.execute(
-            'INSERT INTO queues (name, "limit", fair, rate_limit, rate_period_seconds, rate_key)'
-            " VALUES ('q', 1000, true, 1, 60, 'host:url')"
-        )
-        other.execute("VACUUM ANALYZE jobs")
-
-        def claim() -> int:
-            return len(claimer.execute("SELECT id FROM claim_jobs('q', 'm1', 10, NULL)", prepare=True).fetchall())
-
-        # the first claims are planned on a near-empty table; the first fills FULL's window
-        other.execute(
-            "INSERT INTO jobs (queue, worker, tenant_id, args) SELECT 'q', 'echo', 'a' || i,"
-            " jsonb_build_object('url', %s::text) FROM generate_series(1, 3) i",
-            (FULL,),
-        )
-        assert claim() == 1
-        assert claim() == 0
-        other.execute(
-            "INSERT INTO jobs (queue, worker, tenant_id, args)"
-            " SELECT 'q', 'echo', 'b' || lpad((i %% %s)::text, 6, '0'), jsonb_build_object('url', " + url_sql + ")"
-            " FROM generate_series(1, %s) i",
-            (TENANTS, FULL, TENANTS * PER_TENANT),
-        )
-        other.execute("UPDATE queues SET tenants_scanned_at = NULL")
-        claim()  # lists the tenants
-        notes: list[str] = []
-        claimer.add_notice_handler(lambda diag: notes.append(diag.message_primary or ""))
-        claimer.autocommit = False
-        if listed:  # another machine's claim listed them a moment ago: this one picks, lists, picks again
-            claimer.execute("UPDATE queues SET tenants_scanned_at = now() + interval '1 hour'")
-        claimer.execute("LOAD 'auto_explain'")
-        for setting in NESTED_PLANS:
-            claimer.execute(f"SET LOCAL {setting}")
-        claimed = claim()
-        claimer.rollback()
-    return claimed, [pages for pages, text in pages_by_statement(notes) if text.startswith("WITH running")]
-
-
-def test_a_claim_reads_a_bounded_number_of_tenants_held_back_by_a_full_window(database_url: str) -> None:
-    claimed, picks = pick_pages(database_url)
-    assert claimed == 0
-    assert picks and max(picks) <= PICK_PAGES, picks
-
-
-def test_a_claim_that_lists_the_tenants_again_reads_them_twice_at_most(database_url: str) -> None:
-    claimed, picks = pick_pages(database_url, listed=True)
-    assert claimed == 0
-    assert len(picks) <= 2 and sum(picks) <= 2 * PICK_PAGES, picks
-
-
-def test_a_claim_over_free_tenants_reads_only_those_next_in_turn(database_url: str) -> None:
-    # each tenant's jobs are for a host of its own: nothing is held back, and the check that
-    # passes tenants over stops at 2 x 10 tenants (601 pages measured)
-    claimed, picks = pick_pages(database_url, url_sql="'https://h' || (i %% 2000) || '.example/x' || left(%s::text, 0)")
-    assert claimed == 10
-    assert picks and max(picks) <= 1000, picks
-
-
-def claim_reading(database_url: str, jobs_sql: str, size: int) -> tuple[int, list[int]]:
-    """Jobs claimed by one claim of `size` over the jobs `jobs_sql` inserts (the tenants listed a
-    moment ago by another claim), and the pages each of its pick statements read."""
+def claim_reading(database_url: str, jobs_sql: str, size: int = 10, *, listed: bool = True) -> tuple[int, list[int]]:
+    """Jobs claimed by one claim of `size` over the jobs `jobs_sql` inserts, and the pages each of
+    its pick statements read. `listed`: another machine's claim listed the tenants a moment ago, so
+    this one picks, lists them again when short, and picks again; else it lists them first."""
     with (
         psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as other,
         psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as claimer,
@@ -113,7 +48,9 @@ def claim_reading(database_url: str, jobs_sql: str, size: int) -> tuple[int, lis
         assert claim() == 0
         other.execute(jobs_sql)
         other.execute("SELECT claim_list_tenants('q', 0, clock_timestamp())")
-        other.execute("UPDATE queues SET tenants_scanned_at = now() + interval '1 hour'")
+        other.execute(
+            "UPDATE queues SET tenants_scanned_at = CASE WHEN %s THEN now() + interval '1 hour' END", (listed,)
+        )
         notes: list[str] = []
         claimer.add_notice_handler(lambda diag: notes.append(diag.message_primary or ""))
         claimer.autocommit = False
@@ -123,6 +60,36 @@ def claim_reading(database_url: str, jobs_sql: str, size: int) -> tuple[int, lis
         claimed = claim()
         claimer.rollback()
     return claimed, [pages for pages, text in pages_by_statement(notes) if text.startswith("WITH running")]
+
+
+# 2,000 tenants of 25 jobs, interleaved, all for FULL, whose window the setup fills.
+HELD_BACK = (
+    "INSERT INTO jobs (queue, worker, tenant_id, args)"
+    " SELECT 'q', 'echo', 'b' || lpad((i % 2000)::text, 6, '0'), jsonb_build_object('url', 'https://full.example/x')"
+    " FROM generate_series(1, 50000) i"
+)
+
+
+def test_a_claim_reads_a_bounded_number_of_tenants_held_back_by_a_full_window(database_url: str) -> None:
+    claimed, picks = claim_reading(database_url, HELD_BACK, listed=False)
+    assert claimed == 0
+    assert picks and max(picks) <= PICK_PAGES, picks
+
+
+def test_a_claim_that_lists_the_tenants_again_reads_them_twice_at_most(database_url: str) -> None:
+    claimed, picks = claim_reading(database_url, HELD_BACK)
+    assert claimed == 0
+    assert len(picks) <= 2 and sum(picks) <= 2 * PICK_PAGES, picks
+
+
+def test_a_claim_over_free_tenants_reads_only_those_next_in_turn(database_url: str) -> None:
+    # each tenant's jobs are for a host of its own: nothing is held back, and the check that
+    # passes tenants over stops at 2 x 10 tenants (601 pages measured)
+    claimed, picks = claim_reading(
+        database_url, HELD_BACK.replace("'https://full.example/x'", "'https://h' || (i % 2000) || '.example/x'")
+    )
+    assert claimed == 10
+    assert picks and max(picks) <= 1000, picks
 
 
 def test_a_short_claim_over_tenants_with_hosts_of_their_own_does_not_pass_again(database_url: str) -> None:
