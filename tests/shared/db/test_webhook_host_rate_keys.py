@@ -42,3 +42,27 @@ def test_one_host_spelled_two_ways_shares_one_rate_window(database_url: str, pai
 def test_the_stored_url_is_the_one_requested() -> None:
     for url in ("https://a.example", "https://a.example/x?y=1#f", "https://u:p@h1.example/d", "http://[::1]:8080/x"):
         assert stored_url(url) == str(httpx.URL(url)) == url  # ordinary URLs are kept as sent
+
+
+# From the final review: httpx keeps a literal address as written, so one address had a window
+# per spelling (IPv6 zero compression, leading zeros, IPv4-mapped; legacy IPv4 forms, which the
+# outbound policy and the resolver read as the dotted address).
+ONE_ADDRESS = {
+    "ipv6-zero-compression": ("https://[2606:4700:4700::1111]/a", "https://[2606:4700:4700:0:0:0:0:1111]/b"),
+    "ipv6-leading-zeros": ("https://[2606:4700:4700::1111]/a", "https://[2606:4700:4700:0000::1111]/b"),
+    "ipv4-mapped": ("https://[::ffff:1.1.1.1]/a", "https://[::ffff:101:101]/b"),
+    "ipv4-mapped-and-plain": ("https://1.1.1.1/a", "https://[::ffff:1.1.1.1]/b"),
+    "ipv4-decimal": ("https://1.1.1.1/a", "https://16843009/b"),
+    "ipv4-hex": ("https://1.1.1.1/a", "https://0x01010101/b"),
+    "ipv4-short": ("https://1.1.1.1/a", "https://1.1.257/b"),
+}
+
+
+@pytest.mark.parametrize("pair", ONE_ADDRESS.values(), ids=ONE_ADDRESS.keys())
+def test_one_address_is_one_rate_window_however_its_url_spells_it(database_url: str, pair: tuple[str, str]) -> None:
+    first, second = pair
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        queue_with(conn, "rate_limit = 1, rate_period_seconds = 60, rate_key = 'host:url'", limit=100)
+        insert(conn, "t", url=stored_url(first))
+        insert(conn, "t", url=stored_url(second))
+        assert len(claim(conn, 5)) == 1
