@@ -3,7 +3,7 @@
 With no metric named, runs all of them in order and writes bench/RESULTS.md (unless --quick;
 --out PATH writes anywhere). Each metric is a ratio against a reference measured in the same run
 on the same throwaway durable Postgres. Quick mode (--quick or BENCH_QUICK=1) uses tiny sizes and
-one run: it proves the scripts work, its figures mean nothing.
+one run on a Postgres without fsync: it proves the scripts work, its figures mean nothing.
 """
 
 from __future__ import annotations

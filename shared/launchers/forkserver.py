@@ -131,7 +131,12 @@ class _Server:
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
         self.selector.register(self.sock, selectors.EVENT_READ, "control")
         self.selector.register(self.wake_r, selectors.EVENT_READ, "signal")
-        send_message(self.sock, {"op": "ready", "pid": self.pid})
+        try:
+            send_message(self.sock, {"op": "ready", "pid": self.pid})
+        except OSError:
+            # The launcher left while we were importing (its process shutting down): there is
+            # nobody to serve, and our stderr is its log, so no traceback either.
+            return None
         terminated = False
         while not (self.launcher_gone or terminated):
             for key, _ in self.selector.select(timeout=PARENT_CHECK_SECONDS):

@@ -14,6 +14,11 @@ from shared.storage import Storage
 from tests.conftest import make_settings
 from tests.support.live import LiveApp, live_app, wait_until
 
+# For the tests that SIGSTOP a machine: a machine launched within the boot grace counts as live
+# whether or not it heartbeats, so with the default 30 s the rescued job waited that long for a
+# new machine. Long enough for a machine to boot on a slow box; the rescue is what is tested.
+BOOT_GRACE = 5.0
+
 
 def _app(database_url, s3, tmp_path, **overrides):
     from functions.registry import seed_queues
@@ -116,7 +121,7 @@ def test_kill_9_of_a_machine_mid_job_rescues_and_completes_on_attempt_two(app):
 
 def test_stalled_holder_cannot_overwrite_the_outcome(database_url, s3, tmp_path):
     """SIGSTOP the holder past its heartbeat; another machine completes the job; SIGCONT changes nothing."""
-    with _app(database_url, s3, tmp_path, lifeline_rescue_after=2) as app:
+    with _app(database_url, s3, tmp_path, lifeline_rescue_after=2, machine_boot_grace_seconds=BOOT_GRACE) as app:
         job = _post(app, "slow_first", {"seconds": 3})
         running = app.wait_for_job(job["id"], {"executing"})
         stalled = running["machineId"]
@@ -198,7 +203,7 @@ def test_a_timed_out_jobs_thread_work_really_stops(database_url, s3, tmp_path):
 def test_a_stalled_holder_can_neither_overwrite_nor_delete_the_winners_output(database_url, s3, tmp_path):
     """Both attempts store `out.txt`; the stalled first wakes after the second completed, is fenced
     out and withdraws what it stored: under its own claim, so the winner's download still works."""
-    with _app(database_url, s3, tmp_path, lifeline_rescue_after=2) as app:
+    with _app(database_url, s3, tmp_path, lifeline_rescue_after=2, machine_boot_grace_seconds=BOOT_GRACE) as app:
         Storage(app.settings).ensure_bucket()
         job = _post(app, "store_output", {"seconds": 4})
         running = app.wait_for_job(job["id"], {"executing"})

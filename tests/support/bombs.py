@@ -38,8 +38,9 @@ def bomb(coding: str, decoded_bytes: int = BOMB_BYTES) -> bytes:
     return b"".join([*parts, zlib_compressor.compress(bytes(rest)), zlib_compressor.flush()])
 
 
+@cache
 def encoded(coding: str, data: bytes) -> bytes:
-    """`data` in one coding, for round trips."""
+    """`data` in one coding, for round trips (cached: brotli's default quality 11 takes seconds here)."""
     if coding == "br":
         return bytes(brotli.compress(data))
     compressor = zlib.compressobj(6, zlib.DEFLATED, _ZLIB_WBITS[coding])

@@ -335,3 +335,29 @@ def test_preloading_imports_no_heavy_library_and_starts_no_thread() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[] 1"
+
+
+def test_a_fork_server_whose_launcher_left_before_it_was_ready_exits_quietly() -> None:
+    """A launcher shut down while its fork server was still importing (SIGTERM to a just-started
+    API): the server's "ready" meets a closed socket. It exits 0 and writes nothing, since its
+    stderr is the service's log, where a traceback is a line no log reader can parse."""
+    import socket
+
+    from functions.registry import machine_program
+
+    program = machine_program()
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.close()  # gone before the server could say anything
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "shared.launchers.forkserver", str(theirs.fileno()), "1", program.module],
+            cwd=REPO_ROOT,
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=WAIT_SECONDS,
+        )
+    finally:
+        theirs.close()
+    assert (done.returncode, done.stderr, done.stdout) == (0, "", "")
