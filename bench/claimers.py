@@ -16,7 +16,7 @@ success); claim latency = each `dequeue` call.
 
 Every process connects first and reports ready; the claims start together when all are.
 
-Environment: BENCH_CLAIMERS (default "1,8,32,128"), BENCH_CLAIMER_JOBS (jobs per count and run,
+Environment: BENCH_CLAIMERS (default "1,8,32,128"; "1,8" in quick mode), BENCH_CLAIMER_JOBS (jobs per count and run,
 default 5000), BENCH_CLAIM_BATCH (jobs per claim, default 5), BENCH_CLAIMER_PROCS (processes,
 default 2). Targets: throughput never falls as claimers grow (each count within NOISE of the best
 smaller count), and >= 1x pgqueuer at each count.
@@ -63,8 +63,10 @@ QUEUE_LIMIT = 1000
 NOISE = 0.10  # "never falls": a count may sit up to 10 % under the best smaller count (run-to-run noise)
 
 
-def claimer_counts() -> list[int]:
-    return [int(x) for x in os.environ.get("BENCH_CLAIMERS", "1,8,32,128").split(",") if x.strip()]
+def claimer_counts(*, quick: bool = False) -> list[int]:
+    # Quick mode (the test suite's smoke run) takes two counts: the same code, a quarter of the time.
+    default = "1,8" if quick else "1,8,32,128"
+    return [int(x) for x in os.environ.get("BENCH_CLAIMERS", default).split(",") if x.strip()]
 
 
 def batch_size() -> int:
@@ -282,7 +284,7 @@ def pgqueuer_once(env: BenchEnv, consumers: int, count: int, batch: int) -> dict
 
 
 def run(env: BenchEnv, cfg: BenchConfig) -> list[Row]:
-    counts = claimer_counts()
+    counts = claimer_counts(quick=cfg.quick)
     jobs = cfg.n(int(os.environ.get("BENCH_CLAIMER_JOBS", "5000")), 200)
     batch = batch_size()
     ours: dict[int, list[float]] = {k: [] for k in counts}

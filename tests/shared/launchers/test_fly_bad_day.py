@@ -90,12 +90,15 @@ async def test_a_machine_is_gone_only_after_404s_two_reads_apart(emu: Emulator, 
 
 
 async def test_a_sighting_in_between_resets_the_evidence(emu: Emulator, launchers: list[FlyLauncher]) -> None:
-    emu.faults.invisible_seconds = 0.6
+    # Invisible until the test reveals it: a clock the test does not control made this flaky on a
+    # loaded box (the launch itself outlasted a 0.6 s invisibility, so the first read saw it).
+    emu.faults.invisible_seconds = 300.0
     fly = launcher_for(launchers, emu, fly_gone_confirm_seconds=0.4, machine_boot_grace_seconds=0.1)
     ref = await fly.launch(spec(FAKE_MACHINE="sleep"))
     await asyncio.sleep(0.15)  # past the boot grace: only the two-reads rule protects it now
     assert (await fly.status(ref.id)).state == "launching"
-    await asyncio.sleep(0.6)
+    await asyncio.sleep(0.6)  # a second 404 now would span the confirm window
+    emu.reveal(ref.id)
     assert (await fly.status(ref.id)).state in ("launching", "running")  # visible again: not gone
 
 
