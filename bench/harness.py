@@ -1,5 +1,6 @@
-"""What every metric shares: a throwaway durable Postgres, moto S3, the app in its own process,
-child processes that cannot outlive the run, statistics, and the rows of the results table."""
+"""What every metric shares: a throwaway durable Postgres (not in quick mode), moto S3, the app in
+its own process, child processes that cannot outlive the run, statistics, and the rows of the
+results table."""
 
 from __future__ import annotations
 

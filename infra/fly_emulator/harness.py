@@ -76,8 +76,12 @@ class Emulator:
             raise TimeoutError(f"emulator condition not met within {timeout}s")
 
     def reveal(self, machine_id: str) -> None:
-        """Make a machine created under `faults.invisible_seconds` visible now."""
+        """Make a machine created under `faults.invisible_seconds` (or hidden) visible now."""
         self._store.reveal(machine_id)
+
+    def hide(self, machine_id: str) -> None:
+        """Make a machine answer 404 and leave the list until `reveal`."""
+        self._store.hide(machine_id)
 
     def wait_for_state(self, machine_id: str, *states: str, timeout: float = 30.0) -> dict[str, Any]:
         """Block until the machine is in one of `states`; returns its view. Raises TimeoutError."""

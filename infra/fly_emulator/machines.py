@@ -184,6 +184,11 @@ class Store:
         with self._lock:
             self._machines[machine_id].visible_at = 0.0
 
+    def hide(self, machine_id: str) -> None:
+        """Answer 404 for a machine until revealed again (a read that lags once more)."""
+        with self._lock:
+            self._machines[machine_id].visible_at = float("inf")
+
     def get(self, app: str, machine_id: str) -> Machine | None:
         """The machine, or None when unknown, in another app, or destroyed past retention."""
         machine = self._machines.get(machine_id)

@@ -106,7 +106,7 @@ def pidfd_signal(pidfd: int, sig: int) -> None:
 
 
 class _Server:
-    def __init__(self, sock: socket.socket, grace_seconds: float) -> None:
+    def __init__(self, sock: socket.socket, grace_seconds: float, initial_handlers: dict[signal.Signals, Any]) -> None:
         self.sock = sock
         self.grace_seconds = grace_seconds
         self.pid = os.getpid()
@@ -115,7 +115,7 @@ class _Server:
         self.children: dict[int, _Child] = {}  # pidfd -> child
         self.launcher_gone = False
         # The handlers a plain `python -m <machine module>` starts with, restored in each child.
-        self.initial_handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        self.initial_handlers = initial_handlers
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
@@ -133,7 +133,7 @@ class _Server:
         self.selector.register(self.wake_r, selectors.EVENT_READ, "signal")
         try:
             send_message(self.sock, {"op": "ready", "pid": self.pid})
-        except OSError:
+        except (BrokenPipeError, ConnectionResetError):
             # The launcher left while we were importing (its process shutting down): there is
             # nobody to serve, and our stderr is its log, so no traceback either.
             return None
@@ -280,6 +280,11 @@ def main(argv: list[str]) -> int:
         usage = "usage: python -m shared.launchers.forkserver FD GRACE_SECONDS MACHINE_MODULE [PRELOAD ...]"
         print(usage, file=sys.stderr)
         return EXIT_BAD_USAGE
+    # Ctrl-C reaches the whole process group, this process too while it imports: ignored from here
+    # on (serve() explains why), else a KeyboardInterrupt traceback lands in the launcher's log.
+    # The children get back the handlers a plain `python -m` starts with.
+    initial_handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=int(argv[1]))
     sock.set_inheritable(False)
     grace_seconds = float(argv[2])
@@ -294,7 +299,7 @@ def main(argv: list[str]) -> int:
     # nor walk these objects in their collections. Collect first so no garbage is frozen with it.
     gc.collect()
     gc.freeze()
-    launch = _Server(sock, grace_seconds).serve()
+    launch = _Server(sock, grace_seconds, initial_handlers).serve()
     if launch is None:
         return 0
     return run_machine(launch, machine_module)

@@ -95,11 +95,17 @@ async def test_a_sighting_in_between_resets_the_evidence(emu: Emulator, launcher
     emu.faults.invisible_seconds = 300.0
     fly = launcher_for(launchers, emu, fly_gone_confirm_seconds=0.4, machine_boot_grace_seconds=0.1)
     ref = await fly.launch(spec(FAKE_MACHINE="sleep"))
-    await asyncio.sleep(0.15)  # past the boot grace: only the two-reads rule protects it now
-    assert (await fly.status(ref.id)).state == "launching"
-    await asyncio.sleep(0.6)  # a second 404 now would span the confirm window
-    emu.reveal(ref.id)
-    assert (await fly.status(ref.id)).state in ("launching", "running")  # visible again: not gone
+    try:
+        await asyncio.sleep(0.15)  # past the boot grace: only the two-reads rule protects it now
+        assert (await fly.status(ref.id)).state == "launching"  # the first 404
+        emu.reveal(ref.id)
+        assert (await fly.status(ref.id)).state in ("launching", "running")  # seen: not gone
+        emu.hide(ref.id)
+        await asyncio.sleep(0.6)  # past the confirm window counted from the first 404
+        # A 404 again: had the sighting not reset the evidence, 404s would now span 0.75 s.
+        assert (await fly.status(ref.id)).state in ("launching", "running")
+    finally:
+        emu.reveal(ref.id)  # the module's emulator must be able to stop and destroy it
 
 
 async def test_a_state_we_do_not_know_is_launching_not_failed(emu: Emulator, launchers: list[FlyLauncher]) -> None:

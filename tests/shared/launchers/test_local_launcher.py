@@ -361,3 +361,43 @@ def test_a_fork_server_whose_launcher_left_before_it_was_ready_exits_quietly() -
     finally:
         theirs.close()
     assert (done.returncode, done.stderr, done.stdout) == (0, "", "")
+
+
+def test_ctrl_c_while_the_fork_server_imports_writes_no_traceback(tmp_path: Path) -> None:
+    """Ctrl-C reaches the whole process group, a fork server still importing included; the API
+    then shuts down and closes its end. The server must leave quietly, not print KeyboardInterrupt
+    into the API's log (its stderr)."""
+    import socket
+    import time
+
+    from functions.registry import machine_program
+
+    program = machine_program()
+    marker = tmp_path / "importing"
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    argv = [sys.executable, "-m", "shared.launchers.forkserver", str(theirs.fileno()), "1", program.module]
+    server = subprocess.Popen(
+        [*argv, "tests.support.slow_preload"],
+        cwd=REPO_ROOT,
+        env={**os.environ, "SLOW_PRELOAD_MARKER": str(marker)},
+        pass_fds=(theirs.fileno(),),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    theirs.close()
+    try:
+        deadline = time.monotonic() + WAIT_SECONDS
+        while not marker.exists() and server.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert marker.exists(), "the server never reached its preloads"
+        server.send_signal(signal.SIGINT)
+        ours.close()  # the launcher's process shuts down on the same Ctrl-C
+        out, err = server.communicate(timeout=WAIT_SECONDS)
+    finally:
+        ours.close()
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    assert (server.returncode, err, out) == (0, "", "")
