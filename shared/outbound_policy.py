@@ -289,3 +289,30 @@ OutboundUrl = Annotated[
 ]
 """An http(s) URL field; checked against the outbound rules when the validation context carries
 `{"settings": Settings}` (the ingress passes it), so a refused destination is a 422 at submit."""
+
+
+def requested_url(url: str) -> str:
+    """`url` as the client will request it, one spelling per receiver: httpx's form (IDNA,
+    full-width dots, case, default port) and a literal address in its standard form (httpx keeps
+    `[::0:1]`, `16843009` or `1.1.257` as written; the checks above read them as addresses),
+    IPv4-mapped IPv6 as IPv4. A per-host rate limit reads the URL a webhooks job stores, so two
+    spellings of one receiver must be one. Raises httpx.InvalidURL."""
+    parsed = httpx.URL(url)
+    address = literal_address(parsed.host)
+    if address is not None:
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # the same receiver as the plain IPv4 address
+        parsed = parsed.copy_with(host=str(address))
+    return str(parsed)
+
+
+def _as_requested(url: str) -> str:
+    try:
+        return requested_url(url)
+    except httpx.InvalidURL:
+        raise PydanticCustomError("invalid_url", "not a valid URL") from None
+
+
+CallbackUrl = Annotated[OutboundUrl, Field(pattern=r"^https://"), AfterValidator(_as_requested)]
+"""An https URL notified by a signed webhook (a job's, a batch's callback): stored as requested,
+as a webhook's URL is, since its delivery is a webhooks job under the same per-host rate limit."""

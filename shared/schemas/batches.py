@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final
+from typing import Any, Final
 
 from pydantic import Field
 
-from shared.outbound_policy import OutboundUrl
+from shared.outbound_policy import CallbackUrl
 
 from .common import CamelModel, TenantId
 
 MAX_BATCH_JOBS: Final = 1000
-
-CallbackUrl = Annotated[OutboundUrl, Field(pattern=r"^https://")]
 
 
 class BatchRequest(CamelModel):

@@ -18,7 +18,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from shared.outbound_policy import OutboundUrl
+from shared.outbound_policy import CallbackUrl
 from shared.vocabulary import IN_FLIGHT_STATES as IN_FLIGHT
 
 _PRINTABLE = re.compile(r"^[\x20-\x7e\u00a0-\uffff]+$")
@@ -143,7 +143,7 @@ class JobOptions(CamelModel):
     meta: dict[str, Any] = Field(default_factory=dict)
     unique: UniqueOptions | None = None
     # Checked against the outbound rules at submit time, like every other outbound URL.
-    callback_url: Annotated[OutboundUrl, Field(pattern=r"^https://")] | None = None
+    callback_url: CallbackUrl | None = None
 
     @field_validator("meta")
     @classmethod

@@ -28,7 +28,7 @@ from pydantic import (
 from typing_extensions import TypedDict
 
 from shared.email_templates import TemplateKind, check_template
-from shared.outbound_policy import OutboundUrl
+from shared.outbound_policy import CallbackUrl
 from shared.schemas.common import CamelModel, JobRequest
 from shared.schemas.email_address import BULK_MAILBOX_PATTERN, check_header_text, parse_mailbox
 
@@ -223,7 +223,7 @@ class BulkEmailRequest(JobRequest, BulkTemplate):
     """One templated email per recipient (up to 10,000), each its own job in one batch."""
 
     recipients: list[BulkRecipient] = Field(min_length=1, max_length=MAX_BULK_RECIPIENTS)
-    callback_url: Annotated[OutboundUrl, Field(pattern=r"^https://")] | None = Field(
+    callback_url: CallbackUrl | None = Field(
         None,
         description="https URL notified once (signed webhook `batch.finished`) when every email of the batch is "
         "final; `options.callbackUrl` is notified per email",

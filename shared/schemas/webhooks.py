@@ -8,7 +8,6 @@ the JSON body, and the Standard Webhooks signature headers.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 from typing import Annotated, Final, Literal
@@ -17,7 +16,7 @@ import httpx
 from pydantic import AfterValidator, Field, JsonValue, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from shared.outbound_policy import DestinationNotAllowed, check_url, literal_address
+from shared.outbound_policy import DestinationNotAllowed, check_url, requested_url
 from shared.schemas.common import JobRequest
 from shared.settings import Settings
 
@@ -66,18 +65,9 @@ def _webhook_destination(url: str, info: ValidationInfo) -> str:
             check_webhook_destination(url, settings)
         except DestinationNotAllowed as exc:
             raise PydanticCustomError("destination_not_allowed", "{reason}", {"reason": str(exc)}) from None
-    # Kept as the client will request it (IDNA, full-width dots, case, default port), and a
-    # literal address in its one standard form (httpx keeps `[::0:1]`, `16843009` or `1.1.257`
-    # as written; the outbound policy reads them as addresses): a rate limit by host reads the
-    # stored URL, and two spellings of one host are one host.
+    # Kept as the client will request it: a rate limit by host reads the stored URL.
     try:
-        parsed = httpx.URL(url)
-        address = literal_address(parsed.host)
-        if address is not None:
-            if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-                address = address.ipv4_mapped  # the same receiver as the plain IPv4 address
-            parsed = parsed.copy_with(host=str(address))
-        return str(parsed)
+        return requested_url(url)
     except httpx.InvalidURL:
         raise PydanticCustomError("invalid_url", "not a valid URL") from None
 

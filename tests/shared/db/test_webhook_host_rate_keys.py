@@ -66,3 +66,42 @@ def test_one_address_is_one_rate_window_however_its_url_spells_it(database_url: 
         insert(conn, "t", url=stored_url(first))
         insert(conn, "t", url=stored_url(second))
         assert len(claim(conn, 5)) == 1
+
+
+# From the last review: a callback is a webhooks job too (its URL copied from meta.callbackUrl by
+# the statement that makes a job final, migrations 0003/0005/0008), so a callback URL spelled
+# another way was another window for the same receiver: every callback URL is stored as the
+# webhook's is.
+CALLBACK_SPELLINGS = {
+    **{name: pair for name, pair in {**SPELLINGS, **ONE_ADDRESS}.items() if pair[1].startswith("https://")},
+    "port-and-host-case": ("https://h1.example/a", "https://H1.Example:443/b"),  # callbacks: https in lower case
+}
+
+
+def stored_callback_urls(url: str) -> list[str]:
+    """The callback URLs kept for `url`: a job's options.callbackUrl, a batch's and a bulk email's."""
+    from shared.schemas.batches import BatchRequest
+    from shared.schemas.common import JobOptions
+    from shared.schemas.emails import BulkEmailRequest
+
+    bulk = {"subject": "s", "text": "t", "recipients": [{"to": "a@example.com"}], "callbackUrl": url}
+    return [
+        str(JobOptions.model_validate({"callbackUrl": url}).callback_url),
+        str(BatchRequest.model_validate({"jobs": [{"queue": "webhooks"}], "callbackUrl": url}).callback_url),
+        str(BulkEmailRequest.model_validate(bulk).callback_url),
+    ]
+
+
+@pytest.mark.parametrize("pair", CALLBACK_SPELLINGS.values(), ids=CALLBACK_SPELLINGS.keys())
+def test_a_callback_to_a_host_spelled_another_way_shares_its_rate_window(
+    database_url: str, pair: tuple[str, str]
+) -> None:
+    first, second = pair
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        keys = {
+            url: conn.execute(
+                "SELECT job_rate_key('host:url', 't', jsonb_build_object('url', %s::text))", (url,)
+            ).fetchone()[0]  # type: ignore[index]
+            for url in [stored_url(first), *stored_callback_urls(second)]
+        }
+    assert len(set(keys.values())) == 1, keys
