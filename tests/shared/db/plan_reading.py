@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
+import psycopg
+
 # Every statement's plan, nested ones (inside claim_jobs) included, with its rows and pages, as a
 # notice the connection's handler collects (SET LOCAL each, after LOAD 'auto_explain').
 NESTED_PLANS: Final = (
@@ -42,3 +44,31 @@ def jit_compiled(notes: list[str]) -> list[str]:
         for doc in (json.loads(note.split("plan:", 1)[1]) for note in notes if "plan:" in note)
         if "JIT" in doc
     ]
+
+
+def explain_nested(conn: psycopg.Connection[Any]) -> list[str]:
+    """Open a transaction on `conn` in which every statement's plan (NESTED_PLANS) arrives as a
+    notice; returns the list the notices land in. Roll back to end it."""
+    notes: list[str] = []
+    conn.add_notice_handler(lambda diag: notes.append(diag.message_primary or ""))
+    conn.autocommit = False
+    conn.execute("LOAD 'auto_explain'")
+    for setting in NESTED_PLANS:
+        conn.execute(f"SET LOCAL {setting}")
+    return notes
+
+
+def pages_by_statement(notes: list[str]) -> list[tuple[int, str]]:
+    """Pages of `jobs` each statement among `notes` read, with its first words, most first."""
+    found = []
+    for note in notes:
+        if "plan:" not in note:
+            continue
+        doc = json.loads(note.split("plan:", 1)[1])
+        pages = sum(
+            n.get("Shared Hit Blocks", 0) + n.get("Shared Read Blocks", 0)
+            for n in nodes(doc["Plan"])
+            if n.get("Relation Name") == "jobs" and "Scan" in n["Node Type"]
+        )
+        found.append((pages, " ".join(doc.get("Query Text", "").split())[:70]))
+    return sorted(found, reverse=True)

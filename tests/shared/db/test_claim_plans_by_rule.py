@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from .plan_reading import NESTED_PLANS, jit_compiled, jobs_scans
+from .plan_reading import explain_nested, jit_compiled, jobs_scans
 
 HEAD = 5000  # rows at the head of the queue held by another transaction: the claim skips them
 BATCH = 10
@@ -154,12 +154,7 @@ def test_a_claim_under_any_rule_reads_only_what_it_claims(database_url, fair, te
             last = other.execute("SELECT max(id) AS id FROM jobs WHERE queue = %s", (queue,)).fetchone()
             assert last is not None
             prefer_id = last["id"]
-        notes: list[str] = []
-        claimer.add_notice_handler(lambda diag: notes.append(diag.message_primary or ""))
-        claimer.autocommit = False
-        claimer.execute("LOAD 'auto_explain'")
-        for setting in NESTED_PLANS:
-            claimer.execute(f"SET LOCAL {setting}")
+        notes = explain_nested(claimer)
         claimed = claim(prefer_id)
         claimer.rollback()
     read = pages = 0

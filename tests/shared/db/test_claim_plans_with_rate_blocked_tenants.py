@@ -11,8 +11,7 @@ from __future__ import annotations
 import psycopg
 from psycopg.rows import dict_row
 
-from .plan_reading import NESTED_PLANS
-from .test_claim_plans_with_rows_held import pages_by_statement
+from .plan_reading import explain_nested, pages_by_statement
 
 FULL = "https://full.example/x"
 # 2 x 10 + 32 tenants reached, each read for up to (its share + 20) jobs, one heap page each (the
@@ -51,12 +50,7 @@ def claim_reading(database_url: str, jobs_sql: str, size: int = 10, *, listed: b
         other.execute(
             "UPDATE queues SET tenants_scanned_at = CASE WHEN %s THEN now() + interval '1 hour' END", (listed,)
         )
-        notes: list[str] = []
-        claimer.add_notice_handler(lambda diag: notes.append(diag.message_primary or ""))
-        claimer.autocommit = False
-        claimer.execute("LOAD 'auto_explain'")
-        for setting in NESTED_PLANS:
-            claimer.execute(f"SET LOCAL {setting}")
+        notes = explain_nested(claimer)
         claimed = claim()
         claimer.rollback()
     return claimed, [pages for pages, text in pages_by_statement(notes) if text.startswith("WITH running")]

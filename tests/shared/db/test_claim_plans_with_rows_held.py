@@ -7,14 +7,13 @@ the fair path's lock (both since 0015 or before) read 598 and 781 pages per clai
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from .plan_reading import NESTED_PLANS, nodes
+from .plan_reading import explain_nested, pages_by_statement
 
 BATCH = 10
 RULES = {
@@ -23,21 +22,6 @@ RULES = {
     "fair-host": (True, "host:url", None),
     "fair-ratetenant": (True, "tenant", None),
 }
-
-
-def pages_by_statement(notes: list[str]) -> list[tuple[int, str]]:
-    found = []
-    for note in notes:
-        if "plan:" not in note:
-            continue
-        doc = json.loads(note.split("plan:", 1)[1])
-        pages = sum(
-            n.get("Shared Hit Blocks", 0) + n.get("Shared Read Blocks", 0)
-            for n in nodes(doc["Plan"])
-            if n.get("Relation Name") == "jobs" and "Scan" in n["Node Type"]
-        )
-        found.append((pages, " ".join(doc.get("Query Text", "").split())[:70]))
-    return sorted(found, reverse=True)
 
 
 def run(database_url: str, rules: tuple[Any, ...], *, hold: bool) -> tuple[int, list[tuple[int, str]]]:
@@ -87,12 +71,7 @@ def run(database_url: str, rules: tuple[Any, ...], *, hold: bool) -> tuple[int, 
             (queue,),
         )
         hold_heads()
-        notes: list[str] = []
-        claimer.add_notice_handler(lambda diag: notes.append(diag.message_primary or ""))
-        claimer.autocommit = False
-        claimer.execute("LOAD 'auto_explain'")
-        for setting in NESTED_PLANS:
-            claimer.execute(f"SET LOCAL {setting}")
+        notes = explain_nested(claimer)
         claimed = claim()
         claimer.rollback()
         holder.rollback()
