@@ -123,10 +123,8 @@ class _Server:
     def serve(self) -> ChildLaunch | None:
         """Serve launch requests until told to stop (returns None after stopping the machines).
         In a forked child it returns at once, with what the child must run."""
-        # Ctrl-C reaches the whole process group: the machines shut down on it by themselves, and
-        # this process must outlive them to report their exit status.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        # SIGTERM only writes its number to the wake-up pipe; the loop handles it like any event.
+        # (SIGINT is ignored since main() began.) SIGTERM only writes its number to the wake-up
+        # pipe; the loop handles it like any event.
         signal.signal(signal.SIGTERM, lambda signum, frame: None)
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
         self.selector.register(self.sock, selectors.EVENT_READ, "control")
@@ -280,9 +278,10 @@ def main(argv: list[str]) -> int:
         usage = "usage: python -m shared.launchers.forkserver FD GRACE_SECONDS MACHINE_MODULE [PRELOAD ...]"
         print(usage, file=sys.stderr)
         return EXIT_BAD_USAGE
-    # Ctrl-C reaches the whole process group, this process too while it imports: ignored from here
-    # on (serve() explains why), else a KeyboardInterrupt traceback lands in the launcher's log.
-    # The children get back the handlers a plain `python -m` starts with.
+    # Ctrl-C reaches the whole process group: the machines shut down on it by themselves, and this
+    # process must outlive them to report their exit status; while it imports, a KeyboardInterrupt
+    # would put a traceback in the launcher's log. So it is ignored from here on; the machines get
+    # back the handlers a plain `python -m` starts with.
     initial_handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=int(argv[1]))
