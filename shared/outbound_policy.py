@@ -291,12 +291,14 @@ OutboundUrl = Annotated[
 `{"settings": Settings}` (the ingress passes it), so a refused destination is a 422 at submit."""
 
 
+@lru_cache(maxsize=1024)
 def requested_url(url: str) -> str:
     """`url` as the client will request it, one spelling per receiver: httpx's form (IDNA,
     full-width dots, case, default port) and a literal address in its standard form (httpx keeps
     `[::0:1]`, `16843009` or `1.1.257` as written; the checks above read them as addresses),
     IPv4-mapped IPv6 as IPv4. A per-host rate limit reads the URL a webhooks job stores, so two
-    spellings of one receiver must be one. Raises httpx.InvalidURL."""
+    spellings of one receiver must be one. Raises httpx.InvalidURL. Remembered, as `_passes` is:
+    the text alone decides it, and a tenant posts to the same few URLs (a refusal is not kept)."""
     parsed = httpx.URL(url)
     address = literal_address(parsed.host)
     if address is not None:
