@@ -236,10 +236,14 @@ class OutboundPolicy:
             raise DestinationNotAllowed(category)
 
     def is_listed_address(self, ip: IPAddress) -> bool:
-        """Whether `ip` (or the IPv4 address it embeds) is inside an allowlisted network."""
+        """Whether `ip` (or the IPv4 address it embeds, or an IPv4 address in its IPv4-mapped form)
+        is inside an allowlisted network: a URL's `[::ffff:a.b.c.d]` is stored as a.b.c.d
+        (requested_url), and the address allowed at submit must be allowed when dialled."""
         candidates: list[IPAddress] = [ip]
         if isinstance(ip, ipaddress.IPv6Address) and (embedded := _embedded_ipv4(ip)) is not None:
             candidates.append(embedded)
+        if isinstance(ip, ipaddress.IPv4Address):
+            candidates.append(ipaddress.IPv6Address(f"::ffff:{ip}"))
         return any(candidate in network for candidate in candidates for network in self.allowed_networks)
 
 
@@ -300,7 +304,7 @@ def requested_url(url: str) -> str:
     spellings of one receiver must be one. Raises httpx.InvalidURL. Remembered, as `_passes` is:
     the text alone decides it, and a tenant posts to the same few URLs (a refusal is not kept)."""
     parsed = httpx.URL(url)
-    address = literal_address(parsed.host)
+    address = literal_address(parsed.host.rstrip("."))  # as the checks read it: `16843009.` too
     if address is not None:
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             address = address.ipv4_mapped  # the same receiver as the plain IPv4 address

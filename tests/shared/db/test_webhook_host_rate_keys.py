@@ -105,3 +105,42 @@ def test_a_callback_to_a_host_spelled_another_way_shares_its_rate_window(
             for url in [stored_url(first), *stored_callback_urls(second)]
         }
     assert len(set(keys.values())) == 1, keys
+
+
+# From the third review: a literal address with a trailing dot, which the outbound policy reads
+# as the address (it strips the dot), kept its own window.
+TRAILING_DOT = {
+    "legacy-trailing-dot": ("https://1.1.1.1/a", "https://16843009./b"),
+    "hex-trailing-dot": ("https://1.1.1.1/a", "https://0x01010101./b"),
+    "dotted-trailing-dot": ("https://1.1.1.1/a", "https://1.1.1.1./b"),
+}
+
+
+@pytest.mark.parametrize("pair", TRAILING_DOT.values(), ids=TRAILING_DOT.keys())
+def test_a_literal_address_with_a_trailing_dot_is_the_address(database_url: str, pair: tuple[str, str]) -> None:
+    first, second = pair
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        queue_with(conn, "rate_limit = 1, rate_period_seconds = 60, rate_key = 'host:url'", limit=100)
+        insert(conn, "t", url=stored_url(first))
+        insert(conn, "t", url=stored_url(second))
+        assert len(claim(conn, 5)) == 1
+
+
+def test_an_allowlisted_mapped_address_is_allowed_in_the_form_it_is_stored() -> None:
+    """From the third review: OUTBOUND_ALLOWLIST=::ffff:10.0.0.5 let https://[::ffff:10.0.0.5]/
+    through at submit; stored as https://10.0.0.5/, the connection's own check refused it, so an
+    accepted webhook failed for good. The allowlist now lists an address in both forms."""
+    from shared.outbound_policy import OutboundPolicy, literal_address
+    from shared.settings import Settings
+
+    for listed, url in [
+        ("::ffff:10.0.0.5", "https://[::ffff:10.0.0.5]/hook"),
+        ("10.0.0.5", "https://[::ffff:a00:5]/x"),
+    ]:
+        settings = Settings(_env_file=None, outbound_allowlist=[listed])  # type: ignore[call-arg]
+        stored = WebhookRequest.model_validate(
+            {"url": url, "event": "a.b", "payload": {}}, context={"settings": settings}
+        ).function_args()["url"]
+        dialled = literal_address(httpx.URL(stored).host)
+        assert dialled is not None
+        OutboundPolicy.from_settings(settings).check_address(str(dialled))  # raises when refused
