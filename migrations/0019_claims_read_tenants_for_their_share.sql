@@ -3,16 +3,23 @@
 -- tenant in turn for its room + 20 jobs, in the check that passes held-back tenants over and in
 -- the pick; the room is the whole claim when no cap applies, so a claim of 100 over 300 tenants
 -- held back read 28,422 pages, and 25,522 over free ones (0017: 10,638).
--- Now the check reads a tenant as far as the pick will at the latest turn it can have: its place
--- in turn (its turn among the tenants kept is no later), its share of the claim there + 20 jobs;
--- and the pick reads each tenant kept for its share at its turn + 20, as 0017 did, which is never
--- less than the check read (a tenant kept in turn for a job the pick does not read took a place
--- for nothing and left a claim short: 0018's second review). 10,365 and 10,638 pages for those
--- claims (tests/shared/db/test_claim_plans_by_claim_size.py).
+-- Now a tenant is read for its share + 20 jobs: the most it can take at its place in turn,
+-- v_free - place + 1 (each tenant before it is served first at least once), and, with v_free
+-- tenants in turn, only the jobs whose turn comes by the v_free-th tenant's first: one each when
+-- the tenants are level (the fair path's bound since 0007). The check that passes tenants over
+-- reads the share at the tenant's place; the pick reads the share at its turn among the tenants
+-- kept, and never less than the check read (a tenant kept in turn for a job the pick does not
+-- read took a place for nothing and left a claim short: 0018's second review). 5,593 and 5,668
+-- pages for those claims (tests/shared/db/test_claim_plans_by_claim_size.py).
 -- What that gives up: a tenant whose first free job lies past its share + 20 and within its
 -- room + 20 is passed over for that claim where 0018 served it (the lookahead is "a little past its
 -- held-back jobs", and a share is what a tenant can take there); it keeps its turn for a claim in
 -- which its share reaches the job (tests/shared/db/test_claims_pass_over_rate_blocked_tenants.py).
+-- And the tenants read past the claim's size (twice it, with such a key) stand in for those in
+-- turn that yield nothing: at the same turn (a tie of passes, as between new tenants), the
+-- tenants in turn go first, as in the fair path, which reads no others. 0018 let a job's priority
+-- decide such a tie, so with windows that never fill, the keyed path claimed other jobs than the
+-- fair path (tests/shared/db/test_fair_claims.py, the equivalence tests).
 -- Everything else is 0018's (see its header).
 
 -- As in 0018, with the above in the general path.
