@@ -248,10 +248,11 @@ def test_capped_tenants_behind_blocked_hosts(database_url: str) -> None:
 
 
 def test_chosen_tenants_whose_free_job_only_the_check_sees_leave_a_claim_short(database_url: str) -> None:
-    # The filter reads room + 20 jobs (room = the claim's size); the pick reads fetch + 20, and
-    # fetch = least(room, v_free - turn + 1) is 1 past the first turn. With a claim of 2, tenants
-    # at turn 2..4 whose free job is their 22nd pass the filter, take the claim's places, and yield
-    # nothing; z's free job waits.
+    # Between 0018's reviews the filter read room + 20 jobs (room = the claim's size) and the pick
+    # fetch + 20, fetch = least(room, v_free - turn + 1) being 1 past the first turn: with a claim
+    # of 2, tenants at turn 2..4 whose free job is their 22nd passed the filter, took the claim's
+    # places and yielded nothing; z's free job waited. (0019: both read a tenant's share + 20, the
+    # pick at least as far as the filter.)
     with psycopg.connect(database_url, autocommit=True) as conn:
         queue_with(conn, PER_HOST["fair"])
         fill_the_window(conn)
