@@ -13,13 +13,24 @@
 -- pages for those claims (tests/shared/db/test_claim_plans_by_claim_size.py).
 -- What that gives up: a tenant whose first free job lies past its share + 20 and within its
 -- room + 20 is passed over for that claim where 0018 served it (the lookahead is "a little past its
--- held-back jobs", and a share is what a tenant can take there); it keeps its turn for a claim in
--- which its share reaches the job (tests/shared/db/test_claims_pass_over_rate_blocked_tenants.py).
+-- held-back jobs", and a share is what a tenant can take there). Level with v_free tenants or
+-- more, a tenant's share is 1, so it is read for 21 jobs, as every version read it for a claim of
+-- one (MACHINE_CONCURRENCY's default): its later free job waits until jobs before it go or its
+-- share grows (the tenants in turn with it are served and it falls behind them, or fewer are in
+-- turn); while every tenant in turn is held back, nobody's pass moves, so until a window opens.
+-- (tests/shared/db/test_claims_pass_over_rate_blocked_tenants.py; the review compared 0018 and
+-- 0019 on identical random queues: 0019 claimed fewer jobs in 6 of 80, each by this.)
+-- With passes spread over the claim's width the shares are larger and a claim's reading is
+-- about half of 0018's square: 10,382 pages for a claim of 100 over 250 tenants whose passes are
+-- 0, 1, 2, ... (0018: 28,583); tenants in turn stay within about a round of each other.
 -- And the tenants read past the claim's size (twice it, with such a key) stand in for those in
 -- turn that yield nothing: at the same turn (a tie of passes, as between new tenants), the
 -- tenants in turn go first, as in the fair path, which reads no others. 0018 let a job's priority
 -- decide such a tie, so with windows that never fill, the keyed path claimed other jobs than the
 -- fair path (tests/shared/db/test_fair_claims.py, the equivalence tests).
+-- The fair path's bound (since 0007) is clamped to the claim's size before its integer cast, as
+-- the new ones are: a pass gap of 3e7 at weight 100 raised `integer out of range` and failed
+-- every claim of the queue (tests/shared/db/test_claims_pass_bound_numbers.py; from 0019's review).
 -- Everything else is 0018's (see its header).
 
 -- As in 0018, with the above in the general path.
@@ -154,7 +165,7 @@ BEGIN
                 SELECT o.tenant_id, o.pass, o.weight,
                        least(v_free - (row_number() OVER w)::integer + 1,
                              CASE WHEN count(*) OVER w_all >= v_free
-                                  THEN floor((max(o.pass) OVER w_all - o.pass) * o.weight + 1e-9)::integer + 1
+                                  THEN floor(least((max(o.pass) OVER w_all - o.pass) * o.weight, v_free) + 1e-9)::integer + 1  -- (clamped: 0019)
                                   ELSE v_free END) AS fetch
                   FROM (SELECT t.tenant_id, greatest(t.pass, v_q.fair_vtime) AS pass, coalesce(t.weight, 1) AS weight
                           FROM queue_tenants t
