@@ -43,3 +43,26 @@ def test_a_claim_over_free_tenants_reads_each_for_its_share(database_url: str, s
     claimed, picks = claim_reading(database_url, FREE_HOSTS, size, listed=False)
     assert claimed == size
     assert max(picks) <= bound(2 * size), picks
+
+
+SPREAD = (
+    "INSERT INTO queue_tenants (queue, tenant_id, pass)"
+    " SELECT 'q', 'b' || lpad(i::text, 6, '0'), i FROM generate_series(0, 249) i;"
+    "INSERT INTO jobs (queue, worker, tenant_id, args)"
+    " SELECT 'q', 'echo', 'b' || lpad((i % 250)::text, 6, '0'), jsonb_build_object('url', 'https://full.example/x')"
+    " FROM generate_series(1, 50000) i"
+)
+
+
+def share_bound(size: int, tenants: int) -> int:
+    """Pages when the tenants' passes are a job apart: the tenant at place p can take
+    size - p + 1 jobs, read + 20, a heap page each, plus 10 pages per tenant reached."""
+    return sum(max(size - place + 1, 1) + 20 + 10 for place in range(1, tenants + 1))
+
+
+@pytest.mark.parametrize("size", [10, 100])
+def test_a_claim_over_held_back_tenants_a_job_apart_reads_each_for_its_share(database_url: str, size: int) -> None:
+    # (from 0019's review: 1,245 and 10,382 pages; 0018 read 1,668 and 28,583)
+    claimed, picks = claim_reading(database_url, SPREAD, size, listed=False)
+    assert claimed == 0
+    assert max(picks) <= share_bound(size, min(250, 2 * size + 32)), picks

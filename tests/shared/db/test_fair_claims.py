@@ -176,8 +176,8 @@ async def fair_claim_sequence(
     sizes = [1, 3, 7, 2, 5, 1, 6, 4, 7, 3, 2, 7, 5, 7]
     if scenario is not None:
         backlog = {t: rnd.randint(1, 30) for t in "abcdefgh"[: rnd.randint(2, 8)]}
-        weights = ", ".join(f"('default', '{t}', {rnd.randint(1, 4)})" for t in backlog)
-        sizes = [rnd.choice([1, 2, 3, 5, 8, 13]) for _ in range(14)]
+        weights = ", ".join(f"('default', '{t}', {rnd.choice([1, 2, 3, 4, 100])})" for t in backlog)
+        sizes = [rnd.choice([1, 2, 3, 5, 8, 13, 30]) for _ in range(14)]
     await sql(settings, "DELETE FROM jobs")
     await sql(settings, "DELETE FROM queue_tenants")
     await sql(settings, "DELETE FROM rate_windows")
