@@ -363,19 +363,24 @@ def test_concurrent_claimers_never_exceed_a_window_nor_claim_twice(database_url:
     assert max(per_tenant.values()) <= 3, per_tenant
 
 
+def x1_free_and_x2_held(conn: psycopg.Connection, held: int) -> tuple[int, int, int]:
+    """x1: two jobs for free hosts; x2: `held` jobs for the full host, then one for a free host."""
+    queue_with(conn, PER_HOST["fair"])
+    fill_the_window(conn)
+    a1 = insert(conn, "x1", url="https://free1.example/x")
+    a2 = insert(conn, "x1", url="https://free1b.example/x")
+    for _ in range(held):
+        insert(conn, "x2", url=FULL)
+    return a1, a2, insert(conn, "x2", url="https://free2.example/x")
+
+
 def test_a_tenant_is_not_served_twice_in_a_claim_while_the_next_in_turn_has_a_free_job(database_url: str) -> None:
     # x2's free job is its 21st, the last row of its share at turn 2 (1) + 20: the check that
     # keeps x2 in turn reads 21 rows, and so must the pick, or x2 takes the claim's second place
     # for nothing and x1 is served at the turn after x2's (0018's second review, when the check
     # read room + 20 and the pick share + 20).
     with psycopg.connect(database_url, autocommit=True) as conn:
-        queue_with(conn, PER_HOST["fair"])
-        fill_the_window(conn)
-        a1 = insert(conn, "x1", url="https://free1.example/x")
-        a2 = insert(conn, "x1", url="https://free1b.example/x")
-        for _ in range(20):
-            insert(conn, "x2", url=FULL)
-        b = insert(conn, "x2", url="https://free2.example/x")
+        a1, a2, b = x1_free_and_x2_held(conn, 20)
         got = claim(conn, 2)
         assert set(got) == {a1, b}, (got, a2)
 
@@ -383,15 +388,10 @@ def test_a_tenant_is_not_served_twice_in_a_claim_while_the_next_in_turn_has_a_fr
 def test_a_free_job_past_a_tenants_share_is_claimed_once_its_share_reaches_it(database_url: str) -> None:
     # x2's free job is its 22nd, past its share at turn 2 + 20 (0019: each tenant is read for its
     # share + 20, so a claim's reading does not grow with the square of its size): the claim of
-    # two passes x2 over; x2 keeps its turn, and the next claim, where x2 is first in turn, reaches it.
+    # two passes x2 over. x2 keeps its turn and falls behind x1 (served twice), so in the next
+    # claim its share is 2 (its turn and the one after come before x1's next), and it is reached.
     with psycopg.connect(database_url, autocommit=True) as conn:
-        queue_with(conn, PER_HOST["fair"])
-        fill_the_window(conn)
-        a1 = insert(conn, "x1", url="https://free1.example/x")
-        a2 = insert(conn, "x1", url="https://free1b.example/x")
-        for _ in range(21):
-            insert(conn, "x2", url=FULL)
-        b = insert(conn, "x2", url="https://free2.example/x")
+        a1, a2, b = x1_free_and_x2_held(conn, 21)
         assert set(claim(conn, 2)) == {a1, a2}
         a3 = insert(conn, "x1", url="https://free1c.example/x")
         assert set(claim(conn, 2)) == {b, a3}
