@@ -15,14 +15,17 @@
 -- room + 20 is passed over for that claim where 0018 served it (the lookahead is "a little past its
 -- held-back jobs", and a share is what a tenant can take there). Level with v_free tenants or
 -- more, a tenant's share is 1, so it is read for 21 jobs, as every version read it for a claim of
--- one (MACHINE_CONCURRENCY's default): its later free job waits until jobs before it go or its
--- share grows (the tenants in turn with it are served and it falls behind them, or fewer are in
--- turn); while every tenant in turn is held back, nobody's pass moves, so until a window opens.
+-- one (MACHINE_CONCURRENCY's default): its later free job waits until the jobs before it can go
+-- (a tenant passed over keeps its turn but falls no further behind than the queue's clock, so its
+-- share does not grow while the others are served; 0019's second review).
 -- (tests/shared/db/test_claims_pass_over_rate_blocked_tenants.py; the review compared 0018 and
 -- 0019 on identical random queues: 0019 claimed fewer jobs in 6 of 80, each by this.)
 -- With passes spread over the claim's width the shares are larger and a claim's reading is
 -- about half of 0018's square: 10,382 pages for a claim of 100 over 250 tenants whose passes are
 -- 0, 1, 2, ... (0018: 28,583); tenants in turn stay within about a round of each other.
+-- The launch's tenant, first whatever its pass, is left out of the pass bound's v_free tenants:
+-- with it far ahead, every other tenant was read for v_free - place + 1 again (0019's second
+-- review: 9,286 pages for a claim of 100; tests/shared/db/test_claim_plans_launch_claim.py).
 -- And the tenants read past the claim's size (twice it, with such a key) stand in for those in
 -- turn that yield nothing: at the same turn (a tie of passes, as between new tenants), the
 -- tenants in turn go first, as in the fair path, which reads no others. 0018 let a job's priority
@@ -311,10 +314,13 @@ BEGIN
                 -- v_free - place + 1, as each tenant before it is served first at least once; and,
                 -- with v_free tenants in turn, only the jobs whose turn comes by the v_free-th
                 -- tenant's first (as in the fair path above: one each when the tenants are level).
+                -- (the launch's tenant, first whatever its pass, is not one of those v_free: a pass far
+                -- ahead would make every other tenant's bound the whole claim)
                 SELECT l.*,
                        greatest(least(l.room, v_free - l.place::integer + 1,
                                       CASE WHEN count(*) OVER () >= v_free
-                                           THEN floor(greatest(least((max(l.pass) FILTER (WHERE l.place <= v_free) OVER ()
+                                           THEN floor(greatest(least((max(l.pass) FILTER (WHERE l.place <= v_free + (v_prefer_tenant IS NOT NULL)::integer
+                                                                                          AND l.tenant_id IS DISTINCT FROM v_prefer_tenant) OVER ()
                                                                       - l.pass) * l.weight, v_free), -1) + 1e-9)::integer + 1
                                            ELSE v_free END), 1) AS share
                   FROM listed l
@@ -332,7 +338,8 @@ BEGIN
                        CASE WHEN v_q.fair
                             THEN least(o.room, v_free - o.turn + 1,
                                        CASE WHEN count(*) OVER () >= v_free
-                                            THEN floor(greatest(least((max(o.pass) FILTER (WHERE o.turn <= v_free) OVER ()
+                                            THEN floor(greatest(least((max(o.pass) FILTER (WHERE o.turn <= v_free + (v_prefer_tenant IS NOT NULL)::integer
+                                                                                           AND o.tenant_id IS DISTINCT FROM v_prefer_tenant) OVER ()
                                                                        - o.pass) * o.weight, v_free), -1) + 1e-9)::integer + 1
                                             ELSE v_free END)
                             ELSE o.room END AS fetch
