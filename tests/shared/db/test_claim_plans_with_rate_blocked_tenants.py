@@ -20,10 +20,20 @@ FULL = "https://full.example/x"
 PICK_PAGES = 2000
 
 
-def claim_reading(database_url: str, jobs_sql: str, size: int = 10, *, listed: bool = True) -> tuple[int, list[int]]:
+def claim_reading(
+    database_url: str,
+    jobs_sql: str,
+    size: int = 10,
+    *,
+    listed: bool = True,
+    launch_sql: str | None = None,
+    after_listing: str | None = None,
+) -> tuple[int, list[int]]:
     """Jobs claimed by one claim of `size` over the jobs `jobs_sql` inserts, and the pages each of
     its pick statements read. `listed`: another machine's claim listed the tenants a moment ago, so
-    this one picks, lists them again when short, and picks again; else it lists them first."""
+    this one picks, lists them again when short, and picks again; else it lists them first.
+    `launch_sql`: inserts the job a machine was launched for (RETURNING id), claimed first;
+    `after_listing`: runs once the tenants are listed (to set their turns)."""
     with (
         psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as other,
         psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as claimer,
@@ -34,8 +44,8 @@ def claim_reading(database_url: str, jobs_sql: str, size: int = 10, *, listed: b
         )
         other.execute("VACUUM ANALYZE jobs")
 
-        def claim() -> int:
-            rows = claimer.execute("SELECT id FROM claim_jobs('q', 'm1', %s, NULL)", (size,), prepare=True)
+        def claim(prefer: int | None = None) -> int:
+            rows = claimer.execute("SELECT id FROM claim_jobs('q', 'm1', %s, %s)", (size, prefer), prepare=True)
             return len(rows.fetchall())
 
         other.execute(
@@ -46,12 +56,15 @@ def claim_reading(database_url: str, jobs_sql: str, size: int = 10, *, listed: b
         assert claim() == 1
         assert claim() == 0
         other.execute(jobs_sql)
+        launch = other.execute(launch_sql).fetchone() if launch_sql else None
         other.execute("SELECT claim_list_tenants('q', 0, clock_timestamp())")
+        if after_listing:
+            other.execute(after_listing)
         other.execute(
             "UPDATE queues SET tenants_scanned_at = CASE WHEN %s THEN now() + interval '1 hour' END", (listed,)
         )
         notes = explain_nested(claimer)
-        claimed = claim()
+        claimed = claim(launch["id"] if launch else None)
         claimer.rollback()
     return claimed, [pages for pages, text in pages_by_statement(notes) if text.startswith("WITH running")]
 
