@@ -73,6 +73,9 @@ EVENTS_FLUSH_SECONDS: Final = 0.005
 EVENTS_FLUSH_UNWATCHED_SECONDS: Final = 0.1
 _FLUSH_MAX: Final = 5_000
 _FLUSH_BACKOFF_MAX_SECONDS: Final = 1.0
+# How long `stop` waits for the listener to notice it between its steps before cancelling it (a
+# step that does not end, a connection that hangs, must not hold the app's shutdown).
+_STOP_GRACE_SECONDS: Final = 2.0
 
 
 @dataclass(slots=True, eq=False)
@@ -404,12 +407,20 @@ class EventHub:
             asyncio.create_task(self._keepalive_loop(), name="events-keepalive"),
             asyncio.create_task(self._flush_loop(), name="events-flush"),
         ]
+        listening = asyncio.create_task(self._listen_loop(stop), name="events-listener")
+        stopping = asyncio.create_task(stop.wait())
         try:
-            await self._listen_loop(stop)
+            await asyncio.wait({listening, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not listening.done():
+                await asyncio.wait({listening}, timeout=_STOP_GRACE_SECONDS)
+            if listening.done():
+                listening.result()  # (a bug in the listener is raised here, as before)
         finally:
-            for task in helpers:
+            stopping.cancel()
+            for task in (listening, *helpers):
                 task.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
+            # (bounded too: psycopg gives a cancelled query up to 5 s to end on the server)
+            await asyncio.wait({stopping, listening, *helpers}, timeout=2 * _STOP_GRACE_SECONDS)
             for subscriber in list(self._subscribers):
                 self._end(subscriber)
 

@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from functions.ingress import event_hub
 from functions.ingress.event_hub import EventFilter, EventHub, LiveEvent, Reset
 from functions.ingress.events import final_job_stream, wait_for_final
 from shared.db import event_log
@@ -130,6 +131,28 @@ async def test_a_stopping_instance_still_answers_where_a_job_stands(database_url
         frames = b"".join([chunk async for chunk in response.body_iterator])  # type: ignore[misc]
         assert b'"state":"cancelled"' in frames
         assert hub.subscriber_count == 0
+
+
+async def test_stop_ends_the_hub_even_while_its_listener_is_stuck(
+    database_url: str, pool: Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The listener sees `stop` between its steps; one that never ends (here its LISTEN; a CI run
+    # once waited 180 s for the hub to stop) must not hold the app's shutdown.
+    entered = asyncio.Event()
+
+    async def stuck(conn: Any, channel: str) -> None:
+        entered.set()
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(event_hub, "listen", stuck)
+    hub = EventHub(make_settings(database_url), pool)
+    stop = asyncio.Event()
+    task = asyncio.create_task(hub.run(stop))
+    async with asyncio.timeout(30):
+        await entered.wait()
+    stop.set()
+    async with asyncio.timeout(10):
+        await task
 
 
 @pytest.mark.parametrize("last_event_id", ["²", "١٢", "12x", "9" * 21, "", "-1"])
