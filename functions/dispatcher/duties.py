@@ -56,9 +56,13 @@ class Duty:
     ) -> None:
         """Run until cancelled, and only while `may_act()` holds (the lease is trusted)."""
         while True:
+            # The decision to act, stamped with the wall clock: the record of acting as leader. The
+            # stamp is read before the check, not after: a process frozen between the two would
+            # otherwise date a decision taken under a valid lease to after it woke up (a CI run of
+            # test_failover saw one 36 ms into the next leader's term).
+            checked_at = time.time()
             if may_act():
-                # The decision to act, stamped with the wall clock: the record of acting as leader.
-                logger.debug("duty run", extra={"duty": self.name, "term": term, "checkedAt": time.time()})
+                logger.debug("duty run", extra={"duty": self.name, "term": term, "checkedAt": checked_at})
                 delay = self.interval
                 self.idle.clear()
                 try:

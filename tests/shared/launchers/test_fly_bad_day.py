@@ -67,12 +67,15 @@ async def eventually(what: str, predicate: Any, timeout: float = 20.0) -> None:
 
 
 async def test_a_machine_fly_cannot_see_yet_is_launching_not_gone(emu: Emulator, launchers: list[FlyLauncher]) -> None:
-    emu.faults.invisible_seconds = 1.5
+    # Invisible until the test reveals it (1.5 s of invisibility made this flaky on a loaded box:
+    # the launch itself outlasted it, and the first read saw the machine running).
+    emu.faults.invisible_seconds = 300.0
     fly = launcher_for(launchers, emu, fly_gone_confirm_seconds=0.2)
     ref = await fly.launch(spec(FAKE_MACHINE="sleep"))
     for _ in range(3):  # 404s further apart than the confirmation window, but within the boot grace
         assert (await fly.status(ref.id)).state == "launching"
         await asyncio.sleep(0.3)
+    emu.reveal(ref.id)
 
     async def running() -> bool:
         return (await fly.status(ref.id)).state == "running"
