@@ -420,7 +420,10 @@ class EventHub:
             for task in (listening, *helpers):
                 task.cancel()
             # (bounded too: psycopg gives a cancelled query up to 5 s to end on the server)
-            await asyncio.wait({stopping, listening, *helpers}, timeout=2 * _STOP_GRACE_SECONDS)
+            done, _ = await asyncio.wait({stopping, listening, *helpers}, timeout=2 * _STOP_GRACE_SECONDS)
+            for finished in done:  # collected, as gather(return_exceptions=True) did: no "never retrieved"
+                if not finished.cancelled():
+                    finished.exception()
             for subscriber in list(self._subscribers):
                 self._end(subscriber)
 
