@@ -1,0 +1,266 @@
+"""What stands in the way of the engine targets: `python -m bench.limits [engine] [pickup] [claimers] [--runs N]`.
+
+Not a metric of `make bench`: each experiment takes something the service keeps away, on a
+throwaway database of its own, to measure what that thing costs. Nothing here is a configuration
+to run with.
+
+- `engine`: the engine row's drain (one machine, concurrency 10, 5,000 no-op jobs) with the full
+  schema, and with the per-job work the service adds stripped from the database (`STRIP_SQL`: every
+  index of `jobs` the claim and the lifeline do not read, every AFTER trigger on `jobs` but the
+  NOTIFYs that wake machines, every CHECK of `jobs`), and pgqueuer's drain; jobs/s and CPU per job
+  of the client (the machine, or pgqueuer's process) and of the whole Postgres cluster. 3x pgqueuer
+  on this box needs machine + Postgres within 2 cores / (3 x pgqueuer's jobs/s).
+- `pickup`: the pickup row's p50 (one job at a time, from before the INSERT and from its commit's
+  acknowledgement) with the full and the stripped schema.
+- `claimers`: the claimers row's harness (ours only) at 1/8/32/128 claimers with the real
+  `claim_jobs` and with `LOCKLESS_CLAIM_SQL` (a FIFO claim that takes no queue row lock and keeps
+  no fleet-wide limit), and the wait events of the active backends sampled at 32 and 128.
+
+Runs alternate full / stripped (or real / lockless) so the box's drift falls on both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import os
+import resource
+import statistics
+import sys
+import threading
+import time
+from typing import Any
+
+import psycopg
+
+from . import claimers, engine, pgq_worker, pickup
+from .harness import PYTHON, QUERIES, BenchConfig, BenchEnv, checkpoint, cluster_cpu_seconds, sql_rows
+
+# The indexes the claim (FIFO and fair), the running count and the lifeline read.
+KEPT_INDEXES = ("jobs_pkey", "jobs_claim_idx", "jobs_tenant_claim_idx", "jobs_executing_idx", "jobs_attempted_by_idx")
+
+STRIP_SQL = """
+DO $$
+DECLARE r record;
+BEGIN
+    FOR r IN SELECT indexname FROM pg_indexes
+              WHERE schemaname = current_schema() AND tablename = 'jobs'
+                AND indexname <> ALL (ARRAY[{kept}]) LOOP
+        EXECUTE format('DROP INDEX %I', r.indexname);
+    END LOOP;
+    -- AFTER triggers only (BEFORE ones set the claim token), and not the machines' wake-ups.
+    FOR r IN SELECT tgname FROM pg_trigger
+              WHERE tgrelid = 'jobs'::regclass AND NOT tgisinternal AND (tgtype::int & 2) = 0
+                AND tgname NOT LIKE 'jobs\\_notify\\_%' LOOP
+        EXECUTE format('DROP TRIGGER %I ON jobs', r.tgname);
+    END LOOP;
+    FOR r IN SELECT conname FROM pg_constraint WHERE conrelid = 'jobs'::regclass AND contype = 'c' LOOP
+        EXECUTE format('ALTER TABLE jobs DROP CONSTRAINT %I', r.conname);
+    END LOOP;
+END
+$$;
+"""
+
+LOCKLESS_CLAIM_SQL = """
+CREATE OR REPLACE FUNCTION claim_jobs(p_queue text, p_machine text, p_max_jobs integer, p_prefer_id bigint)
+RETURNS SETOF jobs LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+SET enable_sort = off
+SET jit = off
+AS $$
+DECLARE
+    v_ctids tid[];
+    v_now timestamptz := clock_timestamp();
+BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);
+    v_ctids := ARRAY(SELECT j.ctid FROM jobs j
+                      WHERE j.queue = p_queue AND j.state = 'available' AND j.scheduled_at <= v_now
+                      ORDER BY j.priority, j.scheduled_at, j.id
+                      LIMIT p_max_jobs
+                      FOR UPDATE SKIP LOCKED);
+    RETURN QUERY
+    UPDATE jobs SET state = 'executing', attempt = jobs.attempt + 1, attempted_by = p_machine,
+                    attempted_at = v_now, heartbeat_at = v_now
+     WHERE jobs.ctid = ANY (v_ctids)
+    RETURNING jobs.*;
+END
+$$;
+"""
+
+
+def strip_per_job_work(database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(STRIP_SQL.replace("{kept}", ", ".join(f"'{name}'" for name in KEPT_INDEXES)))
+
+
+def install_lockless_claim(database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(LOCKLESS_CLAIM_SQL)
+
+
+class AlteredEnv(BenchEnv):
+    """A BenchEnv whose new databases get `alter` applied while it is set (None: as migrated)."""
+
+    alter: Any = None
+
+    def database(self, prefix: str) -> str:
+        url = super().database(prefix)
+        if self.alter is not None:
+            self.alter(url)
+        return url
+
+
+def _median(values: list[float]) -> str:
+    return f"{statistics.median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
+
+
+def pgqueuer_cpu_once(env: BenchEnv, count: int) -> tuple[float, float, float]:
+    """pgqueuer's drain: (jobs/s, its process's CPU µs per job, the cluster's CPU µs per job)."""
+    database_url = env.database("pgq_limits")
+    asyncio.run(pgq_worker.install(database_url))
+    asyncio.run(pgq_worker.enqueue(database_url, "noop", count))
+    sql_rows(database_url, "VACUUM ANALYZE")
+    checkpoint(database_url)
+    cluster0, children0 = cluster_cpu_seconds(env.pg), resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = env.run_child(
+        [PYTHON, "-m", "bench.pgq_worker", "drain", "--url", database_url], os.environ.copy(), timeout=600
+    )
+    cluster1, children1 = cluster_cpu_seconds(env.pg), resource.getrusage(resource.RUSAGE_CHILDREN)
+    completed, seconds = sql_rows(database_url, QUERIES["pgqueuer_span"])[0]
+    if done.returncode != 0 or completed != count:
+        raise RuntimeError(f"pgqueuer drain exited {done.returncode} with {completed}/{count}")
+    client = (children1.ru_utime + children1.ru_stime) - (children0.ru_utime + children0.ru_stime)
+    return completed / seconds, client / count * 1e6, (cluster1 - cluster0) / count * 1e6
+
+
+def engine_limits(env: AlteredEnv, cfg: BenchConfig, runs: int) -> None:
+    count = cfg.n(5000, 100)
+    seen: dict[str, list[tuple[float, float, float]]] = collections.defaultdict(list)
+    for run in range(runs):
+        for name, alter in (("full schema", None), ("stripped", strip_per_job_work)):
+            env.alter = alter
+            seen[name].append(engine.ours_once(env, cfg, count))
+            print(
+                f"engine run {run + 1} {name}: %.0f jobs/s, machine %.0f µs, Postgres %.0f µs" % seen[name][-1],
+                flush=True,
+            )
+        env.alter = None
+        seen["pgqueuer"].append(pgqueuer_cpu_once(env, count))
+        print(
+            f"engine run {run + 1} pgqueuer: %.0f jobs/s, client %.0f µs, Postgres %.0f µs" % seen["pgqueuer"][-1],
+            flush=True,
+        )
+    budget = 2 / (3 * statistics.median(r[0] for r in seen["pgqueuer"])) * 1e6
+    print(f"engine: CPU budget per job for 3x pgqueuer on 2 cores: {budget:.0f} µs")
+    for name, rows in seen.items():
+        rates, client, database = ([r[i] for r in rows] for i in range(3))
+        total = statistics.median(c + d for c, d in zip(client, database, strict=True))
+        print(
+            f"engine {name}: jobs/s {_median(rates)}, client {_median(client)} µs, "
+            f"Postgres {_median(database)} µs, client + Postgres {total:.0f} µs per job"
+        )
+
+
+def pickup_limits(env: AlteredEnv, cfg: BenchConfig, runs: int) -> None:
+    samples = cfg.n(200, 10)
+    seen: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
+    for run in range(runs):
+        for name, alter in (("full schema", None), ("stripped", strip_per_job_work)):
+            env.alter = alter
+            before, after_ack = pickup.ours_latencies(env, samples)
+            seen[name].append((statistics.median(before), statistics.median(after_ack)))
+            print(
+                f"pickup run {run + 1} {name}: p50 %.2f ms, from the commit's ack %.2f ms" % seen[name][-1], flush=True
+            )
+    for name, rows in seen.items():
+        before_ms = [r[0] for r in rows]
+        after_ms = [r[1] for r in rows]
+        spread = f"{statistics.median(before_ms):.2f} ms ({min(before_ms):.2f}-{max(before_ms):.2f})"
+        print(f"pickup {name}: p50 {spread}, from the ack {statistics.median(after_ms):.2f} ms")
+
+
+class WaitSampler:
+    """Counts the wait events of the cluster's active client backends every 20 ms while `tag` is set."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.tag: Any = None
+        self.counts: collections.Counter[tuple[Any, str]] = collections.Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            while not self._stop.is_set():
+                tag = self.tag
+                if tag is not None:
+                    rows = conn.execute(
+                        "SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU'), count(*) FROM pg_stat_activity"
+                        " WHERE backend_type = 'client backend' AND state = 'active' AND pid <> pg_backend_pid()"
+                        " GROUP BY 1"
+                    ).fetchall()
+                    for event, n in rows:
+                        self.counts[(tag, event)] += n
+                time.sleep(0.02)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def top(self, tag: Any, n: int = 4) -> str:
+        total = sum(c for (t, _), c in self.counts.items() if t == tag) or 1
+        ranked = sorted(((c, e) for (t, e), c in self.counts.items() if t == tag), reverse=True)[:n]
+        return ", ".join(f"{e} {100 * c / total:.0f}%" for c, e in ranked)
+
+
+def claimers_limits(env: AlteredEnv, cfg: BenchConfig, runs: int) -> None:
+    count, batch = cfg.n(5000, 200), claimers.batch_size()
+    counts = claimers.claimer_counts(quick=cfg.quick)
+    sampler = WaitSampler(env.pg.url)
+    seen: dict[tuple[int, str], list[float]] = collections.defaultdict(list)
+    try:
+        for run in range(runs):
+            for k in counts:
+                for name, alter in (("real claim", None), ("lockless", install_lockless_claim)):
+                    env.alter = alter
+                    sampler.tag = (k, name) if k >= 32 else None
+                    rate = claimers.ours_once(env, k, count, batch)["rate"]
+                    sampler.tag = None
+                    seen[(k, name)].append(rate)
+                    print(f"claimers run {run + 1}, {k} claimers, {name}: {rate:,.0f} jobs/s", flush=True)
+    finally:
+        sampler.close()
+    for k in counts:
+        real, lockless = _median(seen[(k, "real claim")]), _median(seen[(k, "lockless")])
+        line = f"claimers {k}: real claim {real}, lockless {lockless} jobs/s"
+        if k >= 32:
+            line += f"; waits, real: {sampler.top((k, 'real claim'))}; lockless: {sampler.top((k, 'lockless'))}"
+        print(line)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.limits", description=__doc__.split("\n\n")[0])
+    parser.add_argument("experiments", nargs="*", help="any of engine, pickup, claimers (default: all)")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, no fsync: proves the script runs")
+    args = parser.parse_args(argv)
+    experiments = {"engine": engine_limits, "pickup": pickup_limits, "claimers": claimers_limits}
+    unknown = [name for name in args.experiments if name not in experiments]
+    if unknown:
+        parser.error(f"unknown experiments: {', '.join(unknown)}")
+    cfg = BenchConfig(quick=args.quick, runs=args.runs)
+    env = AlteredEnv(cfg)
+    env.start()
+    try:
+        for name in args.experiments or list(experiments):
+            experiments[name](env, cfg, args.runs)
+    finally:
+        env.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

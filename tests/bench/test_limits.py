@@ -1,0 +1,95 @@
+"""bench.limits' alterations do what its figures say they do: the stripped schema has lost the
+indexes, triggers and CHECKs it names and nothing the claim and completion need; the lockless
+claim takes no queue row lock, claims each job once, and ignores the queue's limit."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from bench.harness import QUERIES as BENCH_QUERIES
+from bench.limits import KEPT_INDEXES, install_lockless_claim, strip_per_job_work
+from shared.db.sql import QUERIES
+
+
+def seed(conn: psycopg.Connection[Any], count: int, *, limit: int = 10) -> None:
+    conn.execute('INSERT INTO queues (name, "limit", fair) VALUES (%s, %s, true)', ("q", limit))
+    conn.execute(
+        BENCH_QUERIES["seed_jobs"],
+        {"queue": "q", "worker": "echo", "tenant_id": "t", "args": Jsonb({}), "count": count},
+    )
+
+
+def claim(conn: psycopg.Connection[Any], machine: str, n: int) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        QUERIES["claim_jobs"], {"queue": "q", "machine_id": machine, "max_jobs": n, "prefer_id": None}
+    ).fetchall()
+    return [dict(r) for r in rows]
+
+
+def test_the_stripped_schema_keeps_only_what_claims_and_completions_need(database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as conn:
+        before = {r["indexname"] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'jobs'")}
+        assert set(KEPT_INDEXES) < before  # there is something to strip
+        strip_per_job_work(database_url)
+        after = {r["indexname"] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'jobs'")}
+        assert after == set(KEPT_INDEXES)
+        triggers = {
+            r["tgname"]: r["before"]
+            for r in conn.execute(
+                "SELECT tgname, (tgtype::int & 2) <> 0 AS before FROM pg_trigger"
+                " WHERE tgrelid = 'jobs'::regclass AND NOT tgisinternal"
+            )
+        }
+        assert all(before or name.startswith("jobs_notify_") for name, before in triggers.items())
+        assert any(name.startswith("jobs_notify_") for name in triggers)  # machines still wake
+        checks = conn.execute(
+            "SELECT count(*) AS n FROM pg_constraint WHERE conrelid = 'jobs'::regclass AND contype = 'c'"
+        )
+        assert checks.fetchone() == {"n": 0}
+
+        seed(conn, 5)
+        claimed = claim(conn, "m1", 3)
+        assert len(claimed) == 3 and all(j["claim_token"] is not None for j in claimed)
+        done = conn.execute(
+            QUERIES["complete_jobs"],
+            {
+                "job_ids": [j["id"] for j in claimed],
+                "claim_tokens": [j["claim_token"] for j in claimed],
+                "results": [Jsonb({}) for _ in claimed],
+                "progress": [None for _ in claimed],
+                "machine_id": "m1",
+            },
+        ).fetchall()
+        assert {r["id"] for r in done} == {j["id"] for j in claimed}
+        states = conn.execute("SELECT state, count(*) AS n FROM jobs GROUP BY state ORDER BY state").fetchall()
+        assert states == [{"state": "available", "n": 2}, {"state": "completed", "n": 3}]
+
+
+def test_the_lockless_claim_passes_a_held_queue_row_and_its_limit(database_url: str) -> None:
+    install_lockless_claim(database_url)
+    with (
+        psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as conn,
+        psycopg.connect(database_url, row_factory=dict_row) as holder,
+    ):
+        seed(conn, 30, limit=2)
+        holder.execute("SELECT * FROM queues WHERE name = 'q' FOR UPDATE")  # what every real claim waits for
+        seen: list[list[dict[str, Any]]] = []
+
+        def claimer(name: str) -> None:
+            with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as own:
+                seen.append(claim(own, name, 10))
+
+        threads = [threading.Thread(target=claimer, args=(f"m{i}",)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert not any(t.is_alive() for t in threads), "a lockless claim waited for the queue's row"
+        holder.rollback()
+        ids = [j["id"] for batch in seen for j in batch]
+        assert len(ids) == 30 and len(set(ids)) == 30  # every job once, past the queue's limit of 2
