@@ -8,13 +8,16 @@ to run with.
   schema, and with the per-job work the service adds stripped from the database (`STRIP_SQL`: every
   index of `jobs` the claim and the lifeline do not read, every AFTER trigger on `jobs` but the
   NOTIFYs that wake machines, every CHECK of `jobs`), and pgqueuer's drain; jobs/s and CPU per job
-  of the client (the machine, or pgqueuer's process) and of the whole Postgres cluster. 3x pgqueuer
-  on this box needs machine + Postgres within 2 cores / (3 x pgqueuer's jobs/s).
+  of the client (the machine, or pgqueuer's process, from its first claim to its exit) and of every
+  process of the Postgres cluster. 3x pgqueuer needs machine + Postgres within cores / (3 x
+  pgqueuer's jobs/s) of CPU per job, and the machine (one process) within 1 / (3 x pgqueuer's jobs/s).
 - `pickup`: the pickup row's p50 (one job at a time, from before the INSERT and from its commit's
   acknowledgement) with the full and the stripped schema.
 - `claimers`: the claimers row's harness (ours only) at 1/8/32/128 claimers with the real
-  `claim_jobs` and with `LOCKLESS_CLAIM_SQL` (a FIFO claim that takes no queue row lock and keeps
-  no fleet-wide limit), and the wait events of the active backends sampled at 32 and 128.
+  `claim_jobs` and with `LOCKLESS_CLAIM_SQL` (a FIFO claim that takes no queue row lock and so
+  keeps no fleet-wide limit, and skips what the real one does under it: the running count, the
+  pause and cap checks, the tenant listing of fair queues, the launch job), and the wait events of
+  the active backends sampled at 32 and 128.
 
 Runs alternate full / stripped (or real / lockless) so the box's drift falls on both.
 """
@@ -24,18 +27,30 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import os
-import resource
 import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
 
 from . import claimers, engine, pgq_worker, pickup
-from .harness import PYTHON, QUERIES, BenchConfig, BenchEnv, checkpoint, cluster_cpu_seconds, sql_rows
+from .cpu import cpu_seconds
+from .harness import (
+    PYTHON,
+    QUERIES,
+    BenchConfig,
+    BenchEnv,
+    checkpoint,
+    cluster_cpu_seconds,
+    has_exited,
+    sql_rows,
+    wait_with_cpu,
+)
 
 # The indexes the claim (FIFO and fair), the running count and the lifeline read.
 KEPT_INDEXES = ("jobs_pkey", "jobs_claim_idx", "jobs_tenant_claim_idx", "jobs_executing_idx", "jobs_attempted_by_idx")
@@ -90,6 +105,21 @@ $$;
 """
 
 
+# An active backend's wait, with the table of the lock it waits for when there is one
+# ("Lock:tuple on queues": the queue's row, which every real claim takes).
+_WAITS = """
+SELECT coalesce(a.wait_event_type || ':' || a.wait_event, 'CPU')
+       || coalesce(' on ' || (SELECT l.relation::regclass::text FROM pg_locks l
+                                WHERE l.pid = a.pid AND NOT l.granted AND l.relation IS NOT NULL LIMIT 1), ''),
+       count(*)
+  FROM pg_stat_activity a
+ WHERE a.backend_type = 'client backend' AND a.state = 'active' AND a.pid <> pg_backend_pid()
+ GROUP BY 1
+"""
+
+FIRST_PICK = "SELECT 1 FROM pgqueuer_log WHERE status = 'picked' LIMIT 1"
+
+
 def strip_per_job_work(database_url: str) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(STRIP_SQL.replace("{kept}", ", ".join(f"'{name}'" for name in KEPT_INDEXES)))
@@ -101,14 +131,22 @@ def install_lockless_claim(database_url: str) -> None:
 
 
 class AlteredEnv(BenchEnv):
-    """A BenchEnv whose new databases get `alter` applied while it is set (None: as migrated)."""
+    """A BenchEnv whose new databases get an alteration applied inside `altered(...)`."""
 
-    alter: Any = None
+    _alter: Callable[[str], None] | None = None
+
+    @contextlib.contextmanager
+    def altered(self, alter: Callable[[str], None] | None) -> Iterator[None]:
+        self._alter = alter
+        try:
+            yield
+        finally:
+            self._alter = None
 
     def database(self, prefix: str) -> str:
         url = super().database(prefix)
-        if self.alter is not None:
-            self.alter(url)
+        if self._alter is not None:
+            self._alter(url)
         return url
 
 
@@ -117,22 +155,33 @@ def _median(values: list[float]) -> str:
 
 
 def pgqueuer_cpu_once(env: BenchEnv, count: int) -> tuple[float, float, float]:
-    """pgqueuer's drain: (jobs/s, its process's CPU µs per job, the cluster's CPU µs per job)."""
+    """pgqueuer's drain: (jobs/s, its process's CPU µs per job, the cluster's CPU µs per job), CPU
+    counted as the engine row counts the machine's: from the first pick to the process's exit
+    (interpreter start, imports and connecting left out)."""
     database_url = env.database("pgq_limits")
     asyncio.run(pgq_worker.install(database_url))
     asyncio.run(pgq_worker.enqueue(database_url, "noop", count))
     sql_rows(database_url, "VACUUM ANALYZE")
     checkpoint(database_url)
-    cluster0, children0 = cluster_cpu_seconds(env.pg), resource.getrusage(resource.RUSAGE_CHILDREN)
-    done = env.run_child(
-        [PYTHON, "-m", "bench.pgq_worker", "drain", "--url", database_url], os.environ.copy(), timeout=600
+    child = env.spawn(
+        [PYTHON, "-m", "bench.pgq_worker", "drain", "--url", database_url], os.environ.copy(), log_name="pgq"
     )
-    cluster1, children1 = cluster_cpu_seconds(env.pg), resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        while not has_exited(child) and conn.execute(FIRST_PICK).fetchone() is None:
+            if time.monotonic() - started > 600:
+                child.kill()
+                child.wait()
+                raise RuntimeError(f"pgqueuer picked nothing in 600 s: {env.log_tail(child)}")
+            time.sleep(0.002)
+        client_cpu = 0.0 if has_exited(child) else cpu_seconds(child.pid)
+        cluster_cpu = cluster_cpu_seconds(env.pg)
+    code, client_cpu_end = wait_with_cpu(child, timeout=600)
+    cluster_cpu = cluster_cpu_seconds(env.pg) - cluster_cpu
     completed, seconds = sql_rows(database_url, QUERIES["pgqueuer_span"])[0]
-    if done.returncode != 0 or completed != count:
-        raise RuntimeError(f"pgqueuer drain exited {done.returncode} with {completed}/{count}")
-    client = (children1.ru_utime + children1.ru_stime) - (children0.ru_utime + children0.ru_stime)
-    return completed / seconds, client / count * 1e6, (cluster1 - cluster0) / count * 1e6
+    if code != 0 or completed != count:
+        raise RuntimeError(f"pgqueuer drain exited {code} with {completed}/{count}: {env.log_tail(child)}")
+    return completed / seconds, (client_cpu_end - client_cpu) / count * 1e6, cluster_cpu / count * 1e6
 
 
 def engine_limits(env: AlteredEnv, cfg: BenchConfig, runs: int) -> None:
@@ -140,20 +189,24 @@ def engine_limits(env: AlteredEnv, cfg: BenchConfig, runs: int) -> None:
     seen: dict[str, list[tuple[float, float, float]]] = collections.defaultdict(list)
     for run in range(runs):
         for name, alter in (("full schema", None), ("stripped", strip_per_job_work)):
-            env.alter = alter
-            seen[name].append(engine.ours_once(env, cfg, count))
+            with env.altered(alter):
+                seen[name].append(engine.ours_once(env, cfg, count))
             print(
                 f"engine run {run + 1} {name}: %.0f jobs/s, machine %.0f µs, Postgres %.0f µs" % seen[name][-1],
                 flush=True,
             )
-        env.alter = None
         seen["pgqueuer"].append(pgqueuer_cpu_once(env, count))
         print(
             f"engine run {run + 1} pgqueuer: %.0f jobs/s, client %.0f µs, Postgres %.0f µs" % seen["pgqueuer"][-1],
             flush=True,
         )
-    budget = 2 / (3 * statistics.median(r[0] for r in seen["pgqueuer"])) * 1e6
-    print(f"engine: CPU budget per job for 3x pgqueuer on 2 cores: {budget:.0f} µs")
+    cores = len(os.sched_getaffinity(0))
+    target_rate = 3 * statistics.median(r[0] for r in seen["pgqueuer"])
+    print(
+        f"engine: 3x pgqueuer is {target_rate:,.0f} jobs/s: at most {cores / target_rate * 1e6:.0f} µs of CPU per job"
+        f" for machine and Postgres together on {cores} cores, and at most {1 / target_rate * 1e6:.0f} µs for the"
+        " machine (one process: one core at most)"
+    )
     for name, rows in seen.items():
         rates, client, database = ([r[i] for r in rows] for i in range(3))
         total = statistics.median(c + d for c, d in zip(client, database, strict=True))
@@ -168,8 +221,8 @@ def pickup_limits(env: AlteredEnv, cfg: BenchConfig, runs: int) -> None:
     seen: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
     for run in range(runs):
         for name, alter in (("full schema", None), ("stripped", strip_per_job_work)):
-            env.alter = alter
-            before, after_ack = pickup.ours_latencies(env, samples)
+            with env.altered(alter):
+                before, after_ack = pickup.ours_latencies(env, samples)
             seen[name].append((statistics.median(before), statistics.median(after_ack)))
             print(
                 f"pickup run {run + 1} {name}: p50 %.2f ms, from the commit's ack %.2f ms" % seen[name][-1], flush=True
@@ -182,35 +235,40 @@ def pickup_limits(env: AlteredEnv, cfg: BenchConfig, runs: int) -> None:
 
 
 class WaitSampler:
-    """Counts the wait events of the cluster's active client backends every 20 ms while `tag` is set."""
+    """Counts the wait events of the cluster's active client backends every 20 ms while `tag` is set,
+    naming the table of a lock waited for. Samples with fewer than 2 active backends are left out:
+    they are the run's set-up (CREATE DATABASE, seeding, VACUUM), not its claims."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.tag: Any = None
         self.counts: collections.Counter[tuple[Any, str]] = collections.Counter()
+        self.failed: Exception | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        with psycopg.connect(self.url, autocommit=True) as conn:
-            while not self._stop.is_set():
-                tag = self.tag
-                if tag is not None:
-                    rows = conn.execute(
-                        "SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU'), count(*) FROM pg_stat_activity"
-                        " WHERE backend_type = 'client backend' AND state = 'active' AND pid <> pg_backend_pid()"
-                        " GROUP BY 1"
-                    ).fetchall()
-                    for event, n in rows:
-                        self.counts[(tag, event)] += n
-                time.sleep(0.02)
+        try:
+            with psycopg.connect(self.url, autocommit=True) as conn:
+                while not self._stop.is_set():
+                    tag = self.tag
+                    if tag is not None:
+                        rows = conn.execute(_WAITS).fetchall()
+                        if sum(n for _, n in rows) >= 2:
+                            for event, n in rows:
+                                self.counts[(tag, event)] += n
+                    time.sleep(0.02)
+        except Exception as exc:  # said by top(), not lost with the thread
+            self.failed = exc
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(5)
 
     def top(self, tag: Any, n: int = 4) -> str:
+        if self.failed is not None:
+            return f"not sampled: {self.failed!r}"
         total = sum(c for (t, _), c in self.counts.items() if t == tag) or 1
         ranked = sorted(((c, e) for (t, e), c in self.counts.items() if t == tag), reverse=True)[:n]
         return ", ".join(f"{e} {100 * c / total:.0f}%" for c, e in ranked)
@@ -225,9 +283,9 @@ def claimers_limits(env: AlteredEnv, cfg: BenchConfig, runs: int) -> None:
         for run in range(runs):
             for k in counts:
                 for name, alter in (("real claim", None), ("lockless", install_lockless_claim)):
-                    env.alter = alter
                     sampler.tag = (k, name) if k >= 32 else None
-                    rate = claimers.ours_once(env, k, count, batch)["rate"]
+                    with env.altered(alter):
+                        rate = claimers.ours_once(env, k, count, batch)["rate"]
                     sampler.tag = None
                     seen[(k, name)].append(rate)
                     print(f"claimers run {run + 1}, {k} claimers, {name}: {rate:,.0f} jobs/s", flush=True)
