@@ -43,6 +43,7 @@ from .cpu import cpu_seconds
 from .harness import (
     PYTHON,
     QUERIES,
+    TEMPLATE_DB,
     BenchConfig,
     BenchEnv,
     checkpoint,
@@ -108,13 +109,13 @@ $$;
 # An active backend's wait, with the table of the lock it waits for when there is one
 # ("Lock:tuple on queues": the queue's row, which every real claim takes).
 _WAITS = """
-SELECT coalesce(a.wait_event_type || ':' || a.wait_event, 'CPU')
-       || coalesce(' on ' || (SELECT l.relation::regclass::text FROM pg_locks l
-                                WHERE l.pid = a.pid AND NOT l.granted AND l.relation IS NOT NULL LIMIT 1), ''),
+SELECT coalesce(a.wait_event_type || ':' || a.wait_event, 'CPU'),
+       (SELECT l.relation::bigint FROM pg_locks l
+         WHERE l.pid = a.pid AND NOT l.granted AND l.relation IS NOT NULL LIMIT 1),
        count(*)
   FROM pg_stat_activity a
  WHERE a.backend_type = 'client backend' AND a.state = 'active' AND a.pid <> pg_backend_pid()
- GROUP BY 1
+ GROUP BY 1, 2
 """
 
 FIRST_PICK = "SELECT 1 FROM pgqueuer_log WHERE status = 'picked' LIMIT 1"
@@ -239,8 +240,9 @@ class WaitSampler:
     naming the table of a lock waited for. Samples with fewer than 2 active backends are left out:
     they are the run's set-up (CREATE DATABASE, seeding, VACUUM), not its claims."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, tables: dict[int, str]) -> None:
         self.url = url
+        self.tables = tables
         self.tag: Any = None
         self.counts: collections.Counter[tuple[Any, str]] = collections.Counter()
         self.failed: Exception | None = None
@@ -255,9 +257,10 @@ class WaitSampler:
                     tag = self.tag
                     if tag is not None:
                         rows = conn.execute(_WAITS).fetchall()
-                        if sum(n for _, n in rows) >= 2:
-                            for event, n in rows:
-                                self.counts[(tag, event)] += n
+                        if sum(n for _, _, n in rows) >= 2:
+                            for event, table, n in rows:
+                                on = "" if table is None else f" on {self.tables.get(table, table)}"
+                                self.counts[(tag, event + on)] += n
                     time.sleep(0.02)
         except Exception as exc:  # said by top(), not lost with the thread
             self.failed = exc
@@ -277,7 +280,12 @@ class WaitSampler:
 def claimers_limits(env: AlteredEnv, cfg: BenchConfig, runs: int) -> None:
     count, batch = cfg.n(5000, 200), claimers.batch_size()
     counts = claimers.claimer_counts(quick=cfg.quick)
-    sampler = WaitSampler(env.pg.url)
+    # Every run's database is a copy of the template, so a table's OID there names it in each run.
+    with psycopg.connect(env.pg.url_for(TEMPLATE_DB), autocommit=True) as conn:
+        tables: dict[int, str] = dict(
+            conn.execute("SELECT oid::bigint, relname FROM pg_class WHERE relkind = 'r'").fetchall()
+        )
+    sampler = WaitSampler(env.pg.url, tables)
     seen: dict[tuple[int, str], list[float]] = collections.defaultdict(list)
     try:
         for run in range(runs):
