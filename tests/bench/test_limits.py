@@ -9,11 +9,12 @@ from typing import Any
 
 import psycopg
 import psycopg.errors
+import pytest
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from bench.harness import QUERIES as BENCH_QUERIES
-from bench.limits import KEPT_INDEXES, install_lockless_claim, strip_per_job_work
+from bench.limits import KEPT_INDEXES, install_lockless_claim, main, strip_per_job_work
 from shared.db.sql import QUERIES
 
 
@@ -94,3 +95,24 @@ def test_the_lockless_claim_passes_a_held_queue_row_and_its_limit(database_url: 
         holder.rollback()
     ids = [j["id"] for batch in batches for j in batch]
     assert len(ids) == 30 and len(set(ids)) == 30  # every job once, past the queue's limit of 2
+
+
+@pytest.mark.timeout(300)
+def test_every_experiment_runs_at_tiny_sizes(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`python -m bench.limits --quick` end to end (its figures mean nothing), 32 claimers so the
+    wait sampler runs too."""
+    monkeypatch.setenv("BENCH_CLAIMERS", "1,32")
+    assert main(["--quick", "--runs", "1"]) == 0
+    out = capsys.readouterr().out
+    for line in (
+        "engine full schema:",
+        "engine stripped:",
+        "engine pgqueuer:",
+        "pickup full schema:",
+        "pickup stripped:",
+    ):
+        assert f"\n{line}" in out, out
+    claimers_32 = next(line for line in out.splitlines() if line.startswith("claimers 32:"))
+    assert "waits, real:" in claimers_32 and "not sampled" not in claimers_32, claimers_32
