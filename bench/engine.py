@@ -15,10 +15,8 @@ import asyncio
 import os
 import time
 
-import psycopg
 from psycopg.types.json import Jsonb
 
-from .cpu import cpu_seconds
 from .harness import (
     PYTHON,
     QUERIES,
@@ -28,11 +26,9 @@ from .harness import (
     Row,
     Spread,
     checkpoint,
-    cluster_cpu_seconds,
-    has_exited,
+    cpu_from_first_work,
     sql_rows,
     verdict,
-    wait_with_cpu,
 )
 
 NAME = "engine"
@@ -62,22 +58,13 @@ def ours_once(env: BenchEnv, cfg: BenchConfig, count: int) -> tuple[float, float
     child = env.spawn([PYTHON, "-m", "functions.machine"], machine_env, log_name="engine-machine", profile=True)
     # CPU counted from the machine's first claim (its imports and start-up left out) to its exit
     # (its last idle seconds included: a poll a second).
-    started = time.monotonic()
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        while not has_exited(child) and conn.execute(QUERIES["first_claimed"], {"queue": "default"}).fetchone() is None:
-            if time.monotonic() - started > 600:
-                child.kill()
-                child.wait()
-                raise RuntimeError(f"the machine claimed nothing in 600 s: {env.log_tail(child)}")
-            time.sleep(0.002)
-        machine_cpu = 0.0 if has_exited(child) else cpu_seconds(child.pid)
-        database_cpu = cluster_cpu_seconds(env.pg)
-    code, machine_cpu_end = wait_with_cpu(child, timeout=600)
-    database_cpu = cluster_cpu_seconds(env.pg) - database_cpu
+    code, machine_cpu, database_cpu = cpu_from_first_work(
+        env, child, database_url, QUERIES["first_claimed"], {"queue": "default"}, what="the machine"
+    )
     completed, total, seconds = sql_rows(database_url, QUERIES["queue_span"], {"queue": "default"})[0]
     if code != 0 or completed != count:
         raise RuntimeError(f"machine exited {code} with {completed}/{total} completed: {env.log_tail(child)}")
-    return float(completed / seconds), (machine_cpu_end - machine_cpu) / count * 1e6, database_cpu / count * 1e6
+    return float(completed / seconds), machine_cpu / count * 1e6, database_cpu / count * 1e6
 
 
 def pgqueuer_once(env: BenchEnv, count: int) -> float:

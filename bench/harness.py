@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, LiteralString
 
 import httpx
 import psycopg
@@ -344,6 +344,32 @@ def wait_with_cpu(child: subprocess.Popen[bytes], timeout: float) -> tuple[int, 
             child.wait()
             raise TimeoutError(f"child {child.args!r} still running after {timeout:g}s")
         time.sleep(0.05)
+
+
+def cpu_from_first_work(
+    env: BenchEnv,
+    child: subprocess.Popen[bytes],
+    database_url: str,
+    first_work_sql: LiteralString,
+    params: dict[str, Any] | None = None,
+    *,
+    what: str,
+) -> tuple[int, float, float]:
+    """Wait until `first_work_sql` finds a row (the child's first claim: its start-up and imports
+    left out), then for the child's exit: (exit code, the child's CPU seconds, the whole cluster's
+    CPU seconds) between the two."""
+    started = time.monotonic()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        while not has_exited(child) and conn.execute(first_work_sql, params).fetchone() is None:
+            if time.monotonic() - started > 600:
+                child.kill()
+                child.wait()
+                raise RuntimeError(f"{what} claimed nothing in 600 s: {env.log_tail(child)}")
+            time.sleep(0.002)
+        child_cpu = 0.0 if has_exited(child) else cpu_seconds(child.pid)
+        database_cpu = cluster_cpu_seconds(env.pg)
+    code, child_cpu_end = wait_with_cpu(child, timeout=600)
+    return code, child_cpu_end - child_cpu, cluster_cpu_seconds(env.pg) - database_cpu
 
 
 def _healthy(url: str) -> bool:

@@ -34,12 +34,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, LiteralString
 
 import psycopg
 
 from . import claimers, engine, pgq_worker, pickup
-from .cpu import cpu_seconds
 from .harness import (
     PYTHON,
     QUERIES,
@@ -47,10 +46,8 @@ from .harness import (
     BenchConfig,
     BenchEnv,
     checkpoint,
-    cluster_cpu_seconds,
-    has_exited,
+    cpu_from_first_work,
     sql_rows,
-    wait_with_cpu,
 )
 
 # The indexes the claim (FIFO and fair), the running count and the lifeline read.
@@ -118,7 +115,7 @@ SELECT coalesce(a.wait_event_type || ':' || a.wait_event, 'CPU'),
  GROUP BY 1, 2
 """
 
-FIRST_PICK = "SELECT 1 FROM pgqueuer_log WHERE status = 'picked' LIMIT 1"
+FIRST_PICK: LiteralString = "SELECT 1 FROM pgqueuer_log WHERE status = 'picked' LIMIT 1"
 
 
 def strip_per_job_work(database_url: str) -> None:
@@ -167,22 +164,11 @@ def pgqueuer_cpu_once(env: BenchEnv, count: int) -> tuple[float, float, float]:
     child = env.spawn(
         [PYTHON, "-m", "bench.pgq_worker", "drain", "--url", database_url], os.environ.copy(), log_name="pgq"
     )
-    started = time.monotonic()
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        while not has_exited(child) and conn.execute(FIRST_PICK).fetchone() is None:
-            if time.monotonic() - started > 600:
-                child.kill()
-                child.wait()
-                raise RuntimeError(f"pgqueuer picked nothing in 600 s: {env.log_tail(child)}")
-            time.sleep(0.002)
-        client_cpu = 0.0 if has_exited(child) else cpu_seconds(child.pid)
-        cluster_cpu = cluster_cpu_seconds(env.pg)
-    code, client_cpu_end = wait_with_cpu(child, timeout=600)
-    cluster_cpu = cluster_cpu_seconds(env.pg) - cluster_cpu
+    code, client_cpu, cluster_cpu = cpu_from_first_work(env, child, database_url, FIRST_PICK, what="pgqueuer")
     completed, seconds = sql_rows(database_url, QUERIES["pgqueuer_span"])[0]
     if code != 0 or completed != count:
         raise RuntimeError(f"pgqueuer drain exited {code} with {completed}/{count}: {env.log_tail(child)}")
-    return completed / seconds, (client_cpu_end - client_cpu) / count * 1e6, cluster_cpu / count * 1e6
+    return completed / seconds, client_cpu / count * 1e6, cluster_cpu / count * 1e6
 
 
 def engine_limits(env: AlteredEnv, cfg: BenchConfig, runs: int) -> None:
