@@ -67,7 +67,9 @@ def ours_once(env: BenchEnv, cfg: BenchConfig, count: int) -> tuple[float, float
     return float(completed / seconds), machine_cpu / count * 1e6, database_cpu / count * 1e6
 
 
-def pgqueuer_once(env: BenchEnv, count: int) -> float:
+def pgqueuer_once(env: BenchEnv, count: int) -> tuple[float, float, float]:
+    """pgqueuer's drain of `count` no-op jobs: (jobs/s, its process's CPU µs per job, the cluster's
+    CPU µs per job), CPU counted as the machine's is, from its first pick to its exit."""
     from . import pgq_worker
 
     database_url = env.database("pgq_engine")
@@ -76,11 +78,14 @@ def pgqueuer_once(env: BenchEnv, count: int) -> float:
     sql_rows(database_url, "VACUUM ANALYZE")
     checkpoint(database_url)
     argv = [PYTHON, "-m", "bench.pgq_worker", "drain", "--url", database_url]
-    done = env.run_child(argv, os.environ.copy(), timeout=600)
+    child = env.spawn(argv, os.environ.copy(), log_name="pgq-engine")
+    code, client_cpu, database_cpu = cpu_from_first_work(
+        env, child, database_url, QUERIES["pgqueuer_first_pick"], what="pgqueuer"
+    )
     completed, seconds = sql_rows(database_url, QUERIES["pgqueuer_span"])[0]
-    if done.returncode != 0 or completed != count:
-        raise RuntimeError(f"pgqueuer drain exited {done.returncode} with {completed}/{count}: {done.stderr[-500:]}")
-    return float(completed / seconds)
+    if code != 0 or completed != count:
+        raise RuntimeError(f"pgqueuer drain exited {code} with {completed}/{count}: {env.log_tail(child)}")
+    return float(completed / seconds), client_cpu / count * 1e6, database_cpu / count * 1e6
 
 
 def run(env: BenchEnv, cfg: BenchConfig) -> list[Row]:
@@ -90,8 +95,12 @@ def run(env: BenchEnv, cfg: BenchConfig) -> list[Row]:
     ratios: list[float] = []
     machine_cpu: list[float] = []
     database_cpu: list[float] = []
+    pgq_cpu: list[float] = []
+    pgq_database_cpu: list[float] = []
     for _ in range(cfg.runs):
-        r = pgqueuer_once(env, count)
+        r, pgq_us, pgq_database_us = pgqueuer_once(env, count)
+        pgq_cpu.append(pgq_us)
+        pgq_database_cpu.append(pgq_database_us)
         time.sleep(0.5)
         o, machine_us, database_us = ours_once(env, cfg, count)
         machine_cpu.append(machine_us)
@@ -112,6 +121,8 @@ def run(env: BenchEnv, cfg: BenchConfig) -> list[Row]:
             "pgqueuer: one QueueManager, batch size 10, no concurrency cap; "
             "spans from the first claim to the last completion, read from the database; CPU per job "
             f"(steadier than jobs/s on a shared box), from the first claim to the machine's exit: machine "
-            f"{Spread.of(machine_cpu).fmt(' µs')}, Postgres (the whole cluster) {Spread.of(database_cpu).fmt(' µs')}",
+            f"{Spread.of(machine_cpu).fmt(' µs')}, Postgres (the whole cluster) {Spread.of(database_cpu).fmt(' µs')}; "
+            f"pgqueuer from its first pick: its process {Spread.of(pgq_cpu).fmt(' µs')}, "
+            f"Postgres {Spread.of(pgq_database_cpu).fmt(' µs')}",
         )
     ]

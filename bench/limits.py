@@ -25,7 +25,6 @@ Runs alternate full / stripped (or real / lockless) so the box's drift falls on 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import collections
 import contextlib
 import os
@@ -34,20 +33,16 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, LiteralString
+from typing import Any
 
 import psycopg
 
-from . import claimers, engine, pgq_worker, pickup
+from . import claimers, engine, pickup
 from .harness import (
-    PYTHON,
-    QUERIES,
     TEMPLATE_DB,
     BenchConfig,
     BenchEnv,
-    checkpoint,
-    cpu_from_first_work,
-    sql_rows,
+    Spread,
 )
 
 # The indexes the claim (FIFO and fair), the running count and the lifeline read.
@@ -115,8 +110,6 @@ SELECT coalesce(a.wait_event_type || ':' || a.wait_event, 'CPU'),
  GROUP BY 1, 2
 """
 
-FIRST_PICK: LiteralString = "SELECT 1 FROM pgqueuer_log WHERE status = 'picked' LIMIT 1"
-
 
 def strip_per_job_work(database_url: str) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
@@ -148,33 +141,14 @@ class AlteredEnv(BenchEnv):
         return url
 
 
-def _median(values: list[float]) -> str:
-    return f"{statistics.median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
+def _spread(values: list[float]) -> str:
+    return Spread.of(values).fmt()
 
 
-def pgqueuer_cpu_once(env: BenchEnv, count: int) -> tuple[float, float, float]:
-    """pgqueuer's drain: (jobs/s, its process's CPU µs per job, the cluster's CPU µs per job), CPU
-    counted as the engine row counts the machine's: from the first pick to the process's exit
-    (interpreter start, imports and connecting left out)."""
-    database_url = env.database("pgq_limits")
-    asyncio.run(pgq_worker.install(database_url))
-    asyncio.run(pgq_worker.enqueue(database_url, "noop", count))
-    sql_rows(database_url, "VACUUM ANALYZE")
-    checkpoint(database_url)
-    child = env.spawn(
-        [PYTHON, "-m", "bench.pgq_worker", "drain", "--url", database_url], os.environ.copy(), log_name="pgq"
-    )
-    code, client_cpu, cluster_cpu = cpu_from_first_work(env, child, database_url, FIRST_PICK, what="pgqueuer")
-    completed, seconds = sql_rows(database_url, QUERIES["pgqueuer_span"])[0]
-    if code != 0 or completed != count:
-        raise RuntimeError(f"pgqueuer drain exited {code} with {completed}/{count}: {env.log_tail(child)}")
-    return completed / seconds, client_cpu / count * 1e6, cluster_cpu / count * 1e6
-
-
-def engine_limits(env: AlteredEnv, cfg: BenchConfig, runs: int) -> None:
+def engine_limits(env: AlteredEnv, cfg: BenchConfig) -> None:
     count = cfg.n(5000, 100)
     seen: dict[str, list[tuple[float, float, float]]] = collections.defaultdict(list)
-    for run in range(runs):
+    for run in range(cfg.runs):
         for name, alter in (("full schema", None), ("stripped", strip_per_job_work)):
             with env.altered(alter):
                 seen[name].append(engine.ours_once(env, cfg, count))
@@ -182,7 +156,7 @@ def engine_limits(env: AlteredEnv, cfg: BenchConfig, runs: int) -> None:
                 f"engine run {run + 1} {name}: %.0f jobs/s, machine %.0f µs, Postgres %.0f µs" % seen[name][-1],
                 flush=True,
             )
-        seen["pgqueuer"].append(pgqueuer_cpu_once(env, count))
+        seen["pgqueuer"].append(engine.pgqueuer_once(env, count))
         print(
             f"engine run {run + 1} pgqueuer: %.0f jobs/s, client %.0f µs, Postgres %.0f µs" % seen["pgqueuer"][-1],
             flush=True,
@@ -198,15 +172,15 @@ def engine_limits(env: AlteredEnv, cfg: BenchConfig, runs: int) -> None:
         rates, client, database = ([r[i] for r in rows] for i in range(3))
         total = statistics.median(c + d for c, d in zip(client, database, strict=True))
         print(
-            f"engine {name}: jobs/s {_median(rates)}, client {_median(client)} µs, "
-            f"Postgres {_median(database)} µs, client + Postgres {total:.0f} µs per job"
+            f"engine {name}: jobs/s {_spread(rates)}, client {_spread(client)} µs, "
+            f"Postgres {_spread(database)} µs, client + Postgres {total:.0f} µs per job"
         )
 
 
-def pickup_limits(env: AlteredEnv, cfg: BenchConfig, runs: int) -> None:
+def pickup_limits(env: AlteredEnv, cfg: BenchConfig) -> None:
     samples = cfg.n(200, 10)
     seen: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
-    for run in range(runs):
+    for run in range(cfg.runs):
         for name, alter in (("full schema", None), ("stripped", strip_per_job_work)):
             with env.altered(alter):
                 before, after_ack = pickup.ours_latencies(env, samples)
@@ -263,7 +237,7 @@ class WaitSampler:
         return ", ".join(f"{e} {100 * c / total:.0f}%" for c, e in ranked)
 
 
-def claimers_limits(env: AlteredEnv, cfg: BenchConfig, runs: int) -> None:
+def claimers_limits(env: AlteredEnv, cfg: BenchConfig) -> None:
     count, batch = cfg.n(5000, 200), claimers.batch_size()
     counts = claimers.claimer_counts(quick=cfg.quick)
     # Every run's database is a copy of the template, so a table's OID there names it in each run.
@@ -274,7 +248,7 @@ def claimers_limits(env: AlteredEnv, cfg: BenchConfig, runs: int) -> None:
     sampler = WaitSampler(env.pg.url, tables)
     seen: dict[tuple[int, str], list[float]] = collections.defaultdict(list)
     try:
-        for run in range(runs):
+        for run in range(cfg.runs):
             for k in counts:
                 for name, alter in (("real claim", None), ("lockless", install_lockless_claim)):
                     sampler.tag = (k, name) if k >= 32 else None
@@ -286,7 +260,7 @@ def claimers_limits(env: AlteredEnv, cfg: BenchConfig, runs: int) -> None:
     finally:
         sampler.close()
     for k in counts:
-        real, lockless = _median(seen[(k, "real claim")]), _median(seen[(k, "lockless")])
+        real, lockless = _spread(seen[(k, "real claim")]), _spread(seen[(k, "lockless")])
         line = f"claimers {k}: real claim {real}, lockless {lockless} jobs/s"
         if k >= 32:
             line += f"; waits, real: {sampler.top((k, 'real claim'))}; lockless: {sampler.top((k, 'lockless'))}"
@@ -307,8 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     env = AlteredEnv(cfg)
     env.start()
     try:
-        for name in args.experiments or list(experiments):
-            experiments[name](env, cfg, args.runs)
+        for name in dict.fromkeys(args.experiments or experiments):  # each once, in the order given
+            experiments[name](env, cfg)
     finally:
         env.close()
     return 0

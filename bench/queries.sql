@@ -37,6 +37,10 @@ SELECT 1 FROM jobs WHERE id = (SELECT min(id) FROM jobs WHERE queue = %(queue)s)
 -- name: completed_count
 SELECT count(*) FROM jobs WHERE queue = %(queue)s AND state = 'completed';
 
+-- name: pgqueuer_first_pick
+-- a row once a pgqueuer drain has picked its first job
+SELECT 1 FROM pgqueuer_log WHERE status = 'picked' LIMIT 1;
+
 -- name: pgqueuer_span
 -- the same for a pgqueuer drain, from its log table: first pick to last success
 SELECT count(*) FILTER (WHERE status = 'successful') AS completed,
