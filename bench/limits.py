@@ -279,8 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown experiments: {', '.join(unknown)}")
     cfg = BenchConfig(quick=args.quick, runs=args.runs)
     env = AlteredEnv(cfg)
-    env.start()
     try:
+        env.start()  # inside: a failure after the cluster is up must still stop it
         for name in dict.fromkeys(args.experiments or experiments):  # each once, in the order given
             experiments[name](env, cfg)
     finally:

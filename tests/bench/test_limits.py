@@ -4,6 +4,7 @@ claim takes no queue row lock, claims each job once, and ignores the queue's lim
 
 from __future__ import annotations
 
+import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -13,8 +14,9 @@ import pytest
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+import bench.harness as harness
 from bench.harness import QUERIES as BENCH_QUERIES
-from bench.limits import KEPT_INDEXES, install_lockless_claim, main, strip_per_job_work
+from bench.limits import KEPT_INDEXES, AlteredEnv, install_lockless_claim, main, strip_per_job_work
 from shared.db.sql import QUERIES
 
 
@@ -115,4 +117,29 @@ def test_every_experiment_runs_at_tiny_sizes(
     ):
         assert f"\n{line}" in out, out
     claimers_32 = next(line for line in out.splitlines() if line.startswith("claimers 32:"))
-    assert "waits, real:" in claimers_32 and "not sampled" not in claimers_32, claimers_32
+    # Samples were taken for both claims (a sampler that took none would print nothing after them).
+    assert re.search(r"waits, real: .*\d+%.*; lockless: .*\d+%", claimers_32), claimers_32
+
+
+@pytest.mark.timeout(120)
+def test_a_failed_start_leaves_no_postgres_running(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure after the cluster started (here the template's migration) still stops it."""
+    envs: list[AlteredEnv] = []
+    real_start = AlteredEnv.start
+
+    def start(self: AlteredEnv) -> None:
+        envs.append(self)
+        real_start(self)
+
+    def broken_migrate(url: str) -> None:
+        raise RuntimeError("migration failed")
+
+    monkeypatch.setattr(AlteredEnv, "start", start)
+    monkeypatch.setattr(harness, "migrate", broken_migrate)
+    with pytest.raises(RuntimeError, match="migration failed"):
+        main(["--quick", "--runs", "1", "engine"])
+    (env,) = envs
+    try:
+        assert not (env.pg.data_dir / "postmaster.pid").exists(), "the bench's Postgres is still running"
+    finally:
+        env.close()
