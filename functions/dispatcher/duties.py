@@ -56,13 +56,17 @@ class Duty:
     ) -> None:
         """Run until cancelled, and only while `may_act()` holds (the lease is trusted)."""
         while True:
-            # The decision to act, stamped with the wall clock: the record of acting as leader. The
-            # stamp is read before the check, not after: a process frozen between the two would
-            # otherwise date a decision taken under a valid lease to after it woke up (a CI run of
-            # test_failover saw one 36 ms into the next leader's term).
+            # The record of acting as leader dates the decision and the act, on the wall clock. The
+            # decision (checkedAt) is read before the lease check, so it falls within the trusted
+            # lease; the act (startedAt) after it. A process frozen after a check that passed still
+            # carries that one run out late, which no lease check can prevent: every duty's writes are
+            # conditional on the rows' state (README, Dispatcher), and startedAt shows the lateness.
             checked_at = time.time()
             if may_act():
-                logger.debug("duty run", extra={"duty": self.name, "term": term, "checkedAt": checked_at})
+                logger.debug(
+                    "duty run",
+                    extra={"duty": self.name, "term": term, "checkedAt": checked_at, "startedAt": time.time()},
+                )
                 delay = self.interval
                 self.idle.clear()
                 try:
