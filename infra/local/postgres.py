@@ -110,6 +110,15 @@ class LocalPostgres:
                     os.chown(os.path.join(root, name), pg.pw_uid, pg.pw_gid)
             os.chown(path, pg.pw_uid, pg.pw_gid)
 
+    def _reachable(self) -> None:
+        """The postgres user must be able to reach the data directory through its parents. Checked
+        at every start, not only at init: another pytest session resets /tmp/pytest-of-<user> to
+        0700 when it starts, which made a cluster that a test restarted unreachable."""
+        if self.prefix:
+            for parent in self.data_dir.parents:
+                if parent.stat().st_uid == os.geteuid() and not parent.stat().st_mode & 0o001:
+                    parent.chmod(parent.stat().st_mode | 0o011)
+
     def init(self) -> None:
         """Create the cluster unless it already exists."""
         if (self.data_dir / "PG_VERSION").exists():
@@ -117,11 +126,7 @@ class LocalPostgres:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.chmod(0o700)
         self._own(self.data_dir)
-        if self.prefix:
-            # The postgres user must be able to reach the data directory through its parents.
-            for parent in self.data_dir.parents:
-                if parent.stat().st_uid == os.geteuid() and not parent.stat().st_mode & 0o001:
-                    parent.chmod(parent.stat().st_mode | 0o011)
+        self._reachable()
         cmd = [
             *self.prefix,
             str(self.bindir / "initdb"),
@@ -143,6 +148,7 @@ class LocalPostgres:
     def start(self) -> None:
         """Start the server and wait until it accepts connections."""
         self.init()
+        self._reachable()
         if (self.data_dir / "postmaster.pid").exists():
             self.stop("fast")  # a server left over from an earlier run; start afresh on our port
         options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.data_dir} -c max_connections=300"
